@@ -1,0 +1,1 @@
+"""Model build: the SageMaker Pipeline, its job scripts, the local runner and registry."""

@@ -1,0 +1,289 @@
+"""Configuration: configs/base.yaml plus one environment overlay, merged and validated once.
+
+The result is one frozen, typed `Config` that callers pass down. No other module reads
+YAML or environment variables for settings: this is the one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+ENVIRONMENTS = ("local", "aws")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key and file."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    input_url: str | None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_corrupt_fraction: float = 0.05
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 30
+    learning_rate: float = 0.003
+    batch_size: int = 64
+    width: int = 32
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    model_package_group: str
+    accuracy_threshold: float = 0.8
+    model_approval_status: str = "PendingManualApproval"
+    processing_instance_type: str = "ml.m5.large"
+    training_instance_type: str = "ml.m5.xlarge"
+    inference_instance_type: str = "ml.m5.large"
+    framework_version: str = "2.3"
+    py_version: str = "py311"
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    state_machine_name: str
+    endpoint_name: str
+    confidence_threshold: float = 0.8
+    lambda_prefix: str = "scones"
+    max_concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    capture_sampling_percentage: int = 100
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    region: str = "us-east-1"
+    role_arn: str | None = None
+    bucket: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    workspace: Path = Path(".scones")
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str
+    project: str
+    classes: tuple[str, ...]
+    data: DataConfig
+    training: TrainingConfig
+    pipeline: PipelineConfig
+    workflow: WorkflowConfig
+    monitoring: MonitoringConfig
+    aws: AwsConfig
+    local: LocalConfig
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def is_local(self) -> bool:
+        return self.env == "local"
+
+    @property
+    def workspace(self) -> Path:
+        return self.local.workspace
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with top-level sections swapped, e.g. cfg.replace(training=...)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(
+    env: str = "local",
+    overrides: Mapping[str, Any] | None = None,
+    config_dir: Path | str | None = None,
+    extra_files: tuple[Path | str, ...] = (),
+) -> Config:
+    """Merge base.yaml, <env>.yaml, any extra files and dotted overrides; validate; type.
+
+    overrides: {"training.epochs": 5, "aws.role_arn": "..."}; reported as "--set" in errors.
+    """
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(ENVIRONMENTS)}")
+    config_dir = Path(config_dir) if config_dir else CONFIG_DIR
+    files = [config_dir / "base.yaml", config_dir / f"{env}.yaml", *map(Path, extra_files)]
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # dotted key -> file that last set it, for error messages
+    for path in files:
+        if not path.exists():
+            if path.name == "base.yaml" or path in map(Path, extra_files):
+                raise ConfigError(f"{path}: configuration file not found")
+            continue
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, not {type(doc).__name__}")
+        _merge(merged, doc, origin, str(path), prefix="")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(merged, dotted, value)
+        origin[dotted] = "--set"
+    root = config_dir.resolve().parent
+    cfg = _build(Config, {"env": env, **merged}, origin, prefix="", root=root)
+    input_url = cfg.data.input_url
+    if input_url and "://" not in input_url:  # a local folder or archive: anchor it to the root
+        input_url = str((root / Path(input_url).expanduser()).resolve())
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, input_url=input_url),
+        sources=tuple(str(p) for p in files if p.exists()),
+    )
+    _check_semantics(cfg, origin, config_dir)
+    return cfg
+
+
+def _merge(into: dict, doc: Mapping, origin: dict, source: str, prefix: str) -> None:
+    for key, value in doc.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, source, prefix=f"{dotted}.")
+        else:
+            into[key] = value
+        origin[dotted] = source
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+    tree[last] = value
+
+
+def _where(origin: dict, dotted: str) -> str:
+    while dotted:
+        if dotted in origin:
+            return origin[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return "configuration"
+
+
+def _build(cls: type, values: Any, origin: dict, prefix: str, root: Path):
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{_where(origin, prefix.rstrip('.'))}: {prefix.rstrip('.')} must be a mapping"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "sources"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(
+            f"{_where(origin, key)}: unknown key {key!r} (known in this section: "
+            f"{', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in values:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if dataclasses.is_dataclass(hints[name]):
+                    values = {**values, name: {}}
+                else:
+                    raise ConfigError(f"{_where(origin, prefix.rstrip('.'))}: missing key {key!r}")
+            else:
+                continue
+        kwargs[name] = _coerce(hints[name], values[name], key, origin, root)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, origin: dict, root: Path) -> Any:
+    where = _where(origin, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, origin, prefix=f"{key}.", root=root)
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {key} must not be empty")
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a path string, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (root / path).resolve()
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module
+
+
+def _check_semantics(cfg: Config, origin: dict, config_dir: Path) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{_where(origin, key)}: {key} {why}")
+
+    if len(cfg.classes) < 2 or len(set(cfg.classes)) != len(cfg.classes):
+        fail("classes", f"must name at least two distinct classes, got {list(cfg.classes)}")
+    for key in ("validation_fraction", "test_fraction", "max_corrupt_fraction"):
+        if not 0 <= getattr(cfg.data, key) < 1:
+            fail(f"data.{key}", "must be in [0, 1)")
+    if cfg.data.validation_fraction + cfg.data.test_fraction >= 0.9:
+        fail("data.test_fraction", "plus data.validation_fraction leaves too little to train on")
+    if cfg.training.epochs < 1:
+        fail("training.epochs", "must be at least 1")
+    if cfg.training.learning_rate <= 0:
+        fail("training.learning_rate", "must be positive")
+    for key, value in (("pipeline.accuracy_threshold", cfg.pipeline.accuracy_threshold),
+                       ("workflow.confidence_threshold", cfg.workflow.confidence_threshold)):
+        if not 0 <= value <= 1:
+            fail(key, f"must be between 0 and 1, got {value}")
+    if cfg.pipeline.model_approval_status not in ("PendingManualApproval", "Approved", "Rejected"):
+        fail("pipeline.model_approval_status",
+             "must be PendingManualApproval, Approved or Rejected")
+    if not 0 < cfg.monitoring.capture_sampling_percentage <= 100:
+        fail("monitoring.capture_sampling_percentage", "must be in 1..100")
+    if cfg.env == "aws":
+        aws_file = str(config_dir / "aws.yaml")
+        if not cfg.aws.role_arn:
+            raise ConfigError(f"{aws_file}: aws.role_arn is required in the aws environment "
+                              "(the SageMaker execution role's ARN)")
+        if not cfg.aws.role_arn.startswith("arn:"):
+            fail("aws.role_arn", f"must be an IAM role ARN, got {cfg.aws.role_arn!r}")
+        if not cfg.aws.bucket:
+            raise ConfigError(f"{aws_file}: aws.bucket is required in the aws environment")
+        if not (cfg.data.input_url or "").startswith("s3://"):
+            fail("data.input_url", f"must be an s3:// URL in the aws environment, "
+                                   f"got {cfg.data.input_url!r}")
+    elif not cfg.aws.bucket:
+        fail("aws.bucket", "must name the (local) bucket")

@@ -1,0 +1,42 @@
+"""Import the SageMaker and Step Functions SDKs quietly, the same way everywhere.
+
+SDK v2 prints a deprecation banner, logs INFO lines about config files it did not find,
+and sends telemetry; stepfunctions warns about pkg_resources. None of that belongs in
+our CLI's output. Call `sagemaker_sdk()` / `stepfunctions_sdk()` instead of importing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# Passed to every sagemaker Session we create: opts out of the SDK's telemetry.
+SAGEMAKER_CONFIG = {
+    "SchemaVersion": "1.0",
+    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+}
+
+
+def _quiet() -> None:
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    for name in ("sagemaker.config", "sagemaker", "sagemaker.telemetry", "stepfunctions",
+                 "botocore.credentials"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="sagemaker")
+
+
+def sagemaker_sdk():
+    _quiet()
+    import sagemaker
+
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+    return sagemaker
+
+
+def stepfunctions_sdk():
+    sagemaker_sdk()  # stepfunctions imports sagemaker
+    import stepfunctions
+
+    logging.getLogger("stepfunctions").setLevel(logging.WARNING)
+    return stepfunctions

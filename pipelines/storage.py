@@ -1,0 +1,76 @@
+"""The object store behind s3:// URLs.
+
+Locally, `s3://bucket/key` is the file `<workspace>/s3/bucket/key`; on AWS it is S3.
+Both sides speak URLs so the rest of the code does not care which one it has.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pipelines.errors import StorageError
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b'); anything else is a StorageError."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"not an s3:// URL: {url!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class LocalObjectStore:
+    """S3 as folders: <root>/<bucket>/<key>. A key that escapes its bucket is refused."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def path_for(self, url: str) -> Path:
+        bucket, key = split_s3_url(url)
+        if bucket in (".", "..") or "/" in bucket:
+            raise StorageError(f"invalid bucket name in {url!r}")
+        bucket_dir = (self.root / bucket).resolve()
+        path = (bucket_dir / key).resolve()
+        if path != bucket_dir and bucket_dir not in path.parents:
+            raise StorageError(f"{url!r} escapes its bucket (key {key!r} leaves {bucket_dir})")
+        return path
+
+    def exists(self, url: str) -> bool:
+        return self.path_for(url).exists()
+
+    def read_bytes(self, url: str) -> bytes:
+        path = self.path_for(url)
+        if not path.is_file():
+            raise StorageError(f"no object at {url} (looked for {path})")
+        return path.read_bytes()
+
+    def write_bytes(self, url: str, data: bytes) -> Path:
+        path = self.path_for(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: readers never see half an object
+        return path
+
+    def upload_file(self, source: Path, url: str) -> Path:
+        path = self.path_for(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+        return path
+
+    def list_urls(self, prefix_url: str) -> list[str]:
+        """Every object under a prefix, as s3:// URLs, sorted."""
+        bucket, prefix = split_s3_url(prefix_url)
+        base = self.path_for(f"s3://{bucket}/")
+        start = self.path_for(prefix_url)
+        candidates = [start] if start.is_file() else []
+        search_root = start if start.is_dir() else start.parent
+        if search_root.is_dir():
+            candidates += [p for p in search_root.rglob("*") if p.is_file()]
+        urls = set()
+        for path in candidates:
+            key = path.relative_to(base).as_posix()
+            if key.startswith(prefix) and not path.name.startswith("."):
+                urls.add(f"s3://{bucket}/{key}")
+        return sorted(urls)

@@ -1,0 +1,1 @@
+"""Inference workflow: the Step Functions state machine, local endpoint and engine."""
