@@ -18,9 +18,9 @@ from pipelines.errors import SconesError
 COMMAND_MODULES = (
     "pipelines.cli_pipeline",   # scones pipeline definition|run|executions
     "pipelines.cli_registry",   # scones registry list|show|approve|reject
-    "workflow.cli_workflow",    # scones workflow definition|deploy|run, scones lambdas build
-    "workflow.cli_endpoint",    # scones endpoint serve|deploy|status
-    "workflow.cli_monitor",     # scones monitor report, scones infra template
+    "workflow.cli_workflow",    # scones workflow definition|deploy, scones lambdas build
+    "workflow.cli_run",         # scones workflow run, scones endpoint serve
+    "workflow.cli_ops",         # scones endpoint deploy|status, monitor report, infra template
     "pipelines.cli_demo",       # scones demo
 )
 

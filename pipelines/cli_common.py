@@ -26,6 +26,17 @@ def common_options() -> argparse.ArgumentParser:
     return parser
 
 
+def command_group(subparsers, name: str, help: str):
+    """The sub-subparsers of group `name` (`scones NAME ...`), created on first use, so
+    several modules can add commands to one group."""
+    cache = subparsers.__dict__.setdefault("_scones_groups", {})
+    if name not in cache:
+        parser = subparsers.add_parser(name, help=help, description=help)
+        cache[name] = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND",
+                                            required=True)
+    return cache[name]
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     rows = [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

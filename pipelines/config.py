@@ -71,8 +71,10 @@ class MonitoringConfig:
 @dataclass(frozen=True)
 class AwsConfig:
     region: str = "us-east-1"
-    role_arn: str | None = None
+    role_arn: str | None = None          # SageMaker execution role (pipeline jobs, models)
     bucket: str | None = None
+    lambda_role_arn: str | None = None   # execution role of the workflow's Lambdas
+    states_role_arn: str | None = None   # role the Step Functions state machine assumes
 
 
 @dataclass(frozen=True)
