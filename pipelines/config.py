@@ -50,7 +50,7 @@ class PipelineConfig:
     processing_instance_type: str = "ml.m5.large"
     training_instance_type: str = "ml.m5.xlarge"
     inference_instance_type: str = "ml.m5.large"
-    framework_version: str = "2.3"
+    framework_version: str = "2.5.1"
     py_version: str = "py311"
 
 

@@ -22,7 +22,11 @@ def _quiet() -> None:
     for name in ("sagemaker.config", "sagemaker", "sagemaker.telemetry", "stepfunctions",
                  "botocore.credentials"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Building a definition logs a WARNING per job-name field it pops and per parameter it
+    # resolves at compile time: expected behaviour, not something a user can act on.
+    logging.getLogger("sagemaker.workflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="sagemaker")
 
 
