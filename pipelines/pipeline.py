@@ -264,13 +264,14 @@ def upsert_and_start(config: Config, parameters: Mapping[str, Any] | None = None
                      wait: bool = False, sagemaker_session=None, description: str | None = None,
                      tags: list[dict] | None = None,
                      on_step: Callable[[dict], None] | None = None,
-                     poll_seconds: float = 30.0) -> dict:
+                     poll_seconds: float = 30.0, factory: Callable | None = None) -> dict:
     """Create or update the pipeline on SageMaker and start an execution.
 
     Returns {"execution_arn", "status", "steps", "failure_reason"}; with wait=True it follows
-    the execution to its end, calling on_step for each step status change.
+    the execution to its end, calling on_step for each step status change. `factory` is the
+    get_pipeline to use (run-pipeline's --module-name); default: this module's.
     """
-    pipeline = get_pipeline(config, sagemaker_session)
+    pipeline = (factory or get_pipeline)(config, sagemaker_session)
     known = {p.name for p in pipeline.parameters}
     unknown = sorted(set(parameters or {}) - known)
     if unknown:

@@ -1,0 +1,42 @@
+"""`get-pipeline-definition`: the SageMaker project template's command, printing (or writing
+with -f) the pipeline definition JSON. With --env local it builds on moto's S3 and needs no
+AWS account."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pipelines.template_cli import pipeline_from_args, run_template_cli, template_parser
+
+
+def _parser():
+    parser = template_parser("get-pipeline-definition",
+                             "Print the model-build pipeline's definition JSON.")
+    parser.add_argument("-f", "--file-name", default=None,
+                        help="write the definition to this file instead of stdout")
+    return parser
+
+
+def _body(args) -> int:
+    module, config = pipeline_from_args(args)
+    if config.is_local:
+        from pipelines.pipeline import local_definition
+
+        definition = json.dumps(local_definition(config), indent=2)
+    else:
+        definition = json.dumps(json.loads(module.get_pipeline(config).definition()), indent=2)
+    if args.file_name:
+        Path(args.file_name).write_text(definition + "\n")
+        print(f"wrote {args.file_name}", file=sys.stderr)
+    else:
+        print(definition)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_template_cli(_body, _parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

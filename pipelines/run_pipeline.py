@@ -1,0 +1,52 @@
+"""`run-pipeline`: the SageMaker project template's command. Creates or updates the pipeline,
+starts an execution and waits for it, printing each step's status. With --env local it runs
+the same definition on this machine with the local runner instead."""
+from __future__ import annotations
+
+import sys
+
+from pipelines.template_cli import (parse_json_arg, pipeline_from_args, run_template_cli,
+                                    template_parser)
+
+
+def _parser():
+    parser = template_parser("run-pipeline", "Upsert and run the model-build pipeline.")
+    parser.add_argument("-role-arn", "--role-arn", default=None,
+                        help="role the pipeline runs as (default: aws.role_arn of the config)")
+    parser.add_argument("-tags", "--tags", default=None,
+                        help='JSON list of tags, e.g. \'[{"Key": "team", "Value": "ml"}]\'')
+    parser.add_argument("-description", "--description", default=None)
+    parser.add_argument("--no-wait", action="store_true", help="start it and return")
+    return parser
+
+
+def _body(args) -> int:
+    module, config = pipeline_from_args(args)
+    tags = parse_json_arg("--tags", args.tags, None)
+    if config.is_local:
+        from pipelines.local_runner import run_pipeline_locally
+        from pipelines.pipeline import local_definition
+
+        result = run_pipeline_locally(local_definition(config), config)
+        print(f"execution {result.execution_id}: {result.status}")
+        return 0 if result.status == "Succeeded" else 1
+    from pipelines.pipeline import print_step, upsert_and_start
+
+    if args.role_arn:
+        import dataclasses
+
+        config = config.replace(aws=dataclasses.replace(config.aws, role_arn=args.role_arn))
+    result = upsert_and_start(config, wait=not args.no_wait, description=args.description,
+                              tags=tags, on_step=print_step, factory=module.get_pipeline)
+    print(f"execution {result['execution_arn']}: {result['status']}")
+    if result.get("failure_reason"):
+        print(f"failure reason: {result['failure_reason']}")
+    return 0 if result["status"] in ("Succeeded", "Executing") else 1
+
+
+def main(argv=None) -> int:
+    return run_template_cli(_body, _parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

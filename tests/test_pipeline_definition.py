@@ -1,0 +1,146 @@
+"""The pipeline definition's shape and wiring, its template CLIs, and upsert/start on moto."""
+import json
+import subprocess
+import sys
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pipelines.config import load_config
+from pipelines.errors import SconesError
+from pipelines.pipeline import (ACCURACY_JSON_PATH, local_definition, pipeline_session,
+                                upsert_and_start)
+from pipelines.storage import LocalObjectStore
+
+
+@pytest.fixture(scope="module")
+def local_config(tmp_path_factory):
+    return load_config("local", overrides={
+        "local.workspace": str(tmp_path_factory.mktemp("ws"))})
+
+
+@pytest.fixture(scope="module")
+def definition(local_config):
+    return local_definition(local_config)
+
+
+def steps_by_name(definition):
+    steps = {}
+    for step in definition["Steps"]:
+        steps[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            for inner in step.get("Arguments", {}).get(branch, []):
+                steps[inner["Name"]] = inner
+    return steps
+
+
+def test_parameters(definition, local_config):
+    params = {p["Name"]: p for p in definition["Parameters"]}
+    assert set(params) >= {"InputDataUrl", "ProcessingInstanceType", "TrainingInstanceType",
+                           "Epochs", "LearningRate", "AccuracyThreshold", "ModelApprovalStatus"}
+    assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
+    assert params["Epochs"]["Type"] == "Integer"
+    assert params["AccuracyThreshold"]["Type"] == "Float"
+    assert params["InputDataUrl"]["DefaultValue"] == local_config.data.input_url
+
+
+def test_steps_are_wired_preprocess_train_evaluate_condition(definition):
+    steps = steps_by_name(definition)
+    assert [s["Name"] for s in definition["Steps"]] == [
+        "Preprocess", "Train", "Evaluate", "CheckAccuracy"]
+    assert {n: s["Type"] for n, s in steps.items()} == {
+        "Preprocess": "Processing", "Train": "Training", "Evaluate": "Processing",
+        "CheckAccuracy": "Condition", "Register-RegisterModel": "RegisterModel",
+        "AccuracyBelowThreshold": "Fail"}
+
+    train = steps["Train"]["Arguments"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in train["InputDataConfig"]}
+    assert channels == {
+        split: {"Get": f"Steps.Preprocess.ProcessingOutputConfig.Outputs['{split}']"
+                       ".S3Output.S3Uri"} for split in ("train", "validation")}
+    assert json.loads(train["HyperParameters"]["sagemaker_program"]) == "train.py"
+    assert {m["Name"] for m in train["AlgorithmSpecification"]["MetricDefinitions"]} >= {
+        "train_loss", "validation_accuracy"}
+
+    evaluate = steps["Evaluate"]["Arguments"]
+    sources = {i["InputName"]: i["S3Input"]["S3Uri"] for i in evaluate["ProcessingInputs"]}
+    assert {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"} in sources.values()
+    assert steps["Evaluate"]["PropertyFiles"][0]["PropertyFileName"] == "EvaluationReport"
+
+    condition = steps["CheckAccuracy"]["Arguments"]["Conditions"][0]
+    assert condition["Type"] == "GreaterThanOrEqualTo"
+    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == ACCURACY_JSON_PATH
+    assert condition["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
+
+
+def test_register_and_fail_branches(definition):
+    steps = steps_by_name(definition)
+    register = steps["Register-RegisterModel"]["Arguments"]
+    assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    container = register["InferenceSpecification"]["Containers"][0]
+    assert container["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert set(register["InferenceSpecification"]["SupportedContentTypes"]) >= {
+        "image/png", "image/jpeg"}
+    assert register["ModelMetrics"]["ModelQuality"]["Statistics"]["ContentType"] == \
+        "application/json"
+    message = json.dumps(steps["AccuracyBelowThreshold"]["Arguments"]["ErrorMessage"])
+    assert ACCURACY_JSON_PATH in message and "Parameters.AccuracyThreshold" in message
+
+
+def test_uploaded_code_is_in_the_workspace_object_store(definition, local_config):
+    store = LocalObjectStore(local_config.workspace / "s3")
+    code_urls = [i["S3Input"]["S3Uri"] for s in definition["Steps"] if s["Type"] == "Processing"
+                 for i in s["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"]
+    train = steps_by_name(definition)["Train"]["Arguments"]["HyperParameters"]
+    code_urls.append(json.loads(train["sagemaker_submit_directory"]))
+    assert len(code_urls) == 3
+    for url in code_urls:
+        assert store.path_for(url).is_file(), url
+
+
+def test_get_pipeline_definition_cli_writes_the_same_definition(tmp_path, local_config):
+    out = tmp_path / "definition.json"
+    kwargs = json.dumps({"pipeline_name": "scones-cli-test"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.get_pipeline_definition", "--env", "local",
+         "--kwargs", kwargs, "-f", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "INFO" not in proc.stderr
+    written = json.loads(out.read_text())
+    assert [s["Name"] for s in written["Steps"]][0] == "Preprocess"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.get_pipeline_definition", "--env", "local",
+         "--kwargs", "{not json"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --kwargs is not valid JSON")
+
+
+@pytest.fixture
+def aws_config():
+    return load_config("aws", overrides={
+        "aws.role_arn": "arn:aws:iam::123456789012:role/scones-sagemaker",
+        "aws.bucket": "scones-test-bucket",
+        "data.input_url": "s3://scones-test-bucket/data/train"})
+
+
+@mock_aws
+def test_upsert_and_start_on_moto_is_idempotent(aws_config):
+    boto_session = boto3.Session(region_name=aws_config.aws.region)
+    boto_session.client("s3").create_bucket(Bucket=aws_config.aws.bucket)
+    session = pipeline_session(aws_config, boto_session)
+    first = upsert_and_start(aws_config, {"Epochs": 3}, sagemaker_session=session)
+    second = upsert_and_start(aws_config, sagemaker_session=session)
+    assert first["status"] == second["status"] == "Executing"
+    assert first["execution_arn"] != second["execution_arn"]
+    sm = boto_session.client("sagemaker")
+    pipelines = sm.list_pipelines()["PipelineSummaries"]
+    assert [p["PipelineName"] for p in pipelines] == [aws_config.pipeline.name]
+    stored = json.loads(sm.describe_pipeline(PipelineName=aws_config.pipeline.name)
+                        ["PipelineDefinition"])
+    assert stored["Steps"][0]["Name"] == "Preprocess"
+    executions = sm.list_pipeline_executions(PipelineName=aws_config.pipeline.name)
+    assert len(executions["PipelineExecutionSummaries"]) == 2
+    with pytest.raises(SconesError, match="unknown pipeline parameter.*Epoch.*known"):
+        upsert_and_start(aws_config, {"Epoch": 3}, sagemaker_session=session)
