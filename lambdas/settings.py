@@ -1,0 +1,70 @@
+"""The Lambdas' configuration: environment variables, read here and nowhere else.
+
+Read at each call, not at import: the local engine runs several functions (and several
+configurations, in tests) in one process, so a value frozen at import would go stale.
+Each function reads only what it needs; a missing or malformed value is a
+ConfigurationError that names the variable.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping
+
+from lambdas.errors import ConfigurationError
+
+ENDPOINT_NAME = "ENDPOINT_NAME"
+CONFIDENCE_THRESHOLD = "CONFIDENCE_THRESHOLD"
+CLASS_NAMES = "CLASS_NAMES"
+
+
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def _required(name: str, environ: Mapping[str, str] | None) -> str:
+    value = _environ(environ).get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"environment variable {name} is not set")
+    return value
+
+
+def endpoint_name(environ: Mapping[str, str] | None = None) -> str:
+    """ENDPOINT_NAME: the SageMaker endpoint the classify function invokes."""
+    return _required(ENDPOINT_NAME, environ)
+
+
+def confidence_threshold(environ: Mapping[str, str] | None = None) -> float:
+    """CONFIDENCE_THRESHOLD: a number in [0, 1]."""
+    raw = _required(CONFIDENCE_THRESHOLD, environ)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"environment variable {CONFIDENCE_THRESHOLD} must be a number, got {raw!r}") from None
+    if math.isnan(value) or not 0 <= value <= 1:
+        raise ConfigurationError(
+            f"environment variable {CONFIDENCE_THRESHOLD} must be between 0 and 1, got {raw!r}")
+    return value
+
+
+def class_names(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """CLASS_NAMES: comma-separated, in the model's output order, e.g. "bicycle,motorcycle"."""
+    raw = _required(CLASS_NAMES, environ)
+    names = tuple(part.strip() for part in raw.split(","))
+    if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+        raise ConfigurationError(
+            f"environment variable {CLASS_NAMES} must list at least two distinct, non-empty "
+            f"class names separated by commas, got {raw!r}")
+    return names
+
+
+def endpoint_url_override(service_env_name: str, environ: Mapping[str, str] | None = None
+                          ) -> str | None:
+    """The AWS_ENDPOINT_URL_<SERVICE> (or AWS_ENDPOINT_URL) boto3 will use, if any.
+
+    Only used to key the client cache: a client made for one endpoint URL must not serve
+    a later call meant for another (the local engine restarts its endpoint on new ports).
+    """
+    env = _environ(environ)
+    return env.get(f"AWS_ENDPOINT_URL_{service_env_name}") or env.get("AWS_ENDPOINT_URL")
