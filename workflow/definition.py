@@ -1,0 +1,241 @@
+"""The inference workflow's state machine, built with the Step Functions Data Science SDK,
+and the table of its Lambda functions (names, handlers, environment) everyone imports.
+
+serialize image (S3 -> base64) -> classify (SageMaker endpoint) -> filter (threshold).
+The Lambdas' FunctionName is the function's NAME, not its ARN, so the same ASL runs on
+any account and in the local engine. Failures keep their Lambda error name: a
+ThresholdConfidenceNotMet ends in the Fail state "ThresholdNotMet"; anything else in
+"InferenceFailed"; both carry the original error's Cause.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipelines.config import Config
+from pipelines.errors import SconesError
+from pipelines.sdk import stepfunctions_sdk
+
+# State names: the execution history and the local runner refer to these.
+SERIALIZE_STATE = "SerializeImageData"
+CLASSIFY_STATE = "ClassifyImage"
+FILTER_STATE = "FilterInferences"
+THRESHOLD_FAIL_STATE = "ThresholdNotMet"
+ERROR_FAIL_STATE = "InferenceFailed"
+THRESHOLD_ERROR = "ThresholdConfidenceNotMet"   # lambdas.errors class names = Step Functions Errors
+THROTTLED_ERROR = "EndpointThrottled"
+
+# Errors the Lambda service itself raises for transient trouble (AWS's recommended retrier
+# for lambda:invoke tasks).
+TRANSIENT_LAMBDA_ERRORS = ["Lambda.ServiceException", "Lambda.AWSLambdaException",
+                           "Lambda.SdkClientException", "Lambda.TooManyRequestsException"]
+MAX_STATE_NAME_LENGTH = 80  # AWS rejects longer state names
+
+
+class WorkflowDefinitionError(SconesError):
+    """The state machine definition is not one AWS would accept."""
+
+
+@dataclass(frozen=True)
+class LambdaSpec:
+    """One function of the project. To add a function: a module lambdas/<key>.py with a
+    lambda_handler, and a LambdaSpec here (its environment computed from the Config)."""
+    key: str                                        # the module name in lambdas/
+    description: str
+    environment: Callable[[Config], dict[str, str]] = field(default=lambda config: {})
+    timeout: int = 30                               # seconds
+    memory_size: int = 256                          # MB
+    in_workflow: bool = True                        # a state of the inference workflow
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    """A LambdaSpec resolved for one configuration: what deploy and the engine need."""
+    key: str
+    name: str
+    module: str
+    handler: str
+    environment: dict[str, str]
+    timeout: int
+    memory_size: int
+    description: str
+    in_workflow: bool
+
+
+LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
+    LambdaSpec(
+        "serialize_image_data", "Reads an image from S3 into the event as base64",
+        timeout=30, memory_size=256),
+    LambdaSpec(
+        "classify_image", "Classifies the event's image with the SageMaker endpoint",
+        environment=lambda config: {"ENDPOINT_NAME": config.workflow.endpoint_name,
+                                    "CLASS_NAMES": ",".join(config.classes)},
+        timeout=75, memory_size=256),   # InvokeEndpoint may take up to 60 s
+    LambdaSpec(
+        "filter_inferences", "Passes confident inferences, fails the others",
+        environment=lambda config: {
+            "CONFIDENCE_THRESHOLD": repr(config.workflow.confidence_threshold),
+            "CLASS_NAMES": ",".join(config.classes)},
+        timeout=10, memory_size=128),
+)
+
+
+def function_name(config: Config, key: str) -> str:
+    """e.g. "scones-classify-image" for key "classify_image"."""
+    return f"{config.workflow.lambda_prefix}-{key.replace('_', '-')}"
+
+
+def lambda_functions(config: Config, specs: tuple[LambdaSpec, ...] = LAMBDA_SPECS
+                     ) -> dict[str, LambdaFunction]:
+    """{key: LambdaFunction} in table order."""
+    return {
+        spec.key: LambdaFunction(
+            key=spec.key, name=function_name(config, spec.key), module=f"lambdas.{spec.key}",
+            handler=f"lambdas.{spec.key}.lambda_handler",
+            environment=dict(spec.environment(config)), timeout=spec.timeout,
+            memory_size=spec.memory_size, description=spec.description,
+            in_workflow=spec.in_workflow)
+        for spec in specs
+    }
+
+
+def _fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment: str):
+    """A Fail state whose Cause (and Error, unless given) come from the caught error.
+
+    The SDK's Fail only knows static Error/Cause; ASL's ErrorPath/CausePath copy the
+    Catch's {"Error", "Cause"} into the execution's result, so the execution reports the
+    Lambda's own error name and message instead of a generic one.
+    """
+    class FailFromCaughtError(sdk_steps.Fail):
+        def to_dict(self):
+            result = super().to_dict()
+            if "Error" not in result:
+                result["ErrorPath"] = "$.Error"
+            result["CausePath"] = "$.Cause"
+            return result
+
+    return FailFromCaughtError(state_id, comment=comment, **({"error": error} if error else {}))
+
+
+def build_workflow(config: Config, client=None):
+    """The inference workflow as a stepfunctions.workflow.Workflow (role:
+    config.aws.states_role_arn). `client`: a boto3 stepfunctions client for the SDK's
+    create/update/execute; by default one for config.aws.region (made, not used, here)."""
+    sfn = stepfunctions_sdk()
+    from stepfunctions import steps
+    from stepfunctions.workflow import Workflow
+
+    functions = lambda_functions(config)
+    threshold_failed = _fail_with_caught_error(
+        steps, THRESHOLD_FAIL_STATE, THRESHOLD_ERROR,
+        "The best class probability is below the confidence threshold; the Cause holds "
+        "the inferences and the predicted label")
+    failed = _fail_with_caught_error(
+        steps, ERROR_FAIL_STATE, None,
+        "Any other failure: the Lambda's error name and message, unchanged")
+
+    def lambda_state(state_id: str, key: str, comment: str):
+        function = functions[key]
+        state = steps.LambdaStep(
+            state_id, comment=comment,
+            parameters={"FunctionName": function.name, "Payload.$": "$"},
+            output_path="$.Payload",
+            timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
+        state.add_retry(steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
+                                    interval_seconds=1, max_attempts=3, backoff_rate=2.0))
+        return state
+
+    serialize = lambda_state(SERIALIZE_STATE, "serialize_image_data",
+                             "Read the image from S3 into image_data (base64)")
+    classify = lambda_state(CLASSIFY_STATE, "classify_image",
+                            "Invoke the SageMaker endpoint; fill inferences")
+    classify.add_retry(steps.Retry(error_equals=[THROTTLED_ERROR],
+                                   interval_seconds=2, max_attempts=4, backoff_rate=2.0))
+    filter_ = lambda_state(FILTER_STATE, "filter_inferences",
+                           "Keep confident inferences; fail below the threshold")
+    filter_.add_catch(steps.Catch(error_equals=[THRESHOLD_ERROR], next_step=threshold_failed))
+    for state in (serialize, classify, filter_):
+        state.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=failed))
+
+    if client is None:
+        import boto3
+        client = boto3.client("stepfunctions", region_name=config.aws.region)
+    del sfn
+    return Workflow(
+        name=config.workflow.state_machine_name,
+        definition=steps.Chain([serialize, classify, filter_]),
+        role=config.aws.states_role_arn or "",
+        comment="Scones Unlimited: classify a delivery-vehicle image (bicycle or "
+                "motorcycle) and keep only confident inferences",
+        timeout_seconds=600,
+        client=client,
+    )
+
+
+def workflow_definition(config: Config) -> dict:
+    """The ASL as a dict, checked (see check_definition)."""
+    asl = json.loads(build_workflow(config).definition.to_json())
+    check_definition(asl)
+    return asl
+
+
+def workflow_definition_json(config: Config) -> str:
+    """The ASL exactly as deployed (the SDK's JSON), checked first."""
+    text = build_workflow(config).definition.to_json(pretty=True)
+    check_definition(json.loads(text))
+    return text
+
+
+def check_definition(asl: dict) -> None:
+    """Refuse what CreateStateMachine would: unknown StartAt/Next/Catch targets, states
+    no path reaches, a non-terminal state without Next, misplaced States.ALL."""
+    def fail(why: str) -> None:
+        raise WorkflowDefinitionError(f"state machine definition: {why}")
+
+    states = asl.get("States")
+    if not isinstance(states, dict) or not states:
+        fail("no States")
+    if asl.get("StartAt") not in states:
+        fail(f"StartAt {asl.get('StartAt')!r} is not a state")
+    edges: dict[str, list[str]] = {}
+    for name, state in states.items():
+        if not 0 < len(name) <= MAX_STATE_NAME_LENGTH:
+            fail(f"state name {name!r} must be 1 to {MAX_STATE_NAME_LENGTH} characters")
+        kind = state.get("Type")
+        targets = [state["Next"]] if "Next" in state else []
+        if kind in ("Succeed", "Fail"):
+            if targets or state.get("End"):
+                fail(f"{kind} state {name!r} must not have Next or End")
+            if "Error" in state and "ErrorPath" in state or "Cause" in state and "CausePath" in state:
+                fail(f"Fail state {name!r} has both a value and a path for Error or Cause")
+        elif kind == "Choice":
+            targets += [c.get("Next") for c in state.get("Choices", [])]
+            targets += [state["Default"]] if "Default" in state else []
+        elif bool(targets) == bool(state.get("End")):
+            fail(f"state {name!r} must have exactly one of Next and End")
+        if kind == "Task" and not state.get("Resource"):
+            fail(f"Task state {name!r} has no Resource")
+        for block in ("Retry", "Catch"):
+            rules = state.get(block, [])
+            for index, rule in enumerate(rules):
+                errors = rule.get("ErrorEquals")
+                if not errors:
+                    fail(f"{name}.{block}[{index}] has no ErrorEquals")
+                if "States.ALL" in errors and (len(errors) > 1 or index != len(rules) - 1):
+                    fail(f"{name}.{block}[{index}]: States.ALL must be alone and last")
+                if block == "Catch":
+                    targets.append(rule.get("Next"))
+        for target in targets:
+            if target not in states:
+                fail(f"state {name!r} goes to {target!r}, which is not a state")
+        edges[name] = targets
+    reached, todo = set(), [asl["StartAt"]]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(edges[name])
+    unreachable = sorted(set(states) - reached)
+    if unreachable:
+        fail(f"states not reachable from {asl['StartAt']!r}: {', '.join(unreachable)}")
