@@ -1,0 +1,96 @@
+"""`scones workflow definition|deploy` and `scones lambdas build`.
+
+(`scones workflow run` is added to the same group by workflow/cli_run.py.)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from lambdas.build import LambdaBuildError, build_lambda_zips, code_sha256
+from pipelines.cli_common import command_group, common_options, format_table
+from pipelines.errors import SconesError
+
+
+class LambdaPackagingError(SconesError):
+    """A Lambda module cannot be packaged (lambdas.build refused it)."""
+
+
+def _build(out_dir: Path, keys=None) -> dict[str, Path]:
+    try:
+        return build_lambda_zips(out_dir, keys=keys)
+    except LambdaBuildError as exc:
+        raise LambdaPackagingError(str(exc)) from None
+
+
+def cmd_definition(args, config) -> int:
+    from workflow.definition import workflow_definition_json
+
+    print(workflow_definition_json(config))
+    return 0
+
+
+def cmd_deploy(args, config) -> int:
+    if config.is_local:
+        raise SconesError("`scones workflow deploy` deploys the Lambdas and the state machine "
+                          "to AWS: add --env aws (with configs/aws.yaml filled in). To run the "
+                          "workflow on this machine, use `scones workflow run`.")
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    from workflow.definition import lambda_functions
+    from workflow.deploy import deploy_workflow
+
+    functions = lambda_functions(config)
+    with tempfile.TemporaryDirectory(prefix="scones-lambdas-") as tmp:
+        zips = _build(Path(tmp), keys=list(functions))
+        try:
+            session = boto3.Session(region_name=config.aws.region)
+            result = deploy_workflow(config, zips, session.client("lambda"),
+                                     session.client("stepfunctions"))
+        except BotoCoreError as exc:  # no credentials, no network: nothing was answered
+            raise SconesError(f"cannot reach AWS in {config.aws.region}: {exc}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [(f["name"], "Lambda function", f["action"], ", ".join(f["changes"]), f["arn"])
+            for f in result["functions"].values()]
+    machine = result["state_machine"]
+    rows.append((machine["name"], "state machine", machine["action"],
+                 ", ".join(machine["changes"]), machine["arn"]))
+    print(format_table(["name", "kind", "action", "changed", "arn"], rows))
+    return 0
+
+
+def cmd_build(args, config) -> int:
+    out_dir = Path(args.out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SconesError(f"--out {args.out}: exists and is not a folder")
+    zips = _build(out_dir)
+    rows = [(key, path, path.stat().st_size, code_sha256(path)) for key, path in zips.items()]
+    print(format_table(["function", "zip", "bytes", "CodeSha256"], rows))
+    return 0
+
+
+def register(subparsers) -> None:
+    workflow = command_group(subparsers, "workflow",
+                             "the Step Functions inference workflow (serialize, classify, filter)")
+    parser = workflow.add_parser(
+        "definition", parents=[common_options()],
+        help="print the state machine definition (ASL JSON) as deployed")
+    parser.set_defaults(func=cmd_definition)
+    parser = workflow.add_parser(
+        "deploy", parents=[common_options()],
+        help="create or update the Lambdas and the state machine on AWS (--env aws)")
+    parser.add_argument("--json", action="store_true",
+                        help="print what was created/updated as one JSON object")
+    parser.set_defaults(func=cmd_deploy)
+
+    lambdas = command_group(subparsers, "lambdas", "the workflow's Lambda functions")
+    parser = lambdas.add_parser(
+        "build", parents=[common_options()],
+        help="package each Lambda as a deterministic zip holding only what it imports")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the zips")
+    parser.set_defaults(func=cmd_build)
