@@ -1,0 +1,185 @@
+"""The monitoring report on generated data-capture files in SageMaker's layout."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines.config import load_config
+from workflow.monitoring import MonitoringError, build_report, parse_since
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NOW = datetime(2026, 11, 24, 23, 0, 0, tzinfo=timezone.utc)
+
+
+def _record(probabilities, when: str, encoding="JSON") -> str:
+    data = json.dumps(probabilities)
+    if encoding == "BASE64":
+        data = base64.b64encode(data.encode()).decode()
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": "image/png", "mode": "INPUT",
+                              "data": base64.b64encode(PNG_MAGIC).decode(), "encoding": "BASE64"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": data, "encoding": encoding}},
+        "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": when},
+        "eventVersion": "0"})
+
+
+def _write_capture(root: Path, endpoint="scones-delivery-vehicles") -> Path:
+    """Five good records over two hours, three malformed lines and a blank one."""
+    base = root / endpoint / "AllTraffic" / "2026" / "11" / "24"
+    hour21 = base / "21" / "03-04-123-aaaa.jsonl"
+    hour22 = base / "22" / "10-00-000-bbbb.jsonl"
+    hour21.parent.mkdir(parents=True)
+    hour22.parent.mkdir(parents=True)
+    hour21.write_text("\n".join([
+        _record([0.45, 0.55], "2026-11-24T21:03:04Z"),          # motorcycle 0.55
+        _record([0.95, 0.05], "2026-11-24T21:10:00Z"),          # bicycle 0.95
+        "{not json",                                            # line 3: malformed
+        _record([0.75, 0.25], "2026-11-24T21:59:59Z", "BASE64"),  # bicycle 0.75
+    ]) + "\n")
+    hour22.write_text("\n".join([
+        _record([0.35, 0.65], "2026-11-24T22:00:00Z"),          # motorcycle 0.65
+        "",
+        json.dumps({"captureData": {}, "eventVersion": "0"}),   # line 3: no output
+        _record([0.1, 0.2, 0.7], "2026-11-24T22:01:00Z"),       # line 4: three classes
+        _record([0.85, 0.15], "2026-11-24T22:30:00Z"),          # bicycle 0.85
+    ]) + "\n")
+    return root
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
+
+
+def test_summary_numbers_plots_and_malformed_lines(config, tmp_path):
+    source = _write_capture(tmp_path / "capture")
+    report = build_report(config, source=str(source), now=NOW)
+    s = report.summary
+
+    assert (s["records"], s["files"], s["malformed"]) == (5, 2, 3)
+    assert s["class_distribution"] == {"bicycle": {"count": 3, "share": 0.6},
+                                       "motorcycle": {"count": 2, "share": 0.4}}
+    # confidences 0.55 0.65 0.75 0.85 0.95, linear interpolation between ranks
+    assert s["confidence_quantiles"] == {"p5": 0.57, "p25": 0.65, "p50": 0.75, "p75": 0.85,
+                                         "p95": 0.93}
+    assert (s["under_threshold"], s["under_threshold_share"]) == (3, 0.6)  # threshold 0.8
+    assert s["per_hour"] == [
+        {"hour": "2026-11-24T21:00Z", "records": 3, "mean_confidence": 0.75,
+         "under_threshold": 2},
+        {"hour": "2026-11-24T22:00Z", "records": 2, "mean_confidence": 0.75,
+         "under_threshold": 1}]
+    where = [(Path(m["file"]).parent.name, m["line"]) for m in s["malformed_lines"]]
+    assert where == [("21", 3), ("22", 3), ("22", 4)]
+    reasons = [m["reason"] for m in s["malformed_lines"]]
+    assert reasons[0].startswith("not JSON") and "endpointOutput" in reasons[1]
+    assert "2 class probabilities" in reasons[2]
+
+    assert report.out_dir == config.workspace / "reports" / "monitor-20261124T230000Z"
+    for name, path in report.plots.items():
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        with Image.open(path) as image:
+            image.verify()
+    markdown = report.markdown_path.read_text()
+    assert "(confidence_over_time.png)" in markdown and "(confidence_histogram.png)" in markdown
+    assert "line 4: endpointOutput.data should be 2 class probabilities" in markdown
+    assert json.loads((report.out_dir / "summary.json").read_text()) == s
+
+
+def test_since_filters_records_and_skips_older_hour_folders(config, tmp_path):
+    source = _write_capture(tmp_path / "capture")
+    report = build_report(config, source=str(source), since="2026-11-24T22:00:00Z", now=NOW)
+    # hour 21's file (with its malformed line) is skipped unread
+    assert (report.summary["records"], report.summary["files"], report.summary["malformed"]) \
+        == (2, 1, 2)
+    relative = build_report(config, source=str(source), since="30m", now=NOW)
+    assert relative.summary["records"] == 1  # only 22:30 is within 30 minutes of 23:00
+
+
+def test_parse_since_forms():
+    assert parse_since("2h", NOW) == NOW - timedelta(hours=2)
+    assert parse_since("30m", NOW) == NOW - timedelta(minutes=30)
+    assert parse_since("1d", NOW) == NOW - timedelta(days=1)
+    assert parse_since("2026-11-24T21:00:00", NOW) == datetime(2026, 11, 24, 21,
+                                                               tzinfo=timezone.utc)
+    assert parse_since("2026-11-24T21:00:00+01:00", NOW) == datetime(2026, 11, 24, 20,
+                                                                     tzinfo=timezone.utc)
+    with pytest.raises(MonitoringError, match="--since 'yesterday'"):
+        parse_since("yesterday", NOW)
+
+
+def test_default_source_is_the_local_object_store_and_reports_never_overwrite(config):
+    _write_capture(config.workspace / "s3" / "scones-local" / "datacapture")
+    first = build_report(config, now=NOW)
+    second = build_report(config, now=NOW)
+    assert first.summary["source"] == \
+        "s3://scones-local/datacapture/scones-delivery-vehicles/"
+    assert first.summary["records"] == 5
+    assert second.out_dir.name == "monitor-20261124T230000Z-2"
+    assert first.markdown_path.exists() and second.markdown_path.exists()
+    with pytest.raises(MonitoringError, match="already holds a report"):
+        build_report(config, out_dir=first.out_dir, now=NOW)
+
+
+def test_no_records_is_a_clear_error(config, tmp_path):
+    with pytest.raises(MonitoringError, match="no data-capture records under "
+                                              "s3://scones-local/datacapture/"):
+        build_report(config, now=NOW)
+    only_bad = tmp_path / "bad" / "x.jsonl"
+    only_bad.parent.mkdir()
+    only_bad.write_text("garbage\n")
+    with pytest.raises(MonitoringError, match=r"1 malformed line\(s\), e.g. .*x.jsonl line 1"):
+        build_report(config, source=str(only_bad.parent), now=NOW)
+    assert not (config.workspace / "reports").exists() or \
+        not list((config.workspace / "reports").iterdir())
+
+
+def test_reads_s3_on_aws(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    config = load_config("aws", overrides={
+        "aws.role_arn": "arn:aws:iam::123456789012:role/x", "aws.bucket": "scones-bucket",
+        "data.input_url": "s3://scones-bucket/data", "local.workspace": str(tmp_path / "ws")})
+    source = _write_capture(tmp_path / "capture")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="scones-bucket")
+        for path in source.rglob("*.jsonl"):
+            s3.put_object(Bucket="scones-bucket",
+                          Key=f"datacapture/{path.relative_to(source).as_posix()}",
+                          Body=path.read_bytes())
+        report = build_report(config, out_dir=tmp_path / "r", s3_client=s3, now=NOW)
+    assert (report.summary["records"], report.summary["malformed"]) == (5, 3)
+    assert report.summary["malformed_lines"][0]["file"].startswith("s3://scones-bucket/")
+
+
+def test_cli_report(config, tmp_path):
+    source = _write_capture(tmp_path / "capture")
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    base = [sys.executable, "-m", "pipelines.cli", "monitor", "report",
+            "--set", f"local.workspace={config.workspace}"]
+    done = subprocess.run(base + ["--source", str(source), "--json"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["records"] == 5 and Path(summary["report"]).is_file()
+    assert "3 malformed capture line(s)" in done.stderr
+
+    done = subprocess.run(base + ["--source", str(source), "--since", "soon"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --since 'soon'")

@@ -1,0 +1,407 @@
+"""A monitoring report from the endpoint's data capture.
+
+Reads SageMaker's data-capture JSON Lines (one record per invocation, files laid out as
+<prefix>/<endpoint>/AllTraffic/YYYY/MM/DD/HH/*.jsonl) from a folder, the local object store
+or S3, and writes a markdown report with the confidence over time (threshold line drawn, as
+the seed notebook's Model Monitor plot) and a confidence histogram per predicted class.
+
+A malformed line is counted and listed (file and line number), never fatal: one bad record
+must not hide a day of traffic.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pipelines.config import Config
+from pipelines.errors import SconesError
+from pipelines.storage import LocalObjectStore, split_s3_url
+
+QUANTILES = (5, 25, 50, 75, 95)
+MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# .../YYYY/MM/DD/HH/<file>: the hour folder lets --since skip whole files unread.
+_HOUR_PATH = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]+$")
+
+
+class MonitoringError(SconesError):
+    """No capture records, an unreadable source, or a bad --since."""
+
+
+@dataclass(frozen=True)
+class CaptureRecord:
+    inference_time: datetime
+    probabilities: tuple[float, ...]
+    source: str
+    line: int
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probabilities)
+
+    @property
+    def predicted_index(self) -> int:
+        return self.probabilities.index(self.confidence)
+
+
+@dataclass
+class Malformed:
+    source: str
+    line: int
+    reason: str
+
+
+@dataclass
+class Report:
+    summary: dict
+    out_dir: Path
+    markdown_path: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """'2h', '30m', '1d', '45s', '1w' (ago) or an ISO 8601 time; naive times are UTC."""
+    if text is None or text == "":
+        return None
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(text)
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MonitoringError(f"--since {text!r}: expected an ISO 8601 time such as "
+                              "2026-11-24T21:00:00Z or an age such as 30m, 2h, 1d") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def default_source(config: Config) -> str:
+    """Where the endpoint captures to: the deployed endpoint's destination when known."""
+    from workflow.deployment import default_data_capture_uri, read_endpoint_state
+
+    destination = default_data_capture_uri(config)
+    if config.is_local:
+        state = read_endpoint_state(config) or {}
+        destination = (state.get("DataCaptureConfig") or {}).get("DestinationS3Uri") or destination
+    return f"{destination.rstrip('/')}/{config.workflow.endpoint_name}/"
+
+
+def iter_capture_files(config: Config, source: str, since: datetime | None = None,
+                       s3_client=None) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each *.jsonl under a folder or s3:// prefix, in name order.
+    Files in hour folders that end before `since` are skipped without reading them."""
+    if source.startswith("s3://"):
+        if config.is_local:
+            store = LocalObjectStore(Path(config.workspace) / "s3")
+            names = [u for u in store.list_urls(source) if u.endswith(".jsonl")]
+            read = store.read_bytes
+        else:
+            import boto3
+
+            s3 = s3_client or boto3.client("s3", region_name=config.aws.region)
+            bucket, prefix = split_s3_url(source)
+            names = []
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                names += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
+                          if o["Key"].endswith(".jsonl")]
+
+            def read(url: str) -> bytes:
+                b, k = split_s3_url(url)
+                return s3.get_object(Bucket=b, Key=k)["Body"].read()
+    else:
+        root = Path(source).expanduser()
+        if not root.exists():
+            raise MonitoringError(f"capture source {root} does not exist")
+        names = [str(p) for p in ([root] if root.is_file() else root.rglob("*.jsonl"))]
+        read = lambda name: Path(name).read_bytes()  # noqa: E731
+    for name in sorted(names):
+        if since is not None and _hour_ends_before(name, since):
+            continue
+        yield name, read(name)
+
+
+def _hour_ends_before(name: str, since: datetime) -> bool:
+    match = _HOUR_PATH.search(name.replace("\\", "/"))
+    if not match:
+        return False
+    try:
+        hour = datetime(*map(int, match.groups()), tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return hour + timedelta(hours=1) <= since
+
+
+def parse_capture_lines(name: str, content: bytes, n_classes: int
+                        ) -> tuple[list[CaptureRecord], list[Malformed]]:
+    records, malformed = [], []
+    for number, raw in enumerate(content.decode("utf-8", errors="replace").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            records.append(_parse_record(raw, n_classes, name, number))
+        except ValueError as exc:
+            malformed.append(Malformed(name, number, str(exc)))
+    return records, malformed
+
+
+def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRecord:
+    try:
+        record = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    try:
+        output = record["captureData"]["endpointOutput"]
+        data, encoding = output["data"], output.get("encoding", "JSON")
+        time_text = record["eventMetadata"]["inferenceTime"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"missing {exc} (captureData.endpointOutput.data and "
+                         "eventMetadata.inferenceTime are required)") from None
+    if encoding == "BASE64":  # output types not listed in CaptureContentTypeHeader
+        try:
+            data = base64.b64decode(data, validate=True).decode("utf-8")
+        except (ValueError, TypeError):
+            raise ValueError("endpointOutput.data is not valid base64") from None
+    elif encoding not in ("JSON", "CSV"):
+        raise ValueError(f"unknown endpointOutput.encoding {encoding!r}")
+    try:
+        probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
+    if (not isinstance(probabilities, list) or len(probabilities) != n_classes
+            or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                       and math.isfinite(p) for p in probabilities)):
+        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities, "
+                         f"got {str(data)[:60]!r}")
+    try:
+        when = datetime.fromisoformat(str(time_text))
+    except ValueError:
+        raise ValueError(f"eventMetadata.inferenceTime {time_text!r} is not ISO 8601") from None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number)
+
+
+def summarise(records: list[CaptureRecord], malformed: list[Malformed], classes: Iterable[str],
+              threshold: float, files: int, source: str, since: datetime | None) -> dict:
+    import numpy as np
+
+    classes = list(classes)
+    confidences = np.array([r.confidence for r in records], dtype=float)
+    counts = [0] * len(classes)
+    for record in records:
+        counts[record.predicted_index] += 1
+    n = len(records)
+    by_hour: dict[datetime, list[CaptureRecord]] = {}
+    for record in records:
+        hour = record.inference_time.astimezone(timezone.utc).replace(minute=0, second=0,
+                                                                      microsecond=0)
+        by_hour.setdefault(hour, []).append(record)
+    under = int((confidences < threshold).sum())
+    return {
+        "source": source,
+        "since": since.isoformat() if since else None,
+        "files": files,
+        "records": n,
+        "malformed": len(malformed),
+        "malformed_lines": [{"file": m.source, "line": m.line, "reason": m.reason}
+                            for m in malformed[:MALFORMED_LISTED]],
+        "first_inference": min(r.inference_time for r in records).isoformat(),
+        "last_inference": max(r.inference_time for r in records).isoformat(),
+        "threshold": threshold,
+        "class_distribution": {c: {"count": counts[i], "share": round(counts[i] / n, 4)}
+                               for i, c in enumerate(classes)},
+        "confidence_quantiles": {f"p{q}": round(float(np.percentile(confidences, q)), 4)
+                                 for q in QUANTILES},
+        "mean_confidence": round(float(confidences.mean()), 4),
+        "under_threshold": under,
+        "under_threshold_share": round(under / n, 4),
+        "per_hour": [
+            {"hour": hour.strftime("%Y-%m-%dT%H:00Z"), "records": len(group),
+             "mean_confidence": round(sum(r.confidence for r in group) / len(group), 4),
+             "under_threshold": sum(r.confidence < threshold for r in group)}
+            for hour, group in sorted(by_hour.items())],
+    }
+
+
+def build_report(config: Config, source: str | None = None, since: str | datetime | None = None,
+                 out_dir: Path | str | None = None, s3_client=None,
+                 now: datetime | None = None) -> Report:
+    """Read capture records, summarise them, draw the plots and write report.md.
+
+    source: a folder or s3:// prefix (default: the endpoint's capture destination);
+    since: ISO time or '2h'/'30m'/'1d'; out_dir: default <workspace>/reports/monitor-<time>/,
+    never an existing report's folder.
+    """
+    now = now or datetime.now(timezone.utc)
+    since_time = since if isinstance(since, datetime) else parse_since(since, now)
+    source = source or default_source(config)
+    records: list[CaptureRecord] = []
+    malformed: list[Malformed] = []
+    files = 0
+    for name, content in iter_capture_files(config, source, since_time, s3_client):
+        files += 1
+        found, bad = parse_capture_lines(name, content, len(config.classes))
+        records += found
+        malformed += bad
+    if since_time is not None:
+        records = [r for r in records if r.inference_time >= since_time]
+    records.sort(key=lambda r: r.inference_time)
+    if not records:
+        window = f" since {since_time.isoformat()}" if since_time else ""
+        detail = ""
+        if malformed:
+            first = malformed[0]
+            detail = (f"; {len(malformed)} malformed line(s), e.g. {first.source} line "
+                      f"{first.line}: {first.reason}")
+        raise MonitoringError(
+            f"no data-capture records{window} under {source} ({files} capture file(s)){detail}. "
+            "Deploy a model with data capture and send it traffic (`scones workflow run`), "
+            "or point --source at the capture folder")
+    summary = summarise(records, malformed, config.classes, config.workflow.confidence_threshold,
+                        files, source, since_time)
+    out = _report_dir(config, out_dir, now)
+    plots = _plot(records, config.classes, config.workflow.confidence_threshold, out)
+    markdown = out / "report.md"
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    markdown.write_text(_markdown(summary, plots, config.workflow.endpoint_name, now))
+    return Report(summary=summary, out_dir=out, markdown_path=markdown, plots=plots)
+
+
+def _report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Path:
+    if out_dir is not None:
+        out = Path(out_dir)
+        if (out / "report.md").exists():
+            raise MonitoringError(f"{out} already holds a report (report.md): choose another "
+                                  "--out so the earlier report is kept")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = Path(config.workspace) / "reports" / f"monitor-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir()  # exclusive: two reports in one second get their own folders
+            return candidate
+        except FileExistsError:
+            continue
+    raise MonitoringError(f"too many reports named {base.name}* in {base.parent}")
+
+
+def _plot(records: list[CaptureRecord], classes: tuple[str, ...], threshold: float,
+          out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [r.inference_time for r in records]
+    confidences = [r.confidence for r in records]
+    colours = [f"C{r.predicted_index}" for r in records]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.scatter(times, confidences, c=colours, s=12)
+    ax.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold:g}")
+    for i, name in enumerate(classes):  # legend entries for the class colours
+        ax.scatter([], [], c=f"C{i}", s=12, label=f"predicted {name}")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("inference time (UTC)")
+    ax.set_ylabel("confidence (max class probability)")
+    ax.set_title("Endpoint confidence over time")
+    ax.legend(loc="lower left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    over_time = out / "confidence_over_time.png"
+    fig.savefig(over_time, dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.5), squeeze=False)
+    bins = [i / 20 for i in range(21)]
+    for i, (ax, name) in enumerate(zip(axes[0], classes)):
+        values = [r.confidence for r in records if r.predicted_index == i]
+        ax.hist(values, bins=bins, color=f"C{i}")
+        ax.axvline(threshold, color="red", linestyle="--")
+        ax.set_title(f"predicted {name} (n={len(values)})")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("records")
+    fig.tight_layout()
+    histogram = out / "confidence_histogram.png"
+    fig.savefig(histogram, dpi=100)
+    plt.close(fig)
+    return {"confidence_over_time": over_time, "confidence_histogram": histogram}
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a few human lines (CLI output)."""
+    q = summary["confidence_quantiles"]
+    lines = [
+        f"{summary['records']} records in {summary['files']} file(s), "
+        f"{summary['first_inference']} .. {summary['last_inference']}",
+        "classes: " + ", ".join(f"{c} {v['count']} ({v['share']:.1%})"
+                                for c, v in summary["class_distribution"].items()),
+        "confidence: " + "  ".join(f"{k}={v:.3f}" for k, v in q.items()),
+        f"under threshold {summary['threshold']:g}: {summary['under_threshold']} "
+        f"({summary['under_threshold_share']:.1%})",
+    ]
+    if summary["malformed"]:
+        lines.append(f"malformed lines: {summary['malformed']}")
+    return "\n".join(lines)
+
+
+def _markdown(summary: dict, plots: dict[str, Path], endpoint: str, now: datetime) -> str:
+    from pipelines.cli_common import format_table
+
+    q = summary["confidence_quantiles"]
+    parts = [
+        f"# Monitoring report: endpoint `{endpoint}`",
+        "",
+        f"Generated {now.isoformat(timespec='seconds')} from `{summary['source']}`"
+        + (f", records since {summary['since']}" if summary["since"] else "") + ".",
+        "",
+        f"- records: **{summary['records']}** in {summary['files']} capture file(s), "
+        f"{summary['first_inference']} to {summary['last_inference']}",
+        f"- under the confidence threshold ({summary['threshold']:g}): "
+        f"**{summary['under_threshold']}** ({summary['under_threshold_share']:.1%}); these "
+        "fail the workflow with ThresholdConfidenceNotMet",
+        f"- malformed capture lines skipped: {summary['malformed']}",
+        "",
+        "## Predicted classes",
+        "",
+        "```",
+        format_table(["class", "records", "share"],
+                     [(c, v["count"], f"{v['share']:.1%}")
+                      for c, v in summary["class_distribution"].items()]),
+        "```",
+        "",
+        "## Confidence",
+        "",
+        "```",
+        format_table(list(q) + ["mean"], [[f"{v:.4f}" for v in q.values()]
+                                          + [f"{summary['mean_confidence']:.4f}"]]),
+        "```",
+        "",
+        f"![confidence over time]({plots['confidence_over_time'].name})",
+        "",
+        f"![confidence histogram per class]({plots['confidence_histogram'].name})",
+        "",
+        "## Per hour (UTC)",
+        "",
+        "```",
+        format_table(["hour", "records", "mean confidence", "under threshold"],
+                     [(h["hour"], h["records"], f"{h['mean_confidence']:.4f}",
+                       h["under_threshold"]) for h in summary["per_hour"]]),
+        "```",
+        "",
+    ]
+    if summary["malformed"]:
+        parts += ["## Malformed lines", ""]
+        parts += [f"- `{m['file']}` line {m['line']}: {m['reason']}"
+                  for m in summary["malformed_lines"]]
+        if summary["malformed"] > len(summary["malformed_lines"]):
+            parts.append(f"- ... and {summary['malformed'] - len(summary['malformed_lines'])} more")
+        parts.append("")
+    return "\n".join(parts)
