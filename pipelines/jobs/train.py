@@ -1,0 +1,280 @@
+"""Train SconesNet from scratch on preprocess.py's splits.
+
+SageMaker training entry point (source_dir = this folder): hyperparameters arrive as
+`--epochs 30`-style arguments, channels and output folders through the SM_* variables,
+which is SageMaker's convention. Runs by hand and under the local runner the same way.
+
+One line per epoch, parsed by the pipeline's metric_definitions:
+  epoch 3/30 train_loss=0.4123 train_accuracy=0.8125 validation_loss=0.3912 validation_accuracy=0.8400 seconds=1.2
+
+Model dir: model.pt (best-validation-accuracy state_dict), model_config.json,
+code/inference.py + code/scones_net.py (the serving code, next to the weights it serves).
+Output-data dir: training_history.json, training_curves.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scones_net import ARCHITECTURE, IMAGE_SIZE, SconesNet, normalise
+
+HERE = Path(__file__).resolve().parent
+SERVING_CODE = ("inference.py", "scones_net.py")
+CROP_PADDING = 4
+LABEL_SMOOTHING = 0.1
+WEIGHT_DECAY = 5e-4
+
+
+class TrainingError(Exception):
+    """Bad input (missing channel, wrong arrays); the message says what and where."""
+
+
+def load_split(folder: Path, channel: str) -> dict[str, np.ndarray]:
+    path = folder / "data.npz"
+    if not path.is_file():
+        raise TrainingError(f"{channel} channel: {path} not found (expected preprocess.py's data.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in ("images", "labels", "class_names")}
+    except (KeyError, ValueError, OSError) as exc:
+        raise TrainingError(f"{channel} channel: {path} is not a valid split file: {exc}") from None
+    images, labels = data["images"], data["labels"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise TrainingError(f"{path}: images must be uint8 N x {IMAGE_SIZE} x {IMAGE_SIZE} x 3, "
+                            f"got {images.dtype} {images.shape}")
+    if len(labels) != len(images) or len(images) == 0:
+        raise TrainingError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= len(data["class_names"]):
+        raise TrainingError(f"{path}: labels outside 0..{len(data['class_names']) - 1}")
+    return data
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with reflect padding + horizontal flip + brightness/contrast jitter.
+
+    batch: normalised float N x 3 x H x W. Vectorised with gather-free indexing so it costs
+    far less than the forward pass.
+    """
+    n, _, h, w = batch.shape
+    padded = F.pad(batch, (CROP_PADDING,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]          # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]          # n,1,1,w
+    index_n = torch.arange(n)[:, None, None, None]
+    index_c = torch.arange(batch.shape[1])[None, :, None, None]
+    out = padded[index_n, index_c, rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    # Light photometric jitter, in normalised units: contrast x[0.8,1.2], brightness +-0.2.
+    contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = 0.4 * torch.rand(n, 1, 1, 1, generator=generator) - 0.2
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean + brightness
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def evaluate(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            logits = net(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"validation_{metric}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    train_data = load_split(args.train, "train")
+    validation_data = load_split(args.validation, "validation")
+    class_names = [str(c) for c in train_data["class_names"]]
+    if [str(c) for c in validation_data["class_names"]] != class_names:
+        raise TrainingError(f"class names differ: train {class_names}, "
+                            f"validation {list(validation_data['class_names'])}")
+
+    # Normalisation statistics come from the training split and travel in model_config.json.
+    pixels = train_data["images"].reshape(-1, 3).astype(np.float64) / 255.0
+    mean = torch.tensor(pixels.mean(axis=0), dtype=torch.float32)
+    std = torch.tensor(pixels.std(axis=0) + 1e-6, dtype=torch.float32)
+    x_train = normalise(torch.from_numpy(train_data["images"]), mean, std).to(device)
+    y_train = torch.from_numpy(train_data["labels"].astype(np.int64)).to(device)
+    x_val = normalise(torch.from_numpy(validation_data["images"]), mean, std).to(device)
+    y_val = torch.from_numpy(validation_data["labels"].astype(np.int64)).to(device)
+
+    net = SconesNet(num_classes=len(class_names), width=args.width).to(device)
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9,
+                                nesterov=True, weight_decay=WEIGHT_DECAY)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.learning_rate, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=0.25, anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0)
+
+    history, best, best_state = [], None, None
+    started = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(x_train), generator=generator).to(device)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), args.batch_size):
+            index = order[start:start + args.batch_size]
+            xb = augment(x_train[index].cpu(), generator).to(device) if device.type == "cuda" \
+                else augment(x_train[index], generator)
+            yb = y_train[index]
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=LABEL_SMOOTHING)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(index)
+            correct += (logits.argmax(1) == yb).sum().item()
+        validation_loss, validation_accuracy = evaluate(net, x_val, y_val, 256)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / len(x_train),
+            "train_accuracy": correct / len(x_train),
+            "validation_loss": validation_loss,
+            "validation_accuracy": validation_accuracy,
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history.append(row)
+        print(f"epoch {epoch}/{args.epochs} train_loss={row['train_loss']:.4f} "
+              f"train_accuracy={row['train_accuracy']:.4f} validation_loss={validation_loss:.4f} "
+              f"validation_accuracy={validation_accuracy:.4f} seconds={row['seconds']:.1f}", flush=True)
+        # Keep the best validation accuracy; on a tie the lower validation loss wins.
+        key = (validation_accuracy, -validation_loss)
+        if best is None or key > best:
+            best = key
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            best_epoch = epoch
+    total_seconds = time.perf_counter() - started
+
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(best_state, args.model_dir / "model.pt")
+    model_config = {
+        "architecture": ARCHITECTURE,
+        "class_names": class_names,
+        "width": args.width,
+        "image_size": IMAGE_SIZE,
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "best_epoch": best_epoch,
+        "best_validation_accuracy": best[0],
+        "torch_version": torch.__version__,
+    }
+    (args.model_dir / "model_config.json").write_text(json.dumps(model_config, indent=2))
+    code_dir = args.model_dir / "code"
+    code_dir.mkdir(exist_ok=True)
+    for name in SERVING_CODE:
+        shutil.copy2(HERE / name, code_dir / name)
+
+    args.output_data_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "hyperparameters": {"epochs": args.epochs, "learning_rate": args.learning_rate,
+                            "batch_size": args.batch_size, "width": args.width, "seed": args.seed},
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "train_images": len(x_train),
+        "validation_images": len(x_val),
+        "best_epoch": best_epoch,
+        "best_validation_accuracy": best[0],
+        "total_seconds": round(total_seconds, 2),
+        "history": history,
+    }
+    (args.output_data_dir / "training_history.json").write_text(json.dumps(summary, indent=2))
+    plot_history(history, args.output_data_dir / "training_curves.png")
+    return summary
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def env_path(name: str, fallback: str) -> Path:
+    return Path(os.environ.get(name, fallback))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--learning-rate", type=positive_float, default=0.05)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--width", type=positive_int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train", type=Path, default=env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    parser.add_argument("--validation", type=Path,
+                        default=env_path("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"))
+    parser.add_argument("--model-dir", type=Path, default=env_path("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--output-data-dir", type=Path,
+                        default=env_path("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    args = parser.parse_args(argv)  # strict: a misspelt hyperparameter must not be ignored
+    if args.width < 4:
+        parser.error(f"--width must be at least 4, got {args.width}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = train(args)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"trained {summary['hyperparameters']['epochs']} epochs in {summary['total_seconds']:.1f}s "
+          f"on {summary['device']}; best validation_accuracy={summary['best_validation_accuracy']:.4f} "
+          f"(epoch {summary['best_epoch']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Shared fixtures: the sample data, the job scripts, and one real small trained model.
+
+`small_model_tar` runs the real preprocess.py and train.py (as subprocesses, the way the
+local runner and SageMaker run them) on ~200 real images for 8 epochs (a few seconds), and tars the
+model dir the way SageMaker does. It is built once per test session.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = REPO_ROOT / "pipelines" / "jobs"
+SAMPLE_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
+CLASSES = ("bicycle", "motorcycle")
+SMALL_MODEL_IMAGES_PER_CLASS = 100
+SMALL_MODEL_EPOCHS = 8
+SMALL_MODEL_WIDTH = 8
+
+
+def run_job(script: str, *args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run pipelines/jobs/<script> with this interpreter; on failure show its output."""
+    result = subprocess.run([sys.executable, str(JOBS_DIR / script), *map(str, args)],
+                            capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout}"
+                             f"\n--- stderr\n{result.stderr}")
+    return result
+
+
+def copy_image_subset(source: Path, destination: Path, per_class: int) -> Path:
+    """The first `per_class` images (by name) of each class folder, copied to destination."""
+    for name in CLASSES:
+        (destination / name).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / name).glob("*.png"))[:per_class]:
+            shutil.copy2(path, destination / name / path.name)
+    return destination
+
+
+def tar_model_dir(model_dir: Path, archive: Path) -> Path:
+    """model.tar.gz with the model dir's contents at its root, as SageMaker packs /opt/ml/model."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(model_dir.rglob("*")):
+            if "__pycache__" not in path.parts:
+                tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+    return archive
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def jobs_dir() -> Path:
+    return JOBS_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> Path:
+    """The shared real images: <class>/<cifar file name>.png for bicycle and motorcycle."""
+    if not all((SAMPLE_DATA_DIR / name).is_dir() for name in CLASSES):
+        pytest.skip(f"sample data not found at {SAMPLE_DATA_DIR} "
+                    f"(expected ../shared/datasets/scones-cifar100/train next to the repo)")
+    return SAMPLE_DATA_DIR
+
+
+@pytest.fixture
+def small_image_folder(sample_data_dir, tmp_path):
+    """Factory: small_image_folder(per_class=20) -> a fresh image-folder data set of real images."""
+    def make(per_class: int = 20, name: str = "images") -> Path:
+        return copy_image_subset(sample_data_dir, tmp_path / name, per_class)
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_training_run(sample_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """preprocess + train on 200 real images, 8 epochs: the folders they wrote."""
+    root = tmp_path_factory.mktemp("small-model")
+    images = copy_image_subset(sample_data_dir, root / "images", SMALL_MODEL_IMAGES_PER_CLASS)
+    processed = root / "processed"
+    run_job("preprocess.py", "--input-dir", images, "--output-dir", processed)
+    model_dir, output_data_dir = root / "model", root / "output-data"
+    train_result = run_job("train.py", "--train", processed / "train", "--validation", processed / "validation",
+                           "--model-dir", model_dir, "--output-data-dir", output_data_dir,
+                           "--epochs", SMALL_MODEL_EPOCHS, "--width", SMALL_MODEL_WIDTH)
+    archive = tar_model_dir(model_dir, root / "artifact" / "model.tar.gz")
+    return {"root": root, "images": images, "processed": processed, "model_dir": model_dir,
+            "output_data_dir": output_data_dir, "model_tar": archive,
+            "train_stdout": train_result.stdout}
+
+
+@pytest.fixture(scope="session")
+def small_model_tar(small_training_run) -> Path:
+    """Path of a real, small, trained model.tar.gz (model.pt, model_config.json, code/...).
+
+    Treat it as read-only: it is shared by the whole session.
+    """
+    return small_training_run["model_tar"]
