@@ -1,0 +1,325 @@
+"""Run the inference workflow on images, on the embedded default (no AWS account).
+
+The SAME state machine definition that goes to AWS (workflow.definition, the SDK's ASL)
+and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions engine
+(workflow.moto_engine); the classify Lambda reaches the local SageMaker endpoint
+(workflow.endpoint) over HTTP. One execution per image, a bounded number at a time.
+
+`run_executions` and `result_from_execution` speak only the Step Functions API, so the
+AWS path (workflow.cli_run) drives real executions with the same code.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipelines.cli_common import progress_bar
+from pipelines.config import Config
+from pipelines.errors import SconesError
+from pipelines.storage import LocalObjectStore, split_s3_url
+
+INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
+MAX_EXECUTION_NAME = 80
+TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image to classify: a local file or an s3:// object. `label` is what the user
+    named it by, and what results are reported under."""
+
+    label: str
+    path: Path | None = None
+    s3_url: str | None = None
+
+
+@dataclass
+class ImageResult:
+    image: str
+    status: str                       # SUCCEEDED | FAILED (| TIMED_OUT | ABORTED)
+    predicted_label: str | None
+    inferences: list[float] | None
+    meets_threshold: bool | None
+    error: str | None
+    cause: str | None
+    seconds: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def failed_otherwise(self) -> bool:
+        """Failed for a reason other than the confidence threshold."""
+        return self.status != "SUCCEEDED" and self.meets_threshold is not False
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def images_from_options(config: Config, image: str | None = None, images: str | None = None,
+                        s3: str | None = None, prefix: str | None = None) -> list[ImageSource]:
+    """The images named by exactly one of --image PATH, --images DIR, --s3 URL, --prefix URL.
+
+    Locally, s3:// URLs are objects of the local object store (<workspace>/s3).
+    """
+    given = [name for name, value in (("--image", image), ("--images", images), ("--s3", s3),
+                                       ("--prefix", prefix)) if value]
+    if len(given) != 1:
+        raise SconesError("name the images with exactly one of --image PATH, --images DIR, "
+                          f"--s3 s3://bucket/key, --prefix s3://bucket/prefix (got "
+                          f"{', '.join(given) or 'none'})")
+    if image:
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise SconesError(f"--image {image}: no such file")
+        return [ImageSource(label=image, path=path.resolve())]
+    if images:
+        folder = Path(images).expanduser()
+        if not folder.is_dir():
+            raise SconesError(f"--images {images}: no such folder")
+        # Every file, not only *.png: a stray non-image must fail by name, not vanish.
+        files = sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        if not files:
+            raise SconesError(f"--images {images}: the folder has no files")
+        return [ImageSource(label=str(p), path=p.resolve()) for p in files]
+    url = s3 or prefix
+    split_s3_url(url)  # a malformed URL is a StorageError naming it
+    if s3:
+        return [ImageSource(label=s3, s3_url=s3)]
+    if config.is_local:
+        urls = LocalObjectStore(config.workspace / "s3").list_urls(prefix)
+    else:
+        urls = _list_s3_urls(config, prefix)
+    if not urls:
+        raise SconesError(f"--prefix {prefix}: no objects under it")
+    return [ImageSource(label=u, s3_url=u) for u in urls]
+
+
+def _list_s3_urls(config: Config, prefix_url: str) -> list[str]:
+    import boto3
+
+    bucket, prefix = split_s3_url(prefix_url)
+    pages = boto3.client("s3", region_name=config.aws.region).get_paginator(
+        "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
+                  if not o["Key"].endswith("/"))
+
+
+def stage_images(config: Config, images: Sequence[ImageSource], s3_client, run_id: str,
+                 read_s3_locally: bool) -> list[tuple[str, str]]:
+    """(bucket, key) of each image in the S3 the workflow reads: local files are put under
+    s3://<aws.bucket>/workflow-input/<run>/; s3:// objects keep their bucket and key (read
+    from the local object store and put into moto's S3 when read_s3_locally)."""
+    store = LocalObjectStore(config.workspace / "s3")
+    made_buckets: set[str] = set()
+
+    def ensure_bucket(bucket: str) -> None:
+        if read_s3_locally and bucket not in made_buckets:
+            s3_client.create_bucket(Bucket=bucket)
+            made_buckets.add(bucket)
+
+    located = []
+    for index, source in enumerate(images):
+        if source.path is not None:
+            bucket = config.aws.bucket
+            key = f"{INPUT_PREFIX}/{run_id}/{index:05d}-{source.path.name}"
+            ensure_bucket(bucket)
+            s3_client.put_object(Bucket=bucket, Key=key, Body=source.path.read_bytes())
+        else:
+            bucket, key = split_s3_url(source.s3_url)
+            if read_s3_locally:
+                ensure_bucket(bucket)
+                if store.exists(source.s3_url) and store.path_for(source.s3_url).is_file():
+                    s3_client.put_object(Bucket=bucket, Key=key, Body=store.read_bytes(source.s3_url))
+                # else: leave it missing, so serialize reports ImageNotFound for this image
+        located.append((bucket, key))
+    return located
+
+
+# --------------------------------------------------------------------------- executions
+
+
+def execution_input(bucket: str, key: str) -> str:
+    """The workflow's input event (lambdas/events.py)."""
+    return json.dumps({"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []})
+
+
+def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], labels: Sequence[str],
+                   classes: Sequence[str], concurrency: int, poll_interval: float,
+                   progress: bool, run_id: str | None = None) -> list[ImageResult]:
+    """Start one execution per input, at most `concurrency` running at once; poll each to
+    its end; results in input order."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    total = len(inputs)
+    results: list[ImageResult | None] = [None] * total
+    running: dict[str, int] = {}  # execution ARN -> index
+    next_index = done = 0
+    if progress:
+        progress_bar(0, total, label="classifying ")
+    while done < total:
+        while next_index < total and len(running) < max(1, concurrency):
+            name = f"{run_id}-{next_index:05d}"[:MAX_EXECUTION_NAME]
+            arn = sfn_client.start_execution(stateMachineArn=state_machine_arn, name=name,
+                                             input=inputs[next_index])["executionArn"]
+            running[arn] = next_index
+            next_index += 1
+        finished = []
+        for arn, index in running.items():
+            description = sfn_client.describe_execution(executionArn=arn)
+            if description["status"] != "RUNNING":
+                results[index] = result_from_execution(
+                    labels[index], description, classes,
+                    history=lambda arn=arn: _history(sfn_client, arn))
+                finished.append(arn)
+        for arn in finished:
+            del running[arn]
+        done += len(finished)
+        if finished and progress:
+            progress_bar(done, total, label="classifying ")
+        if not finished:
+            time.sleep(poll_interval)
+    return results  # type: ignore[return-value]
+
+
+def _history(sfn_client, arn: str) -> list[dict]:
+    events, token = [], None
+    while True:
+        page = sfn_client.get_execution_history(executionArn=arn, maxResults=1000,
+                                                **({"nextToken": token} if token else {}))
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
+
+
+def result_from_execution(label: str, description: dict, classes: Sequence[str],
+                          history: Callable[[], list[dict]] | None = None) -> ImageResult:
+    """One image's result from DescribeExecution (and, when the classify step's
+    inferences are not in the output or the Cause, from the execution history)."""
+    from lambdas.errors import ThresholdConfidenceNotMet
+    from workflow.definition import CLASSIFY_STATE, THRESHOLD_ERROR
+
+    status = description["status"]
+    seconds = _seconds(description.get("startDate"), description.get("stopDate"))
+    result = ImageResult(image=label, status=status, predicted_label=None, inferences=None,
+                         meets_threshold=None, error=description.get("error"),
+                         cause=description.get("cause"), seconds=seconds)
+    if status == "SUCCEEDED":
+        output = json.loads(description.get("output") or "{}")
+        result.inferences = output.get("inferences")
+        result.predicted_label = output.get("predicted_label")
+        result.meets_threshold = bool(output.get("meets_threshold", True))
+        return result
+    if result.error == THRESHOLD_ERROR:
+        result.meets_threshold = False
+        details = ThresholdConfidenceNotMet.details_from_message(result.cause or "")
+        if details:
+            result.inferences = details.get("inferences")
+            result.predicted_label = details.get("predicted_label")
+    if result.inferences is None and history is not None:
+        result.inferences = _classified_inferences(history(), CLASSIFY_STATE)
+    if result.inferences and result.predicted_label is None:
+        best = max(range(len(result.inferences)), key=result.inferences.__getitem__)
+        result.predicted_label = classes[best] if best < len(classes) else None
+    if result.cause:
+        result.cause = _readable_cause(result.cause)
+    return result
+
+
+def _classified_inferences(events: list[dict], classify_state: str) -> list[float] | None:
+    """The inferences the classify state passed on, when it finished."""
+    for event in reversed(events):
+        details = event.get("stateExitedEventDetails")
+        if details and details.get("name") == classify_state:
+            try:
+                output = json.loads(details.get("output") or "{}")
+            except ValueError:
+                return None
+            inferences = output.get("inferences") if isinstance(output, dict) else None
+            return inferences or None
+    return None
+
+
+def _readable_cause(cause: str) -> str:
+    """A Lambda error's Cause is its JSON error report; people want the message."""
+    try:
+        report = json.loads(cause)
+    except ValueError:
+        return cause
+    if isinstance(report, dict) and isinstance(report.get("errorMessage"), str):
+        return report["errorMessage"]
+    return cause
+
+
+def _seconds(start: Any, stop: Any) -> float | None:
+    if isinstance(start, datetime) and isinstance(stop, datetime):
+        return round((stop - start).total_seconds(), 4)
+    return None
+
+
+# --------------------------------------------------------------------------- local
+
+
+def run_workflow_locally(config: Config, images: Sequence[ImageSource],
+                         model_version: int | None = None, concurrency: int | None = None,
+                         progress: bool = True, model_tar: Path | None = None
+                         ) -> list[ImageResult]:
+    """Classify each image with one execution of the inference workflow, all local.
+
+    model_version / model_tar pin the model the local endpoint serves (default: the
+    deployed one, see workflow.endpoint).
+    """
+    import boto3
+
+    from lambdas.build import build_lambda_zips
+    from workflow.definition import lambda_functions, workflow_definition_json
+    from workflow.endpoint import start_endpoint
+    from workflow.moto_engine import check_moto_version, local_aws
+
+    if not images:
+        raise SconesError("no images to classify")
+    check_moto_version()
+    definition = workflow_definition_json(config)
+    functions = [f for f in lambda_functions(config).values() if f.in_workflow]
+    region = config.aws.region
+    run_id = uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory(prefix="scones-zips-") as zip_dir, \
+            start_endpoint(config, model_version=model_version, model_tar=model_tar) as endpoint, \
+            local_aws(region, endpoint.url) as aws:
+        zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
+        iam = boto3.client("iam", region_name=region)
+        lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
+        states_role = _create_role(iam, config.aws.states_role_arn, "states")
+        lambda_client = boto3.client("lambda", region_name=region)
+        for function in functions:
+            lambda_client.create_function(
+                FunctionName=function.name, Runtime="python3.11", Role=lambda_role,
+                Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
+                Timeout=function.timeout, MemorySize=function.memory_size,
+                Environment={"Variables": function.environment})
+        aws.lambdas.pin_environment([f.environment for f in functions])
+        sfn = boto3.client("stepfunctions", region_name=region)
+        machine_arn = sfn.create_state_machine(
+            name=config.workflow.state_machine_name, definition=definition,
+            roleArn=states_role)["stateMachineArn"]
+        s3 = boto3.client("s3", region_name=region)
+        located = stage_images(config, images, s3, run_id, read_s3_locally=True)
+        return run_executions(
+            sfn, machine_arn, [execution_input(b, k) for b, k in located],
+            [image.label for image in images], config.classes,
+            concurrency=concurrency or config.workflow.max_concurrency,
+            poll_interval=0.005, progress=progress, run_id=run_id)
+
+
+def _create_role(iam, arn: str | None, service: str) -> str:
+    """The configured role, created in moto (Lambda refuses a role that does not exist)."""
+    name = (arn or f"scones-local-{service}").rpartition("/")[2]
+    return iam.create_role(RoleName=name,
+                           AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"]

@@ -1,0 +1,279 @@
+"""All the glue between this project and moto, in one place.
+
+moto's Step Functions "execution mode" (a port of LocalStack's ASL interpreter) runs the
+SAME state machine definition that goes to AWS. Two things need bending for a machine
+with no AWS account and no Docker:
+
+* Its lambda:invoke task calls moto's Lambda backend, which runs functions in Docker.
+  We replace the narrowest point, `LambdaFunction._invoke_lambda`, with an in-process
+  call of the handler loaded from the function's own deployed zip; a raised exception
+  becomes a Lambda function error {"errorType": <class name>, "errorMessage": ...}, so
+  the state machine's Retry/Catch rules match exactly as they do on AWS.
+* The classify Lambda's sagemaker-runtime call must reach the local endpoint over real
+  HTTP: that URL is a moto passthrough and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it.
+
+These patches reach into moto internals, so they are tied to the version they were
+written and tested against: `check_moto_version()` refuses any other.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import traceback
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+from pipelines.errors import SconesError
+
+TESTED_MOTO_VERSION = "5.2.5"
+
+
+class EngineError(SconesError):
+    """The local Step Functions engine cannot run (wrong moto, unloadable Lambda zip)."""
+
+
+def check_moto_version() -> None:
+    import moto
+
+    if moto.__version__ != TESTED_MOTO_VERSION:
+        raise EngineError(
+            f"the local workflow engine patches moto internals and is tested against moto "
+            f"{TESTED_MOTO_VERSION}, but moto {moto.__version__} is installed: install the "
+            f"pinned version (`make install`, constraints.txt)")
+
+
+# --------------------------------------------------------------------------- lambdas
+
+
+@dataclass
+class LambdaContext:
+    """The parts of AWS Lambda's context object handlers commonly read."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    timeout_s: int
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+
+    @property
+    def log_group_name(self) -> str:
+        return f"/aws/lambda/{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.timeout_s * 1000
+
+
+def load_handler_from_zip(zip_bytes: bytes, handler: str, work_dir: Path) -> Callable:
+    """The handler `module.path.function` of a Lambda zip, imported from that zip only.
+
+    Like a Lambda container, the zip's root is the import root: its top-level packages
+    (e.g. `lambdas`) shadow same-named modules already imported in this process while
+    the handler module is imported, so a zip missing a module fails here as on AWS.
+    """
+    module_name, _, function_name = handler.rpartition(".")
+    if not module_name or not function_name:
+        raise EngineError(f"Lambda handler {handler!r} is not of the form module.function")
+    try:
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+            archive.extractall(work_dir)
+            roots = {Path(n).parts[0].removesuffix(".py") for n in archive.namelist()
+                     if Path(n).parts}
+    except zipfile.BadZipFile as exc:
+        raise EngineError(f"Lambda code for handler {handler!r} is not a zip: {exc}") from None
+    owned = lambda name: name.split(".")[0] in roots  # noqa: E731
+    with _IMPORT_LOCK:
+        shadowed = {name: sys.modules.pop(name) for name in list(sys.modules) if owned(name)}
+        sys.path.insert(0, str(work_dir))
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise EngineError(f"Lambda handler {handler!r}: cannot import {module_name!r} "
+                              f"from the function's zip ({exc})") from None
+        finally:
+            sys.path.remove(str(work_dir))
+            for name in [n for n in sys.modules if owned(n)]:
+                del sys.modules[name]  # the handler keeps its modules; the process forgets them
+            sys.modules.update(shadowed)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise EngineError(f"Lambda handler {handler!r}: {module_name} has no function "
+                          f"{function_name!r}")
+    return function
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+class InProcessLambdas:
+    """Runs moto's Lambda functions as handlers in this process, from their own zips.
+
+    Handlers are loaded once per function and code version. Environment variables of the
+    function are visible to the handler: when all functions agree (the usual case),
+    `pin_environment` sets them once for the whole run and calls run concurrently;
+    otherwise each call swaps them in under a lock.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], Callable] = {}
+        self._lock = threading.Lock()
+        self._env_lock = threading.Lock()
+        self._work_dir = Path(tempfile.mkdtemp(prefix="scones-lambdas-"))
+        self._pinned: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    def handler_for(self, function: Any) -> Callable:
+        key = (function.function_arn, function.code_sha_256)
+        with self._lock:
+            handler = self._handlers.get(key)
+            if handler is None:
+                folder = self._work_dir / f"{function.function_name}-{len(self._handlers)}"
+                folder.mkdir(parents=True)
+                handler = load_handler_from_zip(function.code_bytes, function.handler, folder)
+                self._handlers[key] = handler
+        return handler
+
+    def pin_environment(self, environments: list[dict[str, str]]) -> bool:
+        """Set the functions' variables process-wide when they do not conflict."""
+        merged: dict[str, str] = {}
+        for env in environments:
+            for key, value in env.items():
+                if merged.setdefault(key, value) != value:
+                    return False
+        for key, value in merged.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        self._pinned.update(merged)
+        return True
+
+    def restore_environment(self) -> None:
+        """Undo pin_environment."""
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        self._pinned.clear()
+
+    def invoke(self, function: Any, event: Any) -> tuple[str, bool, str]:
+        """(payload JSON, errored, logs), what moto's Docker path returns."""
+        handler = self.handler_for(function)
+        context = LambdaContext(function.function_name, function.function_arn,
+                                int(function.memory_size), int(function.timeout))
+        env = {k: str(v) for k, v in (function.environment_vars or {}).items()}
+        if all(self._pinned.get(k) == v for k, v in env.items()):
+            return self._call(handler, event, context)
+        with self._env_lock, _environment(env):
+            return self._call(handler, event, context)
+
+    @staticmethod
+    def _call(handler: Callable, event: Any, context: LambdaContext) -> tuple[str, bool, str]:
+        try:
+            result = handler(event, context)
+        except Exception as exc:  # becomes the function error Step Functions matches on
+            return _function_error(type(exc).__name__, str(exc), context,
+                                   traceback.format_tb(exc.__traceback__)), True, ""
+        try:
+            return json.dumps(result), False, ""
+        except (TypeError, ValueError) as exc:
+            return _function_error("Runtime.MarshalError",
+                                   f"Unable to marshal response: {exc}", context, []), True, ""
+
+
+def _function_error(error_type: str, message: str, context: LambdaContext,
+                    stack: list[str]) -> str:
+    # The shape AWS Lambda's Python runtime reports for an exception.
+    return json.dumps({"errorMessage": message, "errorType": error_type,
+                       "requestId": context.aws_request_id,
+                       "stackTrace": [line.rstrip() for line in stack]})
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --------------------------------------------------------------------------- moto
+
+
+@dataclass
+class LocalAws:
+    """What `local_aws` yields: the in-process Lambdas and the region."""
+
+    region: str
+    lambdas: InProcessLambdas
+
+
+def _mock_config(passthrough_urls: list[str]) -> dict:
+    from moto.core.config import default_user_config
+
+    core = copy.deepcopy(default_user_config.get("core", {}))
+    passthrough = core.setdefault("passthrough", {})
+    passthrough["urls"] = list(passthrough.get("urls") or []) + passthrough_urls
+    passthrough.setdefault("services", [])
+    return {"core": core, "stepfunctions": {"execute_state_machine": True},
+            "lambda": {"use_docker": True}}
+
+
+@contextlib.contextmanager
+def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws]:
+    """moto with Step Functions execution and in-process Lambdas, for one run.
+
+    endpoint_url: the local SageMaker endpoint (http://127.0.0.1:PORT); boto3's
+    sagemaker-runtime calls go there over real HTTP instead of to moto.
+    """
+    check_moto_version()
+    from moto import mock_aws
+    from moto.awslambda.models import LambdaFunction
+
+    lambdas = InProcessLambdas()
+    passthrough = [f"^{re.escape(endpoint_url.rstrip('/'))}/"] if endpoint_url else []
+    env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = endpoint_url
+
+    def invoke_in_process(function: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+        return lambdas.invoke(function, {} if event is None else event)
+
+    # The interpreter logs every failed state with its whole parse tree; the failure itself
+    # is kept in the execution (error, cause, history), which is where we report it from.
+    parser_log = logging.getLogger("moto.stepfunctions.parser")
+    saved_level = parser_log.level
+    parser_log.setLevel(logging.CRITICAL)
+    try:
+        with _environment(env), mock_aws(config=_mock_config(passthrough)), \
+                mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_process):
+            try:
+                yield LocalAws(region=region, lambdas=lambdas)
+            finally:
+                lambdas.restore_environment()
+    finally:
+        parser_log.setLevel(saved_level)
+        lambdas.close()
