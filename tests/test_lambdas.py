@@ -1,0 +1,341 @@
+"""The workflow Lambdas on real images: S3 through moto, the endpoint through a Stubber on a
+real sagemaker-runtime client (and once over real HTTP on 127.0.0.1)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+from moto import mock_aws
+from PIL import Image
+
+from lambdas import classify_image, events, filter_inferences, serialize_image_data, settings
+from lambdas.errors import (ConfigurationError, EndpointError, EndpointThrottled, ImageNotFound,
+                            ImageTooLarge, InvalidEvent, InvalidImage, ThresholdConfidenceNotMet)
+
+BUCKET = "scones-test-images"
+CLASSES = ("bicycle", "motorcycle")
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def png_bytes(sample_data_dir) -> bytes:
+    return (sample_data_dir / "bicycle" / sorted(
+        p.name for p in (sample_data_dir / "bicycle").glob("*.png"))[0]).read_bytes()
+
+
+@pytest.fixture
+def jpeg_bytes(png_bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes)).convert("RGB").save(out, format="JPEG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def s3(aws_env, png_bytes):
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key="incoming/bicycle.png", Body=png_bytes)
+        yield client
+
+
+def seed_event(key: str, bucket: str = BUCKET) -> dict:
+    return {"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []}
+
+
+def runtime_response(body: bytes) -> dict:
+    return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+
+
+@pytest.fixture
+def runtime():
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+# ---- serialize_image_data ------------------------------------------------------------
+
+def test_serialize_fills_base64_of_the_s3_object(s3, png_bytes):
+    out = serialize_image_data.serialize_image(seed_event("incoming/bicycle.png"), s3)
+    assert base64.b64decode(out["image_data"]) == png_bytes
+    assert out["s3_key"] == "incoming/bicycle.png" and out["inferences"] == []
+
+
+def test_serialize_handler_unwraps_body_events_and_answers_plain(s3, png_bytes):
+    wrapped = {"statusCode": 200, "body": seed_event("incoming/bicycle.png")}
+    out = serialize_image_data.lambda_handler(wrapped, None)
+    assert "body" not in out and base64.b64decode(out["image_data"]) == png_bytes
+    as_string = {"body": json.dumps(seed_event("incoming/bicycle.png"))}
+    assert serialize_image_data.lambda_handler(as_string, None)["image_data"] == out["image_data"]
+
+
+@pytest.mark.parametrize("key, bucket, message", [
+    ("incoming/missing.png", BUCKET, "no such object"),
+    ("x.png", "no-such-bucket-here", "no such bucket"),
+])
+def test_serialize_missing_object_or_bucket_is_image_not_found(s3, key, bucket, message):
+    with pytest.raises(ImageNotFound, match=message) as info:
+        serialize_image_data.serialize_image(seed_event(key, bucket), s3)
+    assert f"s3://{bucket}/{key}" in str(info.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "is empty"),
+    (b"bicycle,motorcycle\n1,2\n", "not a PNG or JPEG"),
+])
+def test_serialize_refuses_non_images(s3, body, message):
+    s3.put_object(Bucket=BUCKET, Key="incoming/bad.png", Body=body)
+    with pytest.raises(InvalidImage, match=message) as info:
+        serialize_image_data.serialize_image(seed_event("incoming/bad.png"), s3)
+    assert f"s3://{BUCKET}/incoming/bad.png" in str(info.value)
+
+
+def test_serialize_accepts_jpeg(s3, jpeg_bytes):
+    s3.put_object(Bucket=BUCKET, Key="incoming/bicycle.jpg", Body=jpeg_bytes)
+    out = serialize_image_data.serialize_image(seed_event("incoming/bicycle.jpg"), s3)
+    assert base64.b64decode(out["image_data"]) == jpeg_bytes
+
+
+def test_serialize_enforces_the_state_payload_limit_at_its_exact_edge(s3, png_bytes):
+    event = seed_event("incoming/edge.png")
+    limit = events.max_image_bytes_for_state(event)
+    fits = png_bytes + b"\0" * (limit - len(png_bytes))  # PNG magic, exactly `limit` bytes
+    s3.put_object(Bucket=BUCKET, Key="incoming/edge.png", Body=fits)
+    out = serialize_image_data.serialize_image(event, s3)
+    assert events.payload_size(out) <= events.MAX_STATE_PAYLOAD_BYTES - events.PAYLOAD_HEADROOM_BYTES
+
+    s3.put_object(Bucket=BUCKET, Key="incoming/edge.png", Body=fits + b"\0")
+    with pytest.raises(ImageTooLarge) as info:
+        serialize_image_data.serialize_image(event, s3)
+    message = str(info.value)
+    assert str(limit + 1) in message and str(events.MAX_STATE_PAYLOAD_BYTES) in message
+    assert "s3://scones-test-images/incoming/edge.png" in message
+
+
+@pytest.mark.parametrize("event, message", [
+    ({"s3_key": "a.png"}, "no 's3_bucket'"),
+    ({"s3_bucket": BUCKET}, "no 's3_key'"),
+    ({"s3_bucket": BUCKET, "s3_key": 7}, "s3_key must be a non-empty string"),
+    ({"s3_bucket": "", "s3_key": "a.png"}, "s3_bucket must be a non-empty string"),
+    ({"s3_bucket": BUCKET, "s3_key": "a.png", "image_data": 5}, "image_data must be a base64"),
+    ({"s3_bucket": BUCKET, "s3_key": "a.png", "inferences": "0.9"}, "inferences must be a list"),
+    ({"s3_bucket": BUCKET, "s3_key": "a.png", "inferences": [True, 0.1]}, "inferences must be"),
+    (["s3_bucket"], "must be a JSON object"),
+    ({"body": "{not json"}, "body is a string but not JSON"),
+    ({"body": [1, 2]}, "body must be a JSON object"),
+])
+def test_malformed_events_are_invalid_event(s3, event, message):
+    with pytest.raises(InvalidEvent, match=message):
+        serialize_image_data.serialize_image(event, s3)
+
+
+# ---- classify_image ------------------------------------------------------------------
+
+def test_classify_sends_the_image_with_its_content_type(runtime, png_bytes, jpeg_bytes):
+    client, stubber = runtime
+    for image, content_type in ((png_bytes, "image/png"), (jpeg_bytes, "image/jpeg")):
+        stubber.add_response("invoke_endpoint", runtime_response(b"[0.93, 0.07]"), {
+            "EndpointName": "scones-ep", "ContentType": content_type,
+            "Accept": "application/json", "Body": image})
+        event = {**seed_event("a"), "image_data": base64.b64encode(image).decode()}
+        out = classify_image.classify(event, client, "scones-ep", CLASSES)
+        assert out["inferences"] == [0.93, 0.07]
+        assert out["image_data"] == event["image_data"]
+
+
+@pytest.mark.parametrize("code, status, expected, fragment", [
+    ("ModelError", 400, EndpointError, "HTTP 400"),
+    ("ValidationError", 400, EndpointError, "ValidationError"),
+    ("InternalFailure", 500, EndpointError, "HTTP 500"),
+    ("ServiceUnavailable", 503, EndpointThrottled, "HTTP 503"),
+    ("ThrottlingException", 400, EndpointThrottled, "ThrottlingException"),
+    ("ModelNotReadyException", 429, EndpointThrottled, "ModelNotReadyException"),
+])
+def test_classify_maps_endpoint_errors(runtime, png_bytes, code, status, expected, fragment):
+    client, stubber = runtime
+    stubber.add_client_error("invoke_endpoint", service_error_code=code,
+                             service_message="the model said no", http_status_code=status)
+    event = {**seed_event("incoming/x.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    with pytest.raises(expected) as info:
+        classify_image.classify(event, client, "scones-ep", CLASSES)
+    assert type(info.value) is expected  # EndpointThrottled must not pass as EndpointError
+    message = str(info.value)
+    assert fragment in message and "scones-ep" in message and "incoming/x.png" in message
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"<html>oops</html>", "not JSON"),
+    (b'{"predictions": [0.9, 0.1]}', "expected a JSON list"),
+    (b"[0.2, 0.3, 0.5]", "3 scores"),
+])
+def test_classify_refuses_unusable_endpoint_answers(runtime, png_bytes, body, fragment):
+    client, stubber = runtime
+    stubber.add_response("invoke_endpoint", runtime_response(body))
+    event = {**seed_event("a.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    with pytest.raises(EndpointError, match=fragment):
+        classify_image.classify(event, client, "scones-ep", CLASSES)
+
+
+@pytest.mark.parametrize("image_data, error, fragment", [
+    ("", InvalidEvent, "image_data is empty"),
+    ("not base64 at all!", InvalidImage, "not valid base64"),
+    (base64.b64encode(b"GIF89a....").decode(), InvalidImage, "not a PNG or JPEG"),
+])
+def test_classify_refuses_bad_image_data_before_calling_the_endpoint(runtime, image_data, error,
+                                                                     fragment):
+    client, _ = runtime  # no response queued: any call would fail the stubber
+    with pytest.raises(error, match=fragment):
+        classify_image.classify({**seed_event("k.png"), "image_data": image_data}, client, "ep")
+
+
+def test_classify_refuses_bodies_over_the_invoke_endpoint_limit(runtime, png_bytes):
+    client, _ = runtime
+    big = png_bytes + b"\0" * events.MAX_INVOKE_ENDPOINT_BODY_BYTES
+    with pytest.raises(ImageTooLarge, match=str(events.MAX_INVOKE_ENDPOINT_BODY_BYTES)):
+        classify_image.classify({**seed_event("k.png"),
+                                 "image_data": base64.b64encode(big).decode()}, client, "ep")
+
+
+class _FakeRuntime(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests.append((self.path, self.headers["Content-Type"], body))
+        reply = json.dumps([0.25, 0.75]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_classify_handler_reads_its_settings_and_reaches_the_endpoint_over_http(
+        aws_env, monkeypatch, png_bytes):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRuntime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+                           f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("ENDPOINT_NAME", "scones-delivery-vehicles")
+        monkeypatch.setenv("CLASS_NAMES", "bicycle,motorcycle")
+        event = {"body": {**seed_event("incoming/b.png"),
+                          "image_data": base64.b64encode(png_bytes).decode()}}
+        out = classify_image.lambda_handler(event, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out["inferences"] == [0.25, 0.75] and "body" not in out
+    path, content_type, body = _FakeRuntime.requests[-1]
+    assert path == "/endpoints/scones-delivery-vehicles/invocations"
+    assert content_type == "image/png" and body == png_bytes
+
+
+def test_classify_handler_names_a_missing_endpoint_setting(aws_env, monkeypatch, png_bytes):
+    monkeypatch.delenv("ENDPOINT_NAME", raising=False)
+    event = {**seed_event("k.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    with pytest.raises(ConfigurationError, match="ENDPOINT_NAME"):
+        classify_image.lambda_handler(event, None)
+
+
+# ---- filter_inferences ---------------------------------------------------------------
+
+def test_filter_passes_confident_inferences_with_the_label():
+    out = filter_inferences.filter_inference(
+        {**seed_event("k.png"), "inferences": [0.1, 0.9]}, 0.8, CLASSES)
+    assert out["meets_threshold"] is True and out["predicted_label"] == "motorcycle"
+    at_edge = filter_inferences.filter_inference(
+        {**seed_event("k.png"), "inferences": [0.8, 0.2]}, 0.8, CLASSES)
+    assert at_edge["predicted_label"] == "bicycle"  # >= threshold meets it
+
+
+def test_filter_below_threshold_raises_with_inferences_and_label():
+    with pytest.raises(ThresholdConfidenceNotMet) as info:
+        filter_inferences.filter_inference(
+            {**seed_event("incoming/k.png"), "inferences": [0.62, 0.38]}, 0.8, CLASSES)
+    message = str(info.value)
+    assert "incoming/k.png" in message and "'bicycle'" in message
+    # As Step Functions reports it: the Cause is Lambda's error JSON around the message.
+    cause = json.dumps({"errorMessage": message, "errorType": "ThresholdConfidenceNotMet"})
+    assert ThresholdConfidenceNotMet.details_from_message(cause) == {
+        "inferences": [0.62, 0.38], "predicted_label": "bicycle", "threshold": 0.8}
+    assert ThresholdConfidenceNotMet.details_from_message("no details here") is None
+
+
+def test_filter_handler_reads_threshold_and_classes(monkeypatch):
+    monkeypatch.setenv("CONFIDENCE_THRESHOLD", "0.95")
+    monkeypatch.setenv("CLASS_NAMES", "bicycle, motorcycle")
+    event = {"body": json.dumps({**seed_event("k.png"), "inferences": [0.03, 0.97]})}
+    assert filter_inferences.lambda_handler(event, None)["predicted_label"] == "motorcycle"
+    with pytest.raises(ThresholdConfidenceNotMet):
+        filter_inferences.lambda_handler({**seed_event("k.png"), "inferences": [0.06, 0.94]}, None)
+
+
+@pytest.mark.parametrize("inferences, fragment", [
+    ([], "inferences are empty"),
+    ([0.5, 0.3, 0.2], "3 inferences for 2 classes"),
+    (None, "inferences are empty"),
+])
+def test_filter_refuses_missing_or_mismatched_inferences(inferences, fragment):
+    with pytest.raises(InvalidEvent, match=fragment):
+        filter_inferences.filter_inference({**seed_event("k.png"), "inferences": inferences},
+                                           0.8, CLASSES)
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("CONFIDENCE_THRESHOLD", None, "CONFIDENCE_THRESHOLD is not set"),
+    ("CONFIDENCE_THRESHOLD", "high", "CONFIDENCE_THRESHOLD must be a number"),
+    ("CONFIDENCE_THRESHOLD", "1.5", "CONFIDENCE_THRESHOLD must be between 0 and 1"),
+    ("CONFIDENCE_THRESHOLD", "nan", "CONFIDENCE_THRESHOLD must be between 0 and 1"),
+    ("CLASS_NAMES", "bicycle", "CLASS_NAMES must list at least two"),
+    ("CLASS_NAMES", "bicycle,,motorcycle", "CLASS_NAMES must list"),
+    ("CLASS_NAMES", "bicycle,bicycle", "CLASS_NAMES must list"),
+])
+def test_settings_errors_name_the_variable(name, value, fragment):
+    environ = {"CONFIDENCE_THRESHOLD": "0.8", "CLASS_NAMES": "bicycle,motorcycle",
+               "ENDPOINT_NAME": "ep"}
+    if value is None:
+        del environ[name]
+    else:
+        environ[name] = value
+    read = {"CONFIDENCE_THRESHOLD": settings.confidence_threshold,
+            "CLASS_NAMES": settings.class_names}[name]
+    with pytest.raises(ConfigurationError, match=fragment):
+        read(environ)
+
+
+# ---- the three together --------------------------------------------------------------
+
+def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
+    client, stubber = runtime
+    stubber.add_response("invoke_endpoint", runtime_response(b"[0.91, 0.09]"))
+    event = serialize_image_data.serialize_image(seed_event("incoming/bicycle.png"), s3)
+    event = classify_image.classify(event, client, "scones-ep", CLASSES)
+    event = filter_inferences.filter_inference(event, 0.8, CLASSES)
+    assert event["predicted_label"] == "bicycle" and event["meets_threshold"] is True
+    assert set(event) == {"s3_bucket", "s3_key", "image_data", "inferences", "meets_threshold",
+                          "predicted_label"}
+    assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
