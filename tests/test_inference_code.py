@@ -1,0 +1,111 @@
+"""The serving code (inference.py) as SageMaker's container calls it, loaded from a real artifact."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def served(small_model_tar, tmp_path_factory):
+    """(inference module from the artifact's code/, model_fn's model)."""
+    extracted = tmp_path_factory.mktemp("served-artifact")
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(extracted, filter="data")
+    spec = importlib.util.spec_from_file_location("artifact_inference_under_test",
+                                                  extracted / "code" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.model_fn(str(extracted))
+
+
+@pytest.fixture(scope="module")
+def real_png(sample_data_dir) -> bytes:
+    return (sample_data_dir / "motorcycle" / sorted(p.name for p in (sample_data_dir / "motorcycle").iterdir())[0]).read_bytes()
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def serve(module, model, body, content_type, accept="application/json"):
+    return json.loads(module.output_fn(module.predict_fn(module.input_fn(body, content_type), model), accept))
+
+
+def test_real_png_gives_class_probabilities(served, real_png):
+    module, model = served
+    assert Image.open(io.BytesIO(real_png)).mode == "RGBA"  # the shared data's mode
+    probabilities = serve(module, model, real_png, "image/png")
+    assert len(probabilities) == 2 == len(model.class_names)
+    assert all(0.0 <= p <= 1.0 for p in probabilities) and sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_same_answer_for_every_image_content_type_and_batch_path(served, real_png):
+    module, model = served
+    rgb = Image.open(io.BytesIO(real_png)).convert("RGB")
+    png = serve(module, model, real_png, "image/png")
+    assert serve(module, model, real_png, "application/x-image") == png
+    assert serve(module, model, real_png, "image/png; charset=binary") == png
+    batch = module.predict_batch(model, np.stack([np.asarray(rgb)] * 3))
+    assert batch.shape == (3, 2)
+    assert np.allclose(batch, np.array(png)[None], atol=1e-5)
+    # JPEG is lossy: close to, not equal to, the PNG answer.
+    jpeg = serve(module, model, encode(rgb, "JPEG"), "image/jpeg")
+    assert len(jpeg) == 2 and sum(jpeg) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_large_grey_jpeg_is_resized(served, real_png):
+    module, model = served
+    big_grey = Image.open(io.BytesIO(real_png)).convert("L").resize((300, 200))
+    decoded = module.input_fn(encode(big_grey, "JPEG"), "image/jpeg")
+    assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
+    assert len(serve(module, model, encode(big_grey, "JPEG"), "image/jpeg")) == 2
+
+
+def test_predictions_follow_the_image(served, sample_data_dir):
+    """Different real images get different probabilities: the model looks at the pixels."""
+    module, model = served
+    files = sorted((sample_data_dir / "bicycle").iterdir())[:5] + sorted((sample_data_dir / "motorcycle").iterdir())[:5]
+    answers = {tuple(serve(module, model, f.read_bytes(), "image/png")) for f in files}
+    assert len(answers) > 1
+
+
+@pytest.mark.parametrize("body", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n truncated"])
+def test_undecodable_body_is_a_400(served, body):
+    module, model = served
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(body, "image/png")
+    assert caught.value.status_code == 400
+    assert isinstance(caught.value, ValueError)
+    assert "image" in str(caught.value)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/csv", None])
+def test_unsupported_content_type_is_a_415(served, real_png, content_type):
+    module, _ = served
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(real_png, content_type)
+    assert caught.value.status_code == 415
+    assert "image/png" in str(caught.value)  # says what to send instead
+
+
+def test_unsupported_accept_is_a_406(served, real_png):
+    module, model = served
+    prediction = module.predict_fn(module.input_fn(real_png, "image/png"), model)
+    assert json.loads(module.output_fn(prediction, "*/*")) == json.loads(module.output_fn(prediction, None))
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.output_fn(prediction, "text/csv")
+    assert caught.value.status_code == 406
+
+
+def test_model_fn_names_a_missing_file(served, tmp_path):
+    module, _ = served
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        module.model_fn(str(tmp_path))
