@@ -228,7 +228,12 @@ class DataCaptureWriter:
                 "observedContentType": content_type, "mode": "INPUT",
                 "data": base64.b64encode(body).decode("ascii"), "encoding": "BASE64"}
         if "Output" in modes:
-            is_json = output_type.split(";")[0].strip().endswith("json")
+            media_type = output_type.split(";")[0].strip()
+            header = capture_config.get("CaptureContentTypeHeader")
+            # SageMaker stores text as-is only for the content types the config lists;
+            # without that list we do so for JSON, the classifier's output.
+            is_json = (media_type in header.get("JsonContentTypes", []) if header
+                       else media_type.endswith("json"))
             capture["endpointOutput"] = {
                 "observedContentType": output_type, "mode": "OUTPUT",
                 "data": output.decode("utf-8") if is_json

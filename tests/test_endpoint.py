@@ -1,0 +1,198 @@
+"""The local endpoint over real HTTP, called with a real boto3 sagemaker-runtime client."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from pipelines.config import load_config
+from pipelines.errors import SconesError
+from workflow.endpoint import endpoint_state_path, start_endpoint
+
+# A second model whose code is ALSO named inference.py: both must live in one process.
+CONSTANT_MODEL_CODE = '''
+import json
+def model_fn(model_dir):
+    return json.load(open(model_dir + "/answer.json"))
+def input_fn(body, content_type):
+    return body
+def predict_fn(data, model):
+    return model
+def output_fn(prediction, accept):
+    return json.dumps(prediction), "application/json"
+'''
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config("local", {"local.workspace": str(tmp_path / "ws")})
+
+
+@pytest.fixture(scope="module")
+def image_bytes(sample_data_dir) -> bytes:
+    return sorted((sample_data_dir / "bicycle").glob("*.png"))[0].read_bytes()
+
+
+def write_state(config, model_tar: Path, version: int, sampling: int = 100) -> Path:
+    """The endpoint state file, as `scones endpoint deploy` writes it (the contract)."""
+    path = endpoint_state_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
+        "ModelPackageVersion": version,
+        "ModelPackageArn": f"arn:aws:sagemaker:us-east-1:123456789012:model-package/g/{version}",
+        "ModelDataUrl": f"s3://{config.aws.bucket}/models/{version}/model.tar.gz",
+        "LocalModelData": str(model_tar),
+        "DataCaptureConfig": {
+            "EnableCapture": True, "InitialSamplingPercentage": sampling,
+            "DestinationS3Uri": f"s3://{config.aws.bucket}/datacapture",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
+        "LastModifiedTime": "2026-01-01T00:00:00Z"}))
+    return path
+
+
+def constant_model_tar(folder: Path, answer: list[float]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in (("code/inference.py", CONSTANT_MODEL_CODE),
+                           ("answer.json", json.dumps(answer))):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def runtime_client(url: str):
+    return boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=url,
+                        aws_access_key_id="local", aws_secret_access_key="local",
+                        config=BotoConfig(retries={"max_attempts": 1}))
+
+
+def capture_files(config) -> list[Path]:
+    return sorted((config.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
+
+
+def test_ping_and_invoke_through_boto3_serve_the_deployed_model(config, small_model_tar,
+                                                                image_bytes):
+    write_state(config, small_model_tar, version=1)
+    with start_endpoint(config) as endpoint:
+        assert endpoint.model_version == 1
+        with urllib.request.urlopen(f"{endpoint.url}/ping") as response:
+            assert response.status == 200
+        answer = runtime_client(endpoint.url).invoke_endpoint(
+            EndpointName=config.workflow.endpoint_name, ContentType="image/png",
+            Accept="application/json", Body=image_bytes)
+        assert answer["ContentType"] == "application/json"
+        assert answer["InvokedProductionVariant"] == "AllTraffic"
+        scores = json.loads(answer["Body"].read())
+        assert len(scores) == 2 and abs(sum(scores) - 1) < 1e-4
+        # The container route answers the same model.
+        request = urllib.request.Request(f"{endpoint.url}/invocations", data=image_bytes,
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request) as response:
+            assert json.loads(response.read()) == pytest.approx(scores)
+
+
+def test_bad_bytes_unknown_endpoint_and_capture_layout(config, small_model_tar, image_bytes):
+    write_state(config, small_model_tar, version=3)
+    with start_endpoint(config) as endpoint:
+        client = runtime_client(endpoint.url)
+        with pytest.raises(ClientError) as bad:
+            client.invoke_endpoint(EndpointName=config.workflow.endpoint_name,
+                                   ContentType="image/png", Body=b"this is not a png")
+        assert bad.value.response["Error"]["Code"] == "ModelError"
+        assert bad.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+        assert bad.value.response["OriginalStatusCode"] in (400, 415)
+        request = urllib.request.Request(f"{endpoint.url}/invocations", data=b"",
+                                         headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as raw:
+            urllib.request.urlopen(request)
+        assert 400 <= raw.value.code < 500
+
+        with pytest.raises(ClientError) as unknown:
+            client.invoke_endpoint(EndpointName="no-such-endpoint", ContentType="image/png",
+                                   Body=image_bytes)
+        assert unknown.value.response["Error"]["Code"] == "ValidationError"
+        assert "no-such-endpoint" in unknown.value.response["Error"]["Message"]
+        assert capture_files(config) == []  # failed invocations are not captured
+
+        body = client.invoke_endpoint(EndpointName=config.workflow.endpoint_name,
+                                      ContentType="image/png", Body=image_bytes)["Body"].read()
+        client.invoke_endpoint(EndpointName=config.workflow.endpoint_name,
+                               ContentType="image/png", Body=image_bytes)
+    files = capture_files(config)
+    assert len(files) == 1  # both records of this hour go to one file
+    relative = files[0].relative_to(config.workspace / "s3" / config.aws.bucket).as_posix()
+    assert re.fullmatch(
+        rf"datacapture/{config.workflow.endpoint_name}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/"
+        r"\d\d-\d\d-\d{3}-[0-9a-f-]{36}\.jsonl", relative), relative
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(records) == 2
+    record = records[0]
+    assert record["eventVersion"] == "0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["eventMetadata"]["inferenceTime"])
+    captured_in = record["captureData"]["endpointInput"]
+    assert (captured_in["mode"], captured_in["encoding"], captured_in["observedContentType"]) == \
+        ("INPUT", "BASE64", "image/png")
+    assert base64.b64decode(captured_in["data"]) == image_bytes
+    captured_out = record["captureData"]["endpointOutput"]
+    assert (captured_out["mode"], captured_out["encoding"]) == ("OUTPUT", "JSON")
+    assert json.loads(captured_out["data"]) == json.loads(body)
+
+
+def test_a_changed_state_file_switches_model_without_restart(config, small_model_tar,
+                                                             image_bytes, tmp_path):
+    state = write_state(config, small_model_tar, version=1, sampling=100)
+    other = constant_model_tar(tmp_path / "v2", [0.25, 0.75])
+    with start_endpoint(config) as endpoint:
+        client = runtime_client(endpoint.url)
+        first = json.loads(client.invoke_endpoint(
+            EndpointName=config.workflow.endpoint_name, ContentType="image/png",
+            Body=image_bytes)["Body"].read())
+        assert first != [0.25, 0.75]
+        write_state(config, other, version=2, sampling=100)
+        os.utime(state, ns=(0, state.stat().st_mtime_ns + 1_000_000_000))  # a visibly new mtime
+        second = json.loads(client.invoke_endpoint(
+            EndpointName=config.workflow.endpoint_name, ContentType="image/png",
+            Body=image_bytes)["Body"].read())
+        assert second == [0.25, 0.75]
+        assert endpoint.model_version == 2
+
+
+def test_zero_sampling_captures_nothing(config, small_model_tar, image_bytes):
+    write_state(config, small_model_tar, version=1, sampling=0)
+    with start_endpoint(config) as endpoint:
+        runtime_client(endpoint.url).invoke_endpoint(
+            EndpointName=config.workflow.endpoint_name, ContentType="image/png", Body=image_bytes)
+    assert capture_files(config) == []
+
+
+def test_without_state_file_serves_newest_registered_version_with_a_warning(
+        config, small_model_tar, capsys):
+    from pipelines.registry import open_registry
+
+    with pytest.raises(SconesError, match="scones pipeline run"):
+        start_endpoint(config)
+    registry = open_registry(config)
+    for _ in range(2):
+        registry.register(local_model_data=small_model_tar, InferenceSpecification={
+            "Containers": [{"ModelDataUrl": f"s3://{config.aws.bucket}/m/model.tar.gz"}]})
+    with start_endpoint(config) as endpoint:
+        assert endpoint.model_version == 2
+    assert "no model version is Approved" in capsys.readouterr().err
+    registry.approve(1)
+    with start_endpoint(config) as endpoint:
+        assert endpoint.model_version == 1  # an Approved version wins over a newer pending one
