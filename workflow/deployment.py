@@ -70,6 +70,21 @@ def deploy_settings(config: Config) -> deploy_logic.DeploySettings:
         raise DeploymentError(f"configuration cannot be deployed: {exc}") from None
 
 
+def deploy_lambda_environment(config: Config) -> dict[str, str]:
+    """The approval Lambda's environment for this configuration (its variables are read in
+    lambdas/deploy_approved_model.DeploySettings.from_environ). The CloudFormation template
+    replaces the role and the capture URI with its parameters."""
+    settings = deploy_settings(config)
+    return {
+        "ENDPOINT_NAME": settings.endpoint_name,
+        "EXECUTION_ROLE_ARN": settings.execution_role_arn,
+        "MODEL_PACKAGE_GROUP": settings.model_package_group,
+        "DATA_CAPTURE_S3_URI": settings.data_capture_s3_uri,
+        "CAPTURE_SAMPLING_PERCENTAGE": str(settings.capture_sampling_percentage),
+        "INSTANCE_TYPE": settings.instance_type,
+    }
+
+
 def deploy_model_package(config: Config, version: int | str, sagemaker_client=None) -> dict:
     """Deploy registered version `version` to config.workflow.endpoint_name.
 
