@@ -1,0 +1,403 @@
+"""The local runner: expressions, ordering and branches on small hand-written definitions,
+then the real pipeline definition end to end (the Fail branch; the register branch runs in
+tests/test_cli_pipeline.py through the CLI)."""
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import tarfile
+import textwrap
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.errors import PipelineExecutionError
+from pipelines.executions import list_executions
+from pipelines.expressions import Context, evaluate_condition, resolve, walk_path
+from pipelines.local_runner import plan, resolve_parameters, run_pipeline_locally
+from pipelines.storage import LocalObjectStore
+
+BUCKET = "scones-local"
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
+
+
+@pytest.fixture
+def store(config):
+    return LocalObjectStore(config.workspace / "s3")
+
+
+def put_script(store, name: str, source: str) -> str:
+    url = f"s3://{BUCKET}/code/{name}"
+    store.write_bytes(url, textwrap.dedent(source).encode())
+    return url
+
+
+def processing_step(name, script_url, script_name, inputs=(), outputs=(), arguments=(),
+                    property_files=None, depends_on=None) -> dict:
+    """A Processing step as ScriptProcessor(command=["python3"]) writes it."""
+    step = {
+        "Name": name, "Type": "Processing",
+        "Arguments": {
+            "ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.m5.large",
+                                                      "InstanceCount": 1, "VolumeSizeInGB": 30}},
+            "AppSpecification": {
+                "ImageUri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                "ContainerEntrypoint": ["python3", f"/opt/ml/processing/input/code/{script_name}"],
+                "ContainerArguments": list(arguments),
+            },
+            "RoleArn": "arn:aws:iam::123456789012:role/x",
+            "ProcessingInputs": [
+                *({"InputName": f"input-{i}", "AppManaged": False,
+                   "S3Input": {"S3Uri": uri, "LocalPath": path, "S3DataType": "S3Prefix",
+                               "S3InputMode": "File"}} for i, (uri, path) in enumerate(inputs)),
+                {"InputName": "code", "AppManaged": False,
+                 "S3Input": {"S3Uri": script_url, "LocalPath": "/opt/ml/processing/input/code",
+                             "S3DataType": "S3Prefix", "S3InputMode": "File"}},
+            ],
+            "ProcessingOutputConfig": {"Outputs": [
+                {"OutputName": out_name, "AppManaged": False,
+                 "S3Output": {"S3Uri": uri, "LocalPath": path, "S3UploadMode": "EndOfJob"}}
+                for out_name, uri, path in outputs]},
+        },
+    }
+    if property_files:
+        step["PropertyFiles"] = property_files
+    if depends_on:
+        step["DependsOn"] = depends_on
+    return step
+
+
+def output_uri(step: str, output: str) -> dict:
+    """The SDK's default output URL: s3://bucket/<pipeline>/<execution id>/<step>/output/x."""
+    return {"Std:Join": {"On": "/", "Values": [
+        "s3:/", BUCKET, "test", {"Get": "Execution.PipelineExecutionId"}, step, "output",
+        output]}}
+
+
+SCORE_SCRIPT = """
+    import json, os, sys
+    out = sys.argv[sys.argv.index("--out") + 1]
+    score = float(sys.argv[sys.argv.index("--score") + 1])
+    os.makedirs(out, exist_ok=True)
+    json.dump({"metrics": {"score": {"value": score}}, "where": out},
+              open(os.path.join(out, "report.json"), "w"))
+    print("scored", score)
+"""
+
+READ_SCRIPT = """
+    import json, os, sys
+    src = sys.argv[1]
+    report = json.load(open(os.path.join(src, "report.json")))
+    os.makedirs(sys.argv[2], exist_ok=True)
+    open(os.path.join(sys.argv[2], "summary.txt"), "w").write(str(report["metrics"]))
+"""
+
+
+def branching_definition(store) -> dict:
+    """Score -> Check (score >= Threshold) -> Summarize (reads Score's output) | Fail."""
+    score_url = put_script(store, "score.py", SCORE_SCRIPT)
+    read_url = put_script(store, "read.py", READ_SCRIPT)
+    score_value = {"Std:JsonGet": {
+        "PropertyFile": {"Get": "Steps.Score.PropertyFiles.Report"},
+        "Path": "metrics.score.value"}}
+    return {
+        "Version": "2020-12-01",
+        "Parameters": [{"Name": "Threshold", "Type": "Float", "DefaultValue": 0.5},
+                       {"Name": "Score", "Type": "Float", "DefaultValue": 0.75}],
+        "Steps": [
+            processing_step(
+                "Score", score_url, "score.py",
+                outputs=[("report", output_uri("Score", "report"), "/opt/ml/processing/report")],
+                arguments=["--out", "/opt/ml/processing/report",
+                           "--score", {"Std:Join": {"On": "", "Values": [
+                               {"Get": "Parameters.Score"}]}}],
+                property_files=[{"PropertyFileName": "Report", "OutputName": "report",
+                                 "FilePath": "report.json"}]),
+            {"Name": "Check", "Type": "Condition", "Arguments": {
+                "Conditions": [{"Type": "GreaterThanOrEqualTo", "LeftValue": score_value,
+                                "RightValue": {"Get": "Parameters.Threshold"}}],
+                "IfSteps": [processing_step(
+                    "Summarize", read_url, "read.py",
+                    inputs=[({"Get": "Steps.Score.ProcessingOutputConfig.Outputs['report']"
+                                     ".S3Output.S3Uri"}, "/opt/ml/processing/in")],
+                    outputs=[("summary", f"s3://{BUCKET}/summaries",
+                              "/opt/ml/processing/summary")],
+                    arguments=["/opt/ml/processing/in", "/opt/ml/processing/summary"])],
+                "ElseSteps": [{"Name": "TooLow", "Type": "Fail", "Arguments": {
+                    "ErrorMessage": {"Std:Join": {"On": " ", "Values": [
+                        "score", score_value, "is below", {"Get": "Parameters.Threshold"}]}}}}],
+            }},
+        ],
+    }
+
+
+# --- expressions ----------------------------------------------------------------------------
+
+def test_expressions_resolve_parameters_properties_joins_and_json():
+    ctx = Context(
+        parameters={"Epochs": 3, "Rate": 0.5},
+        execution={"PipelineExecutionId": "abc123"},
+        steps={"Pre": {"ProcessingOutputConfig": {"Outputs": [
+            {"OutputName": "train", "S3Output": {"S3Uri": "s3://b/train"}},
+            {"OutputName": "test", "S3Output": {"S3Uri": "s3://b/test"}}]}}},
+        property_files={"Eval": {"R": {"m": {"acc": [0.1, {"value": 0.9}]}}}},
+    )
+    value = resolve({
+        "a": {"Get": "Steps.Pre.ProcessingOutputConfig.Outputs['test'].S3Output.S3Uri"},
+        "b": {"Std:Join": {"On": "/", "Values": ["x", {"Get": "Parameters.Epochs"},
+                                                 {"Get": "Execution.PipelineExecutionId"}]}},
+        "c": [{"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Eval.PropertyFiles.R"},
+                               "Path": "m.acc[1].value"}}],
+        "d": "plain",
+    }, ctx)
+    assert value == {"a": "s3://b/test", "b": "x/3/abc123", "c": [0.9], "d": "plain"}
+    assert walk_path(ctx.steps["Pre"], "ProcessingOutputConfig.Outputs[0].OutputName",
+                     "t") == "train"
+
+
+@pytest.mark.parametrize("reference, message", [
+    ({"Get": "Parameters.Nope"}, "Parameters.Nope.*known: Epochs"),
+    ({"Get": "Steps.Missing.X"}, "Missing"),
+    ({"Get": "Steps.Pre.NoSuchProperty"}, "NoSuchProperty"),
+    ({"Get": "Execution.Nope"}, "Execution.Nope"),
+    ({"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Pre.PropertyFiles.R"}, "Path": "x"}},
+     "no property file"),
+])
+def test_unknown_references_are_named(reference, message):
+    ctx = Context(parameters={"Epochs": 3}, execution={"PipelineExecutionId": "e"},
+                  steps={"Pre": {"A": 1}})
+    with pytest.raises(PipelineExecutionError, match=message):
+        resolve(reference, ctx)
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ({"Type": "GreaterThanOrEqualTo", "LeftValue": 0.8, "RightValue": 0.8}, True),
+    ({"Type": "GreaterThan", "LeftValue": 0.8, "RightValue": 0.8}, False),
+    ({"Type": "LessThan", "LeftValue": "0.5", "RightValue": 0.8}, True),
+    ({"Type": "LessThanOrEqualTo", "LeftValue": 0.9, "RightValue": 0.8}, False),
+    ({"Type": "Equals", "LeftValue": {"Get": "Parameters.Mode"}, "RightValue": "fast"}, True),
+    ({"Type": "Not", "Expression": {"Type": "Equals", "LeftValue": 1, "RightValue": 1}}, False),
+    ({"Type": "Or", "Conditions": [
+        {"Type": "Equals", "LeftValue": 1, "RightValue": 2},
+        {"Type": "GreaterThan", "LeftValue": 3, "RightValue": 2}]}, True),
+    ({"Type": "In", "QueryValue": {"Get": "Parameters.Mode"}, "Values": ["slow", "fast"]}, True),
+    ({"Type": "In", "QueryValue": 3, "Values": [1, 2]}, False),
+])
+def test_conditions(condition, expected):
+    ctx = Context(parameters={"Mode": "fast"})
+    assert evaluate_condition(condition, ctx) is expected
+
+
+def test_unsupported_condition_type_is_named():
+    with pytest.raises(PipelineExecutionError, match="Between"):
+        evaluate_condition({"Type": "Between"}, Context())
+
+
+def test_parameters_are_typed_and_unknown_names_list_the_known_ones():
+    definition = {"Parameters": [{"Name": "Epochs", "Type": "Integer", "DefaultValue": 30},
+                                 {"Name": "Rate", "Type": "Float", "DefaultValue": 0.1},
+                                 {"Name": "Fast", "Type": "Boolean", "DefaultValue": False},
+                                 {"Name": "Url", "Type": "String", "DefaultValue": "s3://b/x"}]}
+    assert resolve_parameters(definition, {"Epochs": "5", "Rate": "0.25", "Fast": "true"}) == \
+        {"Epochs": 5, "Rate": 0.25, "Fast": True, "Url": "s3://b/x"}
+    with pytest.raises(PipelineExecutionError, match="Epocs.*known: Epochs, Rate, Fast, Url"):
+        resolve_parameters(definition, {"Epocs": "5"})
+    with pytest.raises(PipelineExecutionError, match="Epochs is Integer: '2.5'"):
+        resolve_parameters(definition, {"Epochs": "2.5"})
+    with pytest.raises(PipelineExecutionError, match="Fast is Boolean"):
+        resolve_parameters(definition, {"Fast": "maybe"})
+
+
+# --- plans and hand-written definitions -------------------------------------------------------
+
+def test_unsupported_step_type_is_refused_before_anything_runs(config):
+    definition = {"Steps": [{"Name": "Score", "Type": "Fail", "Arguments": {}},
+                            {"Name": "Batch", "Type": "Transform", "Arguments": {}}]}
+    with pytest.raises(PipelineExecutionError, match="'Batch'.*'Transform'"):
+        run_pipeline_locally(definition, config, progress=False)
+    assert list_executions(config) == []
+
+
+def test_unknown_step_reference_is_refused():
+    definition = {"Steps": [{"Name": "A", "Type": "Fail", "DependsOn": ["Ghost"],
+                             "Arguments": {}}]}
+    with pytest.raises(PipelineExecutionError, match="'A'.*Ghost"):
+        plan(definition)
+
+
+def test_if_branch_runs_with_data_from_the_first_step(config, store):
+    result = run_pipeline_locally(branching_definition(store), config, progress=False)
+    assert result.status == "Succeeded", result.failure_reason
+    assert [(s.name, s.status) for s in result.steps] == [
+        ("Score", "Succeeded"), ("Check", "Succeeded"), ("Summarize", "Succeeded")]
+    summary = store.read_bytes(f"s3://{BUCKET}/summaries/summary.txt").decode()
+    assert summary == "{'score': {'value': 0.75}}"
+    # the /opt/ml path in the arguments landed in the execution's step folder
+    report = json.loads(store.read_bytes(
+        f"s3://{BUCKET}/test/{result.execution_id}/Score/output/report/report.json"))
+    step_dir = config.workspace / "executions" / result.execution_id / "Score"
+    assert report["where"] == str(step_dir / "processing" / "report")
+    assert (step_dir / "log.txt").read_text().splitlines()[-1] == "scored 0.75"
+    recorded = list_executions(config)
+    assert recorded[0]["execution_id"] == result.execution_id
+    assert recorded[0]["status"] == "Succeeded"
+    assert recorded[0]["parameters"] == {"Threshold": 0.5, "Score": 0.75}
+    assert [s["name"] for s in recorded[0]["steps"]] == ["Score", "Check", "Summarize"]
+
+
+def test_else_branch_fails_with_the_resolved_message_and_skips_the_if_branch(config, store):
+    result = run_pipeline_locally(branching_definition(store), config,
+                                  parameters={"Score": "0.25"}, progress=False)
+    assert result.status == "Failed"
+    assert result.failure_reason == "score 0.25 is below 0.5"
+    assert [(s.name, s.status) for s in result.steps] == [
+        ("Score", "Succeeded"), ("Check", "Succeeded"), ("TooLow", "Failed")]
+    assert not store.exists(f"s3://{BUCKET}/summaries/summary.txt")
+    assert list_executions(config)[0]["failure_reason"] == "score 0.25 is below 0.5"
+
+
+def test_steps_run_in_dependency_order_not_listing_order(config, store):
+    write = put_script(store, "w.py", """
+        import sys, os
+        os.makedirs(sys.argv[1], exist_ok=True)
+        open(os.path.join(sys.argv[1], "x.txt"), "w").write("hello")
+    """)
+    read = put_script(store, "r.py", """
+        import sys, os
+        print(open(os.path.join(sys.argv[1], "x.txt")).read().upper())
+    """)
+    last = processing_step("Last", read, "r.py", arguments=["/opt/ml/processing/in"],
+                           inputs=[({"Get": "Steps.First.ProcessingOutputConfig.Outputs[0]"
+                                            ".S3Output.S3Uri"}, "/opt/ml/processing/in")])
+    first = processing_step("First", write, "w.py", arguments=["/opt/ml/processing/out"],
+                            outputs=[("x", f"s3://{BUCKET}/x", "/opt/ml/processing/out")])
+    middle = {"Name": "Gate", "Type": "Condition", "DependsOn": ["Last"],
+              "Arguments": {"Conditions": [], "IfSteps": [], "ElseSteps": []}}
+    result = run_pipeline_locally({"Steps": [middle, last, first]}, config, progress=False)
+    assert [s.name for s in result.steps] == ["First", "Last", "Gate"]
+    log = config.workspace / "executions" / result.execution_id / "Last" / "log.txt"
+    assert "HELLO" in log.read_text()
+
+
+def test_a_failing_subprocess_fails_the_step_with_its_log_tail(config, store):
+    crash = put_script(store, "crash.py", """
+        import sys
+        print("loading data")
+        sys.exit("error: the input folder has no images")
+    """)
+    definition = {"Steps": [processing_step("Crash", crash, "crash.py"),
+                            {"Name": "After", "Type": "Fail", "DependsOn": ["Crash"],
+                             "Arguments": {"ErrorMessage": "must not run"}}]}
+    result = run_pipeline_locally(definition, config, progress=False)
+    assert result.status == "Failed"
+    assert [(s.name, s.status) for s in result.steps] == [("Crash", "Failed")]
+    assert "exited with code 1" in result.failure_reason
+    assert "error: the input folder has no images" in result.failure_reason
+    assert "loading data" in result.failure_reason
+
+
+def test_an_output_escaping_the_bucket_is_refused(config, store, tmp_path):
+    write = put_script(store, "w.py", """
+        import sys, os
+        os.makedirs(sys.argv[1], exist_ok=True)
+        open(os.path.join(sys.argv[1], "x.txt"), "w").write("hello")
+    """)
+    definition = {"Steps": [processing_step(
+        "Leak", write, "w.py", arguments=["/opt/ml/processing/out"],
+        outputs=[("x", f"s3://{BUCKET}/../../../outside", "/opt/ml/processing/out")])]}
+    result = run_pipeline_locally(definition, config, progress=False)
+    assert result.status == "Failed"
+    assert "escapes its bucket" in result.failure_reason
+    assert not (tmp_path / "outside").exists()
+    assert not (config.workspace / "outside").exists()
+
+
+def test_training_step_gets_sagemakers_environment_and_produces_model_tar(config, store):
+    source = textwrap.dedent("""
+        import argparse, json, os
+        p = argparse.ArgumentParser()
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--learning-rate", type=float)
+        args = p.parse_args()
+        rows = open(os.path.join(os.environ["SM_CHANNEL_TRAIN"], "rows.txt")).read().split()
+        with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w") as f:
+            json.dump({"epochs": args.epochs, "lr": args.learning_rate, "rows": rows,
+                       "hosts": json.loads(os.environ["SM_HOSTS"]),
+                       "hps": json.loads(os.environ["SM_HPS"])}, f)
+        os.makedirs(os.path.join(os.environ["SM_MODEL_DIR"], "code"))
+        open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "history.json"), "w").write("[]")
+        for epoch in range(1, args.epochs + 1):
+            print(f"epoch {epoch}/{args.epochs} validation_accuracy={0.5 + epoch / 10:.4f}")
+    """).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("train.py")
+        info.size = len(source)
+        tar.addfile(info, io.BytesIO(source))
+    store.write_bytes(f"s3://{BUCKET}/code/sourcedir.tar.gz", buffer.getvalue())
+    store.write_bytes(f"s3://{BUCKET}/data/train/rows.txt", b"a b c")
+    definition = {
+        "Parameters": [{"Name": "Epochs", "Type": "Integer", "DefaultValue": 2}],
+        "Steps": [{"Name": "Train", "Type": "Training", "Arguments": {
+            "AlgorithmSpecification": {"TrainingInputMode": "File", "MetricDefinitions": [
+                {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.]+)"}]},
+            "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/models"},
+            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
+            "HyperParameters": {
+                "epochs": {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.Epochs"}]}},
+                "learning-rate": "0.003",
+                "sagemaker_submit_directory": f'"s3://{BUCKET}/code/sourcedir.tar.gz"',
+                "sagemaker_program": '"train.py"',
+                "sagemaker_region": '"us-east-1"'}}}],
+    }
+    result = run_pipeline_locally(definition, config, parameters={"Epochs": 3}, progress=False)
+    assert result.status == "Succeeded", result.failure_reason
+    properties = result.properties["Train"]
+    job = properties["TrainingJobName"]
+    assert job == f"pipelines-{result.execution_id}-Train"
+    model_url = f"s3://{BUCKET}/models/{job}/output/model.tar.gz"
+    assert properties["ModelArtifacts"]["S3ModelArtifacts"] == model_url
+    assert properties["FinalMetricDataList"][0]["MetricName"] == "validation:accuracy"
+    assert properties["FinalMetricDataList"][0]["Value"] == pytest.approx(0.8)
+    with tarfile.open(store.path_for(model_url)) as tar:
+        assert sorted(tar.getnames()) == ["code", "model.json"]
+        model = json.load(tar.extractfile("model.json"))
+    assert model == {"epochs": 3, "lr": 0.003, "rows": ["a", "b", "c"], "hosts": ["algo-1"],
+                     "hps": {"epochs": 3, "learning-rate": 0.003}}
+    assert store.exists(f"s3://{BUCKET}/models/{job}/output/output.tar.gz")
+
+
+# --- the real definition, end to end ---------------------------------------------------------
+
+def test_real_pipeline_fails_at_the_fail_step_when_accuracy_is_below_threshold(
+        tmp_path, small_image_folder):
+    config = load_config("local", overrides={
+        "local.workspace": str(tmp_path / "ws"), "training.epochs": 2,
+        "training.batch_size": 16, "data.input_url": str(small_image_folder(per_class=40))})
+    from pipelines.pipeline import local_definition
+
+    # above any accuracy, so the Else branch is certain whatever the model learned
+    result = run_pipeline_locally(local_definition(config), config,
+                                  parameters={"AccuracyThreshold": "1.01"}, progress=False)
+    assert result.status == "Failed"
+    assert [(s.type, s.status) for s in result.steps] == [
+        ("Processing", "Succeeded"), ("Training", "Succeeded"), ("Processing", "Succeeded"),
+        ("Condition", "Succeeded"), ("Fail", "Failed")]
+    evaluation = json.loads(LocalObjectStore(config.workspace / "s3").read_bytes(
+        result.properties["Evaluate"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]
+        ["S3Uri"] + "/evaluation.json"))
+    accuracy = evaluation["binary_classification_metrics"]["accuracy"]["value"]
+    assert f"Model accuracy {accuracy} " in result.failure_reason
+    assert "1.01" in result.failure_reason
+    with sqlite3.connect(config.workspace / "registry.sqlite") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        if "model_packages" in tables:
+            assert db.execute("SELECT COUNT(*) FROM model_packages").fetchone() == (0,)
+    train_log = config.workspace / "executions" / result.execution_id / "Train" / "log.txt"
+    assert "epoch 2/2" in train_log.read_text()
