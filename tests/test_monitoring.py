@@ -183,3 +183,41 @@ def test_cli_report(config, tmp_path):
     done = subprocess.run(base + ["--source", str(source), "--since", "soon"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: --since 'soon'")
+
+
+def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, small_model_tar,
+                                                                    sample_data_dir):
+    """Approve -> deploy (state file) -> the local endpoint serves it and captures -> report."""
+    import urllib.request
+
+    from pipelines.registry import open_registry
+    from workflow.deployment import deploy_model_package
+    from workflow.endpoint import start_endpoint
+
+    config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
+    registry = open_registry(config)
+    registry.register(local_model_data=small_model_tar, ModelApprovalStatus="Approved",
+                      InferenceSpecification={"Containers": [{
+                          "Image": "pytorch-inference",
+                          "ModelDataUrl": "s3://scones-local/models/1/model.tar.gz"}]})
+    deploy_model_package(config, 1)
+    images = sorted((sample_data_dir / "bicycle").glob("*.png"))[:4] + \
+        sorted((sample_data_dir / "motorcycle").glob("*.png"))[:4]
+    answers = []
+    with start_endpoint(config) as endpoint:
+        assert endpoint.model_version == 1
+        for image in images:
+            request = urllib.request.Request(f"{endpoint.url}/invocations",
+                                             data=image.read_bytes(),
+                                             headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answers.append(json.loads(response.read()))
+
+    report = build_report(config)
+    s = report.summary
+    assert (s["records"], s["malformed"]) == (8, 0)
+    predicted = [max(range(2), key=lambda i: a[i]) for a in answers]
+    assert s["class_distribution"]["bicycle"]["count"] == predicted.count(0)
+    assert s["class_distribution"]["motorcycle"]["count"] == predicted.count(1)
+    under = sum(max(a) < config.workflow.confidence_threshold for a in answers)
+    assert s["under_threshold"] == under
