@@ -231,3 +231,11 @@ def test_cli_prints_the_definition_and_builds_zips(asl, tmp_path):
     assert result.returncode == 2
     assert "--env aws" in result.stderr and "scones workflow run" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_resource_partition_comes_from_the_config_not_the_ambient_session(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "cn-north-1")  # what the SDK alone would use
+    for region, partition in (("us-east-1", "aws"), ("cn-north-1", "aws-cn")):
+        config = load_config("local", {"aws.region": region})
+        states = definition.build_workflow(config).definition.to_dict()["States"]
+        assert states[CLASSIFY_STATE]["Resource"] == f"arn:{partition}:states:::lambda:invoke"

@@ -9,6 +9,7 @@ ThresholdConfidenceNotMet ends in the Fail state "ThresholdNotMet"; anything els
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -100,6 +101,14 @@ def lambda_functions(config: Config, specs: tuple[LambdaSpec, ...] = LAMBDA_SPEC
     }
 
 
+@functools.lru_cache(maxsize=None)
+def aws_partition(region: str) -> str:
+    """"aws", "aws-cn", "aws-us-gov"... for a region, from botocore's endpoint data."""
+    import boto3
+
+    return boto3.session.Session().get_partition_for_region(region)
+
+
 def _fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment: str):
     """A Fail state whose Cause (and Error, unless given) come from the caught error.
 
@@ -122,7 +131,7 @@ def build_workflow(config: Config, client=None):
     """The inference workflow as a stepfunctions.workflow.Workflow (role:
     config.aws.states_role_arn). `client`: a boto3 stepfunctions client for the SDK's
     create/update/execute; by default one for config.aws.region (made, not used, here)."""
-    sfn = stepfunctions_sdk()
+    stepfunctions_sdk()  # imports it quietly; the submodules below are then plain imports
     from stepfunctions import steps
     from stepfunctions.workflow import Workflow
 
@@ -142,6 +151,11 @@ def build_workflow(config: Config, client=None):
             parameters={"FunctionName": function.name, "Payload.$": "$"},
             output_path="$.Payload",
             timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
+        # The SDK derives the ARN's partition from whatever region the ambient boto3
+        # session has (none -> "aws", cn-north-1 -> "aws-cn"); the configured region
+        # decides here, so the same config always gives the same ASL.
+        state.fields["resource"] = (f"arn:{aws_partition(config.aws.region)}:states:::"
+                                    "lambda:invoke")
         state.add_retry(steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
                                     interval_seconds=1, max_attempts=3, backoff_rate=2.0))
         return state
@@ -161,7 +175,6 @@ def build_workflow(config: Config, client=None):
     if client is None:
         import boto3
         client = boto3.client("stepfunctions", region_name=config.aws.region)
-    del sfn
     return Workflow(
         name=config.workflow.state_machine_name,
         definition=steps.Chain([serialize, classify, filter_]),
@@ -175,13 +188,16 @@ def build_workflow(config: Config, client=None):
 
 def workflow_definition(config: Config) -> dict:
     """The ASL as a dict, checked (see check_definition)."""
-    asl = json.loads(build_workflow(config).definition.to_json())
-    check_definition(asl)
-    return asl
+    return json.loads(workflow_definition_json(config))
 
 
+@functools.lru_cache(maxsize=32)
 def workflow_definition_json(config: Config) -> str:
-    """The ASL exactly as deployed (the SDK's JSON), checked first."""
+    """The ASL exactly as deployed (the SDK's JSON), checked first.
+
+    Cached per (frozen, hashable) Config: building it through the SDK costs about a
+    second (boto3 sessions for partition lookups), and the local engine asks often.
+    """
     text = build_workflow(config).definition.to_json(pretty=True)
     check_definition(json.loads(text))
     return text
