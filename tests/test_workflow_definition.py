@@ -239,3 +239,39 @@ def test_resource_partition_comes_from_the_config_not_the_ambient_session(monkey
         config = load_config("local", {"aws.region": region})
         states = definition.build_workflow(config).definition.to_dict()["States"]
         assert states[CLASSIFY_STATE]["Resource"] == f"arn:{partition}:states:::lambda:invoke"
+
+
+@pytest.mark.parametrize("fail_state, caught_error, expected_error", [
+    (ERROR_FAIL_STATE, "ImageNotFound", "ImageNotFound"),
+    (THRESHOLD_FAIL_STATE, "ThresholdConfidenceNotMet", "ThresholdConfidenceNotMet"),
+])
+def test_fail_states_report_the_caught_error_and_cause_in_moto(asl, monkeypatch, fail_state,
+                                                               caught_error, expected_error):
+    """Our Fail states, as written in the ASL, run by moto's Step Functions interpreter after
+    a state that hands them what a Catch does: {"Error", "Cause"}."""
+    import time
+
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    cause = json.dumps({"errorMessage": "s3://b/k.png: details", "errorType": caught_error})
+    machine = {"StartAt": "Caught", "States": {
+        "Caught": {"Type": "Pass", "Result": {"Error": caught_error, "Cause": cause},
+                   "Next": fail_state},
+        fail_state: asl["States"][fail_state]}}
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        sfn = boto3.client("stepfunctions")
+        arn = sfn.create_state_machine(name="fail-check", definition=json.dumps(machine),
+                                       roleArn="arn:aws:iam::123456789012:role/states"
+                                       )["stateMachineArn"]
+        execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
+        for _ in range(100):
+            described = sfn.describe_execution(executionArn=execution)
+            if described["status"] != "RUNNING":
+                break
+            time.sleep(0.05)
+    assert described["status"] == "FAILED"
+    assert (described["error"], described["cause"]) == (expected_error, cause)
