@@ -150,3 +150,25 @@ def test_aws_errors_become_scones_errors_naming_the_function(aws, zips, monkeypa
                                  "arn:aws:iam::123456789012:role/does-not-exist"})
     with pytest.raises(SconesError, match="creating Lambda function scones-serialize-image-data"):
         deploy_workflow(config, zips, aws["lambda"], aws["sfn"])
+
+
+def test_cli_deploy_in_env_aws_creates_then_reports_unchanged(aws, capsys):
+    from pipelines.cli import main
+
+    args = ["workflow", "deploy", "--env", "aws",
+            "--set", "data.input_url=s3://scones-data/train",
+            "--set", "aws.role_arn=arn:aws:iam::123456789012:role/sagemaker",
+            "--set", "aws.bucket=scones-data",
+            "--set", f"aws.lambda_role_arn={aws['roles']['scones-lambda']}",
+            "--set", f"aws.states_role_arn={aws['roles']['scones-states']}"]
+    assert main(args + ["--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["state_machine"]["action"] == "created"
+    assert sorted(created["functions"]) == ["classify_image", "filter_inferences",
+                                            "serialize_image_data"]
+    assert main(args) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["name", "kind", "action", "changed", "arn"]
+    rows = [line.split() for line in table[2:]]
+    assert len(rows) == 4 and all(row[-2] == "unchanged" for row in rows)
+    assert len(all_functions(aws["lambda"])) == 3
