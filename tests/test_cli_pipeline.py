@@ -1,0 +1,125 @@
+"""`scones pipeline ...` and `scones registry ...` as a user runs them: subprocesses, real
+definition, real images, exit codes and --json shapes. One real pipeline run (the register
+branch) is shared by the module's tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_image_subset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def scones(workspace: Path, *args: str, data: Path | None = None) -> subprocess.CompletedProcess:
+    settings = ["--set", f"local.workspace={workspace}", "--set", "training.epochs=2",
+                "--set", "training.batch_size=16"]
+    if data:
+        settings += ["--set", f"data.input_url={data}"]
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args, *settings], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, sample_data_dir):
+    """One real run down the register branch (AccuracyThreshold=0 always passes)."""
+    root = tmp_path_factory.mktemp("cli")
+    data = copy_image_subset(sample_data_dir, root / "images", per_class=40)
+    workspace = root / "ws"
+    result = scones(workspace, "pipeline", "run", "--json", "--param", "AccuracyThreshold=0",
+                    data=data)
+    return workspace, data, result
+
+
+def test_run_json_is_one_object_on_stdout_and_exit_zero(ran):
+    _, _, result = ran
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    assert set(output) == {"execution_id", "status", "steps", "failure_reason"}
+    assert output["status"] == "Succeeded" and output["failure_reason"] is None
+    assert [(s["name"], s["status"]) for s in output["steps"]] == [
+        ("Preprocess", "Succeeded"), ("Train", "Succeeded"), ("Evaluate", "Succeeded"),
+        ("CheckAccuracy", "Succeeded"), ("Register-RegisterModel", "Succeeded")]
+    assert all(set(s) == {"name", "type", "status", "seconds"} for s in output["steps"])
+    # live progress went to stderr, including the training epochs as they happened
+    assert "Train | epoch 1/2" in result.stderr
+
+
+def test_registered_version_is_pending_with_its_model_on_disk(ran):
+    workspace, _, _ = ran
+    listed = scones(workspace, "registry", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    packages = json.loads(listed.stdout)
+    assert [(p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in packages] == \
+        [(1, "PendingManualApproval")]
+    shown = scones(workspace, "registry", "show", "1", "--json")
+    package = json.loads(shown.stdout)
+    assert Path(package["LocalModelData"]).is_file()
+    assert package["LocalModelData"].endswith("/output/model.tar.gz")
+    assert 0 <= package["Accuracy"] <= 1
+    assert package["ModelPackageArn"].endswith("model-package/scones-delivery-vehicles/1")
+    human = scones(workspace, "registry", "list")
+    assert "PendingManualApproval" in human.stdout and human.returncode == 0
+
+
+def test_executions_lists_the_run(ran):
+    workspace, _, result = ran
+    listed = scones(workspace, "pipeline", "executions", "--json")
+    executions = json.loads(listed.stdout)
+    assert executions[0]["execution_id"] == json.loads(result.stdout)["execution_id"]
+    assert executions[0]["status"] == "Succeeded"
+    assert executions[0]["parameters"]["AccuracyThreshold"] == 0.0
+    assert len(executions[0]["steps"]) == 5
+
+
+def test_approve_deploys_locally_and_reject_needs_a_reason(ran):
+    workspace, _, _ = ran
+    approved = scones(workspace, "registry", "approve", "1", "--description", "good enough")
+    assert approved.returncode == 0, approved.stderr
+    assert "Approved" in approved.stdout
+    state = json.loads((workspace / "endpoints" / "scones-delivery-vehicles.json").read_text())
+    assert "1" in json.dumps(state)
+    again = scones(workspace, "registry", "approve", "1")
+    assert again.returncode == 0 and "already Approved" in again.stdout
+
+    no_reason = scones(workspace, "registry", "reject", "1")
+    assert no_reason.returncode == 2 and "--description" in no_reason.stderr
+    rejected = scones(workspace, "registry", "reject", "1", "--description", "drift")
+    assert rejected.returncode == 0 and "Rejected" in rejected.stdout
+    shown = json.loads(scones(workspace, "registry", "show", "1", "--json").stdout)
+    assert (shown["ModelApprovalStatus"], shown["ApprovalDescription"]) == ("Rejected", "drift")
+
+
+def test_unknown_version_is_one_error_line(ran):
+    workspace, _, _ = ran
+    result = scones(workspace, "registry", "show", "42")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: model package group scones-delivery-vehicles has "
+                                     f"no version 42 (registry {workspace}/registry.sqlite)")
+
+
+def test_failed_run_exits_non_zero_with_the_reason(ran, tmp_path):
+    workspace, data, _ = ran
+    result = scones(workspace, "pipeline", "run", "--json",
+                    "--param", f"InputDataUrl={tmp_path / 'no-such-folder'}", data=data)
+    assert result.returncode == 1
+    output = json.loads(result.stdout)
+    assert output["status"] == "Failed"
+    assert [(s["name"], s["status"]) for s in output["steps"]] == [("Preprocess", "Failed")]
+    assert "no-such-folder" in output["failure_reason"]
+
+
+def test_definition_prints_the_sagemaker_json(tmp_path):
+    result = scones(tmp_path / "ws", "pipeline", "definition")
+    assert result.returncode == 0, result.stderr
+    definition = json.loads(result.stdout)
+    assert definition["Version"] == "2020-12-01"
+    assert [s["Type"] for s in definition["Steps"]] == [
+        "Processing", "Training", "Processing", "Condition"]
