@@ -10,6 +10,7 @@ AWS path (workflow.cli_run) drives real executions with the same code.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pipelines.storage import LocalObjectStore, split_s3_url
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
 MAX_EXECUTION_NAME = 80
+LOCAL_POLL_INTERVAL_S = 0.005  # in-process engine: a status check costs ~1 ms
 TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
 
 
@@ -276,24 +278,52 @@ def run_workflow_locally(config: Config, images: Sequence[ImageSource],
     model_version / model_tar pin the model the local endpoint serves (default: the
     deployed one, see workflow.endpoint).
     """
-    import boto3
-
-    from lambdas.build import build_lambda_zips
-    from workflow.definition import lambda_functions, workflow_definition_json
-    from workflow.endpoint import start_endpoint
-    from workflow.moto_engine import check_moto_version, local_aws
-
     if not images:
         raise SconesError("no images to classify")
-    check_moto_version()
-    definition = workflow_definition_json(config)
-    functions = [f for f in lambda_functions(config).values() if f.in_workflow]
-    region = config.aws.region
-    run_id = uuid.uuid4().hex[:12]
-    with tempfile.TemporaryDirectory(prefix="scones-zips-") as zip_dir, \
-            start_endpoint(config, model_version=model_version, model_tar=model_tar) as endpoint, \
-            local_aws(region, endpoint.url) as aws:
+    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar) as workflow:
+        return workflow.run(images, concurrency=concurrency, progress=progress)
+
+
+class LocalWorkflow:
+    """The workflow deployed into moto, its endpoint running: set up once, run many times
+    (`with LocalWorkflow(config) as wf: wf.run(images)`)."""
+
+    def __init__(self, config: Config, model_version: int | None = None,
+                 model_tar: Path | None = None):
+        self.config = config
+        self.model_version = model_version
+        self.model_tar = model_tar
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "LocalWorkflow":
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        import boto3
+
+        from lambdas.build import build_lambda_zips
+        from workflow.definition import lambda_functions, workflow_definition_json
+        from workflow.endpoint import start_endpoint
+        from workflow.moto_engine import check_moto_version, local_aws
+
+        config = self.config
+        check_moto_version()
+        definition = workflow_definition_json(config)
+        functions = [f for f in lambda_functions(config).values() if f.in_workflow]
+        region = config.aws.region
+        zip_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="scones-zips-"))
         zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
+        self.endpoint = self._stack.enter_context(start_endpoint(
+            config, model_version=self.model_version, model_tar=self.model_tar))
+        aws = self._stack.enter_context(local_aws(region, self.endpoint.url))
         iam = boto3.client("iam", region_name=region)
         lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
         states_role = _create_role(iam, config.aws.states_role_arn, "states")
@@ -305,17 +335,21 @@ def run_workflow_locally(config: Config, images: Sequence[ImageSource],
                 Timeout=function.timeout, MemorySize=function.memory_size,
                 Environment={"Variables": function.environment})
         aws.lambdas.pin_environment([f.environment for f in functions])
-        sfn = boto3.client("stepfunctions", region_name=region)
-        machine_arn = sfn.create_state_machine(
+        self.sfn = boto3.client("stepfunctions", region_name=region)
+        self.s3 = boto3.client("s3", region_name=region)
+        self.state_machine_arn = self.sfn.create_state_machine(
             name=config.workflow.state_machine_name, definition=definition,
             roleArn=states_role)["stateMachineArn"]
-        s3 = boto3.client("s3", region_name=region)
-        located = stage_images(config, images, s3, run_id, read_s3_locally=True)
+
+    def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
+            progress: bool = True) -> list[ImageResult]:
+        run_id = uuid.uuid4().hex[:12]
+        located = stage_images(self.config, images, self.s3, run_id, read_s3_locally=True)
         return run_executions(
-            sfn, machine_arn, [execution_input(b, k) for b, k in located],
-            [image.label for image in images], config.classes,
-            concurrency=concurrency or config.workflow.max_concurrency,
-            poll_interval=0.005, progress=progress, run_id=run_id)
+            self.sfn, self.state_machine_arn, [execution_input(b, k) for b, k in located],
+            [image.label for image in images], self.config.classes,
+            concurrency=concurrency or self.config.workflow.max_concurrency,
+            poll_interval=LOCAL_POLL_INTERVAL_S, progress=progress, run_id=run_id)
 
 
 def _create_role(iam, arn: str | None, service: str) -> str:

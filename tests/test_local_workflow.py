@@ -1,0 +1,132 @@
+"""The inference workflow end to end on the embedded default: the SDK's ASL in moto's
+Step Functions engine, the Lambdas from their built zips, the real local endpoint."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.errors import SconesError
+from pipelines.storage import LocalObjectStore
+from workflow.cli_run import summary
+from workflow.endpoint import endpoint_state_path
+from workflow.local_run import ImageSource, images_from_options, run_workflow_locally
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_KEYS = {"image", "status", "predicted_label", "inferences", "meets_threshold", "error",
+               "cause", "seconds"}
+
+
+def deploy_locally(config, model_tar: Path) -> None:
+    """Write the endpoint state file as `scones endpoint deploy` does (the contract)."""
+    path = endpoint_state_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
+        "ModelPackageVersion": 1, "LocalModelData": str(model_tar),
+        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 100,
+                              "DestinationS3Uri": f"s3://{config.aws.bucket}/datacapture"}}))
+
+
+def real_images(sample_data_dir: Path, per_class: int) -> list[Path]:
+    return [p for name in ("bicycle", "motorcycle")
+            for p in sorted((sample_data_dir / name).glob("*.png"))[:per_class]]
+
+
+def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample_data_dir,
+                                                                small_model_tar):
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
+                                   "workflow.confidence_threshold": 0.0})
+    deploy_locally(config, small_model_tar)
+    store = LocalObjectStore(config.workspace / "s3")
+    good = real_images(sample_data_dir, 2)
+    for path in good:
+        store.write_bytes(f"s3://incoming/batch/{path.parent.name}-{path.name}", path.read_bytes())
+    store.write_bytes("s3://incoming/batch/z-notes.txt", b"a text file, not an image\n")
+    store.write_bytes("s3://incoming/batch/z-empty.png", b"")
+    store.write_bytes("s3://incoming/batch/z-truncated.png", good[0].read_bytes()[:60])
+    sources = images_from_options(config, prefix="s3://incoming/batch/")
+    sources.append(ImageSource(label="s3://incoming/missing.png",
+                               s3_url="s3://incoming/missing.png"))
+
+    results = {r.image: r for r in run_workflow_locally(config, sources, progress=False)}
+
+    assert len(results) == len(good) + 4
+    for path in good:
+        result = results[f"s3://incoming/batch/{path.parent.name}-{path.name}"]
+        assert result.status == "SUCCEEDED", result
+        assert result.meets_threshold is True and result.error is None
+        assert result.predicted_label in config.classes
+        assert len(result.inferences) == 2 and abs(sum(result.inferences) - 1) < 1e-4
+        assert result.predicted_label == config.classes[result.inferences.index(max(result.inferences))]
+    expected_errors = {"s3://incoming/batch/z-notes.txt": "InvalidImage",
+                       "s3://incoming/batch/z-empty.png": "InvalidImage",
+                       "s3://incoming/batch/z-truncated.png": "EndpointError",
+                       "s3://incoming/missing.png": "ImageNotFound"}
+    for image, error in expected_errors.items():
+        result = results[image]
+        assert (result.status, result.error) == ("FAILED", error), result
+        assert result.cause and result.meets_threshold is None and result.failed_otherwise
+    assert "0 bytes" in results["s3://incoming/batch/z-empty.png"].cause
+    # The classify Lambda really went to the local endpoint: it captured each request.
+    captured = list((config.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
+    assert sum(len(p.read_text().splitlines()) for p in captured) == len(good)
+    # Nothing of the run leaks into the process: the functions' environment is undone.
+    assert "CONFIDENCE_THRESHOLD" not in os.environ and "ENDPOINT_NAME" not in os.environ
+
+    text = summary(list(results.values()))
+    assert f"{len(good)} met the confidence threshold" in text and "4 failed" in text
+    assert re.search(r"^InvalidImage +2 *$", text, flags=re.M), text
+
+
+def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sample_data_dir,
+                                                                 small_model_tar):
+    workspace = tmp_path / "ws"
+    config = load_config("local", {"local.workspace": str(workspace)})
+    deploy_locally(config, small_model_tar)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in real_images(sample_data_dir, 2):
+        (folder / path.name).write_bytes(path.read_bytes())
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    command = [sys.executable, "-m", "pipelines.cli", "workflow", "run", "--images", str(folder),
+               "--json", "--set", f"local.workspace={workspace}",
+               "--set", "workflow.confidence_threshold=0.9999"]
+
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                         timeout=300)
+
+    assert run.returncode == 0, run.stderr  # threshold misses are results, not failures
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(lines) == 4 and all(set(line) == RESULT_KEYS for line in lines)
+    not_met = [line for line in lines if line["meets_threshold"] is False]
+    assert not_met, lines  # a 3-epoch model is never 99.99 % sure of everything
+    for line in not_met:
+        assert (line["status"], line["error"]) == ("FAILED", "ThresholdConfidenceNotMet")
+        assert max(line["inferences"]) < 0.9999
+        assert line["predicted_label"] == config.classes[line["inferences"].index(max(line["inferences"]))]
+
+    (folder / "readme.txt").write_text("not an image")
+    failing = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                             timeout=300)
+    assert failing.returncode == 1  # an image failed for another reason than the threshold
+    by_image = {json.loads(line)["image"]: json.loads(line) for line in failing.stdout.splitlines()}
+    assert by_image[str(folder / "readme.txt")]["error"] == "InvalidImage"
+
+
+def test_image_options_name_what_is_wrong(tmp_path):
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws")})
+    with pytest.raises(SconesError, match="no such file"):
+        images_from_options(config, image=str(tmp_path / "nope.png"))
+    with pytest.raises(SconesError, match="exactly one of"):
+        images_from_options(config, image="a.png", s3="s3://b/k")
+    with pytest.raises(SconesError, match="no objects under it"):
+        images_from_options(config, prefix="s3://empty-bucket/images/")
+    with pytest.raises(SconesError, match="not an s3:// URL"):
+        images_from_options(config, s3="bucket/key.png")
