@@ -17,11 +17,14 @@ _lock = threading.Lock()
 
 
 def aws_client(service: str):
-    """A cached boto3 client; a new one when AWS_ENDPOINT_URL_<SERVICE> has changed."""
+    """A cached boto3 client for the function's region; a new one when the region or
+    AWS_ENDPOINT_URL_<SERVICE> has changed."""
     env_name = service.upper().replace("-", "_")
-    key = (service, settings.endpoint_url_override(env_name))
+    region = settings.aws_region()
+    key = (service, region, settings.endpoint_url_override(env_name))
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = boto3.client(service, config=_CLIENT_CONFIG)
+            client = _clients[key] = boto3.client(service, region_name=region,
+                                                  config=_CLIENT_CONFIG)
         return client

@@ -59,6 +59,17 @@ def class_names(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     return names
 
 
+def aws_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region the function runs in: AWS_REGION (the Lambda runtime sets it), else
+    AWS_DEFAULT_REGION."""
+    env = _environ(environ)
+    region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
+    if not region:
+        raise ConfigurationError("environment variable AWS_REGION is not set (the Lambda "
+                                 "runtime sets it; a local engine must too)")
+    return region
+
+
 def endpoint_url_override(service_env_name: str, environ: Mapping[str, str] | None = None
                           ) -> str | None:
     """The AWS_ENDPOINT_URL_<SERVICE> (or AWS_ENDPOINT_URL) boto3 will use, if any.

@@ -339,3 +339,16 @@ def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
     assert set(event) == {"s3_bucket", "s3_key", "image_data", "inferences", "meets_threshold",
                           "predicted_label"}
     assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
+
+
+def test_clients_need_the_functions_region(monkeypatch, png_bytes):
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ENDPOINT_NAME", "ep")
+    monkeypatch.setenv("CLASS_NAMES", "bicycle,motorcycle")
+    event = {**seed_event("k.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    with pytest.raises(ConfigurationError, match="AWS_REGION is not set"):
+        classify_image.lambda_handler(event, None)
+    assert settings.aws_region({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "x"}) == \
+        "eu-west-1"
+    assert settings.aws_region({"AWS_DEFAULT_REGION": "us-west-2"}) == "us-west-2"

@@ -19,7 +19,8 @@ from lambdas.build import (LambdaBuildError, build_lambda_zips, code_sha256, han
 from pipelines.config import load_config
 from workflow import definition
 from workflow.definition import (CLASSIFY_STATE, ERROR_FAIL_STATE, FILTER_STATE,
-                                 SERIALIZE_STATE, THRESHOLD_FAIL_STATE, TRANSIENT_LAMBDA_ERRORS,
+                                 ROUTE_ERROR_STATE, SERIALIZE_STATE, THRESHOLD_FAIL_STATE,
+                                 TRANSIENT_LAMBDA_ERRORS, WRAP_STATES_ERROR_STATE,
                                  WorkflowDefinitionError, check_definition, lambda_functions)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +70,15 @@ def test_catches_route_threshold_and_everything_else_to_named_fail_states(asl):
     filter_catch = asl["States"][FILTER_STATE]["Catch"]
     assert filter_catch[0] == {"ErrorEquals": ["ThresholdConfidenceNotMet"],
                                "Next": THRESHOLD_FAIL_STATE}
-    assert filter_catch[-1] == {"ErrorEquals": ["States.ALL"], "Next": ERROR_FAIL_STATE}
+    assert filter_catch[-1] == {"ErrorEquals": ["States.ALL"], "Next": ROUTE_ERROR_STATE}
     for state_name in (SERIALIZE_STATE, CLASSIFY_STATE):
         assert asl["States"][state_name]["Catch"] == [
-            {"ErrorEquals": ["States.ALL"], "Next": ERROR_FAIL_STATE}]
+            {"ErrorEquals": ["States.ALL"], "Next": ROUTE_ERROR_STATE}]
+    route = asl["States"][ROUTE_ERROR_STATE]
+    assert route["Choices"] == [{"Variable": "$.Error", "StringMatches": "States.*",
+                                 "Next": WRAP_STATES_ERROR_STATE}]
+    assert route["Default"] == ERROR_FAIL_STATE
+    assert asl["States"][WRAP_STATES_ERROR_STATE]["Next"] == ERROR_FAIL_STATE
     assert THRESHOLD_FAIL_STATE == "ThresholdNotMet"
     assert asl["States"][THRESHOLD_FAIL_STATE] == {
         "Type": "Fail", "Error": "ThresholdConfidenceNotMet", "CausePath": "$.Cause",
@@ -81,7 +87,8 @@ def test_catches_route_threshold_and_everything_else_to_named_fail_states(asl):
     assert failed["Type"] == "Fail"
     assert (failed["ErrorPath"], failed["CausePath"]) == ("$.Error", "$.Cause")
     assert set(asl["States"]) == {SERIALIZE_STATE, CLASSIFY_STATE, FILTER_STATE,
-                                  THRESHOLD_FAIL_STATE, ERROR_FAIL_STATE}
+                                  THRESHOLD_FAIL_STATE, ROUTE_ERROR_STATE,
+                                  WRAP_STATES_ERROR_STATE, ERROR_FAIL_STATE}
 
 
 def test_error_names_in_the_asl_are_the_lambdas_exception_class_names():
@@ -241,14 +248,17 @@ def test_resource_partition_comes_from_the_config_not_the_ambient_session(monkey
         assert states[CLASSIFY_STATE]["Resource"] == f"arn:{partition}:states:::lambda:invoke"
 
 
-@pytest.mark.parametrize("fail_state, caught_error, expected_error", [
-    (ERROR_FAIL_STATE, "ImageNotFound", "ImageNotFound"),
+@pytest.mark.parametrize("target, caught_error, expected_error", [
+    (ROUTE_ERROR_STATE, "ImageNotFound", "ImageNotFound"),
+    (ROUTE_ERROR_STATE, "Lambda.Unknown", "Lambda.Unknown"),
+    (ROUTE_ERROR_STATE, "States.Timeout", "WorkflowError"),
     (THRESHOLD_FAIL_STATE, "ThresholdConfidenceNotMet", "ThresholdConfidenceNotMet"),
 ])
-def test_fail_states_report_the_caught_error_and_cause_in_moto(asl, monkeypatch, fail_state,
-                                                               caught_error, expected_error):
-    """Our Fail states, as written in the ASL, run by moto's Step Functions interpreter after
-    a state that hands them what a Catch does: {"Error", "Cause"}."""
+def test_failure_states_report_the_caught_error_in_moto(asl, monkeypatch, target, caught_error,
+                                                        expected_error):
+    """Our failure states, as written in the ASL, run by moto's Step Functions interpreter
+    after a state that hands them what a Catch does: {"Error", "Cause"}. A States.* name
+    cannot be a Fail state's Error, so it arrives wrapped, its name kept in the Cause."""
     import time
 
     import boto3
@@ -258,20 +268,25 @@ def test_fail_states_report_the_caught_error_and_cause_in_moto(asl, monkeypatch,
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     cause = json.dumps({"errorMessage": "s3://b/k.png: details", "errorType": caught_error})
+    failure_states = {name: state for name, state in asl["States"].items()
+                      if name not in (SERIALIZE_STATE, CLASSIFY_STATE, FILTER_STATE)}
     machine = {"StartAt": "Caught", "States": {
         "Caught": {"Type": "Pass", "Result": {"Error": caught_error, "Cause": cause},
-                   "Next": fail_state},
-        fail_state: asl["States"][fail_state]}}
+                   "Next": target}, **failure_states}}
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         sfn = boto3.client("stepfunctions")
         arn = sfn.create_state_machine(name="fail-check", definition=json.dumps(machine),
                                        roleArn="arn:aws:iam::123456789012:role/states"
                                        )["stateMachineArn"]
         execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
-        for _ in range(100):
+        for _ in range(200):
             described = sfn.describe_execution(executionArn=execution)
             if described["status"] != "RUNNING":
                 break
             time.sleep(0.05)
     assert described["status"] == "FAILED"
-    assert (described["error"], described["cause"]) == (expected_error, cause)
+    assert described["error"] == expected_error
+    if expected_error == "WorkflowError":
+        assert json.loads(described["cause"]) == {"Error": caught_error, "Cause": cause}
+    else:
+        assert described["cause"] == cause

@@ -5,7 +5,10 @@ serialize image (S3 -> base64) -> classify (SageMaker endpoint) -> filter (thres
 The Lambdas' FunctionName is the function's NAME, not its ARN, so the same ASL runs on
 any account and in the local engine. Failures keep their Lambda error name: a
 ThresholdConfidenceNotMet ends in the Fail state "ThresholdNotMet"; anything else in
-"InferenceFailed"; both carry the original error's Cause.
+"InferenceFailed"; both carry the original error's Cause. Errors Step Functions itself
+raises (States.Timeout, States.Runtime...) may not be re-raised under their own name by
+a Fail state (names starting "States." are reserved), so they pass through
+"WrapStatesError" first: Error "WorkflowError", Cause = the caught error as JSON.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ CLASSIFY_STATE = "ClassifyImage"
 FILTER_STATE = "FilterInferences"
 THRESHOLD_FAIL_STATE = "ThresholdNotMet"
 ERROR_FAIL_STATE = "InferenceFailed"
+ROUTE_ERROR_STATE = "IsStatesError"
+WRAP_STATES_ERROR_STATE = "WrapStatesError"
+WORKFLOW_ERROR = "WorkflowError"                # what a States.* error is reported as
 THRESHOLD_ERROR = "ThresholdConfidenceNotMet"   # lambdas.errors class names = Step Functions Errors
 THROTTLED_ERROR = "EndpointThrottled"
 
@@ -143,6 +149,17 @@ def build_workflow(config: Config, client=None):
     failed = _fail_with_caught_error(
         steps, ERROR_FAIL_STATE, None,
         "Any other failure: the Lambda's error name and message, unchanged")
+    wrap_states_error = steps.Pass(
+        WRAP_STATES_ERROR_STATE,
+        comment="Step Functions' own errors (States.*): reserved names, so report them as "
+                f"{WORKFLOW_ERROR} with the caught error as the Cause",
+        parameters={"Error": WORKFLOW_ERROR, "Cause.$": "States.JsonToString($)"})
+    wrap_states_error.next(failed)
+    route_error = steps.Choice(ROUTE_ERROR_STATE,
+                               comment="Lambda errors go to the Fail state as they are")
+    route_error.add_choice(steps.ChoiceRule.StringMatches(variable="$.Error", value="States.*"),
+                           next_step=wrap_states_error)
+    route_error.default_choice(failed)
 
     def lambda_state(state_id: str, key: str, comment: str):
         function = functions[key]
@@ -170,7 +187,7 @@ def build_workflow(config: Config, client=None):
                            "Keep confident inferences; fail below the threshold")
     filter_.add_catch(steps.Catch(error_equals=[THRESHOLD_ERROR], next_step=threshold_failed))
     for state in (serialize, classify, filter_):
-        state.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=failed))
+        state.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=route_error))
 
     if client is None:
         import boto3
