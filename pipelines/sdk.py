@@ -19,9 +19,11 @@ SAGEMAKER_CONFIG = {
 
 def _quiet() -> None:
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    for name in ("sagemaker.config", "sagemaker", "sagemaker.telemetry", "stepfunctions",
-                 "botocore.credentials"):
+    # stepfunctions' graph widgets log "IPython failed to import" at import time: we have
+    # no notebook to draw in, so that is noise too.
+    for name in ("sagemaker.config", "sagemaker", "sagemaker.telemetry", "botocore.credentials"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("stepfunctions").setLevel(logging.ERROR)
     # Building a definition logs a WARNING per job-name field it pops and per parameter it
     # resolves at compile time: expected behaviour, not something a user can act on.
     logging.getLogger("sagemaker.workflow").setLevel(logging.ERROR)
@@ -42,5 +44,4 @@ def stepfunctions_sdk():
     sagemaker_sdk()  # stepfunctions imports sagemaker
     import stepfunctions
 
-    logging.getLogger("stepfunctions").setLevel(logging.WARNING)
     return stepfunctions
