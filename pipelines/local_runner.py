@@ -29,15 +29,14 @@ import sys
 import tarfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 from urllib.parse import urlparse
 
 from pipelines.config import Config
 from pipelines.errors import PipelineExecutionError, SconesError
-from pipelines.executions import ExecutionStore, list_executions  # noqa: F401 (re-exported)
+from pipelines.executions import ExecutionStore, list_executions, now  # noqa: F401 (re-exported)
 from pipelines.expressions import (Context, evaluate_conditions, resolve, step_references,
                                    to_text)
 from pipelines.registry import LocalRegistry
@@ -194,7 +193,7 @@ def _new_execution_id() -> str:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return now()
 
 
 def run_pipeline_locally(definition: dict, config: Config, parameters: dict | None = None,
@@ -311,9 +310,15 @@ class _Runner:
             status = "Succeeded"
         except StepFailed as exc:
             status, reason = "Failed", str(exc)
-        except SconesError as exc:
-            # a bad reference or object URL: this step fails, with the message saying why
+        except (SconesError, OSError) as exc:
+            # a bad reference, an object URL that escapes, a disk error: this step fails,
+            # with the message saying why
             status, reason = "Failed", str(exc)
+        except BaseException as exc:  # interrupted (or a bug): the record must not say Executing
+            self.records.step_finished(self.execution_id, name, "Stopped",
+                                       round(time.monotonic() - start, 2),
+                                       f"{type(exc).__name__}: {exc}")
+            raise
         seconds = round(time.monotonic() - start, 2)
         self.records.step_finished(self.execution_id, name, status, seconds, reason)
         self.say(f"{'✔' if status == 'Succeeded' else '✘'} {name} {status} in {seconds:.1f} s"
