@@ -35,9 +35,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 30
-    learning_rate: float = 0.003
+    learning_rate: float = 0.01
     batch_size: int = 64
-    width: int = 32
+    width: int = 16
     seed: int = 42
 
 
