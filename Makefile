@@ -22,7 +22,8 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_workflow.py
 
 clean:
 	rm -rf $(VENV) .scones build *.egg-info

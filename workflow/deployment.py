@@ -118,6 +118,19 @@ def deploy_model_package(config: Config, version: int | str, sagemaker_client=No
                               f"{config.workflow.endpoint_name}: {exc}") from exc
 
 
+def approve_and_deploy(config: Config, version: int | str, description: str | None = None
+                       ) -> tuple[dict, bool, dict | None]:
+    """Approve a registered version; locally also deploy it, as the EventBridge rule and the
+    deploy_approved_model Lambda do on AWS. Returns (package, changed, deployment or None)."""
+    from pipelines.registry import open_registry
+
+    package, changed = open_registry(config).approve(version, description)
+    deployment = None
+    if changed and config.is_local:
+        deployment = deploy_model_package(config, package["ModelPackageVersion"])
+    return package, changed, deployment
+
+
 def endpoint_status(config: Config, sagemaker_client=None) -> dict:
     """{"EndpointName", "ModelPackageVersion", "status", ...}: what the endpoint serves now.
 

@@ -1,0 +1,129 @@
+"""`scones demo`: the whole story on the embedded default, in one command.
+
+model build (the pipeline, on the shared data) -> approval -> deployment to the local
+endpoint -> the inference workflow over images the model has never seen (the execution's
+own test split) -> monitoring report. Every run adds a new model version, deployment and
+report under the workspace; nothing earlier is deleted.
+"""
+from __future__ import annotations
+
+import io
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from PIL import Image
+
+from pipelines.config import Config
+from pipelines.errors import SconesError
+from pipelines.pipeline import PREPROCESS, REGISTER
+from pipelines.storage import LocalObjectStore
+
+REGISTER_STEP = f"{REGISTER}-RegisterModel"
+
+
+@dataclass
+class DemoResult:
+    execution_id: str
+    model_version: int
+    accuracy: float | None
+    images: int
+    correct: int
+    met_threshold: int
+    below_threshold: int
+    failed: int
+    report_path: Path
+    seconds: float
+
+
+def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
+    """PNG files of up to `count` test-split images of this execution, both classes evenly,
+    named <true class>-<n>.png so the results can be checked against the truth."""
+    outputs = execution.properties[PREPROCESS]["ProcessingOutputConfig"]["Outputs"]
+    test_url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "test")
+    store = LocalObjectStore(config.workspace / "s3")
+    with np.load(store.path_for(test_url.rstrip("/") + "/data.npz")) as split:
+        images, labels = split["images"], split["labels"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_class = max(1, count // len(config.classes))
+    paths = []
+    for label, name in enumerate(config.classes):
+        for n, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            path = out_dir / f"{name}-{n:03d}.png"
+            buffer = io.BytesIO()
+            Image.fromarray(images[index]).save(buffer, format="PNG")
+            path.write_bytes(buffer.getvalue())
+            paths.append(path)
+    return paths
+
+
+def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) -> DemoResult:
+    if not config.is_local:
+        raise SconesError("the demo runs on the embedded default (--env local)")
+    from pipelines.local_runner import run_pipeline_locally
+    from pipelines.pipeline import local_definition
+    from workflow.cli_run import summary
+    from workflow.deployment import approve_and_deploy
+    from workflow.local_run import ImageSource, run_workflow_locally
+    from workflow.monitoring import build_report, format_summary
+
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc)
+
+    def stage(number: int, title: str) -> None:
+        print(f"\n=== [{number}/4] {title} ({time.monotonic() - started:.0f} s) ===",
+              file=out, flush=True)
+
+    stage(1, "Model build: the SageMaker Pipeline definition, run locally")
+    execution = run_pipeline_locally(local_definition(config), config)
+    if execution.status != "Succeeded":
+        raise SconesError(f"pipeline execution {execution.execution_id} {execution.status}: "
+                          f"{execution.failure_reason}")
+    package = execution.properties[REGISTER_STEP]
+    version = package["ModelPackageVersion"]
+
+    stage(2, f"Approval: version {version} -> the local endpoint")
+    package, _, deployment = approve_and_deploy(
+        config, version, f"approved by scones demo (execution {execution.execution_id})")
+    described = _describe(config, version)
+    print(f"version {version} Approved (accuracy on the test split: "
+          f"{_fmt(described.get('Accuracy'))}); endpoint {config.workflow.endpoint_name} "
+          f"{(deployment or {}).get('Action', 'deployed')}", file=out)
+
+    stage(3, "Inference workflow on images the model has never seen")
+    image_dir = config.workspace / "demo" / execution.execution_id / "images"
+    paths = write_test_split_images(config, execution, image_dir, sample_size)
+    print(f"{len(paths)} images of the execution's test split -> {image_dir}", file=out)
+    results = run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in paths])
+    print(summary(results), file=out)
+    correct = sum(1 for r in results
+                  if r.predicted_label and Path(r.image).name.startswith(r.predicted_label + "-"))
+    classified = sum(1 for r in results if r.predicted_label)
+    print(f"correct predictions: {correct}/{classified}", file=out)
+
+    stage(4, "Monitoring: what the endpoint saw (data capture)")
+    report = build_report(config, since=started_at)
+    print(format_summary(report.summary), file=out)
+
+    result = DemoResult(
+        execution_id=execution.execution_id, model_version=version,
+        accuracy=described.get("Accuracy"), images=len(results), correct=correct,
+        met_threshold=sum(r.meets_threshold is True for r in results),
+        below_threshold=sum(r.meets_threshold is False for r in results),
+        failed=sum(r.failed_otherwise for r in results),
+        report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1))
+    return result
+
+
+def _describe(config: Config, version: int) -> dict:
+    from pipelines.registry import open_registry
+
+    return open_registry(config).describe(version)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
