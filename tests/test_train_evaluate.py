@@ -116,3 +116,18 @@ def test_evaluate_without_artifact_is_a_clear_error(small_training_run, tmp_path
     assert result.returncode == 2
     assert "model.tar.gz" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "e" / "evaluation.json").exists()
+
+
+def test_train_runs_with_fewer_steps_than_a_learning_rate_cycle_needs(small_image_folder,
+                                                                       tmp_path):
+    # 96 training images in batches of 64 for 2 epochs: 4 optimiser steps, too few for
+    # OneCycleLR's warm-up (it divided by zero here before).
+    processed = tmp_path / "processed"
+    run_job("preprocess.py", "--input-dir", small_image_folder(per_class=60), "--output-dir",
+            processed)
+    result = run_job("train.py", "--train", processed / "train", "--validation",
+                     processed / "validation", "--model-dir", tmp_path / "model",
+                     "--output-data-dir", tmp_path / "output", "--epochs", "2",
+                     "--batch-size", "64", "--width", "8")
+    assert result.stdout.count("\nepoch ") + result.stdout.startswith("epoch ") == 2
+    assert (tmp_path / "model" / "model.pt").is_file()

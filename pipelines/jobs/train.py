@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 SERVING_CODE = ("inference.py", "scones_net.py")
 CROP_PADDING = 4
 LABEL_SMOOTHING = 0.1
+MIN_ONE_CYCLE_STEPS = 8  # fewer optimiser steps than this: no room for warm-up + anneal
 WEIGHT_DECAY = 5e-4
 
 
@@ -144,9 +145,15 @@ def train(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9,
                                 nesterov=True, weight_decay=WEIGHT_DECAY)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.learning_rate, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=0.25, anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0)
+    if args.epochs * steps_per_epoch >= MIN_ONE_CYCLE_STEPS:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.learning_rate, epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch, pct_start=0.25, anneal_strategy="linear",
+            div_factor=10.0, final_div_factor=100.0)
+    else:
+        # OneCycleLR divides by the length of its warm-up phase, which is 0 steps for tiny
+        # runs (a handful of images, an epoch or two): keep the learning rate constant.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     history, best, best_state = [], None, None
     started = time.perf_counter()
