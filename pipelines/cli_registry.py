@@ -81,20 +81,17 @@ def show_command(args, config) -> int:
 
 
 def approve_command(args, config) -> int:
-    package, changed = open_registry(config).approve(args.version, args.description)
+    from workflow.deployment import approve_and_deploy
+
+    package, changed, deployment = approve_and_deploy(config, args.version, args.description)
     version = package["ModelPackageVersion"]
     if not changed:
         print(f"version {version} is already Approved; nothing changed")
         return 0
     print(f"version {version} of {package['ModelPackageGroupName']}: Approved")
-    if config.is_local:
-        from workflow.deployment import deploy_model_package  # only the local flow deploys here
-
-        print(f"deploying version {version} to endpoint {config.workflow.endpoint_name} ...",
-              file=sys.stderr, flush=True)
-        result = deploy_model_package(config, version)
-        print(f"endpoint {config.workflow.endpoint_name}: {result.get('Action', 'deployed')} "
-              f"with version {version}")
+    if deployment is not None:
+        print(f"endpoint {config.workflow.endpoint_name}: "
+              f"{deployment.get('Action', 'deployed')} with version {version}")
     else:
         print("the EventBridge rule deploys it to the endpoint")
     return 0
