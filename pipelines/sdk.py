@@ -42,6 +42,10 @@ def sagemaker_sdk():
 
 def stepfunctions_sdk():
     sagemaker_sdk()  # stepfunctions imports sagemaker
+    root = logging.getLogger()
+    root_level = root.level
     import stepfunctions
+
+    root.setLevel(root_level)  # stepfunctions sets the root logger to ERROR on import
 
     return stepfunctions
