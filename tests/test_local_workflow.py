@@ -39,6 +39,15 @@ def real_images(sample_data_dir: Path, per_class: int) -> list[Path]:
             for p in sorted((sample_data_dir / name).glob("*.png"))[:per_class]]
 
 
+def json_lines(run: subprocess.CompletedProcess) -> list[dict]:
+    """stdout of `--json` as objects; anything else on stdout is a failure, shown whole."""
+    try:
+        return [json.loads(line) for line in run.stdout.splitlines()]
+    except ValueError as exc:
+        raise AssertionError(f"stdout is not pure JSON lines ({exc}):\n{run.stdout}\n"
+                             f"--- stderr\n{run.stderr}") from None
+
+
 def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample_data_dir,
                                                                 small_model_tar):
     config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
@@ -103,7 +112,7 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
                          timeout=300)
 
     assert run.returncode == 0, run.stderr  # threshold misses are results, not failures
-    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    lines = json_lines(run)
     assert len(lines) == 4 and all(set(line) == RESULT_KEYS for line in lines)
     not_met = [line for line in lines if line["meets_threshold"] is False]
     assert not_met, lines  # a 3-epoch model is never 99.99 % sure of everything
@@ -116,7 +125,7 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     failing = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                              timeout=300)
     assert failing.returncode == 1  # an image failed for another reason than the threshold
-    by_image = {json.loads(line)["image"]: json.loads(line) for line in failing.stdout.splitlines()}
+    by_image = {line["image"]: line for line in json_lines(failing)}
     assert by_image[str(folder / "readme.txt")]["error"] == "InvalidImage"
 
 

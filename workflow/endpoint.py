@@ -376,6 +376,9 @@ _RUNTIME_ROUTE = re.compile(r"^/endpoints/(?P<name>[^/?]+)/invocations/?(\?.*)?$
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: botocore pools its connections
+    # Headers and body go out in two writes; with Nagle on, a kept-alive connection then
+    # waits for the client's delayed ACK (~40 ms) on every response.
+    disable_nagle_algorithm = True
     service: EndpointService  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:

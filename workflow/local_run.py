@@ -27,7 +27,8 @@ from pipelines.storage import LocalObjectStore, split_s3_url
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
 MAX_EXECUTION_NAME = 80
-LOCAL_POLL_INTERVAL_S = 0.005  # in-process engine: a status check costs ~1 ms
+# The local engine reports ended executions; this is only the safety sweep's period.
+LOCAL_POLL_INTERVAL_S = 0.5
 TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
 
 
@@ -155,9 +156,14 @@ def execution_input(bucket: str, key: str) -> str:
 
 def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], labels: Sequence[str],
                    classes: Sequence[str], concurrency: int, poll_interval: float,
-                   progress: bool, run_id: str | None = None) -> list[ImageResult]:
+                   progress: bool, run_id: str | None = None,
+                   ended: Callable[[float], list[str]] | None = None) -> list[ImageResult]:
     """Start one execution per input, at most `concurrency` running at once; poll each to
-    its end; results in input order."""
+    its end; results in input order.
+
+    ended(timeout): when the engine can say which executions ended (the local one can),
+    only those are described; if it reports none within poll_interval, all are checked.
+    """
     run_id = run_id or uuid.uuid4().hex[:12]
     total = len(inputs)
     results: list[ImageResult | None] = [None] * total
@@ -172,8 +178,12 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
                                              input=inputs[next_index])["executionArn"]
             running[arn] = next_index
             next_index += 1
+        candidates = list(running)
+        if ended is not None:
+            candidates = [arn for arn in ended(poll_interval) if arn in running] or candidates
         finished = []
-        for arn, index in running.items():
+        for arn in candidates:
+            index = running[arn]
             description = sfn_client.describe_execution(executionArn=arn)
             if description["status"] != "RUNNING":
                 results[index] = result_from_execution(
@@ -185,7 +195,7 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
         done += len(finished)
         if finished and progress:
             progress_bar(done, total, label="classifying ")
-        if not finished:
+        if not finished and ended is None:
             time.sleep(poll_interval)
     return results  # type: ignore[return-value]
 
@@ -323,7 +333,7 @@ class LocalWorkflow:
         zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
         self.endpoint = self._stack.enter_context(start_endpoint(
             config, model_version=self.model_version, model_tar=self.model_tar))
-        aws = self._stack.enter_context(local_aws(region, self.endpoint.url))
+        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint.url))
         iam = boto3.client("iam", region_name=region)
         lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
         states_role = _create_role(iam, config.aws.states_role_arn, "states")
@@ -349,7 +359,8 @@ class LocalWorkflow:
             self.sfn, self.state_machine_arn, [execution_input(b, k) for b, k in located],
             [image.label for image in images], self.config.classes,
             concurrency=concurrency or self.config.workflow.max_concurrency,
-            poll_interval=LOCAL_POLL_INTERVAL_S, progress=progress, run_id=run_id)
+            poll_interval=LOCAL_POLL_INTERVAL_S, progress=progress, run_id=run_id,
+            ended=self.aws.ended_executions)
 
 
 def _create_role(iam, arn: str | None, service: str) -> str:

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import sys
@@ -225,10 +226,63 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 @dataclass
 class LocalAws:
-    """What `local_aws` yields: the in-process Lambdas and the region."""
+    """What `local_aws` yields: the in-process Lambdas, the region, and the ARNs of
+    executions as they end (so a runner need not poll every running execution)."""
 
     region: str
     lambdas: InProcessLambdas
+    _ended: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
+
+    def ended_executions(self, timeout: float) -> list[str]:
+        """ARNs of executions that ended since the last call; waits up to `timeout`
+        for the first one."""
+        try:
+            arns = [self._ended.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                arns.append(self._ended.get_nowait())
+            except queue.Empty:
+                return arns
+
+
+class _ParsedDefinitions:
+    """moto parses the ASL (ANTLR, ~30 ms) for every execution; the parsed program is a
+    tree of declarations evaluated against a per-execution Environment, so one parse per
+    definition serves every execution of it."""
+
+    def __init__(self, parse: Callable[[str], Any]):
+        self._parse = parse
+        self._programs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def program_for(self, worker: Any) -> Any:
+        definition = worker._evaluation_details.state_machine_details.definition
+        with self._lock:
+            program = self._programs.get(definition)
+            if program is None:
+                program = self._programs[definition] = self._parse(definition)[0]
+        return program
+
+
+class _CachedClients:
+    """moto builds a new boto3 client for every Lambda task it runs (~10 ms each)."""
+
+    def __init__(self, make: Callable[..., Any]):
+        self._make = make
+        self._clients: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def client_for(self, region: str, service: str, state_credentials: Any = None) -> Any:
+        # moto's boto_client_for ignores state_credentials (fixed fake keys), so one
+        # client per region and service is exactly what it would build each time.
+        with self._lock:
+            client = self._clients.get((region, service))
+            if client is None:
+                client = self._clients[(region, service)] = self._make(
+                    region=region, service=service)
+        return client
 
 
 def _mock_config(passthrough_urls: list[str]) -> dict:
@@ -252,8 +306,12 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     check_moto_version()
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.backend import execution, execution_worker
 
     lambdas = InProcessLambdas()
+    aws = LocalAws(region=region, lambdas=lambdas)
     passthrough = [f"^{re.escape(endpoint_url.rstrip('/'))}/"] if endpoint_url else []
     env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
     if endpoint_url:
@@ -262,16 +320,34 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     def invoke_in_process(function: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
         return lambdas.invoke(function, {} if event is None else event)
 
+    reflect_end = execution.BaseExecutionWorkerCommunication.terminated
+
+    def terminated(communication: Any) -> None:
+        reflect_end(communication)
+        aws._ended.put(communication.execution.exec_arn)
+
+    programs = _ParsedDefinitions(AmazonStateLanguageParser.parse)
+    clients = _CachedClients(lambda_eval_utils.boto_client_for)
     # The interpreter logs every failed state with its whole parse tree; the failure itself
     # is kept in the execution (error, cause, history), which is where we report it from.
     parser_log = logging.getLogger("moto.stepfunctions.parser")
     saved_level = parser_log.level
     parser_log.setLevel(logging.CRITICAL)
     try:
-        with _environment(env), mock_aws(config=_mock_config(passthrough)), \
-                mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_process):
+        with contextlib.ExitStack() as patches:
+            patches.enter_context(_environment(env))
+            patches.enter_context(mock_aws(config=_mock_config(passthrough)))
+            patches.enter_context(mock.patch.object(
+                LambdaFunction, "_invoke_lambda", invoke_in_process))
+            patches.enter_context(mock.patch.object(
+                execution.BaseExecutionWorkerCommunication, "terminated", terminated))
+            patches.enter_context(mock.patch.object(
+                execution_worker.ExecutionWorker, "_get_evaluation_entrypoint",
+                lambda worker: programs.program_for(worker)))
+            patches.enter_context(mock.patch.object(
+                lambda_eval_utils, "boto_client_for", clients.client_for))
             try:
-                yield LocalAws(region=region, lambdas=lambdas)
+                yield aws
             finally:
                 lambdas.restore_environment()
     finally:
