@@ -29,6 +29,8 @@ INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a r
 MAX_EXECUTION_NAME = 80
 # The local engine reports ended executions; this is only the safety sweep's period.
 LOCAL_POLL_INTERVAL_S = 0.5
+# Beyond the state machine's own TimeoutSeconds (600): moto should have ended it by then.
+LOCAL_GIVE_UP_AFTER_S = 660.0
 TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
 
 
@@ -157,17 +159,21 @@ def execution_input(bucket: str, key: str) -> str:
 def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], labels: Sequence[str],
                    classes: Sequence[str], concurrency: int, poll_interval: float,
                    progress: bool, run_id: str | None = None,
-                   ended: Callable[[float], list[str]] | None = None) -> list[ImageResult]:
+                   ended: Callable[[float], list[str]] | None = None,
+                   give_up_after_s: float | None = None) -> list[ImageResult]:
     """Start one execution per input, at most `concurrency` running at once; poll each to
     its end; results in input order.
 
     ended(timeout): when the engine can say which executions ended (the local one can),
     only those are described; if it reports none within poll_interval, all are checked.
+    give_up_after_s: an execution still RUNNING after this long is reported as failed
+    (EngineStalled) instead of waiting forever on an engine that lost it.
     """
     run_id = run_id or uuid.uuid4().hex[:12]
     total = len(inputs)
     results: list[ImageResult | None] = [None] * total
     running: dict[str, int] = {}  # execution ARN -> index
+    started: dict[str, float] = {}
     next_index = done = 0
     if progress:
         progress_bar(0, total, label="classifying ")
@@ -177,6 +183,7 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
             arn = sfn_client.start_execution(stateMachineArn=state_machine_arn, name=name,
                                              input=inputs[next_index])["executionArn"]
             running[arn] = next_index
+            started[arn] = time.monotonic()
             next_index += 1
         candidates = list(running)
         if ended is not None:
@@ -185,6 +192,11 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
         for arn in candidates:
             index = running[arn]
             description = sfn_client.describe_execution(executionArn=arn)
+            if (description["status"] == "RUNNING" and give_up_after_s is not None
+                    and time.monotonic() - started[arn] > give_up_after_s):
+                description = {**description, "status": "FAILED", "error": "EngineStalled",
+                               "cause": f"execution {arn} still RUNNING after "
+                                        f"{give_up_after_s:.0f} s; the local engine lost it"}
             if description["status"] != "RUNNING":
                 results[index] = result_from_execution(
                     labels[index], description, classes,
@@ -360,7 +372,7 @@ class LocalWorkflow:
             [image.label for image in images], self.config.classes,
             concurrency=concurrency or self.config.workflow.max_concurrency,
             poll_interval=LOCAL_POLL_INTERVAL_S, progress=progress, run_id=run_id,
-            ended=self.aws.ended_executions)
+            ended=self.aws.ended_executions, give_up_after_s=LOCAL_GIVE_UP_AFTER_S)
 
 
 def _create_role(iam, arn: str | None, service: str) -> str:
