@@ -35,6 +35,7 @@ from typing import Any
 from pipelines.config import Config
 from pipelines.errors import SconesError
 from pipelines.storage import LocalObjectStore, split_s3_url
+from workflow.deployment import endpoint_state_path  # the state file's one definition
 
 LOG = logging.getLogger("scones.endpoint")
 
@@ -45,12 +46,6 @@ PRODUCTION_VARIANT = "AllTraffic"
 DEFAULT_ACCEPT = "application/json"
 
 _IMPORT_LOCK = threading.Lock()  # sys.path is process-wide: one model import at a time
-
-
-def endpoint_state_path(config: Config, endpoint_name: str | None = None) -> Path:
-    """<workspace>/endpoints/<endpoint>.json: the deployment the local endpoint serves."""
-    name = endpoint_name or config.workflow.endpoint_name
-    return config.workspace / "endpoints" / f"{name}.json"
 
 
 def default_capture_config(config: Config) -> dict:
