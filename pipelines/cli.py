@@ -12,6 +12,7 @@ import sys
 
 import yaml
 
+from pipelines.cli_common import configure_logging
 from pipelines.config import ConfigError, load_config
 from pipelines.errors import SconesError
 
@@ -53,6 +54,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

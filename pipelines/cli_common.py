@@ -8,8 +8,16 @@ and turns SconesError/ConfigError into one `error: ...` line.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Iterable, Sequence
+
+
+def configure_logging() -> None:
+    """WARNING and up, on stderr. Installing the root handler first also turns the SDKs'
+    own logging.basicConfig(level=INFO) calls (sagemaker does one on a lazy import) into
+    no-ops, so their INFO lines stay out of our output."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -47,9 +55,12 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
 
 
 def progress_bar(done: int, total: int, width: int = 30, label: str = "") -> None:
-    """Redraw a one-line progress bar on stderr (stdout stays clean for --json)."""
+    """A one-line progress bar on stderr (stdout stays clean for --json). On a terminal it
+    is redrawn in place; in a log file it is a new line at each tenth, not a line per item."""
     filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\r{label}[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        sys.stderr.write("\n")
+    line = f"{label}[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{line}" + ("\n" if done >= total else ""))
+    elif done in (0, total) or (total and done * 10 // total != (done - 1) * 10 // total):
+        sys.stderr.write(line + "\n")
     sys.stderr.flush()

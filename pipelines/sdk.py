@@ -6,6 +6,7 @@ our CLI's output. Call `sagemaker_sdk()` / `stepfunctions_sdk()` instead of impo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -34,18 +35,25 @@ def _quiet() -> None:
 
 def sagemaker_sdk():
     _quiet()
-    import sagemaker
-
+    with _root_logger_kept():
+        import sagemaker  # one of its modules calls logging.basicConfig(level=INFO)
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     return sagemaker
 
 
 def stepfunctions_sdk():
     sagemaker_sdk()  # stepfunctions imports sagemaker
-    root = logging.getLogger()
-    root_level = root.level
-    import stepfunctions
-
-    root.setLevel(root_level)  # stepfunctions sets the root logger to ERROR on import
-
+    with _root_logger_kept():
+        import stepfunctions  # sets the root logger to ERROR on import
     return stepfunctions
+
+
+@contextlib.contextmanager
+def _root_logger_kept():
+    """Undo what an SDK import does to the root logger: its level is the application's."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Callable
 
+from pipelines.cli_common import configure_logging
 from pipelines.config import ConfigError
 from pipelines.errors import SconesError
 
@@ -53,6 +54,7 @@ def pipeline_from_args(args):
 
 def run_template_cli(body: Callable[[argparse.Namespace], int],
                      parser: argparse.ArgumentParser, argv=None) -> int:
+    configure_logging()
     args = parser.parse_args(argv)
     try:
         return int(body(args) or 0)
