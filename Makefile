@@ -24,6 +24,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_workflow.py
+	$(BIN)/python benchmarks/bench_lambdas.py
 
 clean:
 	rm -rf $(VENV) .scones build *.egg-info
