@@ -109,3 +109,33 @@ def test_model_fn_names_a_missing_file(served, tmp_path):
     module, _ = served
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         module.model_fn(str(tmp_path))
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_serving_decodes_images_exactly_as_preprocess_did(served, jobs_dir, real_png):
+    # preprocess.py ships as a single file, so the decoder is written twice; a served image
+    # decoded differently from a training image would be silent train/serve skew.
+    spec = importlib.util.spec_from_file_location("preprocess_under_test",
+                                                  jobs_dir / "preprocess.py")
+    preprocess = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preprocess)
+    inference, _ = served
+    rgba = Image.open(io.BytesIO(real_png))
+    palette = rgba.convert("RGB").quantize(16)
+    palette.info["transparency"] = 0
+    cases = {
+        "RGBA PNG": real_png,
+        "grey JPEG": _encoded(rgba.convert("L"), "JPEG"),
+        "palette PNG with transparency": _encoded(palette, "PNG"),
+        "64x64 RGB JPEG": _encoded(rgba.convert("RGB").resize((64, 64)), "JPEG"),
+    }
+    for name, data in cases.items():
+        trained_as = preprocess.decode_image(data)
+        served_as = inference.decode_image(data)
+        assert trained_as.shape == (32, 32, 3), name
+        assert np.array_equal(trained_as, served_as), name
