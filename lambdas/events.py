@@ -25,6 +25,11 @@ MAX_INVOKE_ENDPOINT_BODY_BYTES = 6 * 1024 * 1024
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+# Every PNG ends with an IEND chunk (type + CRC); without it the file was cut short. Caught
+# here with the standard library, a truncated upload is an InvalidImage at the first step,
+# not a model error two steps later. (JPEG has no such dependable trailer: cameras append
+# data after the end marker, so JPEGs are left to the model's decoder.)
+PNG_END = b"IEND\xaeB`\x82"
 
 
 def unwrap(event: Any) -> dict:
@@ -96,6 +101,8 @@ def image_content_type(data: bytes, where: str) -> str:
     if not data:
         raise InvalidImage(f"{where} is empty (0 bytes)")
     if data.startswith(PNG_MAGIC):
+        if PNG_END not in data:
+            raise InvalidImage(f"{where} is a truncated PNG ({len(data)} bytes, no IEND chunk)")
         return "image/png"
     if data.startswith(JPEG_MAGIC):
         return "image/jpeg"

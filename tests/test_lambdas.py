@@ -98,6 +98,13 @@ def test_serialize_missing_object_or_bucket_is_image_not_found(s3, key, bucket, 
     assert f"s3://{bucket}/{key}" in str(info.value)
 
 
+def test_serialize_refuses_a_truncated_png(s3, png_bytes):
+    s3.put_object(Bucket=BUCKET, Key="incoming/cut.png", Body=png_bytes[:len(png_bytes) // 2])
+    with pytest.raises(InvalidImage, match="truncated PNG.*no IEND") as info:
+        serialize_image_data.serialize_image(seed_event("incoming/cut.png"), s3)
+    assert f"s3://{BUCKET}/incoming/cut.png" in str(info.value)
+
+
 @pytest.mark.parametrize("body, message", [
     (b"", "is empty"),
     (b"bicycle,motorcycle\n1,2\n", "not a PNG or JPEG"),
