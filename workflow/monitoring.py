@@ -298,6 +298,7 @@ def _plot(records: list[CaptureRecord], classes: tuple[str, ...], threshold: flo
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     times = [r.inference_time for r in records]
@@ -313,7 +314,10 @@ def _plot(records: list[CaptureRecord], classes: tuple[str, ...], threshold: flo
     ax.set_ylabel("confidence (max class probability)")
     ax.set_title("Endpoint confidence over time")
     ax.legend(loc="lower left")
-    fig.autofmt_xdate()
+    # Concise labels read well for a span of seconds (one demo run) and of weeks alike.
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.tight_layout()
     over_time = out / "confidence_over_time.png"
     fig.savefig(over_time, dpi=100)
