@@ -23,5 +23,7 @@ def demo_command(args, config) -> int:
     print(f"\nDemo finished in {result.seconds:.0f} s: model version {result.model_version}, "
           f"{result.correct}/{result.images} images correct, {result.met_threshold} met the "
           f"confidence threshold, {result.below_threshold} below it, {result.failed} failed.")
+    for title, path in result.plots.items():
+        print(f"  {title}: {path}")
     print(f"Monitoring report: {result.report_path}")
     return 0 if result.failed == 0 else 1

@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipelines.config import Config
 from pipelines.errors import SconesError
-from pipelines.pipeline import PREPROCESS, REGISTER
+from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
 from pipelines.storage import LocalObjectStore
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
@@ -38,6 +38,7 @@ class DemoResult:
     failed: int
     report_path: Path
     seconds: float
+    plots: dict[str, Path]
 
 
 def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
@@ -85,6 +86,9 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
                           f"{execution.failure_reason}")
     package = execution.properties[REGISTER_STEP]
     version = package["ModelPackageVersion"]
+    plots = execution_plots(config, execution)
+    for title, path in plots.items():
+        print(f"{title}: {path}", file=out)
 
     stage(2, f"Approval: version {version} -> the local endpoint")
     package, _, deployment = approve_and_deploy(
@@ -115,8 +119,29 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         met_threshold=sum(r.meets_threshold is True for r in results),
         below_threshold=sum(r.meets_threshold is False for r in results),
         failed=sum(r.failed_otherwise for r in results),
-        report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1))
+        report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1),
+        plots={**plots, **{f"monitoring, {name.replace('_', ' ')}": path
+                          for name, path in report.plots.items()}})
     return result
+
+
+def execution_plots(config: Config, execution) -> dict[str, Path]:
+    """The PNGs a person wants to look at after a run: the training curves (in the training
+    job's output data) and the confusion matrix (beside evaluation.json)."""
+    store = LocalObjectStore(config.workspace / "s3")
+    plots = {}
+    train = next((s for s in execution.steps if s.name == TRAIN and s.log_path), None)
+    if train:
+        curves = Path(train.log_path).parent / "output" / "data" / "training_curves.png"
+        if curves.is_file():
+            plots["training curves"] = curves
+    outputs = execution.properties[EVALUATE]["ProcessingOutputConfig"]["Outputs"]
+    evaluation_url = next(o["S3Output"]["S3Uri"] for o in outputs
+                          if o["OutputName"] == "evaluation")
+    matrix = store.path_for(evaluation_url.rstrip("/") + "/confusion_matrix.png")
+    if matrix.is_file():
+        plots["confusion matrix"] = matrix
+    return plots
 
 
 def _describe(config: Config, version: int) -> dict:

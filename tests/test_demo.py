@@ -30,6 +30,11 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
     report = Path(first.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
     assert report.is_file() and report.suffix == ".md"
     assert "images correct" in first.stdout
+    plots = dict(line.strip().rsplit(": ", 1) for line in first.stdout.splitlines()
+                 if line.startswith("  ") and line.strip().endswith(".png"))
+    assert {"training curves", "confusion matrix"} <= set(plots), first.stdout
+    for path in plots.values():
+        assert Path(path).read_bytes().startswith(b"\x89PNG"), path
 
     second = scones("demo", *quick, workspace=workspace)
     assert second.returncode == 0, second.stderr[-3000:]
