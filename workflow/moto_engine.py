@@ -9,6 +9,8 @@ with no AWS account and no Docker:
   call of the handler loaded from the function's own deployed zip; a raised exception
   becomes a Lambda function error {"errorType": <class name>, "errorMessage": ...}, so
   the state machine's Retry/Catch rules match exactly as they do on AWS.
+  The task itself reaches that function without a boto3 round trip through moto's HTTP
+  emulation (`_DirectLambdaTasks`): same lookup, same payload and error shape.
 * The classify Lambda's sagemaker-runtime call must reach the local endpoint over real
   HTTP: that URL is a moto passthrough and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import io
 import json
@@ -285,6 +288,63 @@ class _CachedClients:
         return client
 
 
+class _DirectLambdaTasks:
+    """moto's lambda:invoke task sends Lambda.Invoke through a boto3 client into moto's
+    HTTP emulation (signing, request parsing, response serialising: ~10 ms of CPU per
+    task) only to land in `LambdaFunction.invoke`. This does what that path does, in
+    the same order, without the HTTP: moto's Invoke handler (empty payload -> "{}",
+    "Handled" function error, the 6 MB response limit) and the task's
+    `_invoke_lambda_function` (payload parsed as JSON, else kept as text).
+
+    Anything else - a function moto does not know (Lambda.ResourceNotFoundException),
+    parameters beyond FunctionName/Qualifier/Payload - takes moto's own path unchanged.
+    """
+
+    PARAMETERS = frozenset({"FunctionName", "Qualifier", "Payload"})
+
+    def __init__(self, invoke_through_moto: Callable[..., dict], lambdas: InProcessLambdas):
+        self._invoke_through_moto = invoke_through_moto
+        self._lambdas = lambdas
+
+    def invoke(self, parameters: dict, region: str, state_credentials: Any) -> dict:
+        from moto.awslambda.exceptions import LambdaClientError
+        from moto.awslambda.models import lambda_backends
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task import (
+            lambda_eval_utils)
+
+        if not parameters.keys() <= self.PARAMETERS:
+            return self._invoke_through_moto(parameters, region, state_credentials)
+        # The account moto's request handler would resolve for the task's fake keys.
+        account = os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)
+        try:
+            function = lambda_backends[account][region].get_function(
+                parameters["FunctionName"], parameters.get("Qualifier"))
+        except LambdaClientError:  # moto's path turns it into the ClientError AWS gives
+            return self._invoke_through_moto(parameters, region, state_credentials)
+        body = parameters.get("Payload")
+        payload, errored, _ = self._lambdas.invoke(function, json.loads(body) if body else "{}")
+        response: dict[str, Any] = {"StatusCode": 200}
+        payload_bytes = payload.encode("utf-8")
+        if sys.getsizeof(payload_bytes) > 6000000:  # moto's Invoke response limit
+            errored = True
+            payload_bytes = json.dumps({
+                "errorMessage": "Response payload size exceeded maximum allowed payload "
+                                "size (6291556 bytes).",
+                "errorType": "Function.ResponseSizeTooLarge"}).encode("utf-8")
+        if errored:
+            response["FunctionError"] = "Handled"
+        response["Payload"] = lambda_eval_utils._from_payload(io.BytesIO(payload_bytes))
+        return response
+
+
+def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """moto parses each JSONPath (Payload.$, OutputPath, ResultPath) with a freshly built
+    PLY parser at every state of every execution (~2 ms each); the parsed expression is
+    only read when applied, so one parse per path string serves them all."""
+    return functools.lru_cache(maxsize=1024)(parse)
+
+
 def _mock_config(passthrough_urls: list[str]) -> dict:
     from moto.core.config import default_user_config
 
@@ -307,7 +367,9 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.asl.utils import json_path
     from moto.stepfunctions.parser.backend import execution, execution_worker
 
     lambdas = InProcessLambdas()
@@ -328,6 +390,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
 
     programs = _ParsedDefinitions(AmazonStateLanguageParser.parse)
     clients = _CachedClients(lambda_eval_utils.boto_client_for)
+    lambda_tasks = _DirectLambdaTasks(lambda_eval_utils._invoke_lambda_function, lambdas)
     # The interpreter logs every failed state with its whole parse tree; the failure itself
     # is kept in the execution (error, cause, history), which is where we report it from.
     parser_log = logging.getLogger("moto.stepfunctions.parser")
@@ -346,6 +409,12 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
                 lambda worker: programs.program_for(worker)))
             patches.enter_context(mock.patch.object(
                 lambda_eval_utils, "boto_client_for", clients.client_for))
+            patches.enter_context(mock.patch.object(
+                lambda_eval_utils, "_invoke_lambda_function", lambda_tasks.invoke))
+            patches.enter_context(mock.patch.object(
+                json_path, "parse", _cached_parse(json_path.parse)))
+            patches.enter_context(mock.patch.object(
+                result_path, "parse", _cached_parse(result_path.parse)))
             try:
                 yield aws
             finally:
