@@ -307,7 +307,6 @@ class _DirectLambdaTasks:
         self._lambdas = lambdas
 
     def invoke(self, parameters: dict, region: str, state_credentials: Any) -> dict:
-        from moto.awslambda.exceptions import LambdaClientError
         from moto.awslambda.models import lambda_backends
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.stepfunctions.parser.asl.component.state.exec.state_task import (
@@ -320,7 +319,7 @@ class _DirectLambdaTasks:
         try:
             function = lambda_backends[account][region].get_function(
                 parameters["FunctionName"], parameters.get("Qualifier"))
-        except LambdaClientError:  # moto's path turns it into the ClientError AWS gives
+        except _moto_errors():  # moto's path turns it into the ClientError AWS gives
             return self._invoke_through_moto(parameters, region, state_credentials)
         body = parameters.get("Payload")
         payload, errored, _ = self._lambdas.invoke(function, json.loads(body) if body else "{}")
@@ -338,11 +337,89 @@ class _DirectLambdaTasks:
         return response
 
 
+def _moto_errors() -> tuple[type[BaseException], ...]:
+    """What moto's request handlers raise for an API error; its HTTP emulation turns
+    them into the ClientError AWS would give."""
+    from moto.core.exceptions import HTTPException, ServiceException
+
+    return HTTPException, ServiceException
+
+
+class DirectExecutions:
+    """StartExecution and DescribeExecution on moto's Step Functions backend, without
+    boto3 and moto's HTTP emulation: a run makes two of these calls per image from one
+    thread, and through botocore (serialise, sign, parse) they took about half of the
+    process's CPU. Same backend calls, same response fields as moto's
+    StepFunctionResponse builds; executions started here are looked up by ARN rather
+    than by moto's scan of every execution of the state machine.
+
+    Any API error, and every other operation, goes through the boto3 client `client`,
+    so callers see the ClientError they would get from it.
+    """
+
+    def __init__(self, client: Any, region: str):
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.stepfunctions.responses import get_backend
+
+        self._client = client
+        self._backend = get_backend(os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID),
+                                    region)
+        self._executions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, operation: str) -> Any:
+        return getattr(self._client, operation)
+
+    def start_execution(self, *, stateMachineArn: str, name: str, input: str) -> dict:
+        try:
+            execution = self._backend.start_execution(stateMachineArn, name, input)
+        except _moto_errors():
+            return self._client.start_execution(stateMachineArn=stateMachineArn, name=name,
+                                                input=input)
+        with self._lock:
+            self._executions[execution.execution_arn] = execution
+        return {"executionArn": execution.execution_arn, "startDate": execution.start_date}
+
+    def describe_execution(self, *, executionArn: str) -> dict:
+        with self._lock:
+            execution = self._executions.get(executionArn)
+        if execution is None:
+            return self._client.describe_execution(executionArn=executionArn)
+        status = execution.status
+        # What moto's StepFunctionResponse.describe_execution returns, field by field.
+        response = {"executionArn": executionArn, "input": execution.execution_input,
+                    "name": execution.name, "startDate": execution.start_date,
+                    "stateMachineArn": execution.state_machine_arn, "status": status}
+        if status in ("SUCCEEDED", "ABORTED", "FAILED"):
+            response["stopDate"] = execution.stop_date
+        if status == "SUCCEEDED":
+            if isinstance(execution.output, str):
+                response["output"] = execution.output
+            elif execution.output is not None:
+                response["output"] = json.dumps(execution.output)
+            response["outputDetails"] = execution.output_details
+        if execution.error is not None:
+            response["error"] = execution.error
+        if execution.cause is not None:
+            response["cause"] = execution.cause
+        return response
+
+
 def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """moto parses each JSONPath (Payload.$, OutputPath, ResultPath) with a freshly built
     PLY parser at every state of every execution (~2 ms each); the parsed expression is
     only read when applied, so one parse per path string serves them all."""
     return functools.lru_cache(maxsize=1024)(parse)
+
+
+def _s3_urls_once() -> Any:
+    """moto's S3 backend re-imports moto.s3.urls (importlib.reload: stat, read, exec)
+    twice per S3 request, in case S3 settings in the environment changed; they do not
+    change during a run, so one reload at its start gives the same URL table."""
+    import moto.s3.urls as s3_urls
+
+    module = importlib.reload(s3_urls)
+    return property(lambda backend: module)
 
 
 def _mock_config(passthrough_urls: list[str]) -> dict:
@@ -366,6 +443,8 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     check_moto_version()
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
+    from moto.core import responses as moto_responses
+    from moto.s3.models import S3Backend
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.component.common.path import result_path
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
@@ -413,6 +492,12 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
                 lambda_eval_utils, "_invoke_lambda_function", lambda_tasks.invoke))
             patches.enter_context(mock.patch.object(
                 json_path, "parse", _cached_parse(json_path.parse)))
+            patches.enter_context(mock.patch.object(S3Backend, "_url_module", _s3_urls_once()))
+            # Each request lists its response class's methods (inspect.getmembers, ~1 ms);
+            # classes do not grow methods during a run.
+            patches.enter_context(mock.patch.object(
+                moto_responses, "method_names_from_class",
+                functools.lru_cache(maxsize=None)(moto_responses.method_names_from_class)))
             patches.enter_context(mock.patch.object(
                 result_path, "parse", _cached_parse(result_path.parse)))
             try:
