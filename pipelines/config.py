@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 30
+    epochs: int = 50
     learning_rate: float = 0.01
     batch_size: int = 64
     width: int = 16

@@ -253,7 +253,7 @@ def env_path(name: str, fallback: str) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--epochs", type=positive_int, default=50)
     parser.add_argument("--learning-rate", type=positive_float, default=0.01)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--width", type=positive_int, default=16)

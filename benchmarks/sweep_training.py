@@ -1,0 +1,118 @@
+"""Compare training configurations over several data splits: accuracy and 2-core time.
+
+    .venv/bin/python benchmarks/sweep_training.py --seeds 8 --parallel 1 \
+        --config base:epochs=30,width=16,learning-rate=0.01 \
+        --config long:epochs=60,width=16,learning-rate=0.01
+
+One test split holds 100 images, so one run's accuracy is +/- 0.03: a configuration is
+judged by its mean over --seeds different stratified splits (the split seed is also the
+training seed). Every run goes through the real job scripts (preprocess -> train ->
+evaluate through the artifact's serving code), pinned to its own 2 CPU cores with taskset
+when --parallel > 1 so the seconds match the 2-core target. By hand only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from queue import Queue
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOBS = REPO_ROOT / "pipelines" / "jobs"
+SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
+
+
+def parse_config(text: str) -> tuple[str, list[str]]:
+    name, _, settings = text.partition(":")
+    args = []
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        args += [f"--{key}", value]
+    return name, args
+
+
+def run(cmd: list, cores: str | None) -> subprocess.CompletedProcess:
+    prefix = ["taskset", "-c", cores] if cores else []
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # CPU timings, also on a GPU machine
+    result = subprocess.run(prefix + [sys.executable, *map(str, cmd)], capture_output=True,
+                            text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"{cmd[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result
+
+
+def one_run(work: Path, name: str, args: list[str], seed: int, cores: str | None) -> dict:
+    split = work / f"split-{seed}"
+    run_dir = work / f"{name}-{seed}"
+    started = time.perf_counter()
+    run([JOBS / "train.py", "--train", split / "train", "--validation", split / "validation",
+         "--model-dir", run_dir / "model", "--output-data-dir", run_dir / "output",
+         "--seed", seed, *args], cores)
+    seconds = time.perf_counter() - started
+    with tarfile.open(run_dir / "model.tar.gz", "w:gz") as tar:
+        for path in (run_dir / "model").iterdir():
+            tar.add(path, arcname=path.name)
+    (run_dir / "evaluate-in").mkdir()
+    (run_dir / "model.tar.gz").rename(run_dir / "evaluate-in" / "model.tar.gz")
+    run([JOBS / "evaluate.py", "--model-dir", run_dir / "evaluate-in", "--test-dir",
+         split / "test", "--output-dir", run_dir / "evaluation"], cores)
+    report = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
+    accuracy = report["binary_classification_metrics"]["accuracy"]["value"]
+    print(f"{name} seed={seed} accuracy={accuracy:.3f} train_seconds={seconds:.1f}",
+          flush=True)
+    return {"config": name, "seed": seed, "accuracy": accuracy, "seconds": seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SAMPLE_DATA)
+    parser.add_argument("--seeds", type=int, default=8, help="how many splits (seeds 0..N-1)")
+    parser.add_argument("--config", action="append", required=True,
+                        metavar="NAME:key=value,...", help="train.py arguments of one config")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs at once, each pinned to 2 cores (needs 2x as many cores)")
+    parser.add_argument("--out", type=Path, help="write every run as JSON here")
+    args = parser.parse_args()
+    configs = [parse_config(c) for c in args.config]
+    slots: Queue = Queue()
+    for i in range(args.parallel):
+        slots.put(f"{2 * i},{2 * i + 1}" if args.parallel > 1 else None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in range(args.seeds):
+            run([JOBS / "preprocess.py", "--input-dir", args.data, "--output-dir",
+                 work / f"split-{seed}", "--seed", seed], None)
+
+        def pinned(job):
+            cores = slots.get()
+            try:
+                return one_run(work, *job, cores)
+            finally:
+                slots.put(cores)
+
+        jobs = [(name, cfg_args, seed) for seed in range(args.seeds) for name, cfg_args in configs]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = list(pool.map(pinned, jobs))
+
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    print(f"\n{'config':<14} {'mean acc':>8} {'stdev':>6} {'min':>6} {'train s':>8}  (n={args.seeds})")
+    for name, _ in configs:
+        accs = [r["accuracy"] for r in results if r["config"] == name]
+        secs = [r["seconds"] for r in results if r["config"] == name]
+        print(f"{name:<14} {statistics.mean(accs):>8.4f} {statistics.pstdev(accs):>6.3f} "
+              f"{min(accs):>6.3f} {statistics.mean(secs):>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
