@@ -334,7 +334,8 @@ class LocalWorkflow:
         from lambdas.build import build_lambda_zips
         from workflow.definition import lambda_functions, workflow_definition_json
         from workflow.endpoint import start_endpoint
-        from workflow.moto_engine import DirectExecutions, check_moto_version, local_aws
+        from workflow.moto_engine import (DirectExecutions, DirectStaging, check_moto_version,
+                                          local_aws)
 
         config = self.config
         check_moto_version()
@@ -360,6 +361,7 @@ class LocalWorkflow:
         self.sfn = boto3.client("stepfunctions", region_name=region)
         self._executions = DirectExecutions(self.sfn, region)
         self.s3 = boto3.client("s3", region_name=region)
+        self._staging = DirectStaging(self.s3, region)
         self.state_machine_arn = self.sfn.create_state_machine(
             name=config.workflow.state_machine_name, definition=definition,
             roleArn=states_role)["stateMachineArn"]
@@ -367,7 +369,7 @@ class LocalWorkflow:
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:
         run_id = uuid.uuid4().hex[:12]
-        located = stage_images(self.config, images, self.s3, run_id, read_s3_locally=True)
+        located = stage_images(self.config, images, self._staging, run_id, read_s3_locally=True)
         return run_executions(
             self._executions, self.state_machine_arn, [execution_input(b, k) for b, k in located],
             [image.label for image in images], self.config.classes,

@@ -405,6 +405,74 @@ class DirectExecutions:
         return response
 
 
+class DirectStaging:
+    """PutObject of a run's input images straight into moto's S3 backend: the workflow
+    reads them through S3 as on AWS (the serialize Lambda's GetObject still goes through
+    boto3), but putting them there through botocore and moto's HTTP emulation cost as much
+    CPU as a third of an execution. Stores what moto's PutObject handler stores for a
+    plain put (the bytes, STANDARD class, the bucket's ACL); no client-side checksum
+    header is sent, so none is recorded.
+
+    Any API error (NoSuchBucket...), and every other operation, goes through the boto3
+    client `client`, so callers see the ClientError they would get from it.
+    """
+
+    def __init__(self, client: Any, region: str):
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+        from moto.utilities.utils import get_partition
+
+        self._client = client
+        self._backend = s3_backends[os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)][
+            get_partition(region)]
+
+    def __getattr__(self, operation: str) -> Any:
+        return getattr(self._client, operation)
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes) -> dict:
+        try:
+            bucket = self._backend.get_bucket(Bucket)
+            key = self._backend.put_object(Bucket, Key, Body, storage="STANDARD")
+        except _moto_errors():
+            return self._client.put_object(Bucket=Bucket, Key=Key, Body=Body)
+        key.set_acl(bucket.acl)
+        return {"ETag": key.etag}
+
+
+class _ExecutionNames:
+    """moto checks a new execution's name against every execution of its state machine,
+    a scan per start that makes a run quadratic in its images. Names are unique within a
+    state machine (a repeat returns the running execution or raises), so an index of
+    name -> execution, extended with the executions appended since the last look, finds
+    the execution the scan would; the answer is then moto's own."""
+
+    def __init__(self) -> None:
+        # id(state machine) -> [its executions list, how many indexed, name -> execution]
+        self._indexes: dict[int, list] = {}
+        self._lock = threading.Lock()
+
+    def handle_name_input_idempotency(self, state_machine: Any, name: str,
+                                      execution_input: str) -> Any:
+        from moto.stepfunctions.exceptions import ExecutionAlreadyExists
+
+        executions = state_machine.executions
+        with self._lock:
+            index = self._indexes.get(id(state_machine))
+            if index is None or index[0] is not executions or index[1] > len(executions):
+                index = self._indexes[id(state_machine)] = [executions, 0, {}]
+            for execution in executions[index[1]:]:
+                index[2].setdefault(execution.name, execution)
+            index[1] = len(executions)
+            execution = index[2].get(name)
+        if execution is None:
+            return None
+        # moto's rule, as in StateMachine._handle_name_input_idempotency
+        if execution_input == execution.execution_input and execution.status == "RUNNING":
+            return execution
+        raise ExecutionAlreadyExists(
+            "Execution Already Exists: '" + execution.execution_arn + "'")
+
+
 def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """moto parses each JSONPath (Payload.$, OutputPath, ResultPath) with a freshly built
     PLY parser at every state of every execution (~2 ms each); the parsed expression is
@@ -445,6 +513,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     from moto.awslambda.models import LambdaFunction
     from moto.core import responses as moto_responses
     from moto.s3.models import S3Backend
+    from moto.stepfunctions.models import StateMachine
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.component.common.path import result_path
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
@@ -470,6 +539,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     programs = _ParsedDefinitions(AmazonStateLanguageParser.parse)
     clients = _CachedClients(lambda_eval_utils.boto_client_for)
     lambda_tasks = _DirectLambdaTasks(lambda_eval_utils._invoke_lambda_function, lambdas)
+    execution_names = _ExecutionNames()
     # The interpreter logs every failed state with its whole parse tree; the failure itself
     # is kept in the execution (error, cause, history), which is where we report it from.
     parser_log = logging.getLogger("moto.stepfunctions.parser")
@@ -493,6 +563,10 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
             patches.enter_context(mock.patch.object(
                 json_path, "parse", _cached_parse(json_path.parse)))
             patches.enter_context(mock.patch.object(S3Backend, "_url_module", _s3_urls_once()))
+            patches.enter_context(mock.patch.object(
+                StateMachine, "_handle_name_input_idempotency",
+                lambda machine, name, execution_input:
+                execution_names.handle_name_input_idempotency(machine, name, execution_input)))
             # Each request lists its response class's methods (inspect.getmembers, ~1 ms);
             # classes do not grow methods during a run.
             patches.enter_context(mock.patch.object(
