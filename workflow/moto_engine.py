@@ -14,6 +14,13 @@ with no AWS account and no Docker:
 * The classify Lambda's sagemaker-runtime call must reach the local endpoint over real
   HTTP: that URL is a moto passthrough and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it.
 
+Everything runs in one process under one GIL, so its CPU per image is its throughput.
+Speed patches, each keeping moto's answers (see each class): the ASL parsed once per
+definition and each JSONPath once; boto3 clients reused; S3's URL table and response
+method lists computed once per run; execution names indexed; and `DirectExecutions` /
+`DirectStaging` give the local runner StartExecution/DescribeExecution and the input
+PutObject on moto's backends without botocore (errors still come from the boto3 client).
+
 These patches reach into moto internals, so they are tied to the version they were
 written and tested against: `check_moto_version()` refuses any other.
 """
