@@ -196,3 +196,67 @@ def test_without_state_file_serves_newest_registered_version_with_a_warning(
     registry.approve(1)
     with start_endpoint(config) as endpoint:
         assert endpoint.model_version == 1  # an Approved version wins over a newer pending one
+
+
+def test_endpoint_process_serves_captures_and_stops_with_the_workflow(config, tmp_path):
+    from workflow.endpoint import EndpointProcess
+
+    write_state(config, constant_model_tar(tmp_path / "m", [0.25, 0.75]), version=3)
+    with EndpointProcess(config) as endpoint:
+        assert endpoint.started_serving.version == 3
+        answer = runtime_client(endpoint.url).invoke_endpoint(
+            EndpointName=config.workflow.endpoint_name, ContentType="image/png", Body=b"x")
+        assert json.loads(answer["Body"].read()) == [0.25, 0.75]
+        assert len(capture_files(config)) == 1  # the child process captured it
+        url = endpoint.url
+    with pytest.raises(urllib.error.URLError):  # stopped: nothing listens any more
+        urllib.request.urlopen(f"{url}/ping", timeout=5)
+
+
+def test_endpoint_process_start_errors_are_the_servers_own_messages(config):
+    from workflow.endpoint import EndpointProcess
+
+    with pytest.raises(SconesError, match="no registered model version.*scones pipeline run"):
+        EndpointProcess(config)
+    endpoint_state_path(config).parent.mkdir(parents=True)
+    endpoint_state_path(config).write_text("{not json")
+    with pytest.raises(SconesError, match="endpoint state file is not valid JSON"):
+        EndpointProcess(config)
+
+
+def test_endpoint_process_ends_when_its_parent_is_killed(config, tmp_path):
+    """No leaked server: the child watches the pipe its parent holds open."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_state(config, constant_model_tar(tmp_path / "m", [1.0, 0.0]), version=1)
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from pipelines.config import load_config\n"
+         "from workflow.endpoint import EndpointProcess\n"
+         f"endpoint = EndpointProcess(load_config('local', {{'local.workspace': "
+         f"{str(config.workspace)!r}}}))\n"
+         "print(endpoint.url, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        url = parent.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        urllib.request.urlopen(f"{url}/ping", timeout=5).close()
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=5).close()
+        except urllib.error.URLError:
+            break  # refused: the orphaned child stopped serving
+        except ConnectionResetError:
+            pass  # it is shutting down
+        assert time.monotonic() < deadline, f"the endpoint at {url} outlived its parent"
+        time.sleep(0.1)
