@@ -3,7 +3,8 @@
 The SAME state machine definition that goes to AWS (workflow.definition, the SDK's ASL)
 and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions engine
 (workflow.moto_engine); the classify Lambda reaches the local SageMaker endpoint
-(workflow.endpoint) over HTTP. One execution per image, a bounded number at a time.
+(workflow.endpoint, in a child process of its own) over HTTP. One execution per image, a
+bounded number at a time.
 
 `run_executions` and `result_from_execution` speak only the Step Functions API, so the
 AWS path (workflow.cli_run) drives real executions with the same code.
