@@ -160,12 +160,15 @@ class LocalRegistry:
                 db.close()
         raise AssertionError("unreachable")
 
-    def _row(self, version: int | str, group: str | None = None) -> sqlite3.Row:
+    def _row(self, version: int | str, group: str | None = None,
+             db: sqlite3.Connection | None = None) -> sqlite3.Row:
         group = group or self.group
         number = _version_number(version, group)
-        with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND version = ?",
-                             (group, number)).fetchone()
+        if db is None:
+            with closing(self._connect()) as db:
+                return self._row(version, group, db)
+        row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND version = ?",
+                         (group, number)).fetchone()
         if row is None:
             raise RegistryError(f"model package group {group} has no version {version} "
                                 f"(registry {self.path})")
@@ -216,22 +219,25 @@ class LocalRegistry:
         return self._describe_row(row) if row else None
 
     def _set_status(self, version, target: str, description: str | None) -> tuple[dict, bool]:
-        row = self._row(version)
-        if not _check_transition(row["approval_status"], target, row["version"], self.group,
-                                 description):
-            return self._describe_row(row), False
+        # Read, check and write in one write transaction: of two concurrent approvals of the
+        # same version exactly one changes it (and deploys it), the other sees it Approved.
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE model_packages SET approval_status = ?, approval_description = ?, "
-                       "last_modified_time = ? WHERE group_name = ? AND version = ?",
-                       (target, description, _now(), self.group, row["version"]))
+            row = self._row(version, db=db)
+            changed = _check_transition(row["approval_status"], target, row["version"],
+                                        self.group, description)
+            if changed:
+                db.execute("UPDATE model_packages SET approval_status = ?, "
+                           "approval_description = ?, last_modified_time = ? "
+                           "WHERE group_name = ? AND version = ?",
+                           (target, description, _now(), self.group, row["version"]))
             db.execute("COMMIT")
         finally:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             db.close()
-        return self.describe(row["version"]), True
+        return self.describe(row["version"]), changed
 
     def approve(self, version, description: str | None = None) -> tuple[dict, bool]:
         return self._set_status(version, APPROVED, description)

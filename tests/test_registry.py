@@ -175,3 +175,30 @@ def test_concurrent_registrations_get_distinct_versions(local_config):
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert sorted(versions) == list(range(1, 41))
+
+
+def _approve_in_process(workspace: str, version: int, barrier, queue) -> None:
+    config = load_config("local", overrides={"local.workspace": workspace})
+    registry = LocalRegistry(config)
+    barrier.wait(timeout=30)
+    package, changed = registry.approve(version, "approved concurrently")
+    queue.put((package["ModelApprovalStatus"], changed))
+
+
+def test_concurrent_approvals_of_one_version_change_it_once(local_config):
+    registry = LocalRegistry(local_config)
+    version = registry.register(**package_fields())["ModelPackageVersion"]
+    context = multiprocessing.get_context("fork")
+    queue, barrier = context.Queue(), context.Barrier(4)
+    workers = [context.Process(target=_approve_in_process,
+                               args=(str(local_config.workspace), version, barrier, queue))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    outcomes = [queue.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    # Every caller sees it Approved; exactly one made the change (and would deploy it).
+    assert [status for status, _ in outcomes] == ["Approved"] * 4
+    assert sorted(changed for _, changed in outcomes) == [False, False, False, True]
