@@ -260,3 +260,41 @@ def test_endpoint_process_ends_when_its_parent_is_killed(config, tmp_path):
             pass  # it is shutting down
         assert time.monotonic() < deadline, f"the endpoint at {url} outlived its parent"
         time.sleep(0.1)
+
+
+def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
+    # The CLI on its own: it says where it serves, answers boto3 there, follows a new
+    # deployment without a restart, and stops cleanly on Ctrl-C (SIGINT).
+    import signal
+    import subprocess
+    import sys
+
+    write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "endpoint", "serve", "--port", "0",
+         "--set", f"local.workspace={config.workspace}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    try:
+        first_line = server.stdout.readline()
+        match = re.search(r"serving model version 1 .* at (http://127\.0\.0\.1:\d+)", first_line)
+        assert match, f"unexpected first line {first_line!r}"
+        client = runtime_client(match.group(1))
+
+        def answer() -> list[float]:
+            return json.loads(client.invoke_endpoint(
+                EndpointName=config.workflow.endpoint_name, ContentType="image/png",
+                Body=b"\x89PNG any bytes: the constant model ignores them")["Body"].read())
+
+        assert answer() == [0.9, 0.1]
+        state = write_state(config, constant_model_tar(tmp_path / "v2", [0.2, 0.8]), version=2)
+        os.utime(state, (state.stat().st_atime, state.stat().st_mtime + 5))
+        assert answer() == [0.2, 0.8]
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+        stderr = server.stderr.read()
+        assert "stopped" in stderr and "Traceback" not in stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
