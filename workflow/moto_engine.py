@@ -14,7 +14,8 @@ with no AWS account and no Docker:
 * The classify Lambda's sagemaker-runtime call must reach the local endpoint over real
   HTTP: that URL is a moto passthrough and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it.
 
-Everything runs in one process under one GIL, so its CPU per image is its throughput.
+The engine and the Lambdas run in one process under one GIL (the endpoint has its own,
+see workflow/local_run.py), so their CPU per image is the workflow's throughput.
 Speed patches, each keeping moto's answers (see each class): the ASL parsed once per
 definition and each JSONPath once; boto3 clients reused; S3's URL table and response
 method lists computed once per run; execution names indexed; and `DirectExecutions` /
