@@ -20,10 +20,11 @@ SAGEMAKER_CONFIG = {
 
 def _quiet() -> None:
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    # stepfunctions' graph widgets log "IPython failed to import" at import time: we have
-    # no notebook to draw in, so that is noise too.
+    # Set before the import: the SDK only gives sagemaker.config its INFO level when unset.
     for name in ("sagemaker.config", "sagemaker", "sagemaker.telemetry", "botocore.credentials"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # stepfunctions' graph widgets log "IPython failed to import" at import time: we have
+    # no notebook to draw in, so that is noise too.
     logging.getLogger("stepfunctions").setLevel(logging.ERROR)
     # Building a definition logs a WARNING per job-name field it pops and per parameter it
     # resolves at compile time: expected behaviour, not something a user can act on.
@@ -35,9 +36,8 @@ def _quiet() -> None:
 
 def sagemaker_sdk():
     _quiet()
-    with _root_logger_kept():
-        import sagemaker  # one of its modules calls logging.basicConfig(level=INFO)
-    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+    import sagemaker
+
     return sagemaker
 
 
