@@ -10,6 +10,7 @@ import sys
 
 from pipelines.cli_common import command_group, common_options, format_table
 from pipelines.errors import SconesError
+from pipelines.pipeline import pipeline_definition
 
 
 def register(subparsers) -> None:
@@ -50,16 +51,8 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
-def build_definition(config) -> dict:
-    from pipelines import pipeline
-
-    if config.is_local:
-        return pipeline.local_definition(config)
-    return json.loads(pipeline.get_pipeline(config).definition())
-
-
 def definition_command(args, config) -> int:
-    print(json.dumps(build_definition(config), indent=2))
+    print(json.dumps(pipeline_definition(config), indent=2))
     return 0
 
 
@@ -70,7 +63,7 @@ def run_command(args, config) -> int:
     from pipelines.local_runner import run_pipeline_locally
 
     print("building the pipeline definition ...", file=sys.stderr, flush=True)
-    result = run_pipeline_locally(build_definition(config), config, params, progress=True)
+    result = run_pipeline_locally(pipeline_definition(config), config, params, progress=True)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -7,7 +7,6 @@ report under the workspace; nothing earlier is deleted.
 """
 from __future__ import annotations
 
-import io
 import sys
 import time
 from dataclasses import dataclass
@@ -41,13 +40,19 @@ class DemoResult:
     plots: dict[str, Path]
 
 
+def processing_output_file(config: Config, execution, step: str, output: str,
+                           name: str) -> Path:
+    """Where file `name` of a processing step's output `output` lies in the object store."""
+    outputs = execution.properties[step]["ProcessingOutputConfig"]["Outputs"]
+    url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output)
+    return LocalObjectStore(config.workspace / "s3").path_for(f"{url.rstrip('/')}/{name}")
+
+
 def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
     """PNG files of up to `count` test-split images of this execution, both classes evenly,
     named <true class>-<n>.png so the results can be checked against the truth."""
-    outputs = execution.properties[PREPROCESS]["ProcessingOutputConfig"]["Outputs"]
-    test_url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "test")
-    store = LocalObjectStore(config.workspace / "s3")
-    with np.load(store.path_for(test_url.rstrip("/") + "/data.npz")) as split:
+    with np.load(processing_output_file(config, execution, PREPROCESS, "test",
+                                        "data.npz")) as split:
         images, labels = split["images"], split["labels"]
     out_dir.mkdir(parents=True, exist_ok=True)
     per_class = max(1, count // len(config.classes))
@@ -55,9 +60,7 @@ def write_test_split_images(config: Config, execution, out_dir: Path, count: int
     for label, name in enumerate(config.classes):
         for n, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
             path = out_dir / f"{name}-{n:03d}.png"
-            buffer = io.BytesIO()
-            Image.fromarray(images[index]).save(buffer, format="PNG")
-            path.write_bytes(buffer.getvalue())
+            Image.fromarray(images[index]).save(path)
             paths.append(path)
     return paths
 
@@ -93,9 +96,8 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     stage(2, f"Approval: version {version} -> the local endpoint")
     package, _, deployment = approve_and_deploy(
         config, version, f"approved by scones demo (execution {execution.execution_id})")
-    described = _describe(config, version)
     print(f"version {version} Approved (accuracy on the test split: "
-          f"{_fmt(described.get('Accuracy'))}); endpoint {config.workflow.endpoint_name} "
+          f"{_fmt(package.get('Accuracy'))}); endpoint {config.workflow.endpoint_name} "
           f"{(deployment or {}).get('Action', 'deployed')}", file=out)
 
     stage(3, "Inference workflow on images the model has never seen")
@@ -115,7 +117,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
 
     result = DemoResult(
         execution_id=execution.execution_id, model_version=version,
-        accuracy=described.get("Accuracy"), images=len(results), correct=correct,
+        accuracy=package.get("Accuracy"), images=len(results), correct=correct,
         met_threshold=sum(r.meets_threshold is True for r in results),
         below_threshold=sum(r.meets_threshold is False for r in results),
         failed=sum(r.failed_otherwise for r in results),
@@ -128,26 +130,17 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
 def execution_plots(config: Config, execution) -> dict[str, Path]:
     """The PNGs a person wants to look at after a run: the training curves (in the training
     job's output data) and the confusion matrix (beside evaluation.json)."""
-    store = LocalObjectStore(config.workspace / "s3")
     plots = {}
     train = next((s for s in execution.steps if s.name == TRAIN and s.log_path), None)
     if train:
         curves = Path(train.log_path).parent / "output" / "data" / "training_curves.png"
         if curves.is_file():
             plots["training curves"] = curves
-    outputs = execution.properties[EVALUATE]["ProcessingOutputConfig"]["Outputs"]
-    evaluation_url = next(o["S3Output"]["S3Uri"] for o in outputs
-                          if o["OutputName"] == "evaluation")
-    matrix = store.path_for(evaluation_url.rstrip("/") + "/confusion_matrix.png")
+    matrix = processing_output_file(config, execution, EVALUATE, "evaluation",
+                                    "confusion_matrix.png")
     if matrix.is_file():
         plots["confusion matrix"] = matrix
     return plots
-
-
-def _describe(config: Config, version: int) -> dict:
-    from pipelines.registry import open_registry
-
-    return open_registry(config).describe(version)
 
 
 def _fmt(value) -> str:

@@ -19,13 +19,10 @@ def _parser():
 
 
 def _body(args) -> int:
-    module, config = pipeline_from_args(args)
-    if config.is_local:
-        from pipelines.pipeline import local_definition
+    from pipelines.pipeline import pipeline_definition
 
-        definition = json.dumps(local_definition(config), indent=2)
-    else:
-        definition = json.dumps(json.loads(module.get_pipeline(config).definition()), indent=2)
+    module, config = pipeline_from_args(args)
+    definition = json.dumps(pipeline_definition(config, module.get_pipeline), indent=2)
     if args.file_name:
         Path(args.file_name).write_text(definition + "\n")
         print(f"wrote {args.file_name}", file=sys.stderr)

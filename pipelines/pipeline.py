@@ -237,7 +237,16 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     )
 
 
-def local_definition(config: Config) -> dict:
+def pipeline_definition(config: Config, factory: Callable | None = None) -> dict:
+    """The definition as SageMaker receives it: on AWS rendered by the SDK against the real
+    bucket, locally by `local_definition`. `factory` is the get_pipeline to use (the template
+    CLIs' --module-name); default: this module's."""
+    if config.is_local:
+        return local_definition(config, factory)
+    return json.loads((factory or get_pipeline)(config).definition())
+
+
+def local_definition(config: Config, factory: Callable | None = None) -> dict:
     """Build the definition exactly as for AWS, against moto's S3, and copy what the SDK
     uploaded (job code, sourcedir.tar.gz) into the workspace's object store."""
     sagemaker_sdk()
@@ -249,8 +258,8 @@ def local_definition(config: Config) -> dict:
         boto_session = boto3.Session(region_name=config.aws.region)
         s3 = boto_session.client("s3")
         s3.create_bucket(Bucket=config.aws.bucket)
-        definition = json.loads(get_pipeline(config, pipeline_session(config, boto_session))
-                                .definition())
+        definition = json.loads((factory or get_pipeline)(
+            config, pipeline_session(config, boto_session)).definition())
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=config.aws.bucket):
             for obj in page.get("Contents", []):
                 body = s3.get_object(Bucket=config.aws.bucket, Key=obj["Key"])["Body"].read()

@@ -27,7 +27,7 @@ def _body(args) -> int:
         from pipelines.local_runner import run_pipeline_locally
         from pipelines.pipeline import local_definition
 
-        result = run_pipeline_locally(local_definition(config), config)
+        result = run_pipeline_locally(local_definition(config, module.get_pipeline), config)
         print(f"execution {result.execution_id}: {result.status}")
         return 0 if result.status == "Succeeded" else 1
     from pipelines.pipeline import print_step, upsert_and_start
