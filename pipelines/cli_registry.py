@@ -6,7 +6,6 @@ EventBridge rule's job (model package state change -> the deploy Lambda).
 from __future__ import annotations
 
 import json
-import sys
 
 from pipelines.cli_common import command_group, common_options, format_table
 from pipelines.registry import jsonable, open_registry

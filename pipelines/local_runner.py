@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 from pipelines.config import Config
 from pipelines.errors import PipelineExecutionError, SconesError
-from pipelines.executions import ExecutionStore, list_executions, now  # noqa: F401 (re-exported)
+from pipelines.executions import ExecutionStore, now
 from pipelines.expressions import (Context, evaluate_conditions, resolve, step_references,
                                    to_text)
 from pipelines.registry import LocalRegistry

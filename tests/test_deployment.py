@@ -16,7 +16,6 @@ from lambdas import deploy_approved_model as lam
 from pipelines.config import load_config
 from pipelines.errors import RegistryError
 from pipelines.registry import open_registry
-from workflow import deployment
 from workflow.deployment import (DeploymentError, LocalSageMakerControlPlane,
                                  deploy_model_package, endpoint_state_path, endpoint_status)
 

@@ -84,7 +84,6 @@ def cloudformation_template(config: Config) -> dict:
     """The whole stack as a CloudFormation template dict (JSON-ready)."""
     functions = project_functions(config)
     workflow_functions = [f for f in functions.values() if f.in_workflow]
-    deploy_function = functions[DEPLOY_FUNCTION_KEY]
     prefix = config.workflow.lambda_prefix
     endpoint = config.workflow.endpoint_name.lower()  # SageMaker ARNs are lower case
     group = config.pipeline.model_package_group.lower()
