@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from pipelines.config import Config, load_config
 from pipelines.errors import SconesError
 from pipelines.sdk import SAGEMAKER_CONFIG, sagemaker_sdk
-from pipelines.storage import LocalObjectStore
+from pipelines.storage import LocalObjectStore, S3ObjectStore
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 
@@ -260,10 +260,9 @@ def local_definition(config: Config, factory: Callable | None = None) -> dict:
         s3.create_bucket(Bucket=config.aws.bucket)
         definition = json.loads((factory or get_pipeline)(
             config, pipeline_session(config, boto_session)).definition())
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=config.aws.bucket):
-            for obj in page.get("Contents", []):
-                body = s3.get_object(Bucket=config.aws.bucket, Key=obj["Key"])["Body"].read()
-                store.write_bytes(f"s3://{config.aws.bucket}/{obj['Key']}", body)
+        uploaded = S3ObjectStore(s3)
+        for url in uploaded.list_urls(f"s3://{config.aws.bucket}/"):
+            store.write_bytes(url, uploaded.read_bytes(url))
     return definition
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.config import Config
 from pipelines.errors import RegistryError, SconesError
-from pipelines.storage import LocalObjectStore
+from pipelines.storage import LocalObjectStore, S3ObjectStore
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 APPROVAL_STATUSES = (APPROVED, REJECTED, PENDING)
@@ -320,9 +320,8 @@ class SageMakerRegistry:
         url = evaluation_url(package)
         if not url or not url.startswith("s3://"):
             return None
-        bucket, _, key = url[len("s3://"):].partition("/")
         try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = S3ObjectStore(self.s3).read_bytes(url)
         except ClientError:
             return None  # not readable with these credentials: unknown, not an error
         return accuracy_from_evaluation(body)

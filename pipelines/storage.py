@@ -74,3 +74,34 @@ class LocalObjectStore:
             if key.startswith(prefix) and not path.name.startswith("."):
                 urls.add(f"s3://{bucket}/{key}")
         return sorted(urls)
+
+
+class S3ObjectStore:
+    """The same reading side as LocalObjectStore, on S3 through a boto3 client."""
+
+    def __init__(self, s3_client):
+        self.client = s3_client
+
+    def read_bytes(self, url: str) -> bytes:
+        bucket, key = split_s3_url(url)
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def list_urls(self, prefix_url: str) -> list[str]:
+        """Every object under a prefix, as s3:// URLs, sorted (folder markers left out)."""
+        bucket, prefix = split_s3_url(prefix_url)
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix)
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages
+                      for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+
+
+def object_store(config, s3_client=None) -> LocalObjectStore | S3ObjectStore:
+    """The object store behind s3:// URLs for this config: the workspace's folders
+    locally, S3 on AWS (`s3_client`, or one for the configured region)."""
+    if config.is_local:
+        return LocalObjectStore(config.workspace / "s3")
+    if s3_client is None:
+        import boto3
+
+        s3_client = boto3.client("s3", region_name=config.aws.region)
+    return S3ObjectStore(s3_client)

@@ -146,3 +146,22 @@ def test_upsert_and_start_on_moto_is_idempotent(aws_config):
     assert len(executions["PipelineExecutionSummaries"]) == 2
     with pytest.raises(SconesError, match="unknown pipeline parameter.*Epoch.*known"):
         upsert_and_start(aws_config, {"Epoch": 3}, sagemaker_session=session)
+
+
+@mock_aws
+def test_object_store_reads_and_lists_s3_as_the_local_store_does(tmp_path):
+    from pipelines.storage import object_store
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="scones-b")
+    local = object_store(load_config("local", overrides={"local.workspace": str(tmp_path)}))
+    remote = object_store(load_config("aws", overrides={
+        "aws.role_arn": "arn:aws:iam::1:role/r", "aws.bucket": "scones-b",
+        "data.input_url": "s3://scones-b/in"}), s3)
+    for key in ("in/a.png", "in/sub/b.png", "other/c.png"):
+        s3.put_object(Bucket="scones-b", Key=key, Body=key.encode())
+        local.write_bytes(f"s3://scones-b/{key}", key.encode())
+    s3.put_object(Bucket="scones-b", Key="in/folder/", Body=b"")  # a console "folder" marker
+    for store in (local, remote):
+        assert store.list_urls("s3://scones-b/in/") == ["s3://scones-b/in/a.png", "s3://scones-b/in/sub/b.png"]
+        assert store.read_bytes("s3://scones-b/in/sub/b.png") == b"in/sub/b.png"

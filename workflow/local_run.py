@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from pipelines.cli_common import progress_bar
 from pipelines.config import Config
 from pipelines.errors import SconesError
-from pipelines.storage import LocalObjectStore, split_s3_url
+from pipelines.storage import LocalObjectStore, object_store, split_s3_url
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
 MAX_EXECUTION_NAME = 80
@@ -99,23 +99,10 @@ def images_from_options(config: Config, image: str | None = None, images: str | 
     split_s3_url(url)  # a malformed URL is a StorageError naming it
     if s3:
         return [ImageSource(label=s3, s3_url=s3)]
-    if config.is_local:
-        urls = LocalObjectStore(config.workspace / "s3").list_urls(prefix)
-    else:
-        urls = _list_s3_urls(config, prefix)
+    urls = object_store(config).list_urls(prefix)
     if not urls:
         raise SconesError(f"--prefix {prefix}: no objects under it")
     return [ImageSource(label=u, s3_url=u) for u in urls]
-
-
-def _list_s3_urls(config: Config, prefix_url: str) -> list[str]:
-    import boto3
-
-    bucket, prefix = split_s3_url(prefix_url)
-    pages = boto3.client("s3", region_name=config.aws.region).get_paginator(
-        "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
-                  if not o["Key"].endswith("/"))
 
 
 def stage_images(config: Config, images: Sequence[ImageSource], s3_client, run_id: str,

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 from pipelines.config import Config
 from pipelines.errors import SconesError
-from pipelines.storage import LocalObjectStore, split_s3_url
+from pipelines.storage import object_store
 
 QUANTILES = (5, 25, 50, 75, 95)
 MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
@@ -98,23 +98,9 @@ def iter_capture_files(config: Config, source: str, since: datetime | None = Non
     """(name, content) of each *.jsonl under a folder or s3:// prefix, in name order.
     Files in hour folders that end before `since` are skipped without reading them."""
     if source.startswith("s3://"):
-        if config.is_local:
-            store = LocalObjectStore(Path(config.workspace) / "s3")
-            names = [u for u in store.list_urls(source) if u.endswith(".jsonl")]
-            read = store.read_bytes
-        else:
-            import boto3
-
-            s3 = s3_client or boto3.client("s3", region_name=config.aws.region)
-            bucket, prefix = split_s3_url(source)
-            names = []
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                names += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
-                          if o["Key"].endswith(".jsonl")]
-
-            def read(url: str) -> bytes:
-                b, k = split_s3_url(url)
-                return s3.get_object(Bucket=b, Key=k)["Body"].read()
+        store = object_store(config, s3_client)
+        names = [u for u in store.list_urls(source) if u.endswith(".jsonl")]
+        read = store.read_bytes
     else:
         root = Path(source).expanduser()
         if not root.exists():
