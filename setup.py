@@ -8,10 +8,14 @@ setup(
     description="SageMaker Pipeline + Step Functions workflow for the Scones Unlimited "
     "bicycle/motorcycle classifier, runnable locally with no AWS account",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipelines", "pipelines.*", "workflow", "workflow.*",
-                                    "lambdas", "lambdas.*"]),
-    package_data={"": ["*.yaml", "*.json"]},
-    include_package_data=True,
+    packages=find_packages(include=["scones", "scones.*", "pipelines", "pipelines.*",
+                                    "workflow", "workflow.*", "lambdas", "lambdas.*"])
+    + ["scones.configs"],
+    # The configuration layers and the job scripts ship inside the wheel: an installed
+    # `scones` needs no source tree (configs/ becomes the package data scones/configs/).
+    package_dir={"scones.configs": "configs"},
+    package_data={"scones.configs": ["*.yaml"], "pipelines": ["jobs/*.py"],
+                  "workflow": ["*.json"]},
     install_requires=[
         "sagemaker>=2.250,<3",
         "stepfunctions==2.3.0",
@@ -22,19 +26,20 @@ setup(
         "pillow",
         "pyyaml",
         "matplotlib",
+        "rich",   # console tables (scones.console)
         # moto is the local engine (S3 for the SDK's code uploads, Step Functions'
         # interpreter), not only a test tool.
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
     ],
     extras_require={
-        "test": ["pytest", "cfn-lint"],
-        "dev": ["pytest", "cfn-lint"],
+        "test": ["pytest", "cfn-lint", "import-linter"],
+        "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={
         "console_scripts": [
-            "scones=pipelines.cli:main",
-            "run-pipeline=pipelines.run_pipeline:main",
-            "get-pipeline-definition=pipelines.get_pipeline_definition:main",
+            "scones=scones.cli.main:main",
+            "run-pipeline=scones.cli.run_pipeline:main",
+            "get-pipeline-definition=scones.cli.get_pipeline_definition:main",
         ]
     },
 )

@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 JOBS = REPO_ROOT / "pipelines" / "jobs"
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines.cli_common import format_table  # noqa: E402
-from pipelines.config import load_config  # noqa: E402
+from scones.cli.common import format_table  # noqa: E402
+from scones.config import load_config  # noqa: E402
 
 
 def timed(command: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
@@ -62,7 +62,7 @@ def main() -> int:
             data = subset(data, tmp / "images", config.classes, args.per_class)
         settings = ["--set", f"local.workspace={tmp / 'ws'}", "--set", f"data.input_url={data}",
                     "--set", f"training.epochs={epochs}"]
-        total, run = timed([sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--json",
+        total, run = timed([sys.executable, "-m", "scones.cli.main", "pipeline", "run", "--json",
                             "--param", "AccuracyThreshold=0", *settings], cwd=REPO_ROOT, env=env)
         result = json.loads(run.stdout)
         if result["status"] != "Succeeded":

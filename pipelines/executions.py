@@ -10,11 +10,9 @@ import json
 import sqlite3
 from contextlib import closing
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from pipelines.config import Config
-from pipelines.registry import REGISTRY_FILE
+from scones.workspace import Workspace
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipeline_executions (
@@ -46,16 +44,14 @@ def now() -> str:
 
 
 class ExecutionStore:
-    def __init__(self, workspace: Path):
-        self.path = Path(workspace) / REGISTRY_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.database_file
         with closing(self._connect()) as db:
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+        return self.workspace.connect()
 
     def _write(self, sql: str, args: tuple) -> None:
         with closing(self._connect()) as db:
@@ -77,7 +73,8 @@ class ExecutionStore:
                      log_path: str | None) -> None:
         self._write("INSERT OR REPLACE INTO pipeline_execution_steps (execution_id, step_name, "
                     "step_type, status, start_time, log_path) VALUES (?, ?, ?, 'Executing', ?, ?)",
-                    (execution_id, name, step_type, now(), log_path))
+                    (execution_id, name, step_type, now(),
+                     self.workspace.relative(log_path) if log_path else None))
 
     def step_finished(self, execution_id: str, name: str, status: str, seconds: float,
                       failure_reason: str | None) -> None:
@@ -95,22 +92,20 @@ class ExecutionStore:
         by_execution: dict[str, list[dict]] = {}
         for step in steps:
             by_execution.setdefault(step["execution_id"], []).append({
-                "name": step["step_name"], "type": step["step_type"], "status": step["status"],
-                "start_time": step["start_time"], "seconds": step["seconds"],
-                "log_path": step["log_path"], "failure_reason": step["failure_reason"]})
+                "Name": step["step_name"], "Type": step["step_type"], "Status": step["status"],
+                "StartTime": step["start_time"], "Seconds": step["seconds"],
+                "LogPath": (str(self.workspace.resolve(step["log_path"]))
+                            if step["log_path"] else None),
+                "FailureReason": step["failure_reason"]})
         return [_execution(row, by_execution.get(row["execution_id"], [])) for row in rows]
 
 
 def _execution(row: sqlite3.Row, steps: list[dict]) -> dict[str, Any]:
     return {
-        "execution_id": row["execution_id"], "execution_arn": row["execution_arn"],
-        "pipeline_name": row["pipeline_name"], "status": row["status"],
-        "start_time": row["start_time"], "end_time": row["end_time"],
-        "parameters": json.loads(row["parameters"]), "failure_reason": row["failure_reason"],
-        "steps": steps,
+        "ExecutionId": row["execution_id"], "ExecutionArn": row["execution_arn"],
+        "PipelineName": row["pipeline_name"], "Status": row["status"],
+        "StartTime": row["start_time"], "EndTime": row["end_time"],
+        "Parameters": json.loads(row["parameters"]), "FailureReason": row["failure_reason"],
+        "Steps": steps,
     }
 
-
-def list_executions(config: Config, limit: int | None = None) -> list[dict]:
-    """Recorded local executions, newest first, each with its steps."""
-    return ExecutionStore(config.workspace).list(limit)

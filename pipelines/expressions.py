@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from pipelines.errors import PipelineExecutionError
+from scones.errors import PipelineExecutionError
 
 # "Outputs['train']", "Containers[0]", "Metrics[\"x\"]" - one step of a property path.
 _PATH_TOKEN = re.compile(r"""\.?([A-Za-z_][\w:-]*)|\[\s*(?:'([^']*)'|"([^"]*)"|(\d+))\s*\]""")

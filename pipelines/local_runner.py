@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 from urllib.parse import urlparse
 
-from pipelines.config import Config
-from pipelines.errors import PipelineExecutionError, SconesError
+from scones.config import Config
+from scones.errors import PipelineExecutionError, SconesError
 from pipelines.executions import ExecutionStore, now
 from pipelines.expressions import (Context, evaluate_conditions, resolve, step_references,
                                    to_text)
-from pipelines.registry import LocalRegistry
-from pipelines.storage import LocalObjectStore
+from scones.backend import LocalBackend
 
 SUPPORTED_STEP_TYPES = ("Processing", "Training", "RegisterModel", "Condition", "Fail")
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
@@ -73,11 +72,22 @@ class ExecutionResult:
     parameters: dict[str, Any]
     properties: dict[str, dict] = field(default_factory=dict, repr=False)
 
+    @property
+    def model_package_version(self) -> int | None:
+        """The version a RegisterModel step registered in this execution, if any."""
+        for properties in self.properties.values():
+            if isinstance(properties, dict) and "ModelPackageVersion" in properties:
+                return properties["ModelPackageVersion"]
+        return None
+
     def to_dict(self) -> dict:
-        return {"execution_id": self.execution_id, "status": self.status,
-                "steps": [{"name": s.name, "type": s.type, "status": s.status,
-                           "seconds": s.seconds} for s in self.steps],
-                "failure_reason": self.failure_reason}
+        """The executors' common shape (pipelines.executors)."""
+        return {"ExecutionId": self.execution_id, "ExecutionArn": self.execution_arn,
+                "Status": self.status, "FailureReason": self.failure_reason,
+                "ModelPackageVersion": self.model_package_version,
+                "Steps": [{"Name": s.name, "Type": s.type, "Status": s.status,
+                           "Seconds": s.seconds, "FailureReason": s.failure_reason}
+                          for s in self.steps]}
 
 
 # --- parameters ----------------------------------------------------------------------------
@@ -214,16 +224,16 @@ class _Runner:
         self.out = out
         self.parameters = resolve_parameters(definition, parameters)
         self.steps = plan(definition)
-        self.workspace = Path(config.workspace)
-        self.store = LocalObjectStore(self.workspace / "s3")
+        self.backend = LocalBackend(config)
+        self.workspace = self.backend.workspace
+        self.store = self.backend.object_store()
         self.records = ExecutionStore(self.workspace)
         self.execution_id = _new_execution_id()
         self.pipeline_name = config.pipeline.name
-        account = config.aws.role_arn.split(":")[4] if config.aws.role_arn else "123456789012"
-        self.pipeline_arn = (f"arn:aws:sagemaker:{config.aws.region}:{account}:pipeline/"
-                             f"{self.pipeline_name.lower()}")
+        self.pipeline_arn = (f"arn:aws:sagemaker:{config.aws.region}:{self.backend.account_id}:"
+                             f"pipeline/{self.pipeline_name.lower()}")
         self.execution_arn = f"{self.pipeline_arn}/execution/{self.execution_id}"
-        self.folder = self.workspace / "executions" / self.execution_id
+        self.folder = self.workspace.execution_dir(self.execution_id)
         self.started = _utc_now()
         self.ctx = Context(
             parameters=self.parameters,
@@ -351,9 +361,7 @@ class _Runner:
         if not isinstance(model_url, str) or not self.store.exists(model_url):
             raise StepFailed(f"ModelDataUrl {model_url!r} is not in the object store")
         arguments.pop("SkipModelValidation", None)  # a SageMaker-side switch; no meaning here
-        registry = LocalRegistry(self.config)
-        package = registry.register(local_model_data=str(self.store.path_for(model_url)),
-                                    **arguments)
+        package = self.backend.registry().register(**arguments)
         self.ctx.steps[spec["Name"]] = package
         self.say(f"  registered {package['ModelPackageGroupName']} version "
                  f"{package['ModelPackageVersion']} as {package['ModelApprovalStatus']}")

@@ -12,15 +12,13 @@ every s3:// URL in the definition resolves there.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from pipelines.config import Config, load_config
-from pipelines.errors import SconesError
-from pipelines.sdk import SAGEMAKER_CONFIG, sagemaker_sdk
-from pipelines.storage import LocalObjectStore, S3ObjectStore
+from scones.config import Config, load_config
+from scones.errors import SconesError
+from scones.backend import backend_for
+from scones.sdk import pipeline_session, sagemaker_sdk
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 
@@ -57,17 +55,6 @@ def config_from_template_kwargs(env: str = "aws", **kwargs: Any) -> Config:
         raise SconesError(f"unknown pipeline argument(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(TEMPLATE_KWARGS))}")
     return load_config(env, overrides={TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()})
-
-
-def pipeline_session(config: Config, boto_session=None):
-    """A PipelineSession on the configured region and bucket, with telemetry opted out."""
-    sagemaker_sdk()
-    import boto3
-    from sagemaker.workflow.pipeline_context import PipelineSession
-
-    boto_session = boto_session or boto3.Session(region_name=config.aws.region)
-    return PipelineSession(boto_session=boto_session, default_bucket=config.aws.bucket,
-                           sagemaker_config=SAGEMAKER_CONFIG)
 
 
 def get_pipeline(config: Config | None = None, sagemaker_session=None, **template_kwargs):
@@ -238,95 +225,9 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
 
 
 def pipeline_definition(config: Config, factory: Callable | None = None) -> dict:
-    """The definition as SageMaker receives it: on AWS rendered by the SDK against the real
-    bucket, locally by `local_definition`. `factory` is the get_pipeline to use (the template
-    CLIs' --module-name); default: this module's."""
-    if config.is_local:
-        return local_definition(config, factory)
-    return json.loads((factory or get_pipeline)(config).definition())
-
-
-def local_definition(config: Config, factory: Callable | None = None) -> dict:
-    """Build the definition exactly as for AWS, against moto's S3, and copy what the SDK
-    uploaded (job code, sourcedir.tar.gz) into the workspace's object store."""
-    sagemaker_sdk()
-    import boto3
-    from moto import mock_aws
-
-    store = LocalObjectStore(config.workspace / "s3")
-    with mock_aws():
-        boto_session = boto3.Session(region_name=config.aws.region)
-        s3 = boto_session.client("s3")
-        s3.create_bucket(Bucket=config.aws.bucket)
-        definition = json.loads((factory or get_pipeline)(
-            config, pipeline_session(config, boto_session)).definition())
-        uploaded = S3ObjectStore(s3)
-        for url in uploaded.list_urls(f"s3://{config.aws.bucket}/"):
-            store.write_bytes(url, uploaded.read_bytes(url))
-    return definition
-
-
-# --- AWS: upsert, start, follow --------------------------------------------------------------
-
-def upsert_and_start(config: Config, parameters: Mapping[str, Any] | None = None,
-                     wait: bool = False, sagemaker_session=None, description: str | None = None,
-                     tags: list[dict] | None = None,
-                     on_step: Callable[[dict], None] | None = None,
-                     poll_seconds: float = 30.0, factory: Callable | None = None) -> dict:
-    """Create or update the pipeline on SageMaker and start an execution.
-
-    Returns {"execution_arn", "status", "steps", "failure_reason"}; with wait=True it follows
-    the execution to its end, calling on_step for each step status change. `factory` is the
-    get_pipeline to use (run-pipeline's --module-name); default: this module's.
-    """
-    pipeline = (factory or get_pipeline)(config, sagemaker_session)
-    known = {p.name for p in pipeline.parameters}
-    unknown = sorted(set(parameters or {}) - known)
-    if unknown:
-        raise SconesError(f"unknown pipeline parameter(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
-    pipeline.upsert(role_arn=config.aws.role_arn, description=description, tags=tags)
-    execution = pipeline.start(parameters=dict(parameters or {}))
-    client = pipeline.sagemaker_session.sagemaker_client
-    arn = execution.arn
-    seen: dict[str, str] = {}
-    while True:
-        described = client.describe_pipeline_execution(PipelineExecutionArn=arn)
-        status = described["PipelineExecutionStatus"]
-        steps = _execution_steps(client, arn)
-        for step in steps:
-            if on_step and seen.get(step["name"]) != step["status"]:
-                on_step(step)
-            seen[step["name"]] = step["status"]
-        if not wait or status not in ("Executing", "Stopping"):
-            return {"execution_arn": arn, "status": status, "steps": steps,
-                    "failure_reason": described.get("FailureReason")}
-        time.sleep(poll_seconds)
-
-
-def _execution_steps(client, arn: str) -> list[dict]:
-    steps = []
-    try:
-        pages = client.get_paginator("list_pipeline_execution_steps").paginate(
-            PipelineExecutionArn=arn, SortOrder="Ascending")
-        for page in pages:
-            for step in page["PipelineExecutionSteps"]:
-                start, end = step.get("StartTime"), step.get("EndTime")
-                steps.append({
-                    "name": step["StepName"], "type": step.get("StepType"),
-                    "status": step["StepStatus"],
-                    "seconds": round((end - start).total_seconds(), 1) if start and end else None,
-                    "failure_reason": step.get("FailureReason"),
-                })
-    except client.exceptions.ClientError as exc:
-        # moto (the test double) does not implement this call; SageMaker does.
-        if exc.response["Error"]["Code"] not in ("NotImplemented", "InvalidAction"):
-            raise
-    except NotImplementedError:
-        pass
-    return steps
-
-
-def print_step(step: dict) -> None:
-    seconds = f" ({step['seconds']} s)" if step.get("seconds") is not None else ""
-    print(f"  {step['name']:<28} {step['status']}{seconds}", file=sys.stderr)
+    """The definition as SageMaker receives it, rendered by the SDK on the backend's pipeline
+    session (on AWS against the real bucket; locally against moto's S3, with what the SDK
+    uploaded copied into the workspace's object store). `factory` is the get_pipeline to use
+    (the template CLIs' --module-name); default: this module's."""
+    with backend_for(config).pipeline_session() as session:
+        return json.loads((factory or get_pipeline)(config, session).definition())

@@ -105,3 +105,16 @@ def small_model_tar(small_training_run) -> Path:
     Treat it as read-only: it is shared by the whole session.
     """
     return small_training_run["model_tar"]
+
+
+def register_model(config, model_tar: Path | bytes, url: str | None = None, **fields) -> dict:
+    """Put a model.tar.gz into the workspace's object store (at `url`) and register it, as
+    the pipeline's RegisterModel step does. Returns the registered package."""
+    from scones.backend import backend_for
+
+    backend = backend_for(config)
+    url = url or f"s3://{config.aws.bucket}/models/{len(backend.registry().list_packages()) + 1}/model.tar.gz"
+    data = model_tar if isinstance(model_tar, bytes) else Path(model_tar).read_bytes()
+    backend.object_store().write_bytes(url, data)
+    fields.setdefault("InferenceSpecification", {"Containers": [{"ModelDataUrl": url}]})
+    return backend.registry().register(**fields)

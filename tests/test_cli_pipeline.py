@@ -22,7 +22,7 @@ def scones(workspace: Path, *args: str, data: Path | None = None) -> subprocess.
     if data:
         settings += ["--set", f"data.input_url={data}"]
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args, *settings], cwd=REPO_ROOT,
+        [sys.executable, "-m", "scones.cli.main", *args, *settings], cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
 
@@ -42,12 +42,16 @@ def test_run_json_is_one_object_on_stdout_and_exit_zero(ran):
     _, _, result = ran
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout)
-    assert set(output) == {"execution_id", "status", "steps", "failure_reason"}
-    assert output["status"] == "Succeeded" and output["failure_reason"] is None
-    assert [(s["name"], s["status"]) for s in output["steps"]] == [
+    assert set(output) == {"ExecutionId", "ExecutionArn", "Status", "Steps", "FailureReason",
+                           "ModelPackageVersion"}
+    assert output["Status"] == "Succeeded" and output["FailureReason"] is None
+    # a script can approve what it just built
+    assert output["ModelPackageVersion"] == 1
+    assert [(s["Name"], s["Status"]) for s in output["Steps"]] == [
         ("Preprocess", "Succeeded"), ("Train", "Succeeded"), ("Evaluate", "Succeeded"),
         ("CheckAccuracy", "Succeeded"), ("Register-RegisterModel", "Succeeded")]
-    assert all(set(s) == {"name", "type", "status", "seconds"} for s in output["steps"])
+    assert all(set(s) == {"Name", "Type", "Status", "Seconds", "FailureReason"}
+               for s in output["Steps"])
     # live progress went to stderr, including the training epochs as they happened
     assert "Train | epoch 1/2" in result.stderr
 
@@ -73,10 +77,14 @@ def test_executions_lists_the_run(ran):
     workspace, _, result = ran
     listed = scones(workspace, "pipeline", "executions", "--json")
     executions = json.loads(listed.stdout)
-    assert executions[0]["execution_id"] == json.loads(result.stdout)["execution_id"]
-    assert executions[0]["status"] == "Succeeded"
-    assert executions[0]["parameters"]["AccuracyThreshold"] == 0.0
-    assert len(executions[0]["steps"]) == 5
+    assert executions[0]["ExecutionId"] == json.loads(result.stdout)["ExecutionId"]
+    assert executions[0]["Status"] == "Succeeded"
+    assert executions[0]["Parameters"]["AccuracyThreshold"] == 0.0
+    assert len(executions[0]["Steps"]) == 5
+    human = scones(workspace, "pipeline", "executions")
+    # per-step status, one row per execution, within 100 columns
+    assert "Preprocess:ok" in human.stdout and "Register-RegisterModel:ok" in human.stdout
+    assert max(len(line) for line in human.stdout.splitlines()) <= 100
 
 
 def test_approve_deploys_locally_and_reject_needs_a_reason(ran):
@@ -85,7 +93,7 @@ def test_approve_deploys_locally_and_reject_needs_a_reason(ran):
     assert approved.returncode == 0, approved.stderr
     assert "Approved" in approved.stdout
     state = json.loads((workspace / "endpoints" / "scones-delivery-vehicles.json").read_text())
-    assert "1" in json.dumps(state)
+    assert state["ModelPackageVersion"] == 1 and state["EndpointStatus"] == "InService"
     again = scones(workspace, "registry", "approve", "1")
     assert again.returncode == 0 and "already Approved" in again.stdout
 
@@ -111,9 +119,9 @@ def test_failed_run_exits_non_zero_with_the_reason(ran, tmp_path):
                     "--param", f"InputDataUrl={tmp_path / 'no-such-folder'}", data=data)
     assert result.returncode == 1
     output = json.loads(result.stdout)
-    assert output["status"] == "Failed"
-    assert [(s["name"], s["status"]) for s in output["steps"]] == [("Preprocess", "Failed")]
-    assert "no-such-folder" in output["failure_reason"]
+    assert output["Status"] == "Failed" and output["ModelPackageVersion"] is None
+    assert [(s["Name"], s["Status"]) for s in output["Steps"]] == [("Preprocess", "Failed")]
+    assert "no-such-folder" in output["FailureReason"]
 
 
 def test_definition_prints_the_sagemaker_json(tmp_path):

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import parse_overrides
-from pipelines.config import CONFIG_DIR, ConfigError, load_config
+from scones.cli.main import parse_overrides
+from scones.config import CONFIG_DIR, ConfigError, load_config
 
 
 def write_configs(tmp_path: Path, base: str, local: str = "", aws: str = "") -> Path:
@@ -18,9 +18,9 @@ def write_configs(tmp_path: Path, base: str, local: str = "", aws: str = "") -> 
 
 def test_local_is_default_and_resolves_paths_against_the_project_root():
     config = load_config()
-    assert config.env == "local" and config.is_local
+    assert config.env == "local"
     assert config.classes == ("bicycle", "motorcycle")
-    assert config.workspace == CONFIG_DIR.parent / ".scones"
+    assert config.local.workspace == CONFIG_DIR.parent / ".scones"
     assert config.data.input_url == str((CONFIG_DIR.parent.parent / "shared/datasets/"
                                          "scones-cifar100/train").resolve())
     assert isinstance(config.training.learning_rate, float)
@@ -52,7 +52,7 @@ def test_aws_requires_a_role(tmp_path):
         load_config("aws")
     config = load_config("aws", overrides={"aws.role_arn": "arn:aws:iam::1:role/r",
                                            "aws.bucket": "b", "data.input_url": "s3://b/train"})
-    assert config.aws.bucket == "b" and not config.is_local
+    assert config.aws.bucket == "b" and config.env == "aws"
 
 
 def test_semantic_checks_and_cli_overrides():

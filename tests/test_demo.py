@@ -12,7 +12,7 @@ from pathlib import Path
 def scones(*args, workspace, timeout=600):
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args, "--set", f"local.workspace={workspace}"],
+        [sys.executable, "-m", "scones.cli.main", *args, "--set", f"local.workspace={workspace}"],
         capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -13,11 +13,13 @@ import pytest
 from moto import mock_aws
 
 from lambdas import deploy_approved_model as lam
-from pipelines.config import load_config
-from pipelines.errors import RegistryError
-from pipelines.registry import open_registry
-from workflow.deployment import (DeploymentError, LocalSageMakerControlPlane,
-                                 deploy_model_package, endpoint_state_path, endpoint_status)
+from scones.config import load_config
+from scones.errors import RegistryError
+from scones.backend import backend_for
+from workflow.deployment import (DeploymentError,
+                                 deploy_model_package, endpoint_status)
+from scones.endpoint_state import EndpointStateFile
+from conftest import register_model
 
 REPO = Path(__file__).resolve().parent.parent
 GROUP = "scones-delivery-vehicles"
@@ -192,13 +194,13 @@ def test_resource_names_fit_sagemaker_limits_and_differ_per_deployment():
 def local(tmp_path):
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws"),
                                              "monitoring.capture_sampling_percentage": 30})
-    registry = open_registry(config)
+    registry = backend_for(config).registry()
     versions = []
     for n in range(3):
-        model = tmp_path / f"model-{n + 1}.tar.gz"
-        model.write_bytes(b"stand-in for model.tar.gz %d" % n)  # deploying never opens it
-        versions.append(registry.register(
-            local_model_data=model,
+        # deploying never opens it
+        versions.append(register_model(
+            config, b"stand-in for model.tar.gz %d" % n,
+            url=f"s3://scones-local/models/{n + 1}/model.tar.gz",
             InferenceSpecification={"Containers": [{
                 "Image": IMAGE, "ModelDataUrl": f"s3://scones-local/models/{n + 1}/model.tar.gz"}]},
             ModelApprovalStatus="PendingManualApproval"))
@@ -211,7 +213,10 @@ def test_local_deploy_writes_the_state_file_the_server_reads(local):
     result = deploy_model_package(config, 1)
 
     assert result["Action"] == "created"
-    state = json.loads(endpoint_state_path(config).read_text())
+    stored = json.loads(EndpointStateFile.of(config).path.read_text())
+    # stored relative to the workspace (a moved workspace keeps serving), read back absolute
+    assert stored["LocalModelData"] == "s3/scones-local/models/1/model.tar.gz"
+    state = EndpointStateFile.of(config).read()
     assert state["EndpointName"] == config.workflow.endpoint_name
     assert state["EndpointStatus"] == "InService"
     assert state["ModelPackageVersion"] == 1
@@ -226,7 +231,7 @@ def test_local_deploy_writes_the_state_file_the_server_reads(local):
     assert state["DataCaptureConfig"]["CaptureOptions"] == [{"CaptureMode": "Input"},
                                                             {"CaptureMode": "Output"}]
     assert state["LastModifiedTime"].endswith("+00:00") and state["History"] == []
-    assert not [p.name for p in endpoint_state_path(config).parent.iterdir()
+    assert not [p.name for p in EndpointStateFile.of(config).path.parent.iterdir()
                 if p.name.endswith(".tmp")]
 
 
@@ -240,9 +245,9 @@ def test_newer_approval_updates_and_older_one_rolls_back(local):
 
     rollback = deploy_model_package(config, 1)
     assert rollback["Action"] == "updated" and rollback["ModelPackageVersion"] == 1
-    state = json.loads(endpoint_state_path(config).read_text())
+    state = EndpointStateFile.of(config).read()
     assert state["ModelPackageVersion"] == 1
-    assert state["LocalModelData"].endswith("model-1.tar.gz")
+    assert state["LocalModelData"].endswith("models/1/model.tar.gz")
     assert [h["ModelPackageVersion"] for h in state["History"]] == [1, 2]
     assert len({h["EndpointConfigName"] for h in state["History"]} |
                {state["EndpointConfigName"]}) == 3  # every deployment its own config
@@ -253,33 +258,33 @@ def test_unapproved_or_unknown_versions_are_refused_and_nothing_changes(local):
     with pytest.raises(DeploymentError, match="version 3 of scones-delivery-vehicles is "
                                               "PendingManualApproval"):
         deploy_model_package(config, 3)
-    assert not endpoint_state_path(config).exists()
+    assert not EndpointStateFile.of(config).path.exists()
     registry.approve(1)
     deploy_model_package(config, 1)
-    before = endpoint_state_path(config).read_bytes()
+    before = EndpointStateFile.of(config).path.read_bytes()
     registry.approve(2)
     registry.reject(2, "blurry photos misread")
     with pytest.raises(DeploymentError, match="is Rejected"):
         deploy_model_package(config, 2)
     with pytest.raises(RegistryError, match="no version 7"):
         deploy_model_package(config, 7)
-    assert endpoint_state_path(config).read_bytes() == before
+    assert EndpointStateFile.of(config).path.read_bytes() == before
 
 
 def test_missing_model_data_is_refused_before_the_state_changes(local, tmp_path):
     config, registry, _ = local
     registry.approve(1)
-    (tmp_path / "model-1.tar.gz").unlink()
+    Path(registry.describe(1)["LocalModelData"]).unlink()
     with pytest.raises(DeploymentError, match="model data of version 1 is missing"):
         deploy_model_package(config, 1)
-    assert endpoint_status(config)["status"] == "NotDeployed"
+    assert endpoint_status(config)["EndpointStatus"] == "NotDeployed"
 
 
 def test_control_plane_answers_like_sagemaker_for_missing_things(local):
     from botocore.exceptions import ClientError
 
     config, registry, versions = local
-    plane = LocalSageMakerControlPlane(config)
+    plane = backend_for(config).sagemaker()
     with pytest.raises(ClientError) as missing:
         plane.describe_endpoint(EndpointName="nope")
     assert missing.value.response["Error"]["Code"] == "ValidationException"
@@ -296,13 +301,13 @@ def test_endpoint_status_on_aws_follows_endpoint_config_model_package(aws, lambd
     config = load_config("aws", overrides={
         "aws.role_arn": "arn:aws:iam::123456789012:role/scones-sagemaker",
         "aws.bucket": "scones-bucket", "data.input_url": "s3://scones-bucket/data"})
-    assert endpoint_status(config, aws)["status"] == "NotDeployed"
+    assert endpoint_status(config)["EndpointStatus"] == "NotDeployed"
     _register(aws)
     _register(aws)
-    result = deploy_model_package(config, 2, sagemaker_client=aws)
+    result = deploy_model_package(config, 2)
     assert result["Action"] == "created"
-    status = endpoint_status(config, aws)
-    assert status["status"] == "InService" and status["ModelPackageVersion"] == 2
+    status = endpoint_status(config)
+    assert status["EndpointStatus"] == "InService" and status["ModelPackageVersion"] == 2
     assert status["EndpointConfigName"] == result["EndpointConfigName"]
 
 
@@ -310,17 +315,17 @@ def test_endpoint_status_on_aws_follows_endpoint_config_model_package(aws, lambd
 
 def _scones(*args, workspace):
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args,
+    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args,
                            "--set", f"local.workspace={workspace}"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
 
 def test_cli_deploy_and_status(local):
     config, registry, _ = local
-    workspace = config.workspace
+    workspace = config.local.workspace
     done = _scones("endpoint", "status", "--json", workspace=workspace)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["status"] == "NotDeployed"
+    assert json.loads(done.stdout)["EndpointStatus"] == "NotDeployed"
 
     refused = _scones("endpoint", "deploy", "--version", "2", workspace=workspace)
     assert refused.returncode == 2
@@ -333,4 +338,4 @@ def test_cli_deploy_and_status(local):
     assert "created endpoint scones-delivery-vehicles: serving version 2" in done.stdout
     done = _scones("endpoint", "status", "--json", workspace=workspace)
     status = json.loads(done.stdout)
-    assert (status["status"], status["ModelPackageVersion"]) == ("InService", 2)
+    assert (status["EndpointStatus"], status["ModelPackageVersion"]) == ("InService", 2)

@@ -16,9 +16,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from pipelines.config import load_config
-from pipelines.errors import SconesError
-from workflow.endpoint import endpoint_state_path, start_endpoint
+from scones.config import load_config
+from scones.errors import SconesError
+from scones.endpoint_state import EndpointStateFile
+from workflow.endpoint import start_endpoint
+from conftest import register_model
 
 # A second model whose code is ALSO named inference.py: both must live in one process.
 CONSTANT_MODEL_CODE = '''
@@ -46,7 +48,7 @@ def image_bytes(sample_data_dir) -> bytes:
 
 def write_state(config, model_tar: Path, version: int, sampling: int = 100) -> Path:
     """The endpoint state file, as `scones endpoint deploy` writes it (the contract)."""
-    path = endpoint_state_path(config)
+    path = EndpointStateFile.of(config).path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
@@ -82,7 +84,7 @@ def runtime_client(url: str):
 
 
 def capture_files(config) -> list[Path]:
-    return sorted((config.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
+    return sorted((config.local.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
 
 
 def test_ping_and_invoke_through_boto3_serve_the_deployed_model(config, small_model_tar,
@@ -135,7 +137,7 @@ def test_bad_bytes_unknown_endpoint_and_capture_layout(config, small_model_tar, 
                                ContentType="image/png", Body=image_bytes)
     files = capture_files(config)
     assert len(files) == 1  # both records of this hour go to one file
-    relative = files[0].relative_to(config.workspace / "s3" / config.aws.bucket).as_posix()
+    relative = files[0].relative_to(config.local.workspace / "s3" / config.aws.bucket).as_posix()
     assert re.fullmatch(
         rf"datacapture/{config.workflow.endpoint_name}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/"
         r"\d\d-\d\d-\d{3}-[0-9a-f-]{36}\.jsonl", relative), relative
@@ -182,14 +184,13 @@ def test_zero_sampling_captures_nothing(config, small_model_tar, image_bytes):
 
 def test_without_state_file_serves_newest_registered_version_with_a_warning(
         config, small_model_tar, capsys):
-    from pipelines.registry import open_registry
+    from scones.backend import backend_for
 
     with pytest.raises(SconesError, match="scones pipeline run"):
         start_endpoint(config)
-    registry = open_registry(config)
+    registry = backend_for(config).registry()
     for _ in range(2):
-        registry.register(local_model_data=small_model_tar, InferenceSpecification={
-            "Containers": [{"ModelDataUrl": f"s3://{config.aws.bucket}/m/model.tar.gz"}]})
+        register_model(config, small_model_tar)
     with start_endpoint(config) as endpoint:
         assert endpoint.model_version == 2
     assert "no model version is Approved" in capsys.readouterr().err
@@ -218,9 +219,9 @@ def test_endpoint_process_start_errors_are_the_servers_own_messages(config):
 
     with pytest.raises(SconesError, match="no registered model version.*scones pipeline run"):
         EndpointProcess(config)
-    endpoint_state_path(config).parent.mkdir(parents=True)
-    endpoint_state_path(config).write_text("{not json")
-    with pytest.raises(SconesError, match="endpoint state file is not valid JSON"):
+    EndpointStateFile.of(config).path.parent.mkdir(parents=True)
+    EndpointStateFile.of(config).path.write_text("{not json")
+    with pytest.raises(SconesError, match="endpoint state file .* is not valid JSON.*scones endpoint deploy"):
         EndpointProcess(config)
 
 
@@ -235,10 +236,10 @@ def test_endpoint_process_ends_when_its_parent_is_killed(config, tmp_path):
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from pipelines.config import load_config\n"
+         "from scones.config import load_config\n"
          "from workflow.endpoint import EndpointProcess\n"
          f"endpoint = EndpointProcess(load_config('local', {{'local.workspace': "
-         f"{str(config.workspace)!r}}}))\n"
+         f"{str(config.local.workspace)!r}}}))\n"
          "print(endpoint.url, flush=True)\n"
          "time.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True)
@@ -271,8 +272,8 @@ def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
 
     write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
     server = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "endpoint", "serve", "--port", "0",
-         "--set", f"local.workspace={config.workspace}"],
+        [sys.executable, "-m", "scones.cli.main", "endpoint", "serve", "--port", "0",
+         "--set", f"local.workspace={config.local.workspace}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from lambdas.deploy_approved_model import DeploySettings
-from pipelines.config import load_config
+from scones.backend import LAMBDA_RUNTIME
+from scones.config import load_config
 from workflow.definition import workflow_definition_json
 from workflow.infra import (DEPLOY_FUNCTION_KEY, TEMPLATE_PATH, cloudformation_template,
                             template_json, unscoped_resources, wildcard_actions)
@@ -105,7 +106,7 @@ def test_functions_state_machine_and_rules_are_wired(template, config):
     for function in functions.values():
         code = function["Properties"]["Code"]
         assert code["S3Key"]["Fn::Sub"].startswith("${CodeKeyPrefix}")
-        assert function["Properties"]["Runtime"] == "python3.11"
+        assert function["Properties"]["Runtime"] == LAMBDA_RUNTIME
     machine = template["Resources"]["InferenceStateMachine"]["Properties"]
     assert machine["DefinitionString"] == workflow_definition_json(config)
     assert machine["StateMachineName"] == config.workflow.state_machine_name
@@ -176,7 +177,7 @@ def test_every_template_function_has_a_built_zip_and_the_deploy_zip_imports(temp
 def test_cli_writes_the_template(tmp_path):
     out = tmp_path / "t.json"
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "infra", "template",
+    done = subprocess.run([sys.executable, "-m", "scones.cli.main", "infra", "template",
                            "--out", str(out)], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -11,12 +11,17 @@ import textwrap
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.errors import PipelineExecutionError
-from pipelines.executions import list_executions
+from scones.config import load_config
+from scones.errors import PipelineExecutionError
+from pipelines.executions import ExecutionStore
+from scones.workspace import Workspace
+
+
+def list_executions(config):
+    return ExecutionStore(Workspace(config.local.workspace)).list()
 from pipelines.expressions import Context, evaluate_condition, resolve, walk_path
 from pipelines.local_runner import plan, resolve_parameters, run_pipeline_locally
-from pipelines.storage import LocalObjectStore
+from scones.storage import LocalObjectStore
 
 BUCKET = "scones-local"
 
@@ -28,7 +33,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def store(config):
-    return LocalObjectStore(config.workspace / "s3")
+    return LocalObjectStore(config.local.workspace / "s3")
 
 
 def put_script(store, name: str, source: str) -> str:
@@ -240,14 +245,14 @@ def test_if_branch_runs_with_data_from_the_first_step(config, store):
     # the /opt/ml path in the arguments landed in the execution's step folder
     report = json.loads(store.read_bytes(
         f"s3://{BUCKET}/test/{result.execution_id}/Score/output/report/report.json"))
-    step_dir = config.workspace / "executions" / result.execution_id / "Score"
+    step_dir = config.local.workspace / "executions" / result.execution_id / "Score"
     assert report["where"] == str(step_dir / "processing" / "report")
     assert (step_dir / "log.txt").read_text().splitlines()[-1] == "scored 0.75"
     recorded = list_executions(config)
-    assert recorded[0]["execution_id"] == result.execution_id
-    assert recorded[0]["status"] == "Succeeded"
-    assert recorded[0]["parameters"] == {"Threshold": 0.5, "Score": 0.75}
-    assert [s["name"] for s in recorded[0]["steps"]] == ["Score", "Check", "Summarize"]
+    assert recorded[0]["ExecutionId"] == result.execution_id
+    assert recorded[0]["Status"] == "Succeeded"
+    assert recorded[0]["Parameters"] == {"Threshold": 0.5, "Score": 0.75}
+    assert [s["Name"] for s in recorded[0]["Steps"]] == ["Score", "Check", "Summarize"]
 
 
 def test_else_branch_fails_with_the_resolved_message_and_skips_the_if_branch(config, store):
@@ -258,7 +263,7 @@ def test_else_branch_fails_with_the_resolved_message_and_skips_the_if_branch(con
     assert [(s.name, s.status) for s in result.steps] == [
         ("Score", "Succeeded"), ("Check", "Succeeded"), ("TooLow", "Failed")]
     assert not store.exists(f"s3://{BUCKET}/summaries/summary.txt")
-    assert list_executions(config)[0]["failure_reason"] == "score 0.25 is below 0.5"
+    assert list_executions(config)[0]["FailureReason"] == "score 0.25 is below 0.5"
 
 
 def test_steps_run_in_dependency_order_not_listing_order(config, store):
@@ -280,7 +285,7 @@ def test_steps_run_in_dependency_order_not_listing_order(config, store):
               "Arguments": {"Conditions": [], "IfSteps": [], "ElseSteps": []}}
     result = run_pipeline_locally({"Steps": [middle, last, first]}, config, progress=False)
     assert [s.name for s in result.steps] == ["First", "Last", "Gate"]
-    log = config.workspace / "executions" / result.execution_id / "Last" / "log.txt"
+    log = config.local.workspace / "executions" / result.execution_id / "Last" / "log.txt"
     assert "HELLO" in log.read_text()
 
 
@@ -314,7 +319,7 @@ def test_an_output_escaping_the_bucket_is_refused(config, store, tmp_path):
     assert result.status == "Failed"
     assert "escapes its bucket" in result.failure_reason
     assert not (tmp_path / "outside").exists()
-    assert not (config.workspace / "outside").exists()
+    assert not (config.local.workspace / "outside").exists()
 
 
 def test_training_step_gets_sagemakers_environment_and_produces_model_tar(config, store):
@@ -380,24 +385,24 @@ def test_real_pipeline_fails_at_the_fail_step_when_accuracy_is_below_threshold(
     config = load_config("local", overrides={
         "local.workspace": str(tmp_path / "ws"), "training.epochs": 2,
         "training.batch_size": 16, "data.input_url": str(small_image_folder(per_class=40))})
-    from pipelines.pipeline import local_definition
+    from pipelines.pipeline import pipeline_definition
 
     # above any accuracy, so the Else branch is certain whatever the model learned
-    result = run_pipeline_locally(local_definition(config), config,
+    result = run_pipeline_locally(pipeline_definition(config), config,
                                   parameters={"AccuracyThreshold": "1.01"}, progress=False)
     assert result.status == "Failed"
     assert [(s.type, s.status) for s in result.steps] == [
         ("Processing", "Succeeded"), ("Training", "Succeeded"), ("Processing", "Succeeded"),
         ("Condition", "Succeeded"), ("Fail", "Failed")]
-    evaluation = json.loads(LocalObjectStore(config.workspace / "s3").read_bytes(
+    evaluation = json.loads(LocalObjectStore(config.local.workspace / "s3").read_bytes(
         result.properties["Evaluate"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]
         ["S3Uri"] + "/evaluation.json"))
     accuracy = evaluation["binary_classification_metrics"]["accuracy"]["value"]
     assert f"Model accuracy {accuracy} " in result.failure_reason
     assert "1.01" in result.failure_reason
-    with sqlite3.connect(config.workspace / "registry.sqlite") as db:
+    with sqlite3.connect(config.local.workspace / "registry.sqlite") as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         if "model_packages" in tables:
             assert db.execute("SELECT COUNT(*) FROM model_packages").fetchone() == (0,)
-    train_log = config.workspace / "executions" / result.execution_id / "Train" / "log.txt"
+    train_log = config.local.workspace / "executions" / result.execution_id / "Train" / "log.txt"
     assert "epoch 2/2" in train_log.read_text()

@@ -2,6 +2,7 @@
 Step Functions engine, the Lambdas from their built zips, the real local endpoint."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -13,21 +14,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.config import load_config
-from pipelines.errors import SconesError
-from pipelines.storage import LocalObjectStore
-from workflow.cli_run import summary
-from workflow.endpoint import endpoint_state_path
-from workflow.local_run import ImageSource, images_from_options, run_workflow_locally
+from scones.config import load_config
+from scones.errors import SconesError
+from scones.storage import LocalObjectStore
+from scones.cli.workflow_run import summary
+from scones.endpoint_state import EndpointStateFile
+from workflow.run import ImageSource, images_from_options, run_workflow_locally
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULT_KEYS = {"image", "status", "predicted_label", "inferences", "meets_threshold", "error",
-               "cause", "seconds"}
+RESULT_KEYS = {"Image", "Status", "PredictedLabel", "Confidence", "Inferences",
+               "MeetsThreshold", "Verdict", "Error", "Cause", "Seconds"}
 
 
 def deploy_locally(config, model_tar: Path) -> None:
     """Write the endpoint state file as `scones endpoint deploy` does (the contract)."""
-    path = endpoint_state_path(config)
+    path = EndpointStateFile.of(config).path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
@@ -55,7 +56,7 @@ def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample
     config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
                                    "workflow.confidence_threshold": 0.0})
     deploy_locally(config, small_model_tar)
-    store = LocalObjectStore(config.workspace / "s3")
+    store = LocalObjectStore(config.local.workspace / "s3")
     good = real_images(sample_data_dir, 2)
     for path in good:
         store.write_bytes(f"s3://incoming/batch/{path.parent.name}-{path.name}", path.read_bytes())
@@ -92,7 +93,7 @@ def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample
         assert result.cause and result.meets_threshold is None and result.failed_otherwise
     assert "0 bytes" in results["s3://incoming/batch/z-empty.png"].cause
     # The classify Lambda really went to the local endpoint: it captured each request.
-    captured = list((config.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
+    captured = list((config.local.workspace / "s3" / config.aws.bucket / "datacapture").rglob("*.jsonl"))
     assert sum(len(p.read_text().splitlines()) for p in captured) == len(good)
     # Nothing of the run leaks into the process: the functions' environment is undone.
     assert "CONFIDENCE_THRESHOLD" not in os.environ and "ENDPOINT_NAME" not in os.environ
@@ -112,7 +113,7 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     for path in real_images(sample_data_dir, 2):
         (folder / path.name).write_bytes(path.read_bytes())
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    command = [sys.executable, "-m", "pipelines.cli", "workflow", "run", "--images", str(folder),
+    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--images", str(folder),
                "--json", "--set", f"local.workspace={workspace}",
                "--set", "workflow.confidence_threshold=0.9999"]
 
@@ -122,19 +123,29 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     assert run.returncode == 0, run.stderr  # threshold misses are results, not failures
     lines = json_lines(run)
     assert len(lines) == 4 and all(set(line) == RESULT_KEYS for line in lines)
-    not_met = [line for line in lines if line["meets_threshold"] is False]
+    not_met = [line for line in lines if line["MeetsThreshold"] is False]
     assert not_met, lines  # a 3-epoch model is never 99.99 % sure of everything
     for line in not_met:
-        assert (line["status"], line["error"]) == ("FAILED", "ThresholdConfidenceNotMet")
-        assert max(line["inferences"]) < 0.9999
-        assert line["predicted_label"] == config.classes[line["inferences"].index(max(line["inferences"]))]
+        assert (line["Status"], line["Error"]) == ("FAILED", "ThresholdConfidenceNotMet")
+        assert line["Verdict"] == "below threshold"
+        assert line["Confidence"] == max(line["Inferences"]) < 0.9999
+        assert line["PredictedLabel"] == config.classes[
+            line["Inferences"].index(max(line["Inferences"]))]
 
     (folder / "readme.txt").write_text("not an image")
     failing = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                              timeout=300)
     assert failing.returncode == 1  # an image failed for another reason than the threshold
-    by_image = {line["image"]: line for line in json_lines(failing)}
-    assert by_image[str(folder / "readme.txt")]["error"] == "InvalidImage"
+    by_image = {line["Image"]: line for line in json_lines(failing)}
+    assert by_image[str(folder / "readme.txt")]["Error"] == "InvalidImage"
+    assert by_image[str(folder / "readme.txt")]["Verdict"] == "InvalidImage"
+
+    as_csv = subprocess.run([*command[:command.index("--json")], "--csv", *command[
+        command.index("--json") + 1:]], capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+        timeout=300)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert {row["Image"]: row["Verdict"] for row in rows} == {
+        image: line["Verdict"] for image, line in by_image.items()}
 
 
 def test_image_options_name_what_is_wrong(tmp_path):

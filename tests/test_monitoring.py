@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.config import load_config
+from scones.config import load_config
 from workflow.monitoring import MonitoringError, build_report, parse_since
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def test_summary_numbers_plots_and_malformed_lines(config, tmp_path):
     assert reasons[0].startswith("not JSON") and "endpointOutput" in reasons[1]
     assert "2 class probabilities" in reasons[2]
 
-    assert report.out_dir == config.workspace / "reports" / "monitor-20261124T230000Z"
+    assert report.out_dir == config.local.workspace / "reports" / "monitor-20261124T230000Z"
     for name, path in report.plots.items():
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         with Image.open(path) as image:
@@ -120,7 +120,7 @@ def test_parse_since_forms():
 
 
 def test_default_source_is_the_local_object_store_and_reports_never_overwrite(config):
-    _write_capture(config.workspace / "s3" / "scones-local" / "datacapture")
+    _write_capture(config.local.workspace / "s3" / "scones-local" / "datacapture")
     first = build_report(config, now=NOW)
     second = build_report(config, now=NOW)
     assert first.summary["source"] == \
@@ -141,8 +141,8 @@ def test_no_records_is_a_clear_error(config, tmp_path):
     only_bad.write_text("garbage\n")
     with pytest.raises(MonitoringError, match=r"1 malformed line\(s\), e.g. .*x.jsonl line 1"):
         build_report(config, source=str(only_bad.parent), now=NOW)
-    assert not (config.workspace / "reports").exists() or \
-        not list((config.workspace / "reports").iterdir())
+    assert not (config.local.workspace / "reports").exists() or \
+        not list((config.local.workspace / "reports").iterdir())
 
 
 def test_reads_s3_on_aws(tmp_path, monkeypatch):
@@ -163,7 +163,7 @@ def test_reads_s3_on_aws(tmp_path, monkeypatch):
             s3.put_object(Bucket="scones-bucket",
                           Key=f"datacapture/{path.relative_to(source).as_posix()}",
                           Body=path.read_bytes())
-        report = build_report(config, out_dir=tmp_path / "r", s3_client=s3, now=NOW)
+        report = build_report(config, out_dir=tmp_path / "r", now=NOW)
     assert (report.summary["records"], report.summary["malformed"]) == (5, 3)
     assert report.summary["malformed_lines"][0]["file"].startswith("s3://scones-bucket/")
 
@@ -171,8 +171,8 @@ def test_reads_s3_on_aws(tmp_path, monkeypatch):
 def test_cli_report(config, tmp_path):
     source = _write_capture(tmp_path / "capture")
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    base = [sys.executable, "-m", "pipelines.cli", "monitor", "report",
-            "--set", f"local.workspace={config.workspace}"]
+    base = [sys.executable, "-m", "scones.cli.main", "monitor", "report",
+            "--set", f"local.workspace={config.local.workspace}"]
     done = subprocess.run(base + ["--source", str(source), "--json"], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -190,16 +190,16 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
     """Approve -> deploy (state file) -> the local endpoint serves it and captures -> report."""
     import urllib.request
 
-    from pipelines.registry import open_registry
+    from conftest import register_model
     from workflow.deployment import deploy_model_package
     from workflow.endpoint import start_endpoint
 
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
-    registry = open_registry(config)
-    registry.register(local_model_data=small_model_tar, ModelApprovalStatus="Approved",
-                      InferenceSpecification={"Containers": [{
-                          "Image": "pytorch-inference",
-                          "ModelDataUrl": "s3://scones-local/models/1/model.tar.gz"}]})
+    register_model(config, small_model_tar, url="s3://scones-local/models/1/model.tar.gz",
+                   ModelApprovalStatus="Approved",
+                   InferenceSpecification={"Containers": [{
+                       "Image": "pytorch-inference",
+                       "ModelDataUrl": "s3://scones-local/models/1/model.tar.gz"}]})
     deploy_model_package(config, 1)
     images = sorted((sample_data_dir / "bicycle").glob("*.png"))[:4] + \
         sorted((sample_data_dir / "motorcycle").glob("*.png"))[:4]

@@ -7,11 +7,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipelines.config import load_config
-from pipelines.errors import SconesError
-from pipelines.pipeline import (ACCURACY_JSON_PATH, local_definition, pipeline_session,
-                                upsert_and_start)
-from pipelines.storage import LocalObjectStore
+from scones.config import load_config
+from scones.errors import SconesError
+from pipelines.executors import pipeline_executor
+from pipelines.pipeline import ACCURACY_JSON_PATH, pipeline_definition
+from scones.backend import backend_for
+from scones.storage import LocalObjectStore
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def local_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def definition(local_config):
-    return local_definition(local_config)
+    return pipeline_definition(local_config)
 
 
 def steps_by_name(definition):
@@ -91,7 +92,7 @@ def test_register_and_fail_branches(definition):
 
 
 def test_uploaded_code_is_in_the_workspace_object_store(definition, local_config):
-    store = LocalObjectStore(local_config.workspace / "s3")
+    store = LocalObjectStore(local_config.local.workspace / "s3")
     code_urls = [i["S3Input"]["S3Uri"] for s in definition["Steps"] if s["Type"] == "Processing"
                  for i in s["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"]
     train = steps_by_name(definition)["Train"]["Arguments"]["HyperParameters"]
@@ -105,14 +106,14 @@ def test_get_pipeline_definition_cli_writes_the_same_definition(tmp_path, local_
     out = tmp_path / "definition.json"
     kwargs = json.dumps({"pipeline_name": "scones-cli-test"})
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.get_pipeline_definition", "--env", "local",
+        [sys.executable, "-m", "scones.cli.get_pipeline_definition", "--env", "local",
          "--kwargs", kwargs, "-f", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "INFO" not in proc.stderr
     written = json.loads(out.read_text())
     assert [s["Name"] for s in written["Steps"]][0] == "Preprocess"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.get_pipeline_definition", "--env", "local",
+        [sys.executable, "-m", "scones.cli.get_pipeline_definition", "--env", "local",
          "--kwargs", "{not json"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --kwargs is not valid JSON")
 
@@ -129,14 +130,14 @@ def aws_config():
 def test_upsert_and_start_on_moto_is_idempotent(aws_config):
     boto_session = boto3.Session(region_name=aws_config.aws.region)
     boto_session.client("s3").create_bucket(Bucket=aws_config.aws.bucket)
-    session = pipeline_session(aws_config, boto_session)
-    first = upsert_and_start(aws_config, {"Epochs": 3}, sagemaker_session=session)
-    second = upsert_and_start(aws_config, sagemaker_session=session)
+    executor = pipeline_executor(backend_for(aws_config))
+    first = executor.run(parameters={"Epochs": 3})
+    second = executor.run()
     sm = boto_session.client("sagemaker")
     for result in (first, second):  # what we report is what SageMaker (here moto) says
-        assert result["status"] == sm.describe_pipeline_execution(
-            PipelineExecutionArn=result["execution_arn"])["PipelineExecutionStatus"]
-    assert first["execution_arn"] != second["execution_arn"]
+        assert result["Status"] == sm.describe_pipeline_execution(
+            PipelineExecutionArn=result["ExecutionArn"])["PipelineExecutionStatus"]
+    assert first["ExecutionArn"] != second["ExecutionArn"]
     pipelines = sm.list_pipelines()["PipelineSummaries"]
     assert [p["PipelineName"] for p in pipelines] == [aws_config.pipeline.name]
     stored = json.loads(sm.describe_pipeline(PipelineName=aws_config.pipeline.name)
@@ -145,19 +146,18 @@ def test_upsert_and_start_on_moto_is_idempotent(aws_config):
     executions = sm.list_pipeline_executions(PipelineName=aws_config.pipeline.name)
     assert len(executions["PipelineExecutionSummaries"]) == 2
     with pytest.raises(SconesError, match="unknown pipeline parameter.*Epoch.*known"):
-        upsert_and_start(aws_config, {"Epoch": 3}, sagemaker_session=session)
+        executor.run(parameters={"Epoch": 3})
 
 
 @mock_aws
 def test_object_store_reads_and_lists_s3_as_the_local_store_does(tmp_path):
-    from pipelines.storage import object_store
-
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="scones-b")
-    local = object_store(load_config("local", overrides={"local.workspace": str(tmp_path)}))
-    remote = object_store(load_config("aws", overrides={
+    local = backend_for(load_config("local", overrides={"local.workspace": str(tmp_path)})
+                        ).object_store()
+    remote = backend_for(load_config("aws", overrides={
         "aws.role_arn": "arn:aws:iam::1:role/r", "aws.bucket": "scones-b",
-        "data.input_url": "s3://scones-b/in"}), s3)
+        "data.input_url": "s3://scones-b/in"})).object_store()
     for key in ("in/a.png", "in/sub/b.png", "other/c.png"):
         s3.put_object(Bucket="scones-b", Key=key, Body=key.encode())
         local.write_bytes(f"s3://scones-b/{key}", key.encode())

@@ -8,10 +8,11 @@ import sqlite3
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.errors import RegistryError
-from pipelines.registry import LocalRegistry, SageMakerRegistry, open_registry
-from pipelines.storage import LocalObjectStore
+from scones.config import load_config
+from scones.errors import RegistryError
+from scones.backend import backend_for
+from scones.registry import LocalRegistry, SageMakerRegistry
+from scones.storage import LocalObjectStore
 
 BUCKET = "scones-local"
 EVALUATION = {"binary_classification_metrics": {"accuracy": {"value": 0.875,
@@ -42,10 +43,10 @@ def local_config(tmp_path):
 
 @pytest.fixture
 def local_registry(local_config):
-    store = LocalObjectStore(local_config.workspace / "s3")
+    store = LocalObjectStore(local_config.local.workspace / "s3")
     store.write_bytes(f"s3://{BUCKET}/run-1/model.tar.gz", b"not really a tarball")
     store.write_bytes(f"s3://{BUCKET}/run-1/evaluation.json", json.dumps(EVALUATION).encode())
-    return open_registry(local_config)
+    return backend_for(local_config).registry()
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def registry(request):
 
 
 def test_open_registry_picks_the_backend_from_the_environment(local_config):
-    assert isinstance(open_registry(local_config), LocalRegistry)
+    assert isinstance(backend_for(local_config).registry(), LocalRegistry)
 
 
 def test_register_then_describe_has_sagemakers_fields_and_the_accuracy(registry):
@@ -132,7 +133,7 @@ def test_unknown_version_names_it_and_the_group(registry):
 
 def test_local_registry_records_where_the_model_is_on_disk(local_registry, local_config):
     described = local_registry.register(**package_fields())
-    path = local_config.workspace / "s3" / BUCKET / "run-1" / "model.tar.gz"
+    path = local_config.local.workspace / "s3" / BUCKET / "run-1" / "model.tar.gz"
     assert described["LocalModelData"] == str(path)
     assert os.path.exists(described["LocalModelData"])
 
@@ -150,23 +151,23 @@ def test_local_registration_is_all_or_nothing(local_registry, local_config):
     bad_status = {**package_fields(), "ModelApprovalStatus": "Maybe"}
     with pytest.raises(RegistryError, match="Maybe"):
         local_registry.register(**bad_status)
-    with sqlite3.connect(local_config.workspace / "registry.sqlite") as db:
+    with sqlite3.connect(local_config.local.workspace / "registry.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM model_packages").fetchone() == (0,)
 
 
 def _register_many(workspace: str, count: int, queue) -> None:
     config = load_config("local", overrides={"local.workspace": workspace})
-    registry = LocalRegistry(config)
+    registry = backend_for(config).registry()
     queue.put([registry.register(**package_fields())["ModelPackageVersion"]
                for _ in range(count)])
 
 
 def test_concurrent_registrations_get_distinct_versions(local_config):
-    LocalRegistry(local_config)  # create the table before the race
+    backend_for(local_config).registry()  # create the table before the race
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     workers = [context.Process(target=_register_many,
-                               args=(str(local_config.workspace), 10, queue))
+                               args=(str(local_config.local.workspace), 10, queue))
                for _ in range(4)]
     for worker in workers:
         worker.start()
@@ -179,19 +180,19 @@ def test_concurrent_registrations_get_distinct_versions(local_config):
 
 def _approve_in_process(workspace: str, version: int, barrier, queue) -> None:
     config = load_config("local", overrides={"local.workspace": workspace})
-    registry = LocalRegistry(config)
+    registry = backend_for(config).registry()
     barrier.wait(timeout=30)
     package, changed = registry.approve(version, "approved concurrently")
     queue.put((package["ModelApprovalStatus"], changed))
 
 
 def test_concurrent_approvals_of_one_version_change_it_once(local_config):
-    registry = LocalRegistry(local_config)
+    registry = backend_for(local_config).registry()
     version = registry.register(**package_fields())["ModelPackageVersion"]
     context = multiprocessing.get_context("fork")
     queue, barrier = context.Queue(), context.Barrier(4)
     workers = [context.Process(target=_approve_in_process,
-                               args=(str(local_config.workspace), version, barrier, queue))
+                               args=(str(local_config.local.workspace), version, barrier, queue))
                for _ in range(4)]
     for worker in workers:
         worker.start()

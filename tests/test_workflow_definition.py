@@ -16,7 +16,7 @@ import pytest
 from lambdas import errors
 from lambdas.build import (LambdaBuildError, build_lambda_zips, code_sha256, handler_modules,
                            module_closure)
-from pipelines.config import load_config
+from scones.config import load_config
 from workflow import definition
 from workflow.definition import (CLASSIFY_STATE, ERROR_FAIL_STATE, FILTER_STATE,
                                  ROUTE_ERROR_STATE, SERIALIZE_STATE, THRESHOLD_FAIL_STATE,
@@ -51,7 +51,11 @@ def test_three_lambda_tasks_chained_by_function_name(asl, config):
         assert state.get("Next") == following and state.get("End", False) == (following is None)
     assert names == {"serialize_image_data": "scones-serialize-image-data",
                      "classify_image": "scones-classify-image",
-                     "filter_inferences": "scones-filter-inferences"}
+                     "filter_inferences": "scones-filter-inferences",
+                     "deploy_approved_model": "scones-deploy-approved-model"}
+    # one table for every function; the approval one is not a state of the workflow
+    assert [k for k, f in lambda_functions(config).items() if f.in_workflow] == list(
+        WORKFLOW_KEYS)
 
 
 def test_retries_transient_lambda_errors_everywhere_and_throttling_on_classify(asl):
@@ -204,7 +208,7 @@ def test_build_refuses_imports_the_lambda_runtime_lacks(tmp_path):
     (package / "uses_numpy.py").write_text(
         "from lambdas import helper\n\ndef lambda_handler(event, context):\n    return {}\n")
     (package / "uses_project.py").write_text(
-        "def lambda_handler(event, context):\n    from pipelines.config import load_config\n")
+        "def lambda_handler(event, context):\n    from scones.config import load_config\n")
     (package / "fine.py").write_text(
         "import json\nfrom .helper2 import x\n\ndef lambda_handler(event, context):\n    pass\n")
     (package / "helper2.py").write_text("import boto3\nx = 1\n")
@@ -212,7 +216,7 @@ def test_build_refuses_imports_the_lambda_runtime_lacks(tmp_path):
     assert module_closure("lambdas.fine", package) == ["lambdas.fine", "lambdas.helper2"]
     with pytest.raises(LambdaBuildError, match="lambdas.helper imports 'numpy'"):
         build_lambda_zips(tmp_path / "out", keys=["uses_numpy"], package_dir=package)
-    with pytest.raises(LambdaBuildError, match="'pipelines.config'"):
+    with pytest.raises(LambdaBuildError, match="'scones.config'"):
         build_lambda_zips(tmp_path / "out", keys=["uses_project"], package_dir=package)
     with pytest.raises(LambdaBuildError, match="no Lambda function 'nope'"):
         build_lambda_zips(tmp_path / "out", keys=["nope"], package_dir=package)
@@ -221,7 +225,7 @@ def test_build_refuses_imports_the_lambda_runtime_lacks(tmp_path):
 
 def _scones(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -231,9 +235,11 @@ def test_cli_prints_the_definition_and_builds_zips(asl, tmp_path):
     assert json.loads(result.stdout) == asl
     result = _scones("lambdas", "build", "--out", str(tmp_path / "zips"))
     assert result.returncode == 0, result.stderr
+    assert f"zips in {tmp_path / 'zips'}" in result.stdout
     for key in WORKFLOW_KEYS:
         path = tmp_path / "zips" / f"{key}.zip"
-        assert str(path) in result.stdout and str(path.stat().st_size) in result.stdout
+        row = next(line for line in result.stdout.splitlines() if line.startswith(key + " "))
+        assert str(path.stat().st_size) in row
     result = _scones("workflow", "deploy")
     assert result.returncode == 2
     assert "--env aws" in result.stderr and "scones workflow run" in result.stderr

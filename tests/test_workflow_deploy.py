@@ -11,8 +11,9 @@ import pytest
 from moto import mock_aws
 
 from lambdas.build import PACKAGE_DIR, build_lambda_zips, code_sha256
-from pipelines.config import load_config
-from pipelines.errors import SconesError
+from scones.backend import LAMBDA_RUNTIME
+from scones.config import load_config
+from scones.errors import SconesError
 from workflow.definition import lambda_functions, workflow_definition
 from workflow.deploy import deploy_workflow
 
@@ -61,7 +62,7 @@ def test_deploy_creates_then_redeploys_as_a_no_op(aws, zips):
     deployed = {f["FunctionName"]: f for f in all_functions(aws["lambda"])}
     for key, function in lambda_functions(config).items():
         current = deployed[function.name]
-        assert current["Runtime"] == "python3.11" and current["Handler"] == function.handler
+        assert current["Runtime"] == LAMBDA_RUNTIME and current["Handler"] == function.handler
         assert current["Role"] == aws["roles"]["scones-lambda"]
         assert current.get("Environment", {}).get("Variables", {}) == function.environment
         assert (current["Timeout"], current["MemorySize"]) == (function.timeout,
@@ -77,7 +78,7 @@ def test_deploy_creates_then_redeploys_as_a_no_op(aws, zips):
     assert {k: f["arn"] for k, f in second["functions"].items()} == \
         {k: f["arn"] for k, f in first["functions"].items()}
     assert second["state_machine"]["arn"] == first["state_machine"]["arn"]
-    assert len(all_functions(aws["lambda"])) == 3
+    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one
     assert len(aws["sfn"].list_state_machines()["stateMachines"]) == 1
 
 
@@ -142,7 +143,7 @@ def test_zips_without_a_table_entry_are_reported_not_deployed(aws, zips, tmp_pat
     result = deploy_workflow(make_config(aws), {**zips, "something_else": extra},
                              aws["lambda"], aws["sfn"])
     assert result["not_deployed"] == ["something_else"]
-    assert len(all_functions(aws["lambda"])) == 3
+    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one
 
 
 def test_aws_errors_become_scones_errors_naming_the_function(aws, zips, monkeypatch):
@@ -153,7 +154,7 @@ def test_aws_errors_become_scones_errors_naming_the_function(aws, zips, monkeypa
 
 
 def test_cli_deploy_in_env_aws_creates_then_reports_unchanged(aws, capsys):
-    from pipelines.cli import main
+    from scones.cli.main import main
 
     args = ["workflow", "deploy", "--env", "aws",
             "--set", "data.input_url=s3://scones-data/train",
@@ -164,11 +165,13 @@ def test_cli_deploy_in_env_aws_creates_then_reports_unchanged(aws, capsys):
     assert main(args + ["--json"]) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["state_machine"]["action"] == "created"
-    assert sorted(created["functions"]) == ["classify_image", "filter_inferences",
-                                            "serialize_image_data"]
+    # one deploy path for every function of the project, as the CloudFormation template has
+    assert sorted(created["functions"]) == ["classify_image", "deploy_approved_model",
+                                            "filter_inferences", "serialize_image_data"]
     assert main(args) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["name", "kind", "action", "changed", "arn"]
+    assert table[0].split() == ["name", "kind", "action", "changed"]
     rows = [line.split() for line in table[2:]]
-    assert len(rows) == 4 and all(row[-2] == "unchanged" for row in rows)
-    assert len(all_functions(aws["lambda"])) == 3
+    assert len(rows) == 5 and all(row[-1] == "unchanged" for row in rows)  # 4 functions + SM
+    assert max(len(line) for line in table) <= 100
+    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one

@@ -17,9 +17,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipelines.config import Config
-from pipelines.errors import SconesError
-from pipelines.sdk import stepfunctions_sdk
+from scones.config import Config
+from scones.errors import SconesError
+from scones.sdk import stepfunctions_sdk
+from workflow.deployment import deploy_lambda_environment
 
 # State names: the execution history and the local runner refer to these.
 SERIALIZE_STATE = "SerializeImageData"
@@ -85,6 +86,11 @@ LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
             "CONFIDENCE_THRESHOLD": repr(config.workflow.confidence_threshold),
             "CLASS_NAMES": ",".join(config.classes)},
         timeout=10, memory_size=128),
+    LambdaSpec(
+        "deploy_approved_model",
+        "Deploys model versions approved in the Model Registry to the endpoint, with data "
+        "capture", environment=deploy_lambda_environment, timeout=60, memory_size=128,
+        in_workflow=False),   # started by the approval EventBridge rule, not a state
 )
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from botocore.exceptions import ClientError, WaiterError
 
 from lambdas.build import code_sha256
-from pipelines.config import Config
-from pipelines.errors import SconesError
+from scones.backend import LAMBDA_RUNTIME
+from scones.config import Config
+from scones.errors import SconesError
 from workflow.definition import LambdaFunction, lambda_functions, workflow_definition_json
 
-LAMBDA_RUNTIME = "python3.11"
 
 
 class WorkflowDeployError(SconesError):

@@ -19,34 +19,15 @@ import json
 import re
 from pathlib import Path
 
-from pipelines.config import Config
-from workflow.definition import (LAMBDA_SPECS, LambdaFunction, LambdaSpec, lambda_functions,
-                                 workflow_definition_json)
-from workflow.deployment import deploy_lambda_environment
+from scones.backend import LAMBDA_RUNTIME, backend_for
+from scones.config import DATA_CAPTURE_PREFIX, Config
+from workflow.definition import lambda_functions, workflow_definition_json
 
 TEMPLATE_PATH = Path(__file__).with_name("cloudformation.json")
 DEPLOY_FUNCTION_KEY = "deploy_approved_model"
-LAMBDA_RUNTIME = "python3.11"
 LOG_RETENTION_DAYS = 30
-DATA_CAPTURE_PREFIX = "datacapture"
 ARN = "arn:${AWS::Partition}"
 REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
-
-# The approval Lambda as a row of the Lambda table. workflow/definition.py owns the table;
-# until the row is added there, it is appended here (not a state of the workflow).
-DEPLOY_APPROVED_MODEL_SPEC = LambdaSpec(
-    DEPLOY_FUNCTION_KEY,
-    "Deploys model versions approved in the Model Registry to the endpoint, with data capture",
-    environment=deploy_lambda_environment, timeout=60, memory_size=128, in_workflow=False)
-
-
-def project_functions(config: Config) -> dict[str, LambdaFunction]:
-    """Every Lambda of the project: the workflow's three and the approval one."""
-    specs = LAMBDA_SPECS
-    if all(spec.key != DEPLOY_FUNCTION_KEY for spec in specs):
-        specs = specs + (DEPLOY_APPROVED_MODEL_SPEC,)
-    return lambda_functions(config, specs)
-
 
 def _sub(text: str) -> dict:
     return {"Fn::Sub": text}
@@ -82,7 +63,7 @@ def _log_statement(log_group_ids: list[str]) -> dict:
 
 def cloudformation_template(config: Config) -> dict:
     """The whole stack as a CloudFormation template dict (JSON-ready)."""
-    functions = project_functions(config)
+    functions = lambda_functions(config)
     workflow_functions = [f for f in functions.values() if f.in_workflow]
     prefix = config.workflow.lambda_prefix
     endpoint = config.workflow.endpoint_name.lower()  # SageMaker ARNs are lower case
@@ -97,8 +78,9 @@ def cloudformation_template(config: Config) -> dict:
             "Description": "The project's S3 bucket: new images arrive under IncomingPrefix, "
                            f"data capture goes to {DATA_CAPTURE_PREFIX}/",
             "AllowedPattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-            **({"Default": config.aws.bucket} if not config.is_local and config.aws.bucket
-               else {})},
+            # A local config's bucket is no real bucket: no default then.
+            **backend_for(config).pick(
+                local={}, aws={"Default": config.aws.bucket} if config.aws.bucket else {})},
         "CodeBucket": {
             "Type": "String", "Default": "",
             "Description": "Bucket holding the Lambda zips (`scones lambdas build`); "

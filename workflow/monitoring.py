@@ -19,9 +19,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipelines.config import Config
-from pipelines.errors import SconesError
-from pipelines.storage import object_store
+from scones.config import Config
+from scones.errors import SconesError
+from scones.backend import backend_for
+from scones.workspace import Workspace
 
 QUANTILES = (5, 25, 50, 75, 95)
 MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
@@ -84,21 +85,19 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 def default_source(config: Config) -> str:
     """Where the endpoint captures to: the deployed endpoint's destination when known."""
-    from workflow.deployment import default_data_capture_uri, read_endpoint_state
+    from workflow.deployment import endpoint_status
 
-    destination = default_data_capture_uri(config)
-    if config.is_local:
-        state = read_endpoint_state(config) or {}
-        destination = (state.get("DataCaptureConfig") or {}).get("DestinationS3Uri") or destination
+    status = endpoint_status(config)
+    destination = ((status.get("DataCaptureConfig") or {}).get("DestinationS3Uri")
+                   or config.data_capture_uri)
     return f"{destination.rstrip('/')}/{config.workflow.endpoint_name}/"
 
 
-def iter_capture_files(config: Config, source: str, since: datetime | None = None,
-                       s3_client=None) -> Iterator[tuple[str, bytes]]:
+def iter_capture_files(config: Config, source: str, since: datetime | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, content) of each *.jsonl under a folder or s3:// prefix, in name order.
     Files in hour folders that end before `since` are skipped without reading them."""
     if source.startswith("s3://"):
-        store = object_store(config, s3_client)
+        store = backend_for(config).object_store()
         names = [u for u in store.list_urls(source) if u.endswith(".jsonl")]
         read = store.read_bytes
     else:
@@ -216,7 +215,7 @@ def summarise(records: list[CaptureRecord], malformed: list[Malformed], classes:
 
 
 def build_report(config: Config, source: str | None = None, since: str | datetime | None = None,
-                 out_dir: Path | str | None = None, s3_client=None,
+                 out_dir: Path | str | None = None,
                  now: datetime | None = None) -> Report:
     """Read capture records, summarise them, draw the plots and write report.md.
 
@@ -230,7 +229,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
     records: list[CaptureRecord] = []
     malformed: list[Malformed] = []
     files = 0
-    for name, content in iter_capture_files(config, source, since_time, s3_client):
+    for name, content in iter_capture_files(config, source, since_time):
         files += 1
         found, bad = parse_capture_lines(name, content, len(config.classes))
         records += found
@@ -267,7 +266,7 @@ def _report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Pa
                                   "--out so the earlier report is kept")
         out.mkdir(parents=True, exist_ok=True)
         return out
-    base = Path(config.workspace) / "reports" / f"monitor-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    base = Workspace(config.local.workspace).reports_dir / f"monitor-{now.strftime('%Y%m%dT%H%M%SZ')}"
     base.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 1000):
         candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
@@ -343,7 +342,7 @@ def format_summary(summary: dict) -> str:
 
 
 def _markdown(summary: dict, plots: dict[str, Path], endpoint: str, now: datetime) -> str:
-    from pipelines.cli_common import format_table
+    from scones.console import format_table
 
     q = summary["confidence_quantiles"]
     parts = [

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from unittest import mock
 
-from pipelines.errors import SconesError
+from scones.errors import SconesError
 
 TESTED_MOTO_VERSION = "5.2.5"
 

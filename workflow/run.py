@@ -7,24 +7,27 @@ and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions
 bounded number at a time.
 
 `run_executions` and `result_from_execution` speak only the Step Functions API, so the
-AWS path (workflow.cli_run) drives real executions with the same code.
+AWS path (scones.cli.workflow_run) drives real executions with the same code.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipelines.cli_common import progress_bar
-from pipelines.config import Config
-from pipelines.errors import SconesError
-from pipelines.storage import LocalObjectStore, object_store, split_s3_url
+from scones.backend import LAMBDA_RUNTIME, backend_for
+from scones.config import Config
+from scones.console import format_table, progress_bar
+from scones.errors import SconesError
+from scones.storage import split_s3_url
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
 MAX_EXECUTION_NAME = 80
@@ -32,6 +35,7 @@ MAX_EXECUTION_NAME = 80
 LOCAL_POLL_INTERVAL_S = 0.5
 # Beyond the state machine's own TimeoutSeconds (600): moto should have ended it by then.
 LOCAL_GIVE_UP_AFTER_S = 660.0
+AWS_POLL_INTERVAL_S = 1.0
 TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
 
 
@@ -56,8 +60,30 @@ class ImageResult:
     cause: str | None
     seconds: float | None
 
+    @property
+    def confidence(self) -> float | None:
+        return max(self.inferences) if self.inferences else None
+
+    @property
+    def verdict(self) -> str:
+        """met | below threshold | the error's name."""
+        if self.status == "SUCCEEDED":
+            return "met"
+        if self.meets_threshold is False:
+            return "below threshold"
+        return self.error or self.status
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"Image": self.image, "Status": self.status,
+                "PredictedLabel": self.predicted_label, "Confidence": self.confidence,
+                "Inferences": self.inferences, "MeetsThreshold": self.meets_threshold,
+                "Verdict": self.verdict, "Error": self.error, "Cause": self.cause,
+                "Seconds": self.seconds}
+
+    def line(self) -> str:
+        """One line for people: file, predicted label, confidence, verdict."""
+        confidence = f"{self.confidence:.3f}" if self.confidence is not None else "-"
+        return f"{self.image}  {self.predicted_label or '-'}  {confidence}  {self.verdict}"
 
     @property
     def failed_otherwise(self) -> bool:
@@ -99,7 +125,7 @@ def images_from_options(config: Config, image: str | None = None, images: str | 
     split_s3_url(url)  # a malformed URL is a StorageError naming it
     if s3:
         return [ImageSource(label=s3, s3_url=s3)]
-    urls = object_store(config).list_urls(prefix)
+    urls = backend_for(config).object_store().list_urls(prefix)
     if not urls:
         raise SconesError(f"--prefix {prefix}: no objects under it")
     return [ImageSource(label=u, s3_url=u) for u in urls]
@@ -110,7 +136,7 @@ def stage_images(config: Config, images: Sequence[ImageSource], s3_client, run_i
     """(bucket, key) of each image in the S3 the workflow reads: local files are put under
     s3://<aws.bucket>/workflow-input/<run>/; s3:// objects keep their bucket and key (read
     from the local object store and put into moto's S3 when read_s3_locally)."""
-    store = LocalObjectStore(config.workspace / "s3")
+    store = backend_for(config).object_store()
     made_buckets: set[str] = set()
 
     def ensure_bucket(bucket: str) -> None:
@@ -343,7 +369,7 @@ class LocalWorkflow:
         lambda_client = boto3.client("lambda", region_name=region)
         for function in functions:
             lambda_client.create_function(
-                FunctionName=function.name, Runtime="python3.11", Role=lambda_role,
+                FunctionName=function.name, Runtime=LAMBDA_RUNTIME, Role=lambda_role,
                 Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
                 Timeout=function.timeout, MemorySize=function.memory_size,
                 Environment={"Variables": function.environment})
@@ -373,3 +399,73 @@ def _create_role(iam, arn: str | None, service: str) -> str:
     name = (arn or f"scones-local-{service}").rpartition("/")[2]
     return iam.create_role(RoleName=name,
                            AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"]
+
+
+# --------------------------------------------------------------------------- AWS
+
+def run_workflow_on_aws(config: Config, images: list[ImageSource],
+                        concurrency: int | None = None, progress: bool = True
+                        ) -> list[ImageResult]:
+    """Executions of the deployed state machine, one per image (local files are uploaded
+    to s3://<aws.bucket>/workflow-input/<run>/ first)."""
+    from workflow.definition import aws_partition
+
+    backend = backend_for(config)
+    machine_arn = (f"arn:{aws_partition(config.aws.region)}:states:"
+                   f"{config.aws.region}:{backend.account_id}:stateMachine:"
+                   f"{config.workflow.state_machine_name}")
+    sfn = backend.client("stepfunctions")
+    try:
+        sfn.describe_state_machine(stateMachineArn=machine_arn)
+    except sfn.exceptions.StateMachineDoesNotExist:
+        raise SconesError(f"state machine {machine_arn} does not exist: deploy it with "
+                          "`scones workflow deploy --env aws`") from None
+    run_id = uuid.uuid4().hex[:12]
+    located = stage_images(config, images, backend.client("s3"), run_id, read_s3_locally=False)
+    return run_executions(sfn, machine_arn, [execution_input(b, k) for b, k in located],
+                          [i.label for i in images], config.classes,
+                          concurrency=concurrency or config.workflow.max_concurrency,
+                          poll_interval=AWS_POLL_INTERVAL_S, progress=progress, run_id=run_id)
+
+
+def summary(results: list[ImageResult]) -> str:
+    """Per predicted class, met / not met; failures by error name; the failed images."""
+    met = Counter(r.predicted_label for r in results if r.status == "SUCCEEDED")
+    not_met = Counter(r.predicted_label for r in results if r.meets_threshold is False)
+    failed = [r for r in results if r.failed_otherwise]
+    labels = sorted(set(met) | set(not_met), key=str)
+    lines = [f"{len(results)} image(s): {sum(met.values())} met the confidence threshold, "
+             f"{sum(not_met.values())} below it, {len(failed)} failed", ""]
+    if labels:
+        lines += [format_table(["predicted label", "met", "not met"],
+                               [[label, met[label], not_met[label]] for label in labels]), ""]
+    if failed:
+        errors = Counter(r.error or r.status for r in failed)
+        lines += [format_table(["error", "images"], sorted(errors.items())), ""]
+        lines += ["failed images:"]
+        lines += [f"  {r.image}: {r.error or r.status}: {r.cause or ''}" for r in failed]
+    return "\n".join(lines).rstrip()
+
+
+CSV_COLUMNS = ("Image", "PredictedLabel", "Confidence", "Verdict", "Error")
+
+
+def write_csv(results: Sequence[ImageResult], out) -> None:
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for result in results:
+        row = result.to_dict()
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+
+
+def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
+                 concurrency: int | None = None, progress: bool = True) -> list[ImageResult]:
+    """Classify images with the inference workflow of the config's backend: moto's engine
+    and the local endpoint, or the deployed state machine on AWS."""
+    backend = backend_for(config)
+    if model_version is not None and backend.pick(local=False, aws=True):
+        raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
+                          "endpoint serves the deployed version (`scones endpoint deploy`)")
+    engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
+    kwargs = backend.pick(local={"model_version": model_version}, aws={})
+    return engine(config, images, concurrency=concurrency, progress=progress, **kwargs)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipelines.errors import StorageError
+from scones.errors import StorageError
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -94,14 +94,3 @@ class S3ObjectStore:
         return sorted(f"s3://{bucket}/{o['Key']}" for page in pages
                       for o in page.get("Contents", []) if not o["Key"].endswith("/"))
 
-
-def object_store(config, s3_client=None) -> LocalObjectStore | S3ObjectStore:
-    """The object store behind s3:// URLs for this config: the workspace's folders
-    locally, S3 on AWS (`s3_client`, or one for the configured region)."""
-    if config.is_local:
-        return LocalObjectStore(config.workspace / "s3")
-    if s3_client is None:
-        import boto3
-
-        s3_client = boto3.client("s3", region_name=config.aws.region)
-    return S3ObjectStore(s3_client)

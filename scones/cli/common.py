@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from typing import Iterable, Sequence
 
 
 def configure_logging() -> None:
@@ -43,24 +41,3 @@ def command_group(subparsers, name: str, help: str):
         cache[name] = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND",
                                             required=True)
     return cache[name]
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    rows = [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def progress_bar(done: int, total: int, width: int = 30, label: str = "") -> None:
-    """A one-line progress bar on stderr (stdout stays clean for --json). On a terminal it
-    is redrawn in place; in a log file it is a new line at each tenth, not a line per item."""
-    filled = int(width * done / total) if total else width
-    line = f"{label}[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r{line}" + ("\n" if done >= total else ""))
-    elif done in (0, total) or (total and done * 10 // total != (done - 1) * 10 // total):
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()

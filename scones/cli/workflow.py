@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 
 from lambdas.build import LambdaBuildError, build_lambda_zips, code_sha256
-from pipelines.cli_common import command_group, common_options, format_table
-from pipelines.errors import SconesError
+from scones.backend import backend_for
+from scones.cli.common import command_group, common_options
+from scones.console import format_table
+from scones.errors import SconesError
 
 
 class LambdaPackagingError(SconesError):
@@ -32,11 +34,10 @@ def cmd_definition(args, config) -> int:
 
 
 def cmd_deploy(args, config) -> int:
-    if config.is_local:
-        raise SconesError("`scones workflow deploy` deploys the Lambdas and the state machine "
-                          "to AWS: add --env aws (with configs/aws.yaml filled in). To run the "
-                          "workflow on this machine, use `scones workflow run`.")
-    import boto3
+    backend = backend_for(config)
+    backend.require_aws("`scones workflow deploy` deploys the Lambdas and the state machine "
+                        "to AWS: add --env aws (with configs/aws.yaml filled in). To run the "
+                        "workflow on this machine, use `scones workflow run`.")
     from botocore.exceptions import BotoCoreError
 
     from workflow.definition import lambda_functions
@@ -46,20 +47,20 @@ def cmd_deploy(args, config) -> int:
     with tempfile.TemporaryDirectory(prefix="scones-lambdas-") as tmp:
         zips = _build(Path(tmp), keys=list(functions))
         try:
-            session = boto3.Session(region_name=config.aws.region)
-            result = deploy_workflow(config, zips, session.client("lambda"),
-                                     session.client("stepfunctions"))
+            result = deploy_workflow(config, zips, backend.client("lambda"),
+                                     backend.client("stepfunctions"))
         except BotoCoreError as exc:  # no credentials, no network: nothing was answered
             raise SconesError(f"cannot reach AWS in {config.aws.region}: {exc}") from None
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    rows = [(f["name"], "Lambda function", f["action"], ", ".join(f["changes"]), f["arn"])
+    # ARNs are in --json; the table fits 100 columns.
+    rows = [(f["name"], "function", f["action"], ", ".join(f["changes"]))
             for f in result["functions"].values()]
     machine = result["state_machine"]
-    rows.append((machine["name"], "state machine", machine["action"],
-                 ", ".join(machine["changes"]), machine["arn"]))
-    print(format_table(["name", "kind", "action", "changed", "arn"], rows))
+    rows.append((machine["name"], "state-machine", machine["action"],
+                 ", ".join(machine["changes"])))
+    print(format_table(["name", "kind", "action", "changed"], rows))
     return 0
 
 
@@ -68,8 +69,9 @@ def cmd_build(args, config) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise SconesError(f"--out {args.out}: exists and is not a folder")
     zips = _build(out_dir)
-    rows = [(key, path, path.stat().st_size, code_sha256(path)) for key, path in zips.items()]
-    print(format_table(["function", "zip", "bytes", "CodeSha256"], rows))
+    rows = [(key, path.stat().st_size, code_sha256(path)) for key, path in zips.items()]
+    print(format_table(["function", "bytes", "CodeSha256"], rows))
+    print(f"zips in {out_dir} (<function>.zip)")
     return 0
 
 

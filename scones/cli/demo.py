@@ -1,7 +1,7 @@
 """`scones demo`: see pipelines/demo.py."""
 from __future__ import annotations
 
-from pipelines.cli_common import common_options
+from scones.cli.common import common_options
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def demo_command(args, config) -> int:
-    from pipelines.demo import run_demo
+    from scones.demo import run_demo
 
     result = run_demo(config, sample_size=args.images)
     print(f"\nDemo finished in {result.seconds:.0f} s: model version {result.model_version}, "

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.template_cli import pipeline_from_args, run_template_cli, template_parser
+from scones.cli.template import pipeline_from_args, run_template_cli, template_parser
 
 
 def _parser():

@@ -12,17 +12,17 @@ import sys
 
 import yaml
 
-from pipelines.cli_common import configure_logging
-from pipelines.config import ConfigError, load_config
-from pipelines.errors import SconesError
+from scones.cli.common import configure_logging
+from scones.config import ConfigError, load_config
+from scones.errors import SconesError
 
 COMMAND_MODULES = (
-    "pipelines.cli_pipeline",   # scones pipeline definition|run|executions
-    "pipelines.cli_registry",   # scones registry list|show|approve|reject
-    "workflow.cli_workflow",    # scones workflow definition|deploy, scones lambdas build
-    "workflow.cli_run",         # scones workflow run, scones endpoint serve
-    "workflow.cli_ops",         # scones endpoint deploy|status, monitor report, infra template
-    "pipelines.cli_demo",       # scones demo
+    "scones.cli.pipeline",   # scones pipeline definition|run|executions
+    "scones.cli.registry",   # scones registry list|show|approve|reject
+    "scones.cli.workflow",    # scones workflow definition|deploy, scones lambdas build
+    "scones.cli.workflow_run",         # scones workflow run, scones endpoint serve
+    "scones.cli.ops",         # scones endpoint deploy|status, monitor report, infra template
+    "scones.cli.demo",       # scones demo
 )
 
 

@@ -15,3 +15,7 @@ class RegistryError(SconesError):
 
 class PipelineExecutionError(SconesError):
     """The local runner cannot run a definition (unsupported step type, bad reference)."""
+
+
+class ConfigError(SconesError):
+    """A configuration file or override is wrong; the message names the key and file."""

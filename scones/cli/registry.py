@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 
-from pipelines.cli_common import command_group, common_options, format_table
-from pipelines.registry import jsonable, open_registry
+from scones.cli.common import command_group, common_options
+from scones.console import format_table
+from scones.backend import backend_for
+from scones.registry import jsonable
 
 
 def register(subparsers) -> None:
@@ -44,7 +46,7 @@ def _accuracy(value) -> str:
 
 
 def list_command(args, config) -> int:
-    packages = open_registry(config).list_packages()
+    packages = backend_for(config).registry().list_packages()
     if args.json:
         print(json.dumps(jsonable(packages)))
         return 0
@@ -66,7 +68,7 @@ SHOWN_FIELDS = ("ModelPackageGroupName", "ModelPackageVersion", "ModelPackageArn
 
 
 def show_command(args, config) -> int:
-    package = open_registry(config).describe(args.version)
+    package = backend_for(config).registry().describe(args.version)
     if args.json:
         print(json.dumps(jsonable(package)))
         return 0
@@ -97,7 +99,7 @@ def approve_command(args, config) -> int:
 
 
 def reject_command(args, config) -> int:
-    package, changed = open_registry(config).reject(args.version, args.description)
+    package, changed = backend_for(config).registry().reject(args.version, args.description)
     state = "Rejected" if changed else "already Rejected; nothing changed"
     print(f"version {package['ModelPackageVersion']} of {package['ModelPackageGroupName']}: "
           f"{state}")

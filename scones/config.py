@@ -14,13 +14,15 @@ from typing import Any, Mapping
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = PROJECT_ROOT / "configs"
+from scones.errors import ConfigError
+
+_SOURCE_TREE = Path(__file__).resolve().parent.parent
+# In a source checkout the configs are the repository's configs/ folder; an installed wheel
+# carries the same files as package data, scones/configs/ (setup.py maps one onto the other).
+CONFIG_DIR = (_SOURCE_TREE / "configs" if (_SOURCE_TREE / "setup.py").is_file()
+              else Path(__file__).resolve().parent / "configs")
 ENVIRONMENTS = ("local", "aws")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the key and file."""
+DATA_CAPTURE_PREFIX = "datacapture"
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,10 @@ class Config:
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
-    def is_local(self) -> bool:
-        return self.env == "local"
-
-    @property
-    def workspace(self) -> Path:
-        return self.local.workspace
+    def data_capture_uri(self) -> str:
+        """Where endpoints capture requests unless a deployment says otherwise (SageMaker's
+        layout below it: <endpoint>/<variant>/<yyyy>/<mm>/<dd>/<hh>/<file>.jsonl)."""
+        return f"s3://{self.aws.bucket}/{DATA_CAPTURE_PREFIX}"
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with top-level sections swapped, e.g. cfg.replace(training=...)."""
@@ -140,7 +140,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         _set_dotted(merged, dotted, value)
         origin[dotted] = "--set"
-    root = config_dir.resolve().parent
+    root = project_root(config_dir)
     cfg = _build(Config, {"env": env, **merged}, origin, prefix="", root=root)
     input_url = cfg.data.input_url
     if input_url and "://" not in input_url:  # a local folder or archive: anchor it to the root
@@ -152,6 +152,14 @@ def load_config(
     )
     _check_semantics(cfg, origin, config_dir)
     return cfg
+
+
+def project_root(config_dir: Path) -> Path:
+    """What relative paths in the configuration are relative to: the source checkout that
+    holds config_dir (the folder with setup.py beside it), else - an installed package's own
+    configs - the current directory."""
+    parent = Path(config_dir).resolve().parent
+    return parent if (parent / "setup.py").is_file() else Path.cwd().resolve()
 
 
 def _merge(into: dict, doc: Mapping, origin: dict, source: str, prefix: str) -> None:

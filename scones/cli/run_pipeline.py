@@ -3,10 +3,13 @@ starts an execution and waits for it, printing each step's status. With --env lo
 the same definition on this machine with the local runner instead."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from pipelines.template_cli import (parse_json_arg, pipeline_from_args, run_template_cli,
-                                    template_parser)
+from pipelines.executors import pipeline_executor
+from scones.backend import backend_for
+from scones.cli.template import (parse_json_arg, pipeline_from_args, run_template_cli,
+                                 template_parser)
 
 
 def _parser():
@@ -23,25 +26,15 @@ def _parser():
 def _body(args) -> int:
     module, config = pipeline_from_args(args)
     tags = parse_json_arg("--tags", args.tags, None)
-    if config.is_local:
-        from pipelines.local_runner import run_pipeline_locally
-        from pipelines.pipeline import local_definition
-
-        result = run_pipeline_locally(local_definition(config, module.get_pipeline), config)
-        print(f"execution {result.execution_id}: {result.status}")
-        return 0 if result.status == "Succeeded" else 1
-    from pipelines.pipeline import print_step, upsert_and_start
-
     if args.role_arn:
-        import dataclasses
-
         config = config.replace(aws=dataclasses.replace(config.aws, role_arn=args.role_arn))
-    result = upsert_and_start(config, wait=not args.no_wait, description=args.description,
-                              tags=tags, on_step=print_step, factory=module.get_pipeline)
-    print(f"execution {result['execution_arn']}: {result['status']}")
-    if result.get("failure_reason"):
-        print(f"failure reason: {result['failure_reason']}")
-    return 0 if result["status"] in ("Succeeded", "Executing") else 1
+    result = pipeline_executor(backend_for(config)).run(
+        factory=module.get_pipeline, wait=not args.no_wait, description=args.description,
+        tags=tags)
+    print(f"execution {result['ExecutionArn']}: {result['Status']}")
+    if result.get("FailureReason"):
+        print(f"failure reason: {result['FailureReason']}")
+    return 0 if result["Status"] in ("Succeeded", "Executing") else 1
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.cli_common import command_group, common_options, format_table
+from scones.cli.common import command_group, common_options
+from scones.console import format_table
 
 
 def register(subparsers) -> None:
@@ -86,12 +87,12 @@ def _status(args, config) -> int:
     if args.json:
         print(json.dumps(status, default=str))
         return 0
-    if status["status"] == "NotDeployed":
+    if status["EndpointStatus"] == "NotDeployed":
         print(f"endpoint {status['EndpointName']}: not deployed "
               "(approve a version: `scones registry approve N`, or `scones endpoint deploy "
               "--version N`)")
         return 0
-    print(f"endpoint {status['EndpointName']}: {status['status']}, serving version "
+    print(f"endpoint {status['EndpointName']}: {status['EndpointStatus']}, serving version "
           f"{status['ModelPackageVersion']}")
     for key in ("ModelPackageArn", "EndpointConfigName", "LastModifiedTime", "LocalModelData"):
         if status.get(key):

@@ -1,6 +1,6 @@
 """The model registry: one interface, two backends that behave the same.
 
-`open_registry(config)` gives a LocalRegistry (SQLite at <workspace>/registry.sqlite) for the
+`backend_for(config).registry()` gives a LocalRegistry (SQLite in the workspace) for the
 embedded default and a SageMakerRegistry (the SageMaker Model Registry via boto3) on AWS.
 Both speak SageMaker's shapes: `register(**CreateModelPackage fields)`, `describe(version)`
 returns DescribeModelPackage's fields plus three conveniences (ModelDataUrl, Accuracy, and
@@ -13,33 +13,18 @@ import sqlite3
 import time
 from contextlib import closing
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from pipelines.config import Config
-from pipelines.errors import RegistryError, SconesError
-from pipelines.storage import LocalObjectStore, S3ObjectStore
+from scones.config import Config
+from scones.errors import RegistryError, SconesError
+from scones.storage import LocalObjectStore, S3ObjectStore
+from scones.workspace import Workspace
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 APPROVAL_STATUSES = (APPROVED, REJECTED, PENDING)
 # Where evaluate.py puts the test-split accuracy inside evaluation.json (the pipeline's
 # condition reads the same path).
 ACCURACY_PATH = ("binary_classification_metrics", "accuracy", "value")
-REGISTRY_FILE = "registry.sqlite"
-DEFAULT_ACCOUNT = "123456789012"
-
-
-def open_registry(config: Config, sagemaker_client=None, s3_client=None):
-    """LocalRegistry when config.is_local, else SageMakerRegistry on the configured group."""
-    if config.is_local:
-        return LocalRegistry(config)
-    return SageMakerRegistry(config, sagemaker_client=sagemaker_client, s3_client=s3_client)
-
-
-def account_of(arn: str | None) -> str:
-    """The account id inside an ARN (arn:aws:iam::<account>:role/x); a placeholder if none."""
-    parts = (arn or "").split(":")
-    return parts[4] if len(parts) > 4 and parts[4].isdigit() else DEFAULT_ACCOUNT
 
 
 def accuracy_from_evaluation(document: bytes | str) -> float | None:
@@ -86,14 +71,15 @@ class LocalRegistry:
     BEGIN IMMEDIATE serialises concurrent registrations, UNIQUE(group, version) makes a
     duplicate impossible even so, and each registration is one transaction (no half rows)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, workspace: Workspace, store: LocalObjectStore,
+                 account: str):
         self.config = config
         self.group = config.pipeline.model_package_group
         self.region = config.aws.region
-        self.account = account_of(config.aws.role_arn)
-        self.path = Path(config.workspace) / REGISTRY_FILE
-        self.store = LocalObjectStore(Path(config.workspace) / "s3")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.account = account
+        self.workspace = workspace
+        self.path = workspace.database_file
+        self.store = store
         with closing(self._connect()) as db:
             db.execute("""
                 CREATE TABLE IF NOT EXISTS model_packages (
@@ -111,16 +97,13 @@ class LocalRegistry:
                 )""")
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves, so the lock is taken up front.
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+        return self.workspace.connect()
 
     def _arn(self, group: str, version: int) -> str:
         return (f"arn:aws:sagemaker:{self.region}:{self.account}:model-package/"
                 f"{group.lower()}/{version}")
 
-    def register(self, *, local_model_data: str | Path | None = None, **fields: Any) -> dict:
+    def register(self, **fields: Any) -> dict:
         group = fields.setdefault("ModelPackageGroupName", self.group)
         status = fields.setdefault("ModelApprovalStatus", PENDING)
         if status not in APPROVAL_STATUSES:
@@ -129,8 +112,8 @@ class LocalRegistry:
         if not model_data_url(fields):
             raise RegistryError(f"registering into {group}: InferenceSpecification.Containers[0]"
                                 ".ModelDataUrl is missing")
-        if local_model_data is None:
-            local_model_data = self.store.path_for(model_data_url(fields))
+        # Stored relative to the workspace: a moved or copied workspace still finds it.
+        local_model_data = self.workspace.relative(self.store.path_for(model_data_url(fields)))
         body = json.dumps(fields, default=str)
         now = _now()
         for attempt in range(20):
@@ -145,7 +128,7 @@ class LocalRegistry:
                     "approval_status, approval_description, creation_time, last_modified_time, "
                     "local_model_data, fields) VALUES (?, ?, ?, 'Completed', ?, ?, ?, ?, ?, ?)",
                     (group, version, self._arn(group, version), status,
-                     fields.get("ApprovalDescription"), now, now, str(local_model_data), body))
+                     fields.get("ApprovalDescription"), now, now, local_model_data, body))
                 db.execute("COMMIT")
                 return self.describe(version, group=group)
             except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
@@ -189,7 +172,7 @@ class LocalRegistry:
             "LastModifiedTime": datetime.fromisoformat(row["last_modified_time"]),
         }
         package["ModelDataUrl"] = model_data_url(package)
-        package["LocalModelData"] = row["local_model_data"]
+        package["LocalModelData"] = str(self.workspace.resolve(row["local_model_data"]))
         package["Accuracy"] = self._accuracy(package)
         return package
 
@@ -249,21 +232,11 @@ class LocalRegistry:
 class SageMakerRegistry:
     """The SageMaker Model Registry, same interface, through boto3."""
 
-    def __init__(self, config: Config, sagemaker_client=None, s3_client=None):
-        import boto3
-
+    def __init__(self, config: Config, sagemaker_client, s3_client):
         self.config = config
         self.group = config.pipeline.model_package_group
-        self.client = sagemaker_client or boto3.client("sagemaker", region_name=config.aws.region)
-        self._s3 = s3_client
-
-    @property
-    def s3(self):
-        if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3", region_name=self.config.aws.region)
-        return self._s3
+        self.client = sagemaker_client
+        self.s3 = s3_client
 
     def _ensure_group(self, group: str) -> None:
         from botocore.exceptions import ClientError
@@ -278,7 +251,7 @@ class SageMakerRegistry:
                 ModelPackageGroupDescription=f"{self.config.project}: "
                                              f"{' vs '.join(self.config.classes)} classifier")
 
-    def register(self, *, local_model_data=None, **fields: Any) -> dict:
+    def register(self, **fields: Any) -> dict:
         group = fields.setdefault("ModelPackageGroupName", self.group)
         self._ensure_group(group)
         arn = self.client.create_model_package(**fields)["ModelPackageArn"]

@@ -17,10 +17,10 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
-from pipelines.config import Config
-from pipelines.errors import SconesError
+from scones.config import Config
+from scones.errors import SconesError
 from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
-from pipelines.storage import LocalObjectStore
+from scones.backend import LocalBackend, backend_for
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
 
@@ -45,7 +45,7 @@ def processing_output_file(config: Config, execution, step: str, output: str,
     """Where file `name` of a processing step's output `output` lies in the object store."""
     outputs = execution.properties[step]["ProcessingOutputConfig"]["Outputs"]
     url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output)
-    return LocalObjectStore(config.workspace / "s3").path_for(f"{url.rstrip('/')}/{name}")
+    return LocalBackend(config).object_store().path_for(f"{url.rstrip('/')}/{name}")
 
 
 def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
@@ -66,14 +66,12 @@ def write_test_split_images(config: Config, execution, out_dir: Path, count: int
 
 
 def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) -> DemoResult:
-    if not config.is_local:
-        raise SconesError("the demo runs on the embedded default (--env local)")
+    backend_for(config).require_local("the demo runs on the embedded default (--env local)")
     from pipelines.local_runner import run_pipeline_locally
-    from pipelines.pipeline import local_definition
-    from workflow.cli_run import summary
+    from pipelines.pipeline import pipeline_definition
     from workflow.deployment import approve_and_deploy
-    from workflow.local_run import ImageSource, run_workflow_locally
     from workflow.monitoring import build_report, format_summary
+    from workflow.run import ImageSource, run_workflow_locally, summary
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc)
@@ -83,7 +81,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
               file=out, flush=True)
 
     stage(1, "Model build: the SageMaker Pipeline definition, run locally")
-    execution = run_pipeline_locally(local_definition(config), config)
+    execution = run_pipeline_locally(pipeline_definition(config), config)
     if execution.status != "Succeeded":
         raise SconesError(f"pipeline execution {execution.execution_id} {execution.status}: "
                           f"{execution.failure_reason}")
@@ -101,7 +99,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
           f"{(deployment or {}).get('Action', 'deployed')}", file=out)
 
     stage(3, "Inference workflow on images the model has never seen")
-    image_dir = config.workspace / "demo" / execution.execution_id / "images"
+    image_dir = LocalBackend(config).workspace.demo_dir / execution.execution_id / "images"
     paths = write_test_split_images(config, execution, image_dir, sample_size)
     print(f"{len(paths)} images of the execution's test split -> {image_dir}", file=out)
     results = run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in paths])

@@ -8,9 +8,9 @@ import json
 import sys
 from typing import Callable
 
-from pipelines.cli_common import configure_logging
-from pipelines.config import ConfigError
-from pipelines.errors import SconesError
+from scones.cli.common import configure_logging
+from scones.config import ConfigError
+from scones.errors import SconesError
 
 
 def template_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -34,6 +34,17 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="sagemaker")
 
 
+def pipeline_session(config, boto_session=None):
+    """A PipelineSession on the configured region and bucket, with telemetry opted out."""
+    sagemaker_sdk()
+    import boto3
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    boto_session = boto_session or boto3.Session(region_name=config.aws.region)
+    return PipelineSession(boto_session=boto_session, default_bucket=config.aws.bucket,
+                           sagemaker_config=SAGEMAKER_CONFIG)
+
+
 def sagemaker_sdk():
     _quiet()
     import sagemaker

@@ -1,0 +1,143 @@
+"""Who runs a pipeline definition: the local runner on this machine, or SageMaker Pipelines.
+
+`pipeline_executor(backend)` hands out the one for the backend; both take the same
+definition (`pipeline_definition(config)`) and parameters and answer in the same shape:
+
+    {"ExecutionId", "ExecutionArn", "Status", "FailureReason", "ModelPackageVersion",
+     "Steps": [{"Name", "Type", "Status", "Seconds", "FailureReason"}]}
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+from scones.backend import Backend
+from scones.errors import SconesError
+
+StepCallback = Callable[[dict], None]
+
+
+class LocalPipelineExecutor:
+    """Runs the definition JSON step by step on this machine (pipelines.local_runner)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.config = backend.config
+
+    def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
+            wait: bool = True, progress: bool = True, **_aws_only: Any) -> dict:
+        from pipelines.local_runner import run_pipeline_locally
+        from pipelines.pipeline import pipeline_definition
+
+        if progress:
+            print("building the pipeline definition ...", file=sys.stderr, flush=True)
+        result = run_pipeline_locally(pipeline_definition(self.config, factory), self.config,
+                                      dict(parameters or {}), progress=progress)
+        return result.to_dict()
+
+    def executions(self, limit: int | None = None) -> list[dict]:
+        from pipelines.executions import ExecutionStore
+
+        return ExecutionStore(self.backend.workspace).list(limit)
+
+
+class SageMakerPipelineExecutor:
+    """Upserts the pipeline on SageMaker and starts (and optionally follows) an execution."""
+
+    poll_seconds = 30.0
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.config = backend.config
+
+    def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
+            wait: bool = False, progress: bool = True, description: str | None = None,
+            tags: list[dict] | None = None) -> dict:
+        """Create or update the pipeline and start an execution; with wait=True follow it
+        to its end, printing each step status change."""
+        from pipelines.pipeline import get_pipeline
+
+        with self.backend.pipeline_session() as session:
+            pipeline = (factory or get_pipeline)(self.config, session)
+        known = {p.name for p in pipeline.parameters}
+        unknown = sorted(set(parameters or {}) - known)
+        if unknown:
+            raise SconesError(f"unknown pipeline parameter(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        pipeline.upsert(role_arn=self.config.aws.role_arn, description=description, tags=tags)
+        execution = pipeline.start(parameters=dict(parameters or {}))
+        client = pipeline.sagemaker_session.sagemaker_client
+        arn = execution.arn
+        seen: dict[str, str] = {}
+        while True:
+            described = client.describe_pipeline_execution(PipelineExecutionArn=arn)
+            status = described["PipelineExecutionStatus"]
+            steps = _execution_steps(client, arn)
+            for step in steps:
+                if progress and seen.get(step["Name"]) != step["Status"]:
+                    _print_step(step)
+                seen[step["Name"]] = step["Status"]
+            if not wait or status not in ("Executing", "Stopping"):
+                return {"ExecutionId": arn.rpartition("/")[2], "ExecutionArn": arn,
+                        "Status": status, "Steps": steps,
+                        "FailureReason": described.get("FailureReason"),
+                        "ModelPackageVersion": _registered_version(steps)}
+            time.sleep(self.poll_seconds)
+
+    def executions(self, limit: int | None = None) -> list[dict]:
+        client = self.backend.client("sagemaker")
+        summaries = client.list_pipeline_executions(
+            PipelineName=self.config.pipeline.name, SortBy="CreationTime",
+            SortOrder="Descending", MaxResults=min(max(limit or 20, 1), 100)
+        )["PipelineExecutionSummaries"]
+        return [{"ExecutionId": s["PipelineExecutionArn"].rpartition("/")[2],
+                 "ExecutionArn": s["PipelineExecutionArn"],
+                 "Status": s["PipelineExecutionStatus"],
+                 "StartTime": s.get("StartTime"),
+                 "FailureReason": s.get("PipelineExecutionFailureReason"),
+                 "Steps": _execution_steps(client, s["PipelineExecutionArn"])}
+                for s in summaries]
+
+
+def pipeline_executor(backend: Backend):
+    """The executor of this backend: the local runner, or SageMaker Pipelines."""
+    return backend.pick(local=LocalPipelineExecutor, aws=SageMakerPipelineExecutor)(backend)
+
+
+def _registered_version(steps: list[dict]) -> int | None:
+    for step in steps:
+        if step.get("ModelPackageVersion") is not None:
+            return step["ModelPackageVersion"]
+    return None
+
+
+def _execution_steps(client, arn: str) -> list[dict]:
+    steps = []
+    try:
+        pages = client.get_paginator("list_pipeline_execution_steps").paginate(
+            PipelineExecutionArn=arn, SortOrder="Ascending")
+        for page in pages:
+            for step in page["PipelineExecutionSteps"]:
+                start, end = step.get("StartTime"), step.get("EndTime")
+                package_arn = (step.get("Metadata", {}).get("RegisterModel") or {}).get("Arn")
+                steps.append({
+                    "Name": step["StepName"], "Type": step.get("StepType"),
+                    "Status": step["StepStatus"],
+                    "Seconds": round((end - start).total_seconds(), 1) if start and end else None,
+                    "FailureReason": step.get("FailureReason"),
+                    "ModelPackageVersion": (int(package_arn.rpartition("/")[2])
+                                            if package_arn else None),
+                })
+    except client.exceptions.ClientError as exc:
+        # moto (the test double) does not implement this call; SageMaker does.
+        if exc.response["Error"]["Code"] not in ("NotImplemented", "InvalidAction"):
+            raise
+    except NotImplementedError:
+        pass
+    return steps
+
+
+def _print_step(step: dict) -> None:
+    seconds = f" ({step['Seconds']} s)" if step.get("Seconds") is not None else ""
+    print(f"  {step['Name']:<28} {step['Status']}{seconds}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""The command-line layer: `scones`, `run-pipeline`, `get-pipeline-definition`."""

@@ -1,0 +1,88 @@
+"""The local endpoint's state file, <workspace>/endpoints/<name>.json: the one reader and
+writer. The local SageMaker control plane writes it on every deployment; the local endpoint
+server reads it (and re-reads it whenever it changes) to know what to serve.
+
+LocalModelData (the model.tar.gz served) is stored relative to the workspace and handed to
+readers as an absolute path, so a moved workspace keeps serving.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from scones.config import Config
+from scones.errors import SconesError
+from scones.workspace import Workspace
+
+HISTORY_LIMIT = 50  # previous deployments kept in the state file, newest last
+
+
+class EndpointStateError(SconesError):
+    """The endpoint state file exists but cannot be used."""
+
+
+class EndpointStateFile:
+    def __init__(self, workspace: Workspace, endpoint_name: str):
+        self.workspace = workspace
+        self.endpoint_name = endpoint_name
+        self.path = workspace.endpoint_state_file(endpoint_name)
+
+    @classmethod
+    def of(cls, config: Config, endpoint_name: str | None = None) -> "EndpointStateFile":
+        return cls(Workspace(config.local.workspace),
+                   endpoint_name or config.workflow.endpoint_name)
+
+    def mtime_ns(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def read(self) -> dict | None:
+        """The state as a dict (LocalModelData absolute), None when nothing is deployed."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            state = json.loads(text)
+        except ValueError as exc:
+            raise EndpointStateError(
+                f"endpoint state file {self.path} is not valid JSON ({exc}); deploy again with "
+                "`scones endpoint deploy --version N` (it replaces the file)") from None
+        if not isinstance(state, dict) or not state.get("LocalModelData"):
+            raise EndpointStateError(
+                f"endpoint state file {self.path} has no LocalModelData (the model.tar.gz to "
+                "serve); deploy again with `scones endpoint deploy --version N`")
+        state["LocalModelData"] = str(self.workspace.resolve(state["LocalModelData"]))
+        return state
+
+    def write(self, state: dict) -> None:
+        """Atomically: the server never reads half a deployment."""
+        stored = dict(state)
+        stored["LocalModelData"] = self.workspace.relative(state["LocalModelData"])
+        stored["History"] = list(state.get("History", []))[-HISTORY_LIMIT:]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise read-modify-write across processes, so two concurrent deployments
+        cannot drop each other's History entry."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.endpoint_name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def model_tar(self) -> Path | None:
+        state = self.read()
+        return Path(state["LocalModelData"]) if state else None
