@@ -1,0 +1,1 @@
+"""scones-mlops: the delivery-vehicle classifier's model build, deployment and inference."""
