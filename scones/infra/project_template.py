@@ -48,6 +48,9 @@ REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
 PROJECT = "${SageMakerProjectName}"
 PIPELINE_NAME = "${SageMakerProjectName}-${SageMakerProjectId}"  # as the templates' buildspec
 PIPELINE_ARN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{PIPELINE_NAME}"
+# Where the model build publishes the code it built from, for the staging test. Not
+# SourceObjectKey: writing there would start the model build again, forever.
+TEST_SOURCE_KEY = "deploy/model-build-source.zip"
 # Placeholder the workflow ASL is generated with, then replaced by the project's name.
 _FUNCTION_PREFIX_SENTINEL = "scones-function-prefix-sentinel"
 
@@ -381,7 +384,7 @@ def _model_build(resources: dict) -> None:
         "SAGEMAKER_PIPELINE_ROLE_ARN": _arn("SageMakerExecutionRole"),
         "ARTIFACT_BUCKET": _ref("ArtifactBucket"),
         "INPUT_DATA_URL": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}"),
-        "TEST_SOURCE_KEY": _ref("SourceObjectKey"),
+        "TEST_SOURCE_KEY": TEST_SOURCE_KEY,
     }
     resources["ModelBuildProject"] = {
         "Type": "AWS::CodeBuild::Project",
@@ -471,7 +474,7 @@ def _model_build(resources: dict) -> None:
         "Type": "AWS::Events::Rule", "Condition": "UseS3Source",
         "Properties": {
             "Description": "A new source zip in the artifact bucket -> model build",
-            "State": "ENABLED",
+            "State": "ENABLED", "Tags": _project_tags(),
             "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"],
                              "detail": {"bucket": {"name": [_ref("ArtifactBucket")]},
                                         "object": {"key": [_ref("SourceObjectKey")]}}},
@@ -513,6 +516,7 @@ def _retraining(resources: dict) -> None:
             "Description": "New labelled data under TrainingDataPrefix -> retrain "
                            "(RetrainOnNewData)",
             "State": _if("RetrainOnNewDataEnabled", "ENABLED", "DISABLED"),
+            "Tags": _project_tags(),
             "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"],
                              "detail": {"bucket": {"name": [_ref("ArtifactBucket")]},
                                         "object": {"key": key_pattern}}},
@@ -636,10 +640,10 @@ def _model_deploy(resources: dict) -> None:
             "Name": _sub("${SageMakerProjectName}-staging-test"),
             "Description": "The deploy state machine's test stage: StagingTestCommand "
                            "against the staging endpoint, in the code the model was built "
-                           "from (the model build publishes it to SourceObjectKey)",
+                           f"from (the model build publishes it to {TEST_SOURCE_KEY})",
             "ServiceRole": _arn("StagingTestRole"),
             "Artifacts": {"Type": "NO_ARTIFACTS"},
-            "Source": {"Type": "S3", "Location": _sub("${ArtifactBucket}/${SourceObjectKey}"),
+            "Source": {"Type": "S3", "Location": _sub(f"${{ArtifactBucket}}/{TEST_SOURCE_KEY}"),
                        "BuildSpec": _sub(
                            "version: 0.2\nphases:\n  install:\n    runtime-versions:\n"
                            "      python: 3.11\n    commands:\n"
@@ -728,7 +732,7 @@ def _model_deploy(resources: dict) -> None:
         "Properties": {
             "Description": "An approved version of this project's model package group -> "
                            "staging, test, approval, prod",
-            "State": "ENABLED",
+            "State": "ENABLED", "Tags": _project_tags(),
             "EventPattern": {
                 "source": ["aws.sagemaker"],
                 "detail-type": ["SageMaker Model Package State Change"],
@@ -846,7 +850,7 @@ def _inference_workflow(resources: dict, config: Config) -> None:
         "Type": "AWS::Events::Rule", "Condition": "DeployWorkflow",
         "Properties": {
             "Description": "A new object under IncomingPrefix -> classify it",
-            "State": "ENABLED",
+            "State": "ENABLED", "Tags": _project_tags(),
             "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"],
                              "detail": {"bucket": {"name": [_ref("ArtifactBucket")]},
                                         "object": {"key": [{"prefix": _ref("IncomingPrefix")}]}}},
