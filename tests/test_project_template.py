@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import zipfile
@@ -412,3 +411,91 @@ def test_package_builds_the_zips_the_template_references_and_uploads_them(config
     with pytest.raises(PackagingError, match="no bucket"):
         package(no_bucket, tmp_path / "none")
     assert not (tmp_path / "none").exists()  # refused before anything was written
+
+
+def _operation(resource: str):
+    """(botocore service, operation model) for a Task's Resource ARN."""
+    import botocore.session
+
+    integration = resource.removeprefix("arn:aws:states:::").removeprefix("aws-sdk:")
+    service, _, action = integration.partition(":")
+    action = action.split(".")[0]  # .sync, .waitForTaskToken
+    service = {"applicationautoscaling": "application-autoscaling"}.get(service, service)
+    model = botocore.session.get_session().get_service_model(service)
+    return service, model.operation_model(action[0].upper() + action[1:])
+
+
+def _check_against_shape(value, shape, where: str, problems: list) -> None:
+    """Keys and literal types of a Task's Parameters against the API's input shape."""
+    if isinstance(value, dict) and set(value) & {"Ref", "Fn::Sub", "Fn::GetAtt"}:
+        value = "<resolved by CloudFormation>"   # a string once the stack resolves it
+    if shape.type_name == "structure":
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object for {shape.name}")
+            return
+        # Step Functions spells every API's members in PascalCase (CodeBuild's projectName
+        # is ProjectName in a Task)
+        members = {m[0].upper() + m[1:]: s for m, s in shape.members.items()}
+        given = {k.removesuffix(".$") for k in value}
+        for required in shape.required_members:
+            if required[0].upper() + required[1:] not in given:
+                problems.append(f"{where}: missing required {required}")
+        for key, member in value.items():
+            name = key.removesuffix(".$")
+            if name not in members:
+                problems.append(f"{where}: {shape.name} has no member {name}")
+            elif not key.endswith(".$"):   # a path or intrinsic is typed at run time
+                _check_against_shape(member, members[name], f"{where}.{name}", problems)
+    elif shape.type_name == "list":
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list")
+            return
+        for i, item in enumerate(value):
+            _check_against_shape(item, shape.member, f"{where}[{i}]", problems)
+    else:
+        python = {"string": str, "integer": int, "long": int, "boolean": bool,
+                  "double": (int, float), "float": (int, float)}.get(shape.type_name)
+        if python and not isinstance(value, python):
+            problems.append(f"{where}: {value!r} is not a {shape.type_name}")
+        enum = getattr(shape, "enum", None)
+        if enum and isinstance(value, str) and "<" not in value \
+                and value not in enum:
+            problems.append(f"{where}: {value!r} is not one of {enum}")
+
+
+@pytest.mark.parametrize("conditions", [DEFAULTS, ALL_CONDITIONS_ON])
+def test_deploy_tasks_call_the_apis_as_botocore_models_them(template, conditions):
+    definition = resolve_conditions(template, conditions)["Resources"][
+        "DeployStateMachine"]["Properties"]["Definition"]
+    problems, called = [], set()
+    for name, state in definition["States"].items():
+        if state["Type"] != "Task":
+            continue
+        service, operation = _operation(state["Resource"])
+        called.add(f"{service}:{operation.name}")
+        parameters = dict(state["Parameters"])
+        if operation.name == "Publish":   # Step Functions serializes an object Message
+            parameters["Message"] = json.dumps(parameters["Message"])
+        _check_against_shape(_drop_novalue(parameters), operation.input_shape, name,
+                             problems)
+    assert problems == []
+    assert {"sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint",
+            "sagemaker:CreateEndpointConfig", "sagemaker:CreateModel",
+            "codebuild:StartBuild", "sns:Publish",
+            "application-autoscaling:RegisterScalableTarget"} <= called
+    # and the checker catches a misspelt member
+    broken = copy.deepcopy(definition["States"]["ProdUpdateEndpoint"]["Parameters"])
+    broken["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TerminationWaitSeconds"] = 600
+    found: list = []
+    _check_against_shape(broken, _operation("aws-sdk:sagemaker:updateEndpoint")[1]
+                         .input_shape, "ProdUpdateEndpoint", found)
+    assert any("no member TerminationWaitSeconds" in p for p in found), found
+
+
+def _drop_novalue(node):
+    """What CloudFormation hands Step Functions: AWS::NoValue removes the key."""
+    if isinstance(node, dict):
+        return {k: _drop_novalue(v) for k, v in node.items() if v != {"Ref": "AWS::NoValue"}}
+    if isinstance(node, list):
+        return [_drop_novalue(v) for v in node if v != {"Ref": "AWS::NoValue"}]
+    return node
