@@ -5,6 +5,8 @@ not asserted here."""
 from __future__ import annotations
 
 import copy
+import time
+import uuid
 import dataclasses
 import json
 import os
@@ -12,6 +14,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from unittest import mock
 from pathlib import Path
 
 import boto3
@@ -499,3 +502,235 @@ def _drop_novalue(node):
     if isinstance(node, list):
         return [_drop_novalue(v) for v in node if v != {"Ref": "AWS::NoValue"}]
     return node
+
+
+# --- the deploy state machine, executed by moto's ASL interpreter --------------------------
+# What moto lacks is stubbed, and only that: UpdateEndpoint (a response method deciding
+# whether the blue/green update completes or the alarms roll it back), CodeBuild's .sync
+# integration (the staging test becomes a Pass or a Fail state) and the
+# "applicationautoscaling" aws-sdk service name (botocore's is "application-autoscaling").
+# Waits are made 0 s long. Everything else (DescribeModelPackage, CreateModel from the
+# package, CreateEndpointConfig with capture, CreateEndpoint, DescribeEndpoint, autoscaling,
+# the SNS task-token approval and SendTaskSuccess) is moto's own behaviour.
+ACCOUNT, REGION = "123456789012", "us-east-1"
+STACK = {"SageMakerProjectName": "bikes", "SageMakerProjectId": "p-abc123",
+         "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws",
+         "ArtifactBucket": "sagemaker-project-p-abc123", "KmsKeyArn": "",
+         "StagingTestProject": "bikes-staging-test",
+         "NotificationTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:bikes-deployments",
+         "SageMakerExecutionRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/sm"}
+_NO_VALUE = object()
+
+
+def _resolve(node, template, conditions):
+    """CloudFormation's intrinsics, for the values in STACK and the parameters' defaults."""
+    def value(name):
+        if name == "AWS::NoValue":
+            return _NO_VALUE
+        if name in STACK:
+            return STACK[name]
+        return str(template["Parameters"][name]["Default"])
+
+    if isinstance(node, dict):
+        if set(node) == {"Fn::If"}:
+            name, then, otherwise = node["Fn::If"]
+            return _resolve(then if conditions[name] else otherwise, template, conditions)
+        if set(node) == {"Ref"}:
+            return value(node["Ref"])
+        if set(node) == {"Fn::GetAtt"}:
+            return STACK[".".join(node["Fn::GetAtt"])]
+        if set(node) == {"Fn::Sub"}:
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(value(m.group(1))), node["Fn::Sub"])
+        resolved = {k: _resolve(v, template, conditions) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+    if isinstance(node, list):
+        return [v for v in (_resolve(v, template, conditions) for v in node)
+                if v is not _NO_VALUE]
+    return node
+
+
+class _Deployer:
+    """The deploy state machine in moto, with a topic whose messages land in a queue."""
+
+    def __init__(self, template, staging_test_passes: bool = True):
+        from moto.sagemaker.responses import SageMakerResponse
+
+        definition = _resolve(
+            template["Resources"]["DeployStateMachine"]["Properties"]["Definition"],
+            template, {"HasKmsKey": False, "StagingCanary": False, "ProdCanary": True})
+        for state in definition["States"].values():
+            if state["Type"] == "Wait":
+                state["Seconds"] = 0
+            if "aws-sdk:applicationautoscaling:" in state.get("Resource", ""):
+                state["Resource"] = state["Resource"].replace("applicationautoscaling",
+                                                              "application-autoscaling")
+        definition["States"]["StagingTest"] = (
+            {"Type": "Pass", "Next": "ManualApproval"} if staging_test_passes else
+            {"Type": "Fail", "Error": "StagingTestFailed", "Cause": "accuracy below limit"})
+        self.definition = definition
+        self.rollback_next_update = False
+        self.updates: list[dict] = []
+        deployer = self
+
+        def update_endpoint(response):  # what moto lacks; SageMaker's semantics, simplified
+            from moto.sagemaker.models import sagemaker_backends
+
+            backend = sagemaker_backends[ACCOUNT][REGION]
+            endpoint = backend.endpoints[response._get_param("EndpointName")]
+            deployer.updates.append({"EndpointName": endpoint.endpoint_name,
+                                     "EndpointConfigName":
+                                         response._get_param("EndpointConfigName"),
+                                     "DeploymentConfig":
+                                         response._get_param("DeploymentConfig")})
+            if deployer.rollback_next_update:   # an alarm fired during the canary
+                deployer.rollback_next_update = False
+                endpoint.failure_reason = "Rolled back: alarm bikes-prod-invocation-5xx"
+            else:
+                endpoint.endpoint_config_name = response._get_param("EndpointConfigName")
+            from moto.core.responses import ActionResult
+
+            return ActionResult({"EndpointArn": endpoint.arn})
+
+        self._patch = mock.patch.object(SageMakerResponse, "update_endpoint",
+                                        update_endpoint, create=True)
+
+    def __enter__(self):
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+        self._mock.start()
+        self._patch.start()
+        self.sagemaker = boto3.client("sagemaker", region_name=REGION)
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        sns = boto3.client("sns", region_name=REGION)
+        topic = sns.create_topic(Name="bikes-deployments")["TopicArn"]
+        self.queue = self.sqs.create_queue(QueueName="approvals")["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn,
+                      Attributes={"RawMessageDelivery": "true"})
+        self.definition["States"]["ManualApproval"]["Parameters"]["TopicArn"] = topic
+        self.sagemaker.create_model_package_group(ModelPackageGroupName="bikes-p-abc123")
+        self.machine = self.sfn.create_state_machine(
+            name="bikes-deploy", definition=json.dumps(self.definition),
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/deploy")["stateMachineArn"]
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.stop()
+        self._mock.stop()
+
+    def approved_version(self) -> str:
+        return self.sagemaker.create_model_package(
+            ModelPackageGroupName="bikes-p-abc123", ModelApprovalStatus="Approved",
+            InferenceSpecification={
+                "Containers": [{"Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/torch:2",
+                                "ModelDataUrl": "s3://sagemaker-project-p-abc123/m.tar.gz"}],
+                "SupportedContentTypes": ["image/png"],
+                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+
+    def start(self, package_arn: str) -> str:
+        event = {"source": "aws.sagemaker",
+                 "detail-type": "SageMaker Model Package State Change",
+                 "detail": {"ModelPackageArn": package_arn,
+                            "ModelPackageGroupName": "bikes-p-abc123",
+                            "ModelApprovalStatus": "Approved"}}
+        return self.sfn.start_execution(stateMachineArn=self.machine, name=uuid.uuid4().hex,
+                                        input=json.dumps(event))["executionArn"]
+
+    def settle(self, execution: str, timeout: float = 60, to_end: bool = False) -> dict:
+        """Wait until the execution ends or (unless to_end) waits for the approval; its
+        description and the states it entered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            described = self.sfn.describe_execution(executionArn=execution)
+            history = self.sfn.get_execution_history(executionArn=execution)["events"]
+            entered = [e["stateEnteredEventDetails"]["name"] for e in history
+                       if "stateEnteredEventDetails" in e]
+            if described["status"] != "RUNNING" or not to_end and entered[-1:] == [
+                    "ManualApproval"] and any(e["type"] == "TaskSubmitted" for e in history[-3:]):
+                return {**described, "entered": entered}
+            assert time.monotonic() < deadline, entered
+            time.sleep(0.05)
+
+    def approval_token(self) -> dict:
+        messages = self.sqs.receive_message(QueueUrl=self.queue, WaitTimeSeconds=0,
+                                            MaxNumberOfMessages=10).get("Messages", [])
+        assert len(messages) == 1, messages
+        return json.loads(messages[0]["Body"])
+
+    def serving(self, stage: str) -> str:
+        return self.sagemaker.describe_endpoint(EndpointName=f"bikes-{stage}")[
+            "EndpointConfigName"]
+
+
+def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
+    with _Deployer(template) as aws:
+        v1 = aws.approved_version()
+        first = aws.settle(aws.start(v1))
+        assert first["status"] == "RUNNING" and first["entered"][-1] == "ManualApproval"
+        assert "StagingCreateEndpoint" in first["entered"]   # the first deployment creates
+        assert aws.serving("staging") == "bikes-staging-v1"
+        staging = aws.sagemaker.describe_endpoint_config(EndpointConfigName="bikes-staging-v1")
+        assert staging["DataCaptureConfig"]["DestinationS3Uri"] == \
+            "s3://sagemaker-project-p-abc123/datacapture/staging"
+        model = aws.sagemaker.describe_model(ModelName="bikes-staging-v1")
+        assert model["PrimaryContainer"]["ModelPackageName"] == v1
+        scaling = boto3.client("application-autoscaling", region_name=REGION)
+        targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+            "ScalableTargets"]
+        assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-staging/variant/AllTraffic"]
+
+        # a duplicate event while the first waits for approval: a no-op
+        duplicate = aws.settle(aws.start(v1), to_end=True)
+        assert duplicate["status"] == "SUCCEEDED"
+        assert duplicate["entered"][-1] == "StagingAlreadyServing"
+
+        message = aws.approval_token()
+        assert message["modelPackageArn"] == v1
+        with pytest.raises(aws.sfn.exceptions.ClientError, match="NotInProd|Could not find"):
+            aws.serving("prod")
+        aws.sfn.send_task_success(taskToken=message["taskToken"], output="{}")
+        done = aws.settle(first["executionArn"], to_end=True)
+        assert done["status"] == "SUCCEEDED", done
+        assert done["entered"][-1] == "DeployedToProd"
+        assert aws.serving("prod") == "bikes-prod-v1"
+
+        # v2: staging is updated blue/green (linear); prod's canary trips an alarm
+        v2 = aws.approved_version()
+        second = aws.settle(aws.start(v2))
+        assert "StagingUpdateEndpoint" in second["entered"]
+        assert aws.serving("staging") == "bikes-staging-v2"
+        staging_update = aws.updates[-1]
+        assert staging_update["DeploymentConfig"]["BlueGreenUpdatePolicy"][
+            "TrafficRoutingConfiguration"]["Type"] == "LINEAR"
+        aws.rollback_next_update = True
+        aws.sfn.send_task_success(taskToken=aws.approval_token()["taskToken"], output="{}")
+        rolled_back = aws.settle(second["executionArn"], to_end=True)
+        assert rolled_back["status"] == "FAILED" and rolled_back["error"] == \
+            "DeploymentRolledBack"
+        prod_update = aws.updates[-1]
+        assert prod_update["EndpointName"] == "bikes-prod"
+        policy = prod_update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+        assert policy["TrafficRoutingConfiguration"] == {
+            "Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+            "WaitIntervalInSeconds": 600}
+        assert prod_update["DeploymentConfig"]["AutoRollbackConfiguration"] == {"Alarms": [
+            {"AlarmName": "bikes-prod-invocation-5xx"},
+            {"AlarmName": "bikes-prod-model-latency"}]}
+        assert aws.serving("prod") == "bikes-prod-v1"   # still the version that worked
+
+
+def test_deploy_state_machine_stops_at_a_failed_staging_test_or_a_refusal(template):
+    with _Deployer(template, staging_test_passes=False) as aws:
+        failed = aws.settle(aws.start(aws.approved_version()), to_end=True)
+        assert failed["status"] == "FAILED" and failed["error"] == "StagingTestFailed"
+        with pytest.raises(aws.sfn.exceptions.ClientError):
+            aws.serving("prod")
+    with _Deployer(template) as aws:
+        waiting = aws.settle(aws.start(aws.approved_version()))
+        aws.sfn.send_task_failure(taskToken=aws.approval_token()["taskToken"],
+                                  error="Rejected", cause="worse on night photos")
+        refused = aws.settle(waiting["executionArn"], to_end=True)
+        assert refused["status"] == "FAILED" and refused["error"] == "PromotionRefused"
+        with pytest.raises(aws.sfn.exceptions.ClientError):
+            aws.serving("prod")
