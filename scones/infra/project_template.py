@@ -372,6 +372,8 @@ def _model_build(resources: dict) -> None:
             _statement("UpsertAndStartPipeline", [
                 "sagemaker:AddTags", "sagemaker:CreatePipeline", "sagemaker:DescribePipeline",
                 "sagemaker:DescribePipelineExecution", "sagemaker:ListPipelineExecutionSteps",
+                # Pipeline.upsert merges the pipeline's existing tags with ours
+                "sagemaker:ListTags",
                 "sagemaker:StartPipelineExecution", "sagemaker:UpdatePipeline"], [
                 _sub(PIPELINE_ARN), _sub(f"{PIPELINE_ARN}/execution/*")]),
             _statement("PassPipelineRole", ["iam:PassRole"], _arn("SageMakerExecutionRole"),
@@ -530,9 +532,13 @@ def _retraining(resources: dict) -> None:
 def _notifications(resources: dict) -> None:
     resources["NotificationTopic"] = {
         "Type": "AWS::SNS::Topic",
+        "Metadata": _checkov_skips(
+            ("CKV_AWS_26", "encrypted with KmsKeyArn when one is given (its key policy must "
+                           "let cloudwatch.amazonaws.com use it); not with the AWS-managed "
+                           "SNS key, whose policy CloudWatch alarms cannot use, so their "
+                           "notifications would be dropped")),
         "Properties": {"DisplayName": _sub("${SageMakerProjectName} deployments"),
-                       "KmsMasterKeyId": _if("HasKmsKey", _ref("KmsKeyArn"),
-                                             "alias/aws/sns"),
+                       "KmsMasterKeyId": _if("HasKmsKey", _ref("KmsKeyArn")),
                        "Tags": _project_tags()}}
     resources["NotificationEmailSubscription"] = {
         "Type": "AWS::SNS::Subscription", "Condition": "HasNotificationEmail",
