@@ -160,6 +160,8 @@ def _parameters(config: Config) -> dict:
         "SageMakerProjectName": {
             "Type": "String", "MinLength": 1, "MaxLength": 32,
             "AllowedPattern": "^[a-z](-*[a-z0-9])*$",
+            "ConstraintDescription": "lower-case letters, digits and single hyphens, "
+                                     "starting with a letter (SageMaker ARNs are lower case)",
             "Description": "Name of the project (lower case: SageMaker ARNs are lower case "
                            "and the roles name resources by it)"},
         "SageMakerProjectId": {"Type": "String", "MinLength": 1, "MaxLength": 16,
@@ -898,6 +900,10 @@ def project_template(config: Config) -> dict:
                 "resources: the model each stage serves changes with every approval, long "
                 "after the stack was created. Consequence: deleting the stack does not "
                 "delete the endpoints; run the EndpointCleanup output first."),
+            "Provisioning": (
+                "The stack creates IAM roles (CAPABILITY_IAM). As a Service Catalog product "
+                "for Studio, give it a launch constraint role that may create them: the "
+                "default AmazonSageMakerServiceCatalogProductsLaunchRole may not."),
             "PipelineDesign": (
                 "The SageMaker pipeline is upserted by the model build (run-pipeline in "
                 "codebuild-buildspec.yml), named <project name>-<project id>."),
