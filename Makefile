@@ -3,9 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov's own pins conflict with ours (constraints.txt): it lives in a venv of its own,
+# used only by tests/test_project_template.py. Its version is the one pinned in constraints.txt.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install tools demo test bench clean
 
 install: $(STAMP)
 
@@ -15,10 +19,18 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): constraints.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/bin/python -m pip install -q "$$(grep '^checkov==' constraints.txt)"
+	touch $(TOOLS_STAMP)
+
 demo: install
 	$(BIN)/scones demo
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest -q tests
 
 bench: install
@@ -27,4 +39,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_lambdas.py
 
 clean:
-	rm -rf $(VENV) .scones build *.egg-info
+	rm -rf $(VENV) $(TOOLS) .scones build *.egg-info
