@@ -15,7 +15,7 @@ setup(
     # `scones` needs no source tree (configs/ becomes the package data scones/configs/).
     package_dir={"scones.configs": "configs"},
     package_data={"scones.configs": ["*.yaml"], "pipelines": ["jobs/*.py"],
-                  "workflow": ["*.json"]},
+                  "workflow": ["*.json"], "scones.infra": ["*.json"]},
     install_requires=[
         "sagemaker>=2.250,<3",
         "stepfunctions==2.3.0",

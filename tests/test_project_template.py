@@ -22,7 +22,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from pipelines.config import load_config
+from scones.config import load_config
 from scones.infra import deploy_flow
 from scones.infra.package import PackagingError, package, upload, workflow_function_keys
 from scones.infra.project_template import (BUILDSPEC, LAMBDA_RUNTIME, PIPELINE_ARN,
@@ -82,7 +82,7 @@ def _as_list(value):
 def test_committed_template_is_the_generators_output(config):
     assert TEMPLATE_PATH.read_text() == template_json(config), (
         f"{TEMPLATE_PATH} is stale: regenerate it with "
-        "`python -c 'from pipelines.config import load_config; from scones.infra."
+        "`python -c 'from scones.config import load_config; from scones.infra."
         "project_template import write_template; write_template(load_config())'`")
 
 
@@ -225,7 +225,7 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
                                **values})
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout.splitlines()[0])
-    from pipelines.run_pipeline import _parser
+    from scones.cli.run_pipeline import _parser
 
     args = _parser().parse_args(argv)
     assert args.module_name == "pipelines.pipeline"

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambdas.build import LambdaBuildError, build_lambda_zips
-from pipelines.config import PROJECT_ROOT, Config
-from pipelines.errors import SconesError
+from scones.config import Config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the source checkout this runs from
+from scones.errors import SconesError
 from scones.infra.project_template import TEMPLATE_PATH, project_template, template_json
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)

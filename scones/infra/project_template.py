@@ -33,14 +33,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pipelines.config import Config
+from scones.backend import LAMBDA_RUNTIME
+from scones.config import Config
 from scones.infra import deploy_flow
 from scones.infra.deploy_flow import STAGES, VARIANT_NAME, alarm_names, endpoint_name
 from workflow.definition import lambda_functions, workflow_definition_json
 
 TEMPLATE_PATH = Path(__file__).with_name("sagemaker-project.json")
 BUILDSPEC = "codebuild-buildspec.yml"
-LAMBDA_RUNTIME = "python3.13"   # newest Python runtime with the longest support in cfn-lint's data
 LOG_RETENTION_DAYS = 30
 CODEBUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-standard:5.0"  # has python 3.11
 ARN = "arn:${AWS::Partition}"
