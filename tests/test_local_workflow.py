@@ -17,7 +17,7 @@ from PIL import Image
 from scones.config import load_config
 from scones.errors import SconesError
 from scones.storage import LocalObjectStore
-from scones.cli.workflow_run import summary
+from workflow.run import summary
 from scones.endpoint_state import EndpointStateFile
 from workflow.run import ImageSource, images_from_options, run_workflow_locally
 

@@ -7,7 +7,7 @@ and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions
 bounded number at a time.
 
 `run_executions` and `result_from_execution` speak only the Step Functions API, so the
-AWS path (scones.cli.workflow_run) drives real executions with the same code.
+AWS path (run_workflow_on_aws, below) drives real executions with the same code.
 """
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""`scones workflow definition|deploy` and `scones lambdas build`.
+"""`scones workflow definition|deploy|run` and `scones lambdas build`.
 
-(`scones workflow run` is added to the same group by workflow/cli_run.py.)
+workflow run classifies images with the inference workflow (workflow.run): on the embedded
+default through moto's engine and the local endpoint; on AWS by starting executions of the
+deployed state machine. Either way, one result per image, shaped by the same code.
 """
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from scones.backend import backend_for
 from scones.cli.common import command_group, common_options
 from scones.console import format_table
 from scones.errors import SconesError
+from workflow.run import images_from_options, run_workflow, summary, write_csv
 
 
 class LambdaPackagingError(SconesError):
@@ -88,6 +92,28 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print what was created/updated as one JSON object")
     parser.set_defaults(func=cmd_deploy)
+    run = workflow.add_parser(
+        "run", parents=[common_options()],
+        help="classify images with the inference workflow (one execution per image)",
+        description="Classify images with the inference workflow: serialize -> classify "
+                    "(SageMaker endpoint) -> filter (confidence threshold). Locally the "
+                    "same ASL runs in moto's Step Functions engine against the local endpoint.")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PATH", help="one image file")
+    source.add_argument("--images", metavar="DIR", help="every file under a folder")
+    source.add_argument("--s3", metavar="URL", help="one object, s3://bucket/key")
+    source.add_argument("--prefix", metavar="URL", help="every object under s3://bucket/prefix")
+    run.add_argument("--model-version", type=int, metavar="N",
+                     help="(local) serve this registered model version instead of the "
+                          "deployed one")
+    run.add_argument("--concurrency", type=int, metavar="N",
+                     help="executions running at once (default: workflow.max_concurrency)")
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per image per line on stdout")
+    output.add_argument("--csv", action="store_true",
+                        help="CSV on stdout: a header, then one row per image")
+    run.set_defaults(func=run_command)
 
     lambdas = command_group(subparsers, "lambdas", "the workflow's Lambda functions")
     parser = lambdas.add_parser(
@@ -95,3 +121,23 @@ def register(subparsers) -> None:
         help="package each Lambda as a deterministic zip holding only what it imports")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the zips")
     parser.set_defaults(func=cmd_build)
+
+
+def run_command(args, config) -> int:
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SconesError(f"--concurrency must be at least 1, got {args.concurrency}")
+    images = images_from_options(config, image=args.image, images=args.images, s3=args.s3,
+                                 prefix=args.prefix)
+    results = run_workflow(config, images, model_version=args.model_version,
+                           concurrency=args.concurrency)
+    if args.json:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+    elif args.csv:
+        write_csv(results, sys.stdout)
+    else:
+        for result in results:
+            print(result.line())
+        print()
+        print(summary(results))
+    return 1 if any(r.failed_otherwise for r in results) else 0

@@ -1,17 +1,14 @@
-"""`scones endpoint deploy|status`, `scones monitor report`, `scones infra template`.
-
-Operations on what runs after a model is approved: which version the endpoint serves, what
-traffic it saw (data capture), and the AWS infrastructure that does both on AWS.
-Heavy modules (matplotlib, the SDKs) are imported inside the handlers so `scones --help`
-stays fast.
-"""
+"""`scones endpoint deploy|status|serve`: which model version the endpoint serves, and the
+local endpoint itself."""
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+import time
 
+from scones.backend import backend_for
 from scones.cli.common import command_group, common_options
+from scones.config import Config
 from scones.console import format_table
 
 
@@ -34,33 +31,15 @@ def register(subparsers) -> None:
                                              "status, data capture and earlier deployments.")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=_status)
-
-    monitor = command_group(subparsers, "monitor", "monitoring of the endpoint's traffic")
-    report = monitor.add_parser(
-        "report", parents=[common_options()],
-        help="summarise data-capture records into a report with plots",
-        description="Read the endpoint's data-capture records (SageMaker's JSON Lines layout) "
-                    "and write a markdown report with confidence plots.")
-    report.add_argument("--since", metavar="WHEN",
-                        help="only records from then on: ISO 8601 time or an age like 30m, "
-                             "2h, 1d")
-    report.add_argument("--source", metavar="DIR|s3://...",
-                        help="folder or s3:// prefix holding the capture files "
-                             "(default: the endpoint's capture destination)")
-    report.add_argument("--out", metavar="DIR",
-                        help="report folder (default: <workspace>/reports/monitor-<time>/)")
-    report.add_argument("--json", action="store_true", help="print the summary as JSON")
-    report.set_defaults(func=_monitor_report)
-
-    infra = command_group(subparsers, "infra", "the AWS infrastructure as CloudFormation")
-    template = infra.add_parser(
-        "template", parents=[common_options()],
-        help="print (or write) the CloudFormation template",
-        description="The CloudFormation template for the workflow's Lambdas, the state "
-                    "machine, the approval -> deploy rule, the new-image rule and their "
-                    "least-privilege roles.")
-    template.add_argument("--out", metavar="FILE", help="write the template to FILE")
-    template.set_defaults(func=_infra_template)
+    serve = endpoint.add_parser(
+        "serve", parents=[common_options()],
+        help="serve the deployed model on 127.0.0.1 until Ctrl-C",
+        description="Serve the local endpoint: GET /ping, POST /invocations and the "
+                    "SageMaker Runtime route POST /endpoints/NAME/invocations.")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    serve.add_argument("--model-version", type=int, metavar="N",
+                       help="serve this registered version instead of the deployed one")
+    serve.set_defaults(func=serve_command)
 
 
 def _deploy(args, config) -> int:
@@ -112,29 +91,24 @@ def _status(args, config) -> int:
     return 0
 
 
-def _monitor_report(args, config) -> int:
-    from workflow.monitoring import build_report, format_summary
+def serve_command(args, config: Config) -> int:
+    backend_for(config).require_local(
+        "`scones endpoint serve` runs the local endpoint; on AWS the endpoint is SageMaker's "
+        "(`scones endpoint status --env aws`)")
+    from workflow.endpoint import start_endpoint
 
-    report = build_report(config, source=args.source, since=args.since,
-                          out_dir=Path(args.out) if args.out else None)
-    if args.json:
-        print(json.dumps({**report.summary, "report": str(report.markdown_path)}))
-    else:
-        print(format_summary(report.summary))
-        print(f"report: {report.markdown_path}")
-    if report.summary["malformed"]:
-        print(f"warning: {report.summary['malformed']} malformed capture line(s) skipped; "
-              f"listed in {report.markdown_path}", file=sys.stderr)
-    return 0
-
-
-def _infra_template(args, config) -> int:
-    from workflow.infra import template_json
-
-    text = template_json(config)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    endpoint = start_endpoint(config, port=args.port, model_version=args.model_version)
+    try:
+        model = endpoint.model
+        print(f"endpoint {endpoint.endpoint_name} serving model version "
+              f"{model.version if model.version is not None else '?'} ({model.source}) at "
+              f"{endpoint.url}", flush=True)
+        print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
+              f"Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 0
+    finally:
+        endpoint.stop()
