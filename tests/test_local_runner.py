@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import tarfile
 import textwrap
 
 import pytest
 
+from scones.backend import backend_for
 from scones.config import load_config
 from scones.errors import PipelineExecutionError
 from pipelines.executions import ExecutionStore
@@ -400,9 +400,6 @@ def test_real_pipeline_fails_at_the_fail_step_when_accuracy_is_below_threshold(
     accuracy = evaluation["binary_classification_metrics"]["accuracy"]["value"]
     assert f"Model accuracy {accuracy} " in result.failure_reason
     assert "1.01" in result.failure_reason
-    with sqlite3.connect(config.local.workspace / "registry.sqlite") as db:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-        if "model_packages" in tables:
-            assert db.execute("SELECT COUNT(*) FROM model_packages").fetchone() == (0,)
+    assert backend_for(config).registry().list_packages() == []  # nothing was registered
     train_log = config.local.workspace / "executions" / result.execution_id / "Train" / "log.txt"
     assert "epoch 2/2" in train_log.read_text()

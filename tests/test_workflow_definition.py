@@ -83,7 +83,6 @@ def test_catches_route_threshold_and_everything_else_to_named_fail_states(asl):
                                  "Next": WRAP_STATES_ERROR_STATE}]
     assert route["Default"] == ERROR_FAIL_STATE
     assert asl["States"][WRAP_STATES_ERROR_STATE]["Next"] == ERROR_FAIL_STATE
-    assert THRESHOLD_FAIL_STATE == "ThresholdNotMet"
     assert asl["States"][THRESHOLD_FAIL_STATE] == {
         "Type": "Fail", "Error": "ThresholdConfidenceNotMet", "CausePath": "$.Cause",
         "Comment": asl["States"][THRESHOLD_FAIL_STATE]["Comment"]}
@@ -103,8 +102,11 @@ def test_error_names_in_the_asl_are_the_lambdas_exception_class_names():
 def test_moto_asl_parser_accepts_the_definition(config):
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
-    program, _ = AmazonStateLanguageParser.parse(definition.workflow_definition_json(config))
-    assert program is not None
+    asl = json.loads(definition.workflow_definition_json(config))
+    program, _ = AmazonStateLanguageParser.parse(json.dumps(asl))
+    # moto's interpreter read every state of the SDK's ASL, starting where it says
+    assert program.start_at.start_at_name == asl["StartAt"] == SERIALIZE_STATE
+    assert set(program.states.states) == set(asl["States"])
 
 
 def test_definition_follows_config(config):
