@@ -35,13 +35,12 @@ IMAGE_MAGIC_BYTES = 16
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-# Every PNG ends with an IEND chunk (type + CRC), every JPEG with the EOI marker. A file
-# that does not end with its marker was cut short or has data appended after the image;
-# the endpoint refuses both (400), so they are an InvalidImage here, at the first step that
-# holds the bytes, not a model error later. (The endpoint's decoder also finds an appended
-# file that happens to end with the same marker: it walks the image's structure.)
+# Every PNG ends with an IEND chunk (type + CRC). A PNG that does not end with it was cut
+# short or has data appended after the image; the endpoint refuses both (400), so they are
+# an InvalidImage here, at the first step that holds the bytes, not a model error two steps
+# later. JPEGs are left to the endpoint's decoder, which walks their structure to the end
+# marker (a cut or padded JPEG is its 400, an EndpointError here).
 PNG_END = b"IEND\xaeB`\x82"
-JPEG_END = b"\xff\xd9"
 
 
 def unwrap(event: Any) -> dict:
@@ -144,7 +143,7 @@ def sniff_content_type(head: bytes, where: str) -> str:
 
 
 def image_content_type(data: bytes, where: str) -> str:
-    """image/png or image/jpeg for a whole image, checked to end with its end marker;
+    """image/png or image/jpeg for a whole image (a PNG checked to end with IEND);
     InvalidImage otherwise."""
     content_type = sniff_content_type(data, where)
     if content_type == "image/png" and not data.endswith(PNG_END):
@@ -153,9 +152,6 @@ def image_content_type(data: bytes, where: str) -> str:
             raise InvalidImage(f"{where} is a truncated PNG ({len(data)} bytes, no IEND chunk)")
         raise InvalidImage(f"{where} has {len(data) - end - len(PNG_END)} bytes after the end "
                            f"of its PNG image (IEND): re-save it without the appended data")
-    if content_type == "image/jpeg" and not data.endswith(JPEG_END):
-        raise InvalidImage(f"{where} does not end with the JPEG end marker (EOI): it was cut "
-                           f"short or has data appended after the image; re-save it")
     return content_type
 
 

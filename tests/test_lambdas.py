@@ -182,13 +182,6 @@ def test_serialize_refuses_bytes_after_a_pngs_end(s3, png_bytes):
         serialize_image_data.serialize_image(seed_event("incoming/tail.png"), s3)
 
 
-def test_serialize_refuses_a_jpeg_that_does_not_end_with_its_end_marker(s3, jpeg_bytes):
-    for body in (jpeg_bytes[:-100], jpeg_bytes + b"hidden"):
-        s3.put_object(Bucket=BUCKET, Key="incoming/cut.jpg", Body=body)
-        with pytest.raises(InvalidImage, match="does not end with the JPEG end marker"):
-            serialize_image_data.serialize_image(seed_event("incoming/cut.jpg"), s3)
-
-
 @pytest.mark.parametrize("event, message", [tuple(case) for case in load_event("malformed")])
 def test_malformed_events_are_invalid_event(s3, event, message):
     with pytest.raises(InvalidEvent, match=message):
