@@ -220,6 +220,20 @@ def test_bytes_after_the_images_end_are_a_400(served, real_png):
     assert module.input_fn(with_thumbnail, "image/jpeg").shape == (32, 32, 3)
 
 
+def test_a_camera_mpo_is_one_image_with_its_declared_pictures(served, real_png):
+    """Phones write JPEGs with more pictures declared in an MP index (depth maps, HDR gain
+    maps) after the first one's end marker: those are part of the image, not appended."""
+    module, model = served
+    photo = Image.open(io.BytesIO(real_png)).convert("RGB").resize((640, 480))
+    mpo = encode(photo, "MPO", save_all=True, append_images=[photo.resize((320, 240))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    decoded = module.input_fn(mpo, "image/jpeg")
+    assert np.array_equal(decoded, module.input_fn(encode(photo, "JPEG"), "image/jpeg"))
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(mpo + b"appended", "image/jpeg")
+    assert caught.value.status_code == 400 and "8 bytes follow the end" in str(caught.value)
+
+
 def _exif_with_thumbnail(jpeg: bytes) -> bytes:
     """A little-endian TIFF EXIF block whose IFD1 carries `jpeg`'s 64x48 thumbnail."""
     import struct

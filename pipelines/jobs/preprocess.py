@@ -5,7 +5,10 @@ under the local runner, or by hand. Self-contained on purpose (stdlib, numpy, Pi
 a processing job uploads this single file, so it cannot import its neighbours.
 
 Input (--input-dir) is one of:
-  * an image-folder data set: one subfolder per class, PNG/JPEG files, any colour mode;
+  * an image-folder data set: one subfolder per class, PNG/JPEG files, any colour mode and
+    size (area-downscaled to 32x32 by the decoder inference.py serves with); a file the
+    decoder refuses (not one whole PNG/JPEG, bytes after its end, over the pixel limits:
+    a decompression bomb) counts as one corrupt image, listed in the report;
   * the official CIFAR-100 python archive `cifar-100-python.tar.gz` inside the input dir;
   * its extracted folder `cifar-100-python/` (the input dir itself, or inside it).
 From CIFAR-100 only the `train` file is read: the `test` file is CIFAR's own hold-out and
@@ -94,13 +97,16 @@ def _png_end(data: bytes) -> int | None:
     return None
 
 
-def _jpeg_end(data: bytes) -> int | None:
-    """Offset just after the EOI marker that ends the image, or None when not found.
+def _jpeg_end(data: bytes, start: int = 0) -> int | None:
+    """Offset just after the EOI marker that ends the JPEG starting at `start`, or None
+    when not found.
 
     Walks the marker segments by their lengths (so a thumbnail's own EOI inside EXIF is
     skipped) and each entropy-coded scan to its next marker.
     """
-    position = 2  # after SOI
+    if data[start:start + 2] != b"\xff\xd8":
+        return None
+    position = start + 2  # after SOI
     while position < len(data):
         if data[position] != 0xFF:
             return None
@@ -125,10 +131,19 @@ def _jpeg_end(data: bytes) -> int | None:
     return None
 
 
-def _trailing_bytes(data: bytes, image_format: str) -> int:
+def _trailing_bytes(data: bytes, image: Image.Image) -> int:
     """How many bytes follow the image's end marker (0 when none or not found: a file cut
-    short is the decoder's to report)."""
-    end = _png_end(data) if image_format == "PNG" else _jpeg_end(data)
+    short is the decoder's to report). An MPO (a camera's JPEG with more pictures declared
+    in its MP index: depth maps, HDR gain maps) ends after its last declared picture."""
+    if image.format == "PNG":
+        end = _png_end(data)
+    else:
+        end = 0
+        pictures = image.mpinfo.get(0xB002, []) if image.format == "MPO" else []
+        for _ in range(max(1, len(pictures))):
+            end = _jpeg_end(data, end)
+            if end is None:
+                break
     return 0 if end is None else len(data) - end
 
 
@@ -143,17 +158,18 @@ def decode_image(data: bytes, image_size: int = 32) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as image:
             width, height = image.size
-            limit = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_IMAGE_PIXELS
+            is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a JPEG with more pictures
+            limit = MAX_JPEG_PIXELS if is_jpeg else MAX_IMAGE_PIXELS
             if width * height > limit:
                 raise _DecodeError(
                     f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
                     f"{limit / 1e6:.0f} MP limit for {image.format}: send it smaller", 413)
-            extra = _trailing_bytes(data, image.format)
+            extra = _trailing_bytes(data, image)
             if extra:
                 raise _DecodeError(
                     f"{extra} bytes follow the end of the {image.format} image: send the "
                     f"image alone (re-save it to drop appended data)", 400)
-            if image.format == "JPEG" and (width, height) != (image_size, image_size):
+            if is_jpeg and (width, height) != (image_size, image_size):
                 image.draft("RGB", (image_size, image_size))  # DCT scaling: up to 1/8
             image.load()
             if image.mode not in ("RGB", "RGBA", "L", "LA") or "transparency" in image.info:
