@@ -9,10 +9,10 @@ each method, and compares the model's class for the photo with its class for the
 original. Also the mean absolute pixel difference between the decoded photo and the
 original (model-independent), and the decode time per photo.
 
-Methods: "old" is the decoder before area downscaling (full decode, bicubic resize);
-"served" is pipelines/jobs/inference.py's decode_image as it ships (JPEG draft, integer
-reduce, RESIZE_FILTER); the others are the served path with another final filter, or with
-a centre crop instead of squashing the whole image.
+Methods: "old" is the decoder before this change (full decode, bicubic resize); "served"
+is pipelines/jobs/inference.py's decode_image as it ships (JPEG draft, integer reduce,
+RESIZE_FILTER); the others are the served path with another final filter, or a centre
+crop instead of squashing the whole image.
 
 Without --model-dir, trains a model first (preprocess.py + train.py, --epochs) in a
 temporary folder. By hand only: not an assertion.
@@ -68,13 +68,16 @@ def served_with(inference, resize_filter):
     return decode
 
 
-def centre_crop_box(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-        return np.asarray(image.resize((32, 32), Image.Resampling.BOX), dtype=np.uint8)
+def centre_crop(resize_filter):
+    """The alternative to squashing: the centre square of the photo, then resized."""
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            return np.asarray(image.resize((32, 32), resize_filter), dtype=np.uint8)
+    return decode
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -128,14 +131,14 @@ def main() -> int:
     original_class = originals.argmax(1)
     upscale = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
                "bilinear": Image.Resampling.BILINEAR}[args.upscale]
-    methods = {
-        "old (full decode, bicubic)": old_decode_image,
-        "served (draft/reduce, BOX)": served_with(inference, Image.Resampling.BOX),
-        "draft/reduce, BILINEAR": served_with(inference, Image.Resampling.BILINEAR),
-        "draft/reduce, BICUBIC": served_with(inference, Image.Resampling.BICUBIC),
-        "draft/reduce, LANCZOS": served_with(inference, Image.Resampling.LANCZOS),
-        "centre crop, BOX": centre_crop_box,
-    }
+    served_filter = Image.Resampling(inference.RESIZE_FILTER).name
+    methods = {"old (full decode, BICUBIC)": old_decode_image,
+               f"served (draft/reduce, {served_filter})": inference.decode_image}
+    for resize_filter in (Image.Resampling.BOX, Image.Resampling.BILINEAR,
+                          Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
+        if resize_filter != inference.RESIZE_FILTER:
+            methods[f"draft/reduce, {resize_filter.name}"] = served_with(inference, resize_filter)
+    methods[f"centre crop, {served_filter}"] = centre_crop(inference.RESIZE_FILTER)
     print(f"{len(images)} held-out images; 32x32 accuracy "
           f"{np.mean(original_class == labels):.3f}; photos upscaled with {args.upscale}")
     rows = []

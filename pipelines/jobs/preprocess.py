@@ -69,14 +69,16 @@ MAX_IMAGE_PIXELS = 40_000_000
 # phone photo) costs at most 1.25 MP of raster. 80 MP stays under Pillow's own
 # decompression-bomb warning (89.5 MP), so an accepted JPEG never trips it.
 MAX_JPEG_PIXELS = 80_000_000
-# Downscaling filter: BOX averages every source pixel under each target pixel (area
-# resampling), as a camera sensor or a downsampled photo does; measured against bicubic,
-# bilinear and Lanczos in benchmarks/bench_photos.py (photo vs 32x32 agreement). The whole
-# image is squashed to the square, never cropped or letterboxed: training images are whole
-# scenes squashed to 32x32, and a crop could cut the vehicle out.
-RESIZE_FILTER = Image.Resampling.BOX
-# Integer pre-reduction (Image.reduce, a box average) down to at most this many times the
-# target size before the final resize: cheap, and the full-size raster is freed early.
+# Downscaling filter: Lanczos, antialiased (Pillow widens a filter's support by the
+# reduction factor, so every source pixel counts). Measured in benchmarks/bench_photos.py
+# on 200 held-out images blown up to 640x480 and 4032x3024: it brings a photo closest to
+# its 32x32 original (pixel error 2.5 vs 2.9-5.0, probability drift 0.026 vs 0.037-0.068
+# for box, bilinear and bicubic) and agrees with the 32x32 class as often as any (97%).
+# The whole image is squashed to the square, never cropped or letterboxed: training images
+# are whole scenes squashed to 32x32 with no bars, and a centre crop agreed less (94%).
+RESIZE_FILTER = Image.Resampling.LANCZOS
+# Integer pre-reduction (Image.reduce, a box average) down to at least this many times the
+# target size before the final filter: cheap, and the full-size raster is freed early.
 REDUCE_TO_MULTIPLE = 4
 DECODED_FORMATS = ("PNG", "JPEG")  # never hand a request to Pillow's other parsers
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
