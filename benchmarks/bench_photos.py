@@ -16,6 +16,16 @@ crop instead of squashing the whole image.
 
 Without --model-dir, trains a model first (preprocess.py + train.py, --epochs) in a
 temporary folder. By hand only: not an assertion.
+
+Measured on the 2-core development machine (model: train.py defaults, 50 epochs; 200
+held-out images, 32x32 accuracy 0.915), agreement with the 32x32 class / pixel error:
+  photos blown up with bicubic:  old 0.970 / 3.11, served (Lanczos) 0.970 / 2.47,
+                                 box 0.945-0.955, bilinear 0.930, bicubic 0.970 / 3.17,
+                                 centre crop 0.955-0.960 / 25.9
+  photos blown up with Lanczos:  old 0.970 / 2.41, served (Lanczos) 0.995 / 1.89,
+                                 box 0.960-0.970, bilinear 0.935, bicubic 0.970 / 2.47,
+                                 centre crop 0.965 / 26.4
+  decode time of a 4032x3024 JPEG: old 120-158 ms, served 18 ms (same numbers at 640x480).
 """
 from __future__ import annotations
 
