@@ -160,8 +160,9 @@ def test_photos_get_the_class_of_their_32x32_original(served, sample_data_dir, t
     # Area downscaling undoes the blow-up closely: the photo is its 32x32 original again.
     assert np.mean(np.abs(decoded.astype(int) - original.astype(int))) < 6
     probabilities, expected = module.predict_fn(decoded, model), module.predict_fn(original, model)
-    assert np.argmax(probabilities) == np.argmax(expected)
-    assert np.max(np.abs(probabilities - expected)) < 0.1
+    assert np.max(np.abs(probabilities - expected)) < 0.05
+    if np.max(expected) > 0.55:  # same class wherever the original's is not a coin toss
+        assert np.argmax(probabilities) == np.argmax(expected)
 
 
 def test_a_large_jpeg_is_decoded_reduced(served, real_png, monkeypatch):

@@ -454,8 +454,11 @@ def test_photos_are_classified_end_to_end_by_reference(aws_env, monkeypatch, ser
     assert event["image_ref"]["content_type"] == content_type
     assert event["inferences"] == pytest.approx(direct.tolist(), abs=1e-5)
     assert event["predicted_label"] == CLASSES[int(np.argmax(direct))]
-    # The photo gets the class its 32x32 original gets.
-    assert int(np.argmax(direct)) == int(np.argmax(original))
+    # The photo gets (nearly) the probabilities its 32x32 original gets, so the same class
+    # wherever the original's is not a coin toss.
+    assert np.max(np.abs(direct - original)) < 0.05
+    if np.max(original) > 0.55:
+        assert int(np.argmax(direct)) == int(np.argmax(original))
 
 
 # ---- filter_inferences ---------------------------------------------------------------
