@@ -1,8 +1,14 @@
 """Lambda 2 of the inference workflow: send the image to the SageMaker endpoint.
 
-Fills `inferences` with the class probabilities the endpoint returns, in class order.
-Throttling and not-ready models become EndpointThrottled (the ASL retries those);
-other endpoint errors become EndpointError with the status code.
+The image is the event's image_data (base64) or, for an image too large for the state,
+the S3 object its image_ref names (read here with GetObject, If-Match the ETag serialize
+saw; see lambdas/events.py). Fills `inferences` with the class probabilities the
+endpoint returns, in class order. Throttling and not-ready models become
+EndpointThrottled (the ASL retries those); other endpoint errors become EndpointError
+with the status code. Images over 6 MB are ImageTooLarge.
+
+IAM: sagemaker:InvokeEndpoint on the endpoint, and s3:GetObject on the images (for
+images passed by reference; s3:ListBucket too, to tell a missing image from a refused read).
 """
 from __future__ import annotations
 
@@ -11,26 +17,49 @@ import json
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas import events, settings
-from lambdas.clients import aws_client
+from lambdas.clients import aws_client, get_image_object
 from lambdas.errors import EndpointError, EndpointThrottled, ImageTooLarge
 
 _THROTTLED_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException",
                     "ModelNotReadyException", "ServiceUnavailable"}
 
 
+def read_referenced_image(image_ref: dict, s3_client, where: str) -> bytes:
+    """The bytes of the S3 object image_ref names, at most 6 MB."""
+    response = get_image_object(s3_client, image_ref["s3_bucket"], image_ref["s3_key"],
+                                if_match=image_ref.get("etag"))
+    body = response["Body"]
+    try:
+        length = response.get("ContentLength")
+        if length is not None:
+            events.check_invoke_endpoint_size(length, where)
+        image = body.read(events.MAX_INVOKE_ENDPOINT_BODY_BYTES + 1)
+    finally:
+        body.close()
+    events.check_invoke_endpoint_size(len(image), where)
+    return image
+
+
 def classify(event: dict, runtime_client, endpoint_name: str,
-             class_names: tuple[str, ...] | None = None) -> dict:
+             class_names: tuple[str, ...] | None = None, s3_client=None) -> dict:
     """The event with inferences from InvokeEndpoint (plain, unwrapped).
 
     class_names, when given, checks the endpoint returned one score per class.
+    s3_client reads an image passed by reference; None: the function's own, made only
+    when needed.
     """
     event = events.parse_event(event, need_image=True)
     where = events.s3_url(event)
-    image = events.decode_image_data(event["image_data"], where)
-    content_type = events.image_content_type(image, where)
+    if event["image_data"]:
+        image = events.decode_image_data(event["image_data"], where)
+    else:
+        image_ref = event["image_ref"]
+        where = f"s3://{image_ref['s3_bucket']}/{image_ref['s3_key']}"
+        image = read_referenced_image(image_ref, s3_client or aws_client("s3"), where)
     if len(image) > events.MAX_INVOKE_ENDPOINT_BODY_BYTES:
         raise ImageTooLarge(f"{where} is {len(image)} bytes, over InvokeEndpoint's "
                             f"{events.MAX_INVOKE_ENDPOINT_BODY_BYTES}-byte body limit")
+    content_type = events.image_content_type(image, where)
     try:
         response = runtime_client.invoke_endpoint(
             EndpointName=endpoint_name, ContentType=content_type,

@@ -3,6 +3,14 @@
 Input shape (the seeds'): {"s3_bucket", "s3_key", "image_data": "", "inferences": []}.
 The original course code wrapped it as {"statusCode": 200, "body": {...}} (body sometimes
 a JSON string); such events are unwrapped, and outputs are always plain.
+
+How the image travels (serialize_image_data decides, classify_image follows):
+  * by value, as today: an image that fits the state (about 190 KB) is base64 in image_data;
+  * by reference: a larger one, up to InvokeEndpoint's 6 MB, stays in S3. image_data is ""
+    and image_ref = {"s3_bucket", "s3_key", "etag", "size_bytes", "content_type"} names the
+    exact object version serialize checked; classify reads it (GetObject, If-Match the
+    ETag) and sends the bytes to the endpoint. Nothing over the state limit enters the state.
+Images over 6 MB are ImageTooLarge at serialize, before they are downloaded.
 """
 from __future__ import annotations
 
@@ -20,15 +28,18 @@ MAX_STATE_PAYLOAD_BYTES = 256 * 1024
 # StatusCode and SDK metadata, before OutputPath trims it; later steps add inferences and
 # a label. Keep this much room so an image accepted by serialize never fails downstream.
 PAYLOAD_HEADROOM_BYTES = 8 * 1024
-# InvokeEndpoint refuses request bodies over 6 MB.
+# InvokeEndpoint refuses request bodies over 6 MB: the largest image the workflow takes.
 MAX_INVOKE_ENDPOINT_BODY_BYTES = 6 * 1024 * 1024
+# How many leading bytes serialize reads of an image it passes by reference: the magic.
+IMAGE_MAGIC_BYTES = 16
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-# Every PNG ends with an IEND chunk (type + CRC); without it the file was cut short. Caught
-# here with the standard library, a truncated upload is an InvalidImage at the first step,
-# not a model error two steps later. (JPEG has no such dependable trailer: cameras append
-# data after the end marker, so JPEGs are left to the model's decoder.)
+# Every PNG ends with an IEND chunk (type + CRC). A PNG that does not end with it was cut
+# short or has data appended after the image; the endpoint refuses both (400), so they are
+# an InvalidImage here, at the first step that holds the bytes, not a model error two steps
+# later. JPEGs are left to the endpoint's decoder, which walks their structure to the end
+# marker (a cut or padded JPEG is its 400, an EndpointError here).
 PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -75,7 +86,8 @@ def parse_event(event: Any, *, need_image: bool = False, need_inferences: bool =
     if not isinstance(image_data, str):
         raise InvalidEvent(f"image_data must be a base64 string, got "
                            f"{type(image_data).__name__} (image {where})")
-    if need_image and not image_data:
+    image_ref = parse_image_ref(event.get("image_ref"), where)
+    if need_image and not image_data and image_ref is None:
         if "image_data" not in event:
             raise InvalidEvent(f"the event has no 'image_data' (image {where}): "
                                f"run serialize_image_data first")
@@ -88,7 +100,30 @@ def parse_event(event: Any, *, need_image: bool = False, need_inferences: bool =
                            f"(image {where})")
     if need_inferences and not inferences:
         raise InvalidEvent(f"inferences are empty (image {where}): run classify_image first")
-    return {**event, "image_data": image_data, "inferences": [float(v) for v in inferences]}
+    parsed = {**event, "image_data": image_data, "inferences": [float(v) for v in inferences]}
+    if image_ref is None:
+        parsed.pop("image_ref", None)
+    else:
+        parsed["image_ref"] = image_ref
+    return parsed
+
+
+def parse_image_ref(image_ref: Any, where: str) -> dict | None:
+    """image_ref validated (see the module docstring), or None when absent or null."""
+    if image_ref is None:
+        return None
+    if not isinstance(image_ref, dict):
+        raise InvalidEvent(f"image_ref must be an object naming the image in S3, got "
+                           f"{type(image_ref).__name__} (image {where})")
+    for key in ("s3_bucket", "s3_key"):
+        value = image_ref.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(f"image_ref.{key} must be a non-empty string, got {value!r} "
+                               f"(image {where})")
+    etag = image_ref.get("etag")
+    if etag is not None and not isinstance(etag, str):
+        raise InvalidEvent(f"image_ref.etag must be a string, got {etag!r} (image {where})")
+    return dict(image_ref)
 
 
 def is_number(value: Any) -> bool:
@@ -96,17 +131,28 @@ def is_number(value: Any) -> bool:
             and math.isfinite(value))
 
 
-def image_content_type(data: bytes, where: str) -> str:
-    """image/png or image/jpeg from the magic bytes; InvalidImage otherwise."""
-    if not data:
+def sniff_content_type(head: bytes, where: str) -> str:
+    """image/png or image/jpeg from the leading bytes alone; InvalidImage otherwise."""
+    if not head:
         raise InvalidImage(f"{where} is empty (0 bytes)")
-    if data.startswith(PNG_MAGIC):
-        if PNG_END not in data:
-            raise InvalidImage(f"{where} is a truncated PNG ({len(data)} bytes, no IEND chunk)")
+    if head.startswith(PNG_MAGIC):
         return "image/png"
-    if data.startswith(JPEG_MAGIC):
+    if head.startswith(JPEG_MAGIC):
         return "image/jpeg"
-    raise InvalidImage(f"{where} is not a PNG or JPEG image (first bytes {data[:8]!r})")
+    raise InvalidImage(f"{where} is not a PNG or JPEG image (first bytes {head[:8]!r})")
+
+
+def image_content_type(data: bytes, where: str) -> str:
+    """image/png or image/jpeg for a whole image (a PNG checked to end with IEND);
+    InvalidImage otherwise."""
+    content_type = sniff_content_type(data, where)
+    if content_type == "image/png" and not data.endswith(PNG_END):
+        end = data.rfind(PNG_END)
+        if end < 0:
+            raise InvalidImage(f"{where} is a truncated PNG ({len(data)} bytes, no IEND chunk)")
+        raise InvalidImage(f"{where} has {len(data) - end - len(PNG_END)} bytes after the end "
+                           f"of its PNG image (IEND): re-save it without the appended data")
+    return content_type
 
 
 def decode_image_data(image_data: str, where: str) -> bytes:
@@ -127,6 +173,14 @@ def max_image_bytes_for_state(event: dict) -> int:
     budget = MAX_STATE_PAYLOAD_BYTES - PAYLOAD_HEADROOM_BYTES - payload_size(
         {**event, "image_data": ""})
     return max(0, budget // 4 * 3)
+
+
+def check_invoke_endpoint_size(size: int, where: str) -> None:
+    """ImageTooLarge for an image InvokeEndpoint would refuse (over 6 MB)."""
+    if size > MAX_INVOKE_ENDPOINT_BODY_BYTES:
+        raise ImageTooLarge(
+            f"{where} is {size} bytes, over the {MAX_INVOKE_ENDPOINT_BODY_BYTES}-byte (6 MB) "
+            f"limit of a SageMaker endpoint request: resize or re-compress the image")
 
 
 def check_state_payload(event: dict, where: str) -> None:

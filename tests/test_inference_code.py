@@ -8,7 +8,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
+
+from photos import png_padded_to, png_with_header, real_image_path, upscaled_photo
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,9 @@ def real_png(sample_data_dir) -> bytes:
     return (sample_data_dir / "motorcycle" / sorted(p.name for p in (sample_data_dir / "motorcycle").iterdir())[0]).read_bytes()
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -139,3 +141,126 @@ def test_serving_decodes_images_exactly_as_preprocess_did(served, jobs_dir, real
         served_as = inference.decode_image(data)
         assert trained_as.shape == (32, 32, 3), name
         assert np.array_equal(trained_as, served_as), name
+
+
+# ---- photos of real sizes, and hostile images ------------------------------------------
+
+@pytest.mark.parametrize("class_name, size, fmt", [
+    ("bicycle", (4000, 3000), "JPEG"),
+    ("motorcycle", (1024, 768), "PNG"),
+])
+def test_photos_get_the_class_of_their_32x32_original(served, sample_data_dir, tmp_path,
+                                                      class_name, size, fmt):
+    module, model = served
+    source = real_image_path(sample_data_dir, class_name)
+    photo = upscaled_photo(source, size, fmt, tmp_path).read_bytes()
+    decoded = module.input_fn(photo, f"image/{fmt.lower()}")
+    original = module.input_fn(source.read_bytes(), "image/png")
+    assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
+    # Area downscaling undoes the blow-up closely: the photo is its 32x32 original again.
+    assert np.mean(np.abs(decoded.astype(int) - original.astype(int))) < 6
+    probabilities, expected = module.predict_fn(decoded, model), module.predict_fn(original, model)
+    assert np.max(np.abs(probabilities - expected)) < 0.05
+    if np.max(expected) > 0.55:  # same class wherever the original's is not a coin toss
+        assert np.argmax(probabilities) == np.argmax(expected)
+
+
+def test_a_large_jpeg_is_decoded_reduced(served, real_png, monkeypatch):
+    """A 48 MP JPEG (a phone's full-resolution photo) is over the 40 MP full-decode limit
+    but accepted: it is decoded at 1/8 scale, never materialised at full size."""
+    module, _ = served
+    photo = encode(Image.open(io.BytesIO(real_png)).convert("L").resize((8000, 6000)), "JPEG")
+    full_size_loads = []
+    original_load = ImageFile.ImageFile.load
+
+    def watched_load(image):
+        if image.size == (8000, 6000):
+            full_size_loads.append(image.size)
+        return original_load(image)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", watched_load)
+    assert module.input_fn(photo, "image/jpeg").shape == (32, 32, 3)
+    assert not full_size_loads
+
+
+def test_a_body_over_6_mb_is_a_413_naming_the_limit(served, real_png):
+    module, _ = served
+    body = png_padded_to(real_png, module.MAX_REQUEST_BODY_BYTES + 1)
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(body, "image/png")
+    assert caught.value.status_code == 413
+    assert "6291456-byte (6 MB) limit" in str(caught.value)
+    at_limit = png_padded_to(real_png, module.MAX_REQUEST_BODY_BYTES)
+    assert module.input_fn(at_limit, "image/png").shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("width, height, fragment", [
+    (50000, 50000, "over the pixel limit (40 MP"),    # Pillow's own bomb error, caught
+    (7000, 7000, "7000x7000 (49.0 MP), over the 40 MP limit"),
+])
+def test_an_image_over_the_pixel_limit_is_a_413_from_its_header(served, width, height,
+                                                                fragment):
+    module, _ = served
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(png_with_header(width, height), "image/png")
+    assert caught.value.status_code == 413
+    assert fragment in str(caught.value)
+
+
+def test_bytes_after_the_images_end_are_a_400(served, real_png):
+    module, _ = served
+    jpeg = encode(Image.open(io.BytesIO(real_png)).convert("RGB").resize((640, 480)), "JPEG")
+    for body, fmt in ((real_png + b"#!/bin/sh\n", "PNG"), (jpeg + b"\0" * 5000, "JPEG"),
+                      (jpeg + jpeg, "JPEG")):
+        with pytest.raises(module.InvalidInputError) as caught:
+            module.input_fn(body, f"image/{fmt.lower()}")
+        assert caught.value.status_code == 400
+        assert f"bytes follow the end of the {fmt} image" in str(caught.value)
+    # An EXIF thumbnail (a JPEG with its own end marker inside the image) is not "after".
+    with_thumbnail = encode(Image.open(io.BytesIO(jpeg)), "JPEG",
+                            exif=_exif_with_thumbnail(jpeg))
+    assert module.input_fn(with_thumbnail, "image/jpeg").shape == (32, 32, 3)
+
+
+def test_a_camera_mpo_is_one_image_with_its_declared_pictures(served, real_png):
+    """Phones write JPEGs with more pictures declared in an MP index (depth maps, HDR gain
+    maps) after the first one's end marker: those are part of the image, not appended."""
+    module, model = served
+    photo = Image.open(io.BytesIO(real_png)).convert("RGB").resize((640, 480))
+    mpo = encode(photo, "MPO", save_all=True, append_images=[photo.resize((320, 240))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    decoded = module.input_fn(mpo, "image/jpeg")
+    assert np.array_equal(decoded, module.input_fn(encode(photo, "JPEG"), "image/jpeg"))
+    with pytest.raises(module.InvalidInputError) as caught:
+        module.input_fn(mpo + b"appended", "image/jpeg")
+    assert caught.value.status_code == 400 and "8 bytes follow the end" in str(caught.value)
+
+
+def _exif_with_thumbnail(jpeg: bytes) -> bytes:
+    """A little-endian TIFF EXIF block whose IFD1 carries `jpeg`'s 64x48 thumbnail."""
+    import struct
+    thumbnail = encode(Image.open(io.BytesIO(jpeg)).resize((64, 48)), "JPEG")
+    ifd0 = struct.pack("<H", 0) + struct.pack("<I", 26)  # no entries; IFD1 at 26
+    ifd1_entries = [(0x0201, 4, 1, 26 + 2 + 2 * 12 + 4), (0x0202, 4, 1, len(thumbnail))]
+    ifd1 = struct.pack("<H", len(ifd1_entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in ifd1_entries) + struct.pack("<I", 0)
+    header = b"II*\x00" + struct.pack("<I", 8)
+    body = header + b"\0" * (8 - len(header)) + ifd0
+    body += b"\0" * (26 - len(body)) + ifd1 + thumbnail
+    return b"Exif\x00\x00" + body
+
+
+def test_other_image_formats_are_refused_before_any_parser_runs(served, real_png):
+    module, _ = served
+    for fmt in ("GIF", "BMP", "TIFF"):
+        with pytest.raises(module.InvalidInputError) as caught:
+            module.input_fn(encode(Image.open(io.BytesIO(real_png)).convert("RGB"), fmt),
+                            "application/x-image")
+        assert caught.value.status_code == 400 and "PNG/JPEG" in str(caught.value)
+
+
+def test_the_decoding_block_is_the_same_text_in_both_files(jobs_dir):
+    def block(name: str) -> str:
+        text = (jobs_dir / name).read_text()
+        start = text.index("# --- image decoding: this block is identical")
+        return text[start:text.index("# --- end of the image decoding block", start)]
+    assert block("inference.py") == block("preprocess.py")

@@ -1,14 +1,19 @@
 """The workflow Lambdas on real images: S3 through moto, the endpoint through a Stubber on a
-real sagemaker-runtime client (and once over real HTTP on 127.0.0.1)."""
+real sagemaker-runtime client, and over real HTTP on 127.0.0.1 (once a real trained model
+behind it). Recorded events live in tests/events/*.json."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
@@ -17,10 +22,18 @@ from PIL import Image
 
 from lambdas import classify_image, events, filter_inferences, serialize_image_data, settings
 from lambdas.errors import (ConfigurationError, EndpointError, EndpointThrottled, ImageNotFound,
-                            ImageTooLarge, InvalidEvent, InvalidImage, ThresholdConfidenceNotMet)
+                            ImageNotReadable, ImageTooLarge, InvalidEvent, InvalidImage,
+                            ThresholdConfidenceNotMet)
+from photos import png_padded_to, real_image_path, upscaled_photo
 
 BUCKET = "scones-test-images"
 CLASSES = ("bicycle", "motorcycle")
+EVENTS_DIR = Path(__file__).resolve().parent / "events"
+
+
+def load_event(name: str):
+    """A recorded event from tests/events/<name>.json."""
+    return json.loads((EVENTS_DIR / f"{name}.json").read_text())
 
 
 @pytest.fixture
@@ -56,7 +69,8 @@ def s3(aws_env, png_bytes):
 
 
 def seed_event(key: str, bucket: str = BUCKET) -> dict:
-    return {"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []}
+    """The workflow's input event (tests/events/seed.json) for s3://bucket/key."""
+    return {**load_event("seed"), "s3_bucket": bucket, "s3_key": key}
 
 
 def runtime_response(body: bytes) -> dict:
@@ -81,10 +95,10 @@ def test_serialize_fills_base64_of_the_s3_object(s3, png_bytes):
 
 
 def test_serialize_handler_unwraps_body_events_and_answers_plain(s3, png_bytes):
-    wrapped = {"statusCode": 200, "body": seed_event("incoming/bicycle.png")}
-    out = serialize_image_data.lambda_handler(wrapped, None)
+    out = serialize_image_data.lambda_handler(load_event("seed_wrapped"), None)
     assert "body" not in out and base64.b64decode(out["image_data"]) == png_bytes
-    as_string = {"body": json.dumps(seed_event("incoming/bicycle.png"))}
+    as_string = load_event("seed_body_string")
+    assert isinstance(as_string["body"], str)
     assert serialize_image_data.lambda_handler(as_string, None)["image_data"] == out["image_data"]
 
 
@@ -122,34 +136,53 @@ def test_serialize_accepts_jpeg(s3, jpeg_bytes):
     assert base64.b64decode(out["image_data"]) == jpeg_bytes
 
 
-def test_serialize_enforces_the_state_payload_limit_at_its_exact_edge(s3, png_bytes):
+def test_serialize_passes_by_value_up_to_the_state_limit_and_by_reference_past_it(s3, png_bytes):
     event = seed_event("incoming/edge.png")
     limit = events.max_image_bytes_for_state(event)
-    fits = png_bytes + b"\0" * (limit - len(png_bytes))  # PNG magic, exactly `limit` bytes
+    fits = png_padded_to(png_bytes, limit)  # one whole valid PNG of exactly `limit` bytes
     s3.put_object(Bucket=BUCKET, Key="incoming/edge.png", Body=fits)
     out = serialize_image_data.serialize_image(event, s3)
+    assert base64.b64decode(out["image_data"]) == fits and "image_ref" not in out
     assert events.payload_size(out) <= events.MAX_STATE_PAYLOAD_BYTES - events.PAYLOAD_HEADROOM_BYTES
 
-    s3.put_object(Bucket=BUCKET, Key="incoming/edge.png", Body=fits + b"\0")
+    one_more = png_padded_to(png_bytes, limit + 1)
+    put = s3.put_object(Bucket=BUCKET, Key="incoming/edge.png", Body=one_more)
+    out = serialize_image_data.serialize_image(event, s3)
+    assert out["image_data"] == ""
+    assert out["image_ref"] == {"s3_bucket": BUCKET, "s3_key": "incoming/edge.png",
+                                "etag": put["ETag"], "size_bytes": limit + 1,
+                                "content_type": "image/png"}
+    assert events.payload_size(out) < 1024  # the reference, not the bytes
+
+
+def test_serialize_refuses_an_image_over_the_endpoints_6_mb(s3, png_bytes):
+    too_big = png_padded_to(png_bytes, events.MAX_INVOKE_ENDPOINT_BODY_BYTES + 1)
+    s3.put_object(Bucket=BUCKET, Key="incoming/huge.png", Body=too_big)
     with pytest.raises(ImageTooLarge) as info:
-        serialize_image_data.serialize_image(event, s3)
+        serialize_image_data.serialize_image(seed_event("incoming/huge.png"), s3)
     message = str(info.value)
-    assert str(limit + 1) in message and str(events.MAX_STATE_PAYLOAD_BYTES) in message
-    assert "s3://scones-test-images/incoming/edge.png" in message
+    assert str(len(too_big)) in message and "6291456-byte (6 MB) limit" in message
+    assert "s3://scones-test-images/incoming/huge.png" in message
+    # Exactly 6 MB is still taken, by reference.
+    s3.put_object(Bucket=BUCKET, Key="incoming/huge.png",
+                  Body=png_padded_to(png_bytes, events.MAX_INVOKE_ENDPOINT_BODY_BYTES))
+    out = serialize_image_data.serialize_image(seed_event("incoming/huge.png"), s3)
+    assert out["image_ref"]["size_bytes"] == events.MAX_INVOKE_ENDPOINT_BODY_BYTES
 
 
-@pytest.mark.parametrize("event, message", [
-    ({"s3_key": "a.png"}, "no 's3_bucket'"),
-    ({"s3_bucket": BUCKET}, "no 's3_key'"),
-    ({"s3_bucket": BUCKET, "s3_key": 7}, "s3_key must be a non-empty string"),
-    ({"s3_bucket": "", "s3_key": "a.png"}, "s3_bucket must be a non-empty string"),
-    ({"s3_bucket": BUCKET, "s3_key": "a.png", "image_data": 5}, "image_data must be a base64"),
-    ({"s3_bucket": BUCKET, "s3_key": "a.png", "inferences": "0.9"}, "inferences must be a list"),
-    ({"s3_bucket": BUCKET, "s3_key": "a.png", "inferences": [True, 0.1]}, "inferences must be"),
-    (["s3_bucket"], "must be a JSON object"),
-    ({"body": "{not json"}, "body is a string but not JSON"),
-    ({"body": [1, 2]}, "body must be a JSON object"),
-])
+def test_serialize_refuses_a_large_non_image_without_reading_it_all(s3):
+    s3.put_object(Bucket=BUCKET, Key="incoming/video.mp4", Body=b"\0\0\0\x18ftypmp42" + b"\0" * 400_000)
+    with pytest.raises(InvalidImage, match="not a PNG or JPEG"):
+        serialize_image_data.serialize_image(seed_event("incoming/video.mp4"), s3)
+
+
+def test_serialize_refuses_bytes_after_a_pngs_end(s3, png_bytes):
+    s3.put_object(Bucket=BUCKET, Key="incoming/tail.png", Body=png_bytes + b"GIF89a appended")
+    with pytest.raises(InvalidImage, match="15 bytes after the end of its PNG image"):
+        serialize_image_data.serialize_image(seed_event("incoming/tail.png"), s3)
+
+
+@pytest.mark.parametrize("event, message", [tuple(case) for case in load_event("malformed")])
 def test_malformed_events_are_invalid_event(s3, event, message):
     with pytest.raises(InvalidEvent, match=message):
         serialize_image_data.serialize_image(event, s3)
@@ -268,11 +301,170 @@ def test_classify_handler_names_a_missing_endpoint_setting(aws_env, monkeypatch,
         classify_image.lambda_handler(event, None)
 
 
+# ---- images too large for the state: by reference -------------------------------------
+
+@pytest.fixture
+def photo_jpeg(sample_data_dir, tmp_path) -> bytes:
+    """A 4000x3000 JPEG of a real bicycle image: over the state limit, under 6 MB."""
+    path = upscaled_photo(real_image_path(sample_data_dir, "bicycle"), (4000, 3000), "JPEG",
+                          tmp_path)
+    data = path.read_bytes()
+    assert events.max_image_bytes_for_state(seed_event(path.name)) < len(data) < \
+        events.MAX_INVOKE_ENDPOINT_BODY_BYTES
+    return data
+
+
+def by_reference_event(key: str, etag: str | None) -> dict:
+    """tests/events/classify_by_reference.json pointed at s3://BUCKET/key."""
+    event = load_event("classify_by_reference")
+    event["s3_key"] = key
+    event["image_ref"].update(s3_key=key, etag=etag)
+    return event
+
+
+def test_classify_reads_a_referenced_image_from_s3_and_sends_its_bytes(s3, runtime, photo_jpeg):
+    put = s3.put_object(Bucket=BUCKET, Key="incoming/photo.jpg", Body=photo_jpeg)
+    event = serialize_image_data.serialize_image(seed_event("incoming/photo.jpg"), s3)
+    assert event == by_reference_event("incoming/photo.jpg", put["ETag"]) | {
+        "image_ref": {**by_reference_event("incoming/photo.jpg", put["ETag"])["image_ref"],
+                      "size_bytes": len(photo_jpeg)}}
+    client, stubber = runtime
+    stubber.add_response("invoke_endpoint", runtime_response(b"[0.8, 0.2]"), {
+        "EndpointName": "scones-ep", "ContentType": "image/jpeg",
+        "Accept": "application/json", "Body": photo_jpeg})
+    out = classify_image.classify(event, client, "scones-ep", CLASSES, s3_client=s3)
+    assert out["inferences"] == [0.8, 0.2]
+    assert out["image_data"] == "" and out["image_ref"] == event["image_ref"]
+    assert events.payload_size(out) < 1024
+
+
+def test_classify_refuses_a_referenced_image_that_changed_or_went(s3, runtime, photo_jpeg,
+                                                                   png_bytes):
+    client, _ = runtime  # no response queued: the endpoint must not be called
+    put = s3.put_object(Bucket=BUCKET, Key="incoming/photo.jpg", Body=photo_jpeg)
+    event = by_reference_event("incoming/photo.jpg", put["ETag"])
+    s3.put_object(Bucket=BUCKET, Key="incoming/photo.jpg", Body=png_bytes)
+    with pytest.raises(ImageNotReadable, match="changed after the workflow checked it"):
+        classify_image.classify(event, client, "ep", CLASSES, s3_client=s3)
+    s3.delete_object(Bucket=BUCKET, Key="incoming/photo.jpg")
+    with pytest.raises(ImageNotFound, match="s3://scones-test-images/incoming/photo.jpg"):
+        classify_image.classify(event, client, "ep", CLASSES, s3_client=s3)
+
+
+def test_classify_refuses_a_referenced_image_over_6_mb(s3, runtime, png_bytes):
+    client, _ = runtime
+    s3.put_object(Bucket=BUCKET, Key="incoming/huge.png",
+                  Body=png_padded_to(png_bytes, events.MAX_INVOKE_ENDPOINT_BODY_BYTES + 1))
+    with pytest.raises(ImageTooLarge, match="6291456-byte"):
+        classify_image.classify(by_reference_event("incoming/huge.png", None), client, "ep",
+                                CLASSES, s3_client=s3)
+
+
+def test_access_denied_says_the_image_may_be_missing_or_unreadable(aws_env, runtime):
+    s3_client = boto3.client("s3", region_name="us-east-1")
+    with Stubber(s3_client) as s3_stub:
+        for _ in range(2):  # S3's answer for a missing key without s3:ListBucket
+            s3_stub.add_client_error("get_object", service_error_code="AccessDenied",
+                                     service_message="Access Denied", http_status_code=403)
+        with pytest.raises(ImageNotReadable) as serialized:
+            serialize_image_data.serialize_image(seed_event("incoming/gone.jpg"), s3_client)
+        with pytest.raises(ImageNotReadable) as classified:
+            classify_image.classify(by_reference_event("incoming/gone.jpg", '"abc"'),
+                                    runtime[0], "ep", CLASSES, s3_client=s3_client)
+    for info in (serialized, classified):
+        message = str(info.value)
+        assert "s3://scones-test-images/incoming/gone.jpg" in message
+        assert "may not exist" in message and "s3:ListBucket" in message
+        assert "s3:GetObject" in message
+
+
+@pytest.fixture(scope="module")
+def served_model(small_model_tar, tmp_path_factory):
+    """(inference.py from a real small model's artifact, its model_fn model)."""
+    extracted = tmp_path_factory.mktemp("lambdas-artifact")
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(extracted, filter="data")
+    spec = importlib.util.spec_from_file_location("lambdas_test_inference",
+                                                  extracted / "code" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.model_fn(str(extracted))
+
+
+def model_runtime_handler(module, model):
+    """An HTTP handler answering /endpoints/<name>/invocations with the real model."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = module.output_fn(module.predict_fn(
+                module.input_fn(body, self.headers["Content-Type"]), model)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+    return Handler
+
+
+@pytest.mark.parametrize("class_name, size, fmt", [
+    ("bicycle", (4000, 3000), "JPEG"),
+    ("motorcycle", (1024, 768), "PNG"),
+])
+def test_photos_are_classified_end_to_end_by_reference(aws_env, monkeypatch, served_model,
+                                                       sample_data_dir, tmp_path, class_name,
+                                                       size, fmt):
+    from moto.core.config import default_user_config
+
+    module, model = served_model
+    source = real_image_path(sample_data_dir, class_name)
+    photo = upscaled_photo(source, size, fmt, tmp_path).read_bytes()
+    key = f"incoming/{class_name}.{fmt.lower()}"
+    assert len(photo) > events.max_image_bytes_for_state(seed_event(key))  # by reference
+    content_type = f"image/{fmt.lower()}"
+    direct = module.predict_fn(module.input_fn(photo, content_type), model)
+    original = module.predict_fn(module.input_fn(source.read_bytes(), "image/png"), model)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), model_runtime_handler(module, model))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", url)
+    monkeypatch.setenv("ENDPOINT_NAME", "scones-delivery-vehicles")
+    monkeypatch.setenv("CLASS_NAMES", ",".join(CLASSES))
+    monkeypatch.setenv("CONFIDENCE_THRESHOLD", "0.0")
+    core = json.loads(json.dumps(default_user_config["core"]))
+    core["passthrough"] = {"urls": [f"^{url}/"], "services": []}
+    try:
+        with mock_aws(config={"core": core}):
+            s3_client = boto3.client("s3")
+            s3_client.create_bucket(Bucket=BUCKET)
+            s3_client.put_object(Bucket=BUCKET, Key=key, Body=photo)
+            event = seed_event(key)
+            for handler in (serialize_image_data.lambda_handler, classify_image.lambda_handler,
+                            filter_inferences.lambda_handler):
+                event = handler(event, None)
+                assert events.payload_size(event) < 1024  # never the image in the state
+                event = json.loads(json.dumps(event))    # as Step Functions carries it
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert event["image_ref"]["content_type"] == content_type
+    assert event["inferences"] == pytest.approx(direct.tolist(), abs=1e-5)
+    assert event["predicted_label"] == CLASSES[int(np.argmax(direct))]
+    # The photo gets (nearly) the probabilities its 32x32 original gets, so the same class
+    # wherever the original's is not a coin toss.
+    assert np.max(np.abs(direct - original)) < 0.05
+    if np.max(original) > 0.55:
+        assert int(np.argmax(direct)) == int(np.argmax(original))
+
+
 # ---- filter_inferences ---------------------------------------------------------------
 
 def test_filter_passes_confident_inferences_with_the_label():
-    out = filter_inferences.filter_inference(
-        {**seed_event("k.png"), "inferences": [0.1, 0.9]}, 0.8, CLASSES)
+    out = filter_inferences.filter_inference(load_event("filter_confident"), 0.8, CLASSES)
     assert out["meets_threshold"] is True and out["predicted_label"] == "motorcycle"
     at_edge = filter_inferences.filter_inference(
         {**seed_event("k.png"), "inferences": [0.8, 0.2]}, 0.8, CLASSES)

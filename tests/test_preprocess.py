@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_job
+from photos import png_with_header
 
 FINE_LABEL_NAMES = ["apple", "bicycle", "bus", "motorcycle", "tractor"]  # a stand-in for the 100
 
@@ -156,6 +157,22 @@ def test_a_few_corrupt_images_are_listed_and_tolerated(small_image_folder, tmp_p
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert report["corrupt_count"] == 1 and report["images_found"] == 41 and report["images_used"] == 40
     assert report["corrupt"][0]["file"] == "bicycle/broken.png" and report["corrupt"][0]["reason"]
+
+
+def test_a_decompression_bomb_among_good_images_counts_as_one_corrupt_image(small_image_folder,
+                                                                           tmp_path):
+    images = small_image_folder(per_class=20)
+    (images / "bicycle" / "bomb.png").write_bytes(png_with_header(50000, 50000))
+    good = sorted((images / "motorcycle").iterdir())[0].read_bytes()
+    (images / "motorcycle" / "with-payload.png").write_bytes(good + b"appended payload")
+    result = preprocess(images, tmp_path / "out", "--max-corrupt-fraction", "0.1")
+    assert "Traceback" not in result.stderr and "DecompressionBomb" not in result.stderr
+    assert "40 images from image-folder (2 unreadable)" in result.stdout
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    reasons = {entry["file"]: entry["reason"] for entry in report["corrupt"]}
+    assert set(reasons) == {"bicycle/bomb.png", "motorcycle/with-payload.png"}
+    assert reasons["bicycle/bomb.png"].startswith("UnreadableImage: image is over the pixel limit")
+    assert "16 bytes follow the end of the PNG image" in reasons["motorcycle/with-payload.png"]
 
 
 def test_too_many_corrupt_images_fail_the_step(small_image_folder, tmp_path):
