@@ -37,6 +37,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_workflow.py
 	$(BIN)/python benchmarks/bench_lambdas.py
+	$(BIN)/python benchmarks/bench_photos.py
+	$(BIN)/python benchmarks/bench_decode_memory.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .scones build *.egg-info

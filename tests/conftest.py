@@ -118,3 +118,26 @@ def register_model(config, model_tar: Path | bytes, url: str | None = None, **fi
     backend.object_store().write_bytes(url, data)
     fields.setdefault("InferenceSpecification", {"Containers": [{"ModelDataUrl": url}]})
     return backend.registry().register(**fields)
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    """Fake credentials and a region, so boto3 (under moto) never looks for real ones."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def run_scones():
+    """run_scones(*args, workspace=PATH, cwd=None) -> CompletedProcess of the real CLI in a
+    subprocess, with the workspace set (as a user runs it)."""
+    def run(*args, workspace: Path | None = None, cwd: Path | None = None,
+            timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+        extra = ["--set", f"local.workspace={workspace}"] if workspace is not None else []
+        return subprocess.run([sys.executable, "-m", "scones.cli.main", *args, *extra],
+                              capture_output=True, text=True, cwd=cwd or REPO_ROOT,
+                              env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+                                   **(env or {})}, timeout=timeout)
+    return run
