@@ -30,13 +30,19 @@ JOBS = REPO_ROOT / "pipelines" / "jobs"
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
 
 
-def parse_config(text: str) -> tuple[str, list[str]]:
-    name, _, settings = text.partition(":")
+def parse_config(text: str) -> tuple[str, Path, list[str]]:
+    """NAME[@JOBS_DIR]:key=value,... -> (name, job scripts folder, train.py arguments).
+
+    @JOBS_DIR runs another copy of the job scripts (e.g. `git archive` of the previous
+    commit), so an old default and a new one are timed in the same sweep, on the same load.
+    """
+    head, _, settings = text.partition(":")
+    name, _, jobs = head.partition("@")
     args = []
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
         args += [f"--{key}", value]
-    return name, args
+    return name, Path(jobs).resolve() if jobs else JOBS, args
 
 
 def run(cmd: list, cores: str | None) -> subprocess.CompletedProcess:
@@ -49,11 +55,11 @@ def run(cmd: list, cores: str | None) -> subprocess.CompletedProcess:
     return result
 
 
-def one_run(work: Path, name: str, args: list[str], seed: int, cores: str | None) -> dict:
+def one_run(work: Path, name: str, jobs: Path, args: list[str], seed: int, cores: str | None) -> dict:
     split = work / f"split-{seed}"
     run_dir = work / f"{name}-{seed}"
     started = time.perf_counter()
-    run([JOBS / "train.py", "--train", split / "train", "--validation", split / "validation",
+    run([jobs / "train.py", "--train", split / "train", "--validation", split / "validation",
          "--model-dir", run_dir / "model", "--output-data-dir", run_dir / "output",
          "--seed", seed, *args], cores)
     seconds = time.perf_counter() - started
@@ -62,7 +68,7 @@ def one_run(work: Path, name: str, args: list[str], seed: int, cores: str | None
             tar.add(path, arcname=path.name)
     (run_dir / "evaluate-in").mkdir()
     (run_dir / "model.tar.gz").rename(run_dir / "evaluate-in" / "model.tar.gz")
-    run([JOBS / "evaluate.py", "--model-dir", run_dir / "evaluate-in", "--test-dir",
+    run([jobs / "evaluate.py", "--model-dir", run_dir / "evaluate-in", "--test-dir",
          split / "test", "--output-dir", run_dir / "evaluation"], cores)
     report = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
     accuracy = report["binary_classification_metrics"]["accuracy"]["value"]
@@ -74,7 +80,8 @@ def one_run(work: Path, name: str, args: list[str], seed: int, cores: str | None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SAMPLE_DATA)
-    parser.add_argument("--seeds", type=int, default=8, help="how many splits (seeds 0..N-1)")
+    parser.add_argument("--seeds", type=int, default=8, help="how many splits (seeds F..F+N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="F: the first split's seed")
     parser.add_argument("--config", action="append", required=True,
                         metavar="NAME:key=value,...", help="train.py arguments of one config")
     parser.add_argument("--parallel", type=int, default=1,
@@ -88,7 +95,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for seed in range(args.seeds):
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        for seed in seeds:
             run([JOBS / "preprocess.py", "--input-dir", args.data, "--output-dir",
                  work / f"split-{seed}", "--seed", seed], None)
 
@@ -99,14 +107,15 @@ def main() -> int:
             finally:
                 slots.put(cores)
 
-        jobs = [(name, cfg_args, seed) for seed in range(args.seeds) for name, cfg_args in configs]
+        jobs = [(name, jobs_dir, cfg_args, seed) for seed in seeds
+                for name, jobs_dir, cfg_args in configs]
         with ThreadPoolExecutor(args.parallel) as pool:
             results = list(pool.map(pinned, jobs))
 
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print(f"\n{'config':<14} {'mean acc':>8} {'stdev':>6} {'min':>6} {'train s':>8}  (n={args.seeds})")
-    for name, _ in configs:
+    for name, _, _ in configs:
         accs = [r["accuracy"] for r in results if r["config"] == name]
         secs = [r["seconds"] for r in results if r["config"] == name]
         print(f"{name:<14} {statistics.mean(accs):>8.4f} {statistics.pstdev(accs):>6.3f} "
