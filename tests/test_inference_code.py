@@ -139,3 +139,46 @@ def test_serving_decodes_images_exactly_as_preprocess_did(served, jobs_dir, real
         served_as = inference.decode_image(data)
         assert trained_as.shape == (32, 32, 3), name
         assert np.array_equal(trained_as, served_as), name
+
+
+def test_predict_applies_the_artifact_temperature(served, small_model_tar, sample_data_dir, tmp_path):
+    """predict_batch divides the logits by model_config.json's temperature before the softmax:
+    the same weights with another temperature in the artifact give exactly those probabilities."""
+    module, model = served
+    config = model.config
+    assert config["temperature"] > 0 and config["temperature"] != 1.0  # fitted, not a default
+    images = np.stack([np.asarray(Image.open(f).convert("RGB"))
+                       for f in sorted((sample_data_dir / "bicycle").iterdir())[:8]])
+    logits = module.tta_logits(model, images)
+    assert logits.shape == (8, 2, 2)  # the image and its mirror image
+
+    def softmax_mean(temperature):
+        scaled = logits.astype(np.float64) / temperature
+        e = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).mean(axis=1)
+
+    served_probabilities = module.predict_batch(model, images)
+    assert np.allclose(served_probabilities, softmax_mean(config["temperature"]), atol=1e-6)
+    assert not np.allclose(served_probabilities, softmax_mean(1.0), atol=1e-4)
+
+    hotter = tmp_path / "artifact"
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(hotter, filter="data")
+    (hotter / "model_config.json").write_text(json.dumps({**config, "temperature": 3.0}))
+    hot_model = module.model_fn(str(hotter))
+    hot = module.predict_batch(hot_model, images)
+    assert np.allclose(hot, softmax_mean(3.0), atol=1e-6)
+    assert not np.allclose(hot, served_probabilities, atol=1e-4)
+
+
+def test_artifact_without_temperature_serves_the_plain_softmax(served, small_model_tar, tmp_path):
+    module, model = served
+    old = tmp_path / "artifact"
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(old, filter="data")
+    config = {k: v for k, v in model.config.items() if k != "temperature"}
+    (old / "model_config.json").write_text(json.dumps(config))
+    assert module.model_fn(str(old)).temperature == 1.0
+    (old / "model_config.json").write_text(json.dumps({**config, "temperature": 0}))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        module.model_fn(str(old))
