@@ -72,9 +72,81 @@ def one_run(work: Path, name: str, jobs: Path, args: list[str], seed: int, cores
          split / "test", "--output-dir", run_dir / "evaluation"], cores)
     report = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
     accuracy = report["binary_classification_metrics"]["accuracy"]["value"]
-    print(f"{name} seed={seed} accuracy={accuracy:.3f} train_seconds={seconds:.1f}",
+    row = {"config": name, "seed": seed, "accuracy": accuracy, "seconds": seconds}
+    row.update(calibration_figures(report, run_dir / "model" / "model_config.json"))
+    print(f"{name} seed={seed} accuracy={accuracy:.3f} train_seconds={seconds:.1f}"
+          + "".join(f" {k}={v:.3f}" for k, v in row.items() if k in CALIBRATION_KEYS and v is not None),
           flush=True)
-    return {"config": name, "seed": seed, "accuracy": accuracy, "seconds": seconds}
+    return row
+
+
+CALIBRATION_KEYS = ("ece_before", "ece_after", "threshold", "selective_accuracy", "coverage",
+                    "validation_coverage")
+
+
+def calibration_figures(report: dict, model_config_path: Path) -> dict:
+    """ECE and selective figures from evaluation.json's custom_metrics (None for job scripts
+    from before calibration)."""
+    custom = report.get("custom_metrics")
+    if not custom:
+        return dict.fromkeys(CALIBRATION_KEYS)
+    selective = custom["selective_prediction"]
+    model_config = json.loads(model_config_path.read_text())
+    return {
+        "ece_before": custom["calibration"]["ece_before_calibration"]["value"],
+        "ece_after": custom["calibration"]["ece_after_calibration"]["value"],
+        "temperature": custom["calibration"]["temperature"],
+        "threshold": selective["confidence_threshold"],
+        "selective_accuracy": selective["selective_accuracy"]["value"],
+        "coverage": selective["coverage"]["value"],
+        "passing_images": selective["passing_images"],
+        "validation_coverage": model_config["threshold_selection"]["validation_coverage"],
+        "target_met": model_config["threshold_selection"]["target_met"],
+        "reliability": custom["calibration"].get("reliability_after_calibration"),
+    }
+
+
+def pooled_ece(runs: list[dict]) -> float:
+    """ECE over the test images of all runs together, from each run's reliability bins: on
+    100 images a perfectly calibrated model still shows an ECE of a few points by chance."""
+    if not all(r.get("reliability") for r in runs):
+        return float("nan")  # evaluations from before the bins were written
+    total, gap = 0, 0.0
+    for b in range(len(runs[0]["reliability"]["count"])):
+        count = sum(r["reliability"]["count"][b] for r in runs)
+        if count:
+            right = sum(r["reliability"]["count"][b] * r["reliability"]["accuracy"][b]
+                        for r in runs if r["reliability"]["count"][b])
+            confidence = sum(r["reliability"]["count"][b] * r["reliability"]["mean_confidence"][b]
+                             for r in runs if r["reliability"]["count"][b])
+            gap += abs(right - confidence)
+            total += count
+    return gap / total if total else float("nan")
+
+
+def sweep(data: Path, seeds: range, configs: list[tuple[str, Path, list[str]]],
+          parallel: int = 1) -> list[dict]:
+    """Every config on every split (seed), interleaved so load changes hit them alike."""
+    slots: Queue = Queue()
+    for i in range(parallel):
+        slots.put(f"{2 * i},{2 * i + 1}" if parallel > 1 else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in seeds:
+            run([JOBS / "preprocess.py", "--input-dir", data, "--output-dir",
+                 work / f"split-{seed}", "--seed", seed], None)
+
+        def pinned(job):
+            cores = slots.get()
+            try:
+                return one_run(work, *job, cores)
+            finally:
+                slots.put(cores)
+
+        jobs = [(name, jobs_dir, cfg_args, seed) for seed in seeds
+                for name, jobs_dir, cfg_args in configs]
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(pinned, jobs))
 
 
 def main() -> int:
@@ -89,29 +161,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write every run as JSON here")
     args = parser.parse_args()
     configs = [parse_config(c) for c in args.config]
-    slots: Queue = Queue()
-    for i in range(args.parallel):
-        slots.put(f"{2 * i},{2 * i + 1}" if args.parallel > 1 else None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
-        for seed in seeds:
-            run([JOBS / "preprocess.py", "--input-dir", args.data, "--output-dir",
-                 work / f"split-{seed}", "--seed", seed], None)
-
-        def pinned(job):
-            cores = slots.get()
-            try:
-                return one_run(work, *job, cores)
-            finally:
-                slots.put(cores)
-
-        jobs = [(name, jobs_dir, cfg_args, seed) for seed in seeds
-                for name, jobs_dir, cfg_args in configs]
-        with ThreadPoolExecutor(args.parallel) as pool:
-            results = list(pool.map(pinned, jobs))
-
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    results = sweep(args.data, seeds, configs, args.parallel)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print(f"\n{'config':<14} {'mean acc':>8} {'stdev':>6} {'min':>6} {'train s':>8}  (n={args.seeds})")
@@ -120,7 +171,32 @@ def main() -> int:
         secs = [r["seconds"] for r in results if r["config"] == name]
         print(f"{name:<14} {statistics.mean(accs):>8.4f} {statistics.pstdev(accs):>6.3f} "
               f"{min(accs):>6.3f} {statistics.mean(secs):>8.1f}")
+    print_calibration_table(results, [name for name, _, _ in configs])
     return 0
+
+
+def print_calibration_table(results: list[dict], names: list[str]) -> None:
+    """Means over splits of the calibration figures. Selective accuracy is pooled (all passing
+    test images of all splits together), so a split where few pass does not weigh as much as
+    one where many pass; "pooled" is the ECE of all splits' test images together."""
+    rows = [(name, [r for r in results if r["config"] == name and r.get("ece_after") is not None])
+            for name in names]
+    rows = [(name, runs) for name, runs in rows if runs]
+    if not rows:
+        return
+    print(f"\n{'config':<14} {'ECE raw':>8} {'ECE cal':>8} {'pooled':>8} {'T':>6} {'thresh':>7} "
+          f"{'pass':>6} {'min pass':>8} {'sel acc':>8} {'min sel':>8} {'target met':>10}")
+    for name, runs in rows:
+        mean = lambda key: statistics.mean(r[key] for r in runs)  # noqa: E731
+        passing = sum(r["passing_images"] for r in runs)
+        right = sum(r["selective_accuracy"] * r["passing_images"] for r in runs if r["passing_images"])
+        pooled = right / passing if passing else float("nan")
+        min_selective = min(r["selective_accuracy"] for r in runs if r["passing_images"])
+        print(f"{name:<14} {mean('ece_before'):>8.4f} {mean('ece_after'):>8.4f} "
+              f"{pooled_ece(runs):>8.4f} {mean('temperature'):>6.2f} "
+              f"{mean('threshold'):>7.3f} {mean('coverage'):>6.1%} "
+              f"{min(r['coverage'] for r in runs):>8.1%} {pooled:>8.4f} {min_selective:>8.3f} "
+              f"{sum(r['target_met'] for r in runs):>7}/{len(runs)}")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,7 @@ def calibration_metrics(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndar
         values = values[~np.isnan(values)]
         return metric(fn(np.arange(len(y_true))), values.std() if len(values) else float("nan"))
 
+    count, mean_confidence, accuracy = calibration_bins(calibrated, y_true)
     section = {
         "calibration": {
             "temperature": float(model_config.get("temperature", 1.0)),
@@ -184,6 +185,14 @@ def calibration_metrics(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndar
             "ece_before_calibration": bootstrap(lambda i: expected_calibration_error(raw[i], y_true[i])),
             "ece_after_calibration": bootstrap(
                 lambda i: expected_calibration_error(calibrated[i], y_true[i])),
+            # The diagram's numbers (after calibration), so several evaluations can be pooled;
+            # null where a bin is empty (NaN is not JSON).
+            "reliability_after_calibration": {
+                "bin_upper_edges": [round((b + 1) / ECE_BINS, 6) for b in range(ECE_BINS)],
+                "count": [int(c) for c in count],
+                "mean_confidence": [None if c == 0 else float(m) for c, m in zip(count, mean_confidence)],
+                "accuracy": [None if c == 0 else float(a) for c, a in zip(count, accuracy)],
+            },
         },
     }
     if threshold is None:  # an artifact from before thresholds were chosen per version
