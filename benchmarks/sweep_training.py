@@ -125,11 +125,12 @@ def pooled_ece(runs: list[dict]) -> float:
 
 
 def sweep(data: Path, seeds: range, configs: list[tuple[str, Path, list[str]]],
-          parallel: int = 1) -> list[dict]:
+          parallel: int = 1, cores_per_run: int = 2) -> list[dict]:
     """Every config on every split (seed), interleaved so load changes hit them alike."""
     slots: Queue = Queue()
     for i in range(parallel):
-        slots.put(f"{2 * i},{2 * i + 1}" if parallel > 1 else None)
+        cores = ",".join(str(cores_per_run * i + c) for c in range(cores_per_run))
+        slots.put(cores if parallel > 1 or cores_per_run != 2 else None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for seed in seeds:
@@ -157,12 +158,15 @@ def main() -> int:
     parser.add_argument("--config", action="append", required=True,
                         metavar="NAME:key=value,...", help="train.py arguments of one config")
     parser.add_argument("--parallel", type=int, default=1,
-                        help="runs at once, each pinned to 2 cores (needs 2x as many cores)")
+                        help="runs at once, each pinned to --cores-per-run cores")
+    parser.add_argument("--cores-per-run", type=int, default=2,
+                        help="1: accuracy screening on a busy 2-core box (two 1-thread runs at "
+                             "once, --parallel 2); its seconds are not the 2-core figure")
     parser.add_argument("--out", type=Path, help="write every run as JSON here")
     args = parser.parse_args()
     configs = [parse_config(c) for c in args.config]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    results = sweep(args.data, seeds, configs, args.parallel)
+    results = sweep(args.data, seeds, configs, args.parallel, args.cores_per_run)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print(f"\n{'config':<14} {'mean acc':>8} {'stdev':>6} {'min':>6} {'train s':>8}  (n={args.seeds})")

@@ -181,8 +181,12 @@ def test_artifact_threshold_is_what_the_validation_split_says(small_training_run
     assert selection["target_precision"] == 0.98
     if selection["target_met"]:
         assert correct[passing].mean() >= 0.98 and passing.sum() >= selection["min_passing"]
-    else:  # the stated fallback: only the min_passing most confident images pass
-        assert passing.sum() == min(selection["min_passing"], len(passing))
+    else:  # the stated fallback: no threshold passing enough images is more precise
+        confidence = probabilities.max(axis=1)
+        for lower in np.unique(confidence):
+            passes = confidence >= lower
+            if passes.sum() >= min(selection["min_passing"], len(passes)):
+                assert correct[passes].mean() <= correct[passing].mean()
     calibration = config["calibration"]
     assert calibration["validation_nll_after"] <= calibration["validation_nll_before"] + 1e-9
 
@@ -221,10 +225,13 @@ def test_choose_threshold_guards_small_samples_and_falls_back(train_module):
     # 24 of the top 25 right (0.96); adding the 26th (wrong) drops to 24/26 = 0.923.
     assert chosen["target_met"] and chosen["validation_passing"] == 25
     assert confidence[24] > chosen["confidence_threshold"] > confidence[25]
+    # 0.99 is out of reach: the fallback keeps the most precise threshold passing >= 20
+    # (25 images at 0.96), not the 20 most confident (0.95).
     unreachable = train_module.choose_threshold(confidence, correct, 0.99, min_passing=20)
-    assert not unreachable["target_met"] and unreachable["validation_passing"] == 20
-    assert "20 most confident" in unreachable["rule"]
-    assert (confidence >= unreachable["confidence_threshold"]).sum() == 20
+    assert not unreachable["target_met"] and unreachable["validation_passing"] == 25
+    assert unreachable["validation_precision"] == pytest.approx(0.96)
+    assert "highest validation precision" in unreachable["rule"]
+    assert (confidence >= unreachable["confidence_threshold"]).sum() == 25
 
 
 def test_evaluation_reports_calibration_and_selective_accuracy(small_training_run, small_model_tar,

@@ -140,8 +140,9 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     The threshold sits midway between the last passing confidence and the next lower one, so
     rounding the served probabilities (6 decimals) cannot move an image across it.
     Fallback when no such threshold exists (a weak model, or fewer than `min_passing`
-    images): pass only the `min_passing` most confident images (all of them if fewer), the
-    smallest set the data can vouch for, and say so with target_met=false.
+    images): the threshold with the highest validation precision among those passing at
+    least `min_passing` images (all of them if fewer), the lowest of them on a tie; it says
+    so with target_met=false.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
@@ -160,7 +161,8 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         target_met = True
     else:
         candidates = np.flatnonzero(boundary & (passing_counts >= min(min_passing, n)))
-        k = int(passing_counts[candidates[0]])
+        best_precision = precision[candidates].max()
+        k = int(passing_counts[candidates[precision[candidates] == best_precision]].max())
         target_met = False
     lowest_passing = sorted_confidence[k - 1]
     threshold = lowest_passing if k == n else (lowest_passing + sorted_confidence[k]) / 2
@@ -175,8 +177,8 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         "min_passing": min_passing,
         "rule": ("lowest threshold whose passing validation images reach the target precision "
                  f"with at least {min_passing} passing" if target_met else
-                 f"target not reachable on validation: pass only the {min_passing} most "
-                 "confident validation images"),
+                 "target not reachable on validation: the threshold with the highest "
+                 f"validation precision among those passing at least {min_passing}"),
     }
 
 
@@ -414,7 +416,7 @@ def env_path(name: str, fallback: str) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--epochs", type=positive_int, default=50)
-    parser.add_argument("--learning-rate", type=positive_float, default=0.01)
+    parser.add_argument("--learning-rate", type=positive_float, default=0.05)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--width", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=42)
