@@ -9,7 +9,13 @@ One line per epoch, parsed by the pipeline's metric_definitions:
 
 Model dir: model.pt (best-validation-accuracy state_dict), model_config.json,
 code/inference.py + code/scones_net.py (the serving code, next to the weights it serves).
-Output-data dir: training_history.json, training_curves.png.
+Output-data dir: training_history.json, training_curves.png (the kept epoch marked).
+
+After training, on the validation split and through the serving code's prediction path:
+a temperature is fitted (model_config.json "temperature", applied by inference.py to every
+answer), then the lowest confidence threshold whose passing images reach --target-precision
+is chosen ("confidence_threshold", with "threshold_selection" saying how it was found), so
+each model version carries the threshold that means what it says for that version.
 """
 from __future__ import annotations
 
