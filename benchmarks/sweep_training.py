@@ -9,6 +9,13 @@ judged by its mean over --seeds different stratified splits (the split seed is a
 training seed). Every run goes through the real job scripts (preprocess -> train ->
 evaluate through the artifact's serving code), pinned to its own 2 CPU cores with taskset
 when --parallel > 1 so the seconds match the 2-core target. By hand only.
+
+To compare against the previous default on the same load, run a copy of the old job scripts
+(`git archive HEAD~1 pipelines/jobs | tar -x -C /tmp/old`) as `--config old@/tmp/old/pipelines/jobs:`.
+On a busy shared 2-core box, `--parallel 2 --cores-per-run 1` runs two 1-thread runs side by
+side (2-thread torch stalls badly when the cores are oversubscribed): accuracy is the same,
+seconds are paired but are not the 2-core figure. Runs with calibrated artifacts also get
+ECE, threshold and selective accuracy per split (see bench_calibration.py).
 """
 from __future__ import annotations
 
