@@ -28,6 +28,8 @@ PREPROCESS, TRAIN, EVALUATE, CHECK = "Preprocess", "Train", "Evaluate", "CheckAc
 REGISTER, FAIL = "Register", "AccuracyBelowThreshold"
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
+THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
+CONFIDENCE_THRESHOLD_PROPERTY = "ConfidenceThreshold"  # CustomerMetadataProperties key
 CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image"]
 
 # Parsed from train.py's per-epoch line, e.g.
@@ -141,6 +143,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         output_path=f"s3://{config.aws.bucket}/{pc.name}/models",
         hyperparameters={
             "epochs": epochs, "learning-rate": learning_rate,
+            "target-precision": config.training.target_precision,
             "batch-size": config.training.batch_size, "width": config.training.width,
             "seed": config.training.seed,
         },
@@ -201,6 +204,12 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             model_metrics=ModelMetrics(model_statistics=MetricsSource(
                 s3_uri=Join(on="/", values=[evaluation_url, "evaluation.json"]),
                 content_type="application/json")),
+            # The threshold train.py chose on validation for training.target_precision: it
+            # travels with the version, and deployment hands it to the filter step.
+            customer_metadata_properties={
+                CONFIDENCE_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
+                    step_name=step_evaluate.name, property_file=evaluation_report,
+                    json_path=THRESHOLD_JSON_PATH)])},
         ),
     )
     step_fail = FailStep(

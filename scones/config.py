@@ -41,6 +41,9 @@ class TrainingConfig:
     batch_size: int = 64
     width: int = 16
     seed: int = 42
+    # train.py picks each version's confidence threshold on validation data for this
+    # precision (share right among the images that pass); it travels with the model.
+    target_precision: float = 0.98
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,11 @@ class PipelineConfig:
 class WorkflowConfig:
     state_machine_name: str
     endpoint_name: str
+    # The filter's threshold: the deployed model version's own (chosen for
+    # training.target_precision and registered with it) unless use_model_threshold is false
+    # or the version has none; then this value.
     confidence_threshold: float = 0.8
+    use_model_threshold: bool = True
     lambda_prefix: str = "scones"
     max_concurrency: int = 8
 
@@ -274,6 +281,8 @@ def _check_semantics(cfg: Config, origin: dict, config_dir: Path) -> None:
         fail("training.epochs", "must be at least 1")
     if cfg.training.learning_rate <= 0:
         fail("training.learning_rate", "must be positive")
+    if not 0.5 <= cfg.training.target_precision < 1:
+        fail("training.target_precision", "must be in [0.5, 1)")
     for key, value in (("pipeline.accuracy_threshold", cfg.pipeline.accuracy_threshold),
                        ("workflow.confidence_threshold", cfg.workflow.confidence_threshold)):
         if not 0 <= value <= 1:

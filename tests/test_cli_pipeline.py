@@ -69,6 +69,9 @@ def test_registered_version_is_pending_with_its_model_on_disk(ran):
     assert package["LocalModelData"].endswith("/output/model.tar.gz")
     assert 0 <= package["Accuracy"] <= 1
     assert package["ModelPackageArn"].endswith("model-package/scones-delivery-vehicles/1")
+    # the threshold train.py chose on validation travels with the version
+    threshold = float(package["CustomerMetadataProperties"]["ConfidenceThreshold"])
+    assert 0.5 <= threshold <= 1
     human = scones(workspace, "registry", "list")
     assert "PendingManualApproval" in human.stdout and human.returncode == 0
 

@@ -159,8 +159,12 @@ def test_photos_get_the_class_of_their_32x32_original(served, sample_data_dir, t
     assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
     # Area downscaling undoes the blow-up closely: the photo is its 32x32 original again.
     assert np.mean(np.abs(decoded.astype(int) - original.astype(int))) < 6
+    # Compared before calibration: the temperature (< 1 for this small model) sharpens
+    # both, so a small logit difference shows as a larger probability one after it.
+    raw = [module.probabilities_from_logits(module.tta_logits(model, image[None]), 1.0)[0]
+           for image in (decoded, original)]
+    assert np.max(np.abs(raw[0] - raw[1])) < 0.05
     probabilities, expected = module.predict_fn(decoded, model), module.predict_fn(original, model)
-    assert np.max(np.abs(probabilities - expected)) < 0.05
     if np.max(expected) > 0.55:  # same class wherever the original's is not a coin toss
         assert np.argmax(probabilities) == np.argmax(expected)
 
@@ -264,3 +268,45 @@ def test_the_decoding_block_is_the_same_text_in_both_files(jobs_dir):
         start = text.index("# --- image decoding: this block is identical")
         return text[start:text.index("# --- end of the image decoding block", start)]
     assert block("inference.py") == block("preprocess.py")
+
+def test_predict_applies_the_artifact_temperature(served, small_model_tar, sample_data_dir, tmp_path):
+    """predict_batch divides the logits by model_config.json's temperature before the softmax:
+    the same weights with another temperature in the artifact give exactly those probabilities."""
+    module, model = served
+    config = model.config
+    assert config["temperature"] > 0 and config["temperature"] != 1.0  # fitted, not a default
+    images = np.stack([np.asarray(Image.open(f).convert("RGB"))
+                       for f in sorted((sample_data_dir / "bicycle").iterdir())[:8]])
+    logits = module.tta_logits(model, images)
+    assert logits.shape == (8, 2, 2)  # the image and its mirror image
+
+    def softmax_mean(temperature):
+        scaled = logits.astype(np.float64) / temperature
+        e = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).mean(axis=1)
+
+    served_probabilities = module.predict_batch(model, images)
+    assert np.allclose(served_probabilities, softmax_mean(config["temperature"]), atol=1e-6)
+    assert not np.allclose(served_probabilities, softmax_mean(1.0), atol=1e-4)
+
+    hotter = tmp_path / "artifact"
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(hotter, filter="data")
+    (hotter / "model_config.json").write_text(json.dumps({**config, "temperature": 3.0}))
+    hot_model = module.model_fn(str(hotter))
+    hot = module.predict_batch(hot_model, images)
+    assert np.allclose(hot, softmax_mean(3.0), atol=1e-6)
+    assert not np.allclose(hot, served_probabilities, atol=1e-4)
+
+
+def test_artifact_without_temperature_serves_the_plain_softmax(served, small_model_tar, tmp_path):
+    module, model = served
+    old = tmp_path / "artifact"
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(old, filter="data")
+    config = {k: v for k, v in model.config.items() if k != "temperature"}
+    (old / "model_config.json").write_text(json.dumps(config))
+    assert module.model_fn(str(old)).temperature == 1.0
+    (old / "model_config.json").write_text(json.dumps({**config, "temperature": 0}))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        module.model_fn(str(old))

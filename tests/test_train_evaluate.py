@@ -131,3 +131,144 @@ def test_train_runs_with_fewer_steps_than_a_learning_rate_cycle_needs(small_imag
                      "--batch-size", "64", "--width", "8")
     assert result.stdout.count("\nepoch ") + result.stdout.startswith("epoch ") == 2
     assert (tmp_path / "model" / "model.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def train_module(jobs_dir):
+    """train.py imported as a module (it imports its sibling job scripts by name)."""
+    import importlib.util
+    import sys
+    siblings = ("inference", "scones_net", "evaluate")
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    sys.path.insert(0, str(jobs_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("train_under_test", jobs_dir / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(jobs_dir))
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    return module
+
+
+@pytest.fixture(scope="module")
+def served_small_model(small_model_tar, tmp_path_factory):
+    import importlib.util
+    extracted = tmp_path_factory.mktemp("calibration-artifact")
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(extracted, filter="data")
+    spec = importlib.util.spec_from_file_location("calibration_inference", extracted / "code" / "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+    return inference, inference.model_fn(str(extracted))
+
+
+def test_artifact_threshold_is_what_the_validation_split_says(small_training_run, served_small_model):
+    """model_config.json's threshold, coverage and precision are reproduced by serving the
+    validation split through the artifact: the threshold means what the config says."""
+    inference, model = served_small_model
+    config = model.config
+    selection = config["threshold_selection"]
+    validation = np.load(small_training_run["processed"] / "validation" / "data.npz")
+    probabilities = inference.predict_batch(model, validation["images"])
+    passing = probabilities.max(axis=1) >= config["confidence_threshold"]
+    correct = probabilities.argmax(axis=1) == validation["labels"]
+    assert passing.sum() == selection["validation_passing"]
+    assert passing.mean() == pytest.approx(selection["validation_coverage"])
+    assert correct[passing].mean() == pytest.approx(selection["validation_precision"])
+    assert selection["target_precision"] == 0.98
+    if selection["target_met"]:
+        assert correct[passing].mean() >= 0.98 and passing.sum() >= selection["min_passing"]
+    else:  # the stated fallback: no threshold passing enough images is more precise
+        confidence = probabilities.max(axis=1)
+        for lower in np.unique(confidence):
+            passes = confidence >= lower
+            if passes.sum() >= min(selection["min_passing"], len(passes)):
+                assert correct[passes].mean() <= correct[passing].mean()
+    calibration = config["calibration"]
+    assert calibration["validation_nll_after"] <= calibration["validation_nll_before"] + 1e-9
+
+
+@pytest.mark.parametrize("reachable", ["by all images", "by the most confident ones"])
+def test_chosen_threshold_is_the_lowest_that_meets_the_target(train_module, small_training_run,
+                                                              served_small_model, reachable):
+    """On the small model's real validation predictions, for targets they can reach."""
+    inference, model = served_small_model
+    validation = np.load(small_training_run["processed"] / "validation" / "data.npz")
+    probabilities = inference.predict_batch(model, validation["images"])
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == validation["labels"]
+    min_passing = 10
+    if reachable == "by all images":
+        target = correct.mean()
+    else:
+        target = correct[np.argsort(-confidence, kind="mergesort")[:min_passing]].mean()
+    chosen = train_module.choose_threshold(confidence, correct, target, min_passing=min_passing)
+    threshold = chosen["confidence_threshold"]
+    passing = confidence >= threshold
+    assert chosen["target_met"]
+    assert correct[passing].mean() >= target and passing.sum() >= min_passing
+    assert correct[passing].mean() == pytest.approx(chosen["validation_precision"])
+    assert passing.sum() == chosen["validation_passing"]
+    # Lowest: every lower threshold lets through a set that misses the target.
+    for lower in np.unique(confidence[confidence < threshold]):
+        assert correct[confidence >= lower].mean() < target
+
+
+def test_choose_threshold_guards_small_samples_and_falls_back(train_module):
+    confidence = np.linspace(0.99, 0.5, 40)
+    correct = np.ones(40, dtype=bool)
+    correct[[0, 25, 30]] = False  # the single most confident image is wrong
+    chosen = train_module.choose_threshold(confidence, correct, 0.95, min_passing=20)
+    # 24 of the top 25 right (0.96); adding the 26th (wrong) drops to 24/26 = 0.923.
+    assert chosen["target_met"] and chosen["validation_passing"] == 25
+    assert confidence[24] > chosen["confidence_threshold"] > confidence[25]
+    # 0.99 is out of reach: the fallback keeps the most precise threshold passing >= 20
+    # (25 images at 0.96), not the 20 most confident (0.95).
+    unreachable = train_module.choose_threshold(confidence, correct, 0.99, min_passing=20)
+    assert not unreachable["target_met"] and unreachable["validation_passing"] == 25
+    assert unreachable["validation_precision"] == pytest.approx(0.96)
+    assert "highest validation precision" in unreachable["rule"]
+    assert (confidence >= unreachable["confidence_threshold"]).sum() == 25
+
+
+def test_evaluation_reports_calibration_and_selective_accuracy(small_training_run, small_model_tar,
+                                                               served_small_model, tmp_path):
+    inference, model = served_small_model
+    output = tmp_path / "evaluation"
+    result = run_job("evaluate.py", "--model-dir", small_model_tar.parent,
+                     "--test-dir", small_training_run["processed"] / "test", "--output-dir", output)
+    custom = json.loads((output / "evaluation.json").read_text())["custom_metrics"]
+    test = np.load(small_training_run["processed"] / "test" / "data.npz")
+    logits = inference.tta_logits(model, test["images"])
+    calibrated = inference.predict_batch(model, test["images"])
+    raw = inference.probabilities_from_logits(logits, 1.0)
+
+    def ece(probabilities):  # 15 equal-width bins, written out independently of evaluate.py
+        confidence, right = probabilities.max(1), probabilities.argmax(1) == test["labels"]
+        total = 0.0
+        for low, high in zip(np.linspace(0, 1, 16)[:-1], np.linspace(0, 1, 16)[1:]):
+            in_bin = (confidence > low) & (confidence <= high)
+            if in_bin.any():
+                total += in_bin.sum() * abs(right[in_bin].mean() - confidence[in_bin].mean())
+        return total / len(confidence)
+
+    calibration = custom["calibration"]
+    assert calibration["ece_bins"] == 15
+    assert calibration["temperature"] == pytest.approx(model.config["temperature"])
+    assert calibration["ece_before_calibration"]["value"] == pytest.approx(ece(raw), abs=1e-6)
+    assert calibration["ece_after_calibration"]["value"] == pytest.approx(ece(calibrated), abs=1e-6)
+    selective = custom["selective_prediction"]
+    threshold = model.config["confidence_threshold"]
+    assert selective["confidence_threshold"] == threshold
+    passing = calibrated.max(1) >= threshold
+    assert selective["passing_images"] == passing.sum() and selective["test_images"] == len(passing)
+    assert selective["coverage"]["value"] == pytest.approx(passing.mean())
+    if passing.any():
+        expected = (calibrated.argmax(1) == test["labels"])[passing].mean()
+        assert selective["selective_accuracy"]["value"] == pytest.approx(expected)
+    assert "ECE" in result.stdout
+    with Image.open(output / "reliability_diagram.png") as png:
+        assert png.format == "PNG" and png.size[0] >= 500 and png.size[1] >= 500

@@ -6,7 +6,10 @@ the numbers describe exactly what the endpoint will serve. Self-contained (stdli
 torch via the artifact, matplotlib): a processing job uploads this single file.
 
 Writes <output-dir>/evaluation.json in SageMaker's model-quality layout; the pipeline's
-condition reads binary_classification_metrics.accuracy.value. Also confusion_matrix.png.
+condition reads binary_classification_metrics.accuracy.value. Our own figures live under
+"custom_metrics": calibration (ECE before/after the artifact's temperature) and selective
+prediction at the artifact's confidence_threshold (accuracy of the test images that pass,
+and the share that passes). Also confusion_matrix.png and reliability_diagram.png.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
+ECE_BINS = 15
 
 
 class EvaluationError(Exception):
@@ -125,6 +129,90 @@ def scores_for(y_true: np.ndarray, probabilities: np.ndarray, n_classes: int) ->
     return out
 
 
+def calibration_bins(probabilities: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS):
+    """Equal-width confidence bins over [0, 1] (right-closed, the first also holds 0):
+    per bin (count, mean confidence, accuracy); empty bins have count 0 and NaN means."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / count
+    return count, mean_confidence, accuracy
+
+
+def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    count, mean_confidence, accuracy = calibration_bins(probabilities, y_true, bins)
+    filled = count > 0
+    if not filled.any():
+        return float("nan")
+    gaps = np.abs(accuracy[filled] - mean_confidence[filled])
+    return float((count[filled] * gaps).sum() / count.sum())
+
+
+def selective_scores(y_true: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """Accuracy of the images whose top probability is >= threshold, and the share of them
+    (the filter step's rule: it passes an inference when its confidence >= threshold)."""
+    passing = probabilities.max(axis=1) >= threshold
+    correct = probabilities.argmax(axis=1) == y_true
+    return {"selective_accuracy": float(correct[passing].mean()) if passing.any() else float("nan"),
+            "coverage": float(passing.mean()), "passing_images": int(passing.sum())}
+
+
+def calibration_metrics(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray,
+                        model_config: dict) -> dict:
+    """The "custom_metrics" section: ECE before/after calibration and selective prediction at
+    the artifact's own threshold, each with a bootstrap standard deviation like the rest."""
+    threshold = model_config.get("confidence_threshold")
+    selection = model_config.get("threshold_selection", {})
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    samples = [rng.integers(0, len(y_true), len(y_true)) for _ in range(BOOTSTRAP_SAMPLES)]
+
+    def bootstrap(fn) -> dict:
+        values = np.array([fn(idx) for idx in samples], dtype=float)
+        values = values[~np.isnan(values)]
+        return metric(fn(np.arange(len(y_true))), values.std() if len(values) else float("nan"))
+
+    count, mean_confidence, accuracy = calibration_bins(calibrated, y_true)
+    section = {
+        "calibration": {
+            "temperature": float(model_config.get("temperature", 1.0)),
+            "ece_bins": ECE_BINS,
+            "ece_before_calibration": bootstrap(lambda i: expected_calibration_error(raw[i], y_true[i])),
+            "ece_after_calibration": bootstrap(
+                lambda i: expected_calibration_error(calibrated[i], y_true[i])),
+            # The diagram's numbers (after calibration), so several evaluations can be pooled;
+            # null where a bin is empty (NaN is not JSON).
+            "reliability_after_calibration": {
+                "bin_upper_edges": [round((b + 1) / ECE_BINS, 6) for b in range(ECE_BINS)],
+                "count": [int(c) for c in count],
+                "mean_confidence": [None if c == 0 else float(m) for c, m in zip(count, mean_confidence)],
+                "accuracy": [None if c == 0 else float(a) for c, a in zip(count, accuracy)],
+            },
+        },
+    }
+    if threshold is None:  # an artifact from before thresholds were chosen per version
+        section["selective_prediction"] = {"confidence_threshold": None}
+        return section
+    threshold = float(threshold)
+    estimate = selective_scores(y_true, calibrated, threshold)
+    section["selective_prediction"] = {
+        "confidence_threshold": threshold,
+        "threshold_source": "model_config.json confidence_threshold (chosen on validation by train.py)",
+        "target_precision": selection.get("target_precision"),
+        "selective_accuracy": bootstrap(
+            lambda i: selective_scores(y_true[i], calibrated[i], threshold)["selective_accuracy"]),
+        "coverage": bootstrap(lambda i: selective_scores(y_true[i], calibrated[i], threshold)["coverage"]),
+        "passing_images": estimate["passing_images"],
+        "test_images": int(len(y_true)),
+    }
+    return section
+
+
 def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
     n_classes = len(class_names)
     estimate = scores_for(y_true, probabilities, n_classes)
@@ -196,6 +284,49 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], accuracy: float, 
     plt.close(fig)
 
 
+def plot_reliability(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray,
+                     temperature: float, threshold: float | None, path: Path) -> None:
+    """Reliability diagram: accuracy vs confidence per bin before and after calibration (the
+    diagonal is perfect calibration), with the image count per bin underneath."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_classes = raw.shape[1]
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1 / ECE_BINS
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6.5, 7), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1.2]})
+    series = (("before (T=1)", raw, "tab:gray", -0.2), (f"after (T={temperature:.2f})", calibrated,
+                                                         "tab:blue", 0.2))
+    for label, probabilities, colour, shift in series:
+        count, mean_confidence, accuracy = calibration_bins(probabilities, y_true)
+        ece = expected_calibration_error(probabilities, y_true)
+        filled = count > 0
+        ax.bar(centres[filled] + shift * width, accuracy[filled], width=0.4 * width, color=colour,
+               label=f"{label}: ECE {ece:.3f}")
+        ax.plot(mean_confidence[filled], accuracy[filled], "o", color=colour, markersize=4)
+        ax_count.bar(centres + shift * width, count, width=0.4 * width, color=colour)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    for axis in (ax, ax_count):
+        if threshold is not None:
+            axis.axvline(threshold, color="tab:red", linewidth=1.2,
+                         label=f"threshold {threshold:.3f} (images at or right of it pass)")
+        axis.grid(alpha=0.3)
+    low = 1 / n_classes - width  # a top-class probability is never below 1 / classes
+    ax.set_xlim(max(0.0, low), 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy in bin (bars) at mean confidence (dots)")
+    ax.set_title(f"reliability on the test split (n={len(y_true)}, {ECE_BINS} bins)", pad=48)
+    # Above the axes: inside, it would hide the bars of a well-calibrated model.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize=8, frameon=False)
+    ax_count.set_xlabel("confidence (top class probability)")
+    ax_count.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def run(model_dir: Path, test_dir: Path, output_dir: Path) -> dict:
     test = load_test_split(test_dir)
     with tempfile.TemporaryDirectory(prefix="scones-model-") as tmp:
@@ -207,9 +338,16 @@ def run(model_dir: Path, test_dir: Path, output_dir: Path) -> dict:
         if test_classes != class_names:
             raise EvaluationError(f"the model's classes {class_names} differ from the test "
                                   f"split's {test_classes}")
-        probabilities = serving.predict_batch(model, test["images"])
+        model_config = dict(getattr(model, "config", {}))
+        if hasattr(serving, "tta_logits"):
+            logits = serving.tta_logits(model, test["images"])
+            raw = serving.probabilities_from_logits(logits, 1.0)
+            probabilities = serving.predict_batch(model, test["images"])  # what is served
+        else:  # an artifact from before calibration: served probabilities are the raw ones
+            raw = probabilities = serving.predict_batch(model, test["images"])
     y_true = test["labels"].astype(np.int64)
     result = compute_metrics(y_true, probabilities, class_names)
+    result["custom_metrics"] = calibration_metrics(y_true, raw, probabilities, model_config)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp_path = output_dir / "evaluation.json.tmp"
     tmp_path.write_text(json.dumps(result, indent=2))
@@ -217,6 +355,9 @@ def run(model_dir: Path, test_dir: Path, output_dir: Path) -> dict:
     accuracy = result["multiclass_classification_metrics"]["accuracy"]["value"]
     plot_confusion(confusion(y_true, probabilities.argmax(axis=1), len(class_names)), class_names,
                    accuracy, output_dir / "confusion_matrix.png")
+    plot_reliability(y_true, raw, probabilities, result["custom_metrics"]["calibration"]["temperature"],
+                     result["custom_metrics"]["selective_prediction"]["confidence_threshold"],
+                     output_dir / "reliability_diagram.png")
     return result
 
 
@@ -241,6 +382,16 @@ def main(argv=None) -> int:
     n = sum(c["support"] for c in result["multiclass_classification_metrics"]["per_class"].values())
     print(f"evaluate: test accuracy={accuracy['value']:.4f} "
           f"(+/- {accuracy['standard_deviation']:.4f}, n={n})")
+    custom = result["custom_metrics"]
+    calibration, selective = custom["calibration"], custom["selective_prediction"]
+    line = (f"evaluate: ECE {calibration['ece_before_calibration']['value']:.4f} before, "
+            f"{calibration['ece_after_calibration']['value']:.4f} after calibration "
+            f"(T={calibration['temperature']:.3f})")
+    if selective["confidence_threshold"] is not None:
+        line += (f"; at threshold {selective['confidence_threshold']:.4f}: "
+                 f"{selective['coverage']['value']:.1%} pass, "
+                 f"selective accuracy={selective['selective_accuracy']['value']:.4f}")
+    print(line)
     return 0
 
 

@@ -6,13 +6,17 @@ evaluate.py and our local endpoint load this same file from the artifact, so wha
 evaluated is exactly what is served.
 
 Request: image bytes (image/png, image/jpeg, application/x-image; any colour mode, any
-size up to the limits: converted to RGB and area-downscaled to 32x32, see decode_image).
+size up to the limits: converted to RGB and downscaled (Lanczos) to 32x32, see decode_image).
 Response: JSON list of class probabilities in class order (model_config.json's
 class_names), e.g. [0.99, 0.01].
 
 Bounded per request: a body over 6 MB is a 413 (SageMaker's own limit), an image over
 MAX_IMAGE_PIXELS (MAX_JPEG_PIXELS for JPEG, decoded at 1/8 scale) a 413 from its header
 alone, bytes after the image's end marker a 400; each names the limit or the fault.
+
+The probabilities are calibrated: logits are divided by model_config.json's "temperature"
+(fitted by train.py on the validation split) before the softmax, so a confidence of 0.9
+means about 9 in 10 right, and the artifact's "confidence_threshold" means what it says.
 """
 from __future__ import annotations
 
@@ -89,6 +93,11 @@ class ServedModel:
         self.mean = torch.tensor(config["mean"], dtype=torch.float32, device=device)
         self.std = torch.tensor(config["std"], dtype=torch.float32, device=device)
         self.image_size = int(config["image_size"])
+        # Artifacts from before calibration have no temperature: 1.0 is the plain softmax.
+        self.temperature = float(config.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise ValueError(f"model_config.json: temperature must be positive, "
+                             f"got {config.get('temperature')!r}")
         self._normalise = scones_net.normalise
 
 
@@ -282,11 +291,10 @@ def input_fn(request_body, content_type: str = "application/x-image") -> np.ndar
     return decode_image(request_body)
 
 
-def predict_batch(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
-    """uint8 N x H x W x 3 -> float32 N x classes probabilities.
+def tta_logits(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x 3 -> float32 N x 2 x classes logits: each image and its mirror image.
 
-    Averages the softmax of the image and its mirror image: cheap test-time augmentation
-    matching the horizontal flips seen in training.
+    The mirror is cheap test-time augmentation matching the horizontal flips seen in training.
     """
     images = np.asarray(images_uint8_nhwc)
     if images.ndim == 3:
@@ -300,12 +308,26 @@ def predict_batch(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarr
         for start in range(0, len(images), BATCH_SIZE):
             batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
             x = model._normalise(batch.to(model.device), model.mean, model.std)
-            probabilities = (torch.softmax(model.net(x), dim=1)
-                             + torch.softmax(model.net(x.flip(3)), dim=1)) / 2
-            outputs.append(probabilities.float().cpu().numpy())
+            logits = torch.stack((model.net(x), model.net(x.flip(3))), dim=1)
+            outputs.append(logits.float().cpu().numpy())
     if not outputs:
-        return np.zeros((0, len(model.class_names)), dtype=np.float32)
+        return np.zeros((0, 2, len(model.class_names)), dtype=np.float32)
     return np.concatenate(outputs)
+
+
+def probabilities_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """N x views x classes logits -> N x classes: mean over views of softmax(logits / T).
+
+    The one place temperature is applied: train.py fits T through this function and every
+    consumer (evaluate.py, the endpoint, SageMaker) gets its probabilities through it.
+    """
+    scaled = torch.from_numpy(np.asarray(logits, dtype=np.float32)) / float(temperature)
+    return torch.softmax(scaled, dim=-1).mean(dim=1).numpy()
+
+
+def predict_batch(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x 3 -> float32 N x classes calibrated probabilities."""
+    return probabilities_from_logits(tta_logits(model, images_uint8_nhwc), model.temperature)
 
 
 def predict_fn(input_data: np.ndarray, model: ServedModel) -> np.ndarray:

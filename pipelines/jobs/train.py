@@ -9,7 +9,13 @@ One line per epoch, parsed by the pipeline's metric_definitions:
 
 Model dir: model.pt (best-validation-accuracy state_dict), model_config.json,
 code/inference.py + code/scones_net.py (the serving code, next to the weights it serves).
-Output-data dir: training_history.json, training_curves.png.
+Output-data dir: training_history.json, training_curves.png (the kept epoch marked).
+
+After training, on the validation split and through the serving code's prediction path:
+a temperature is fitted (model_config.json "temperature", applied by inference.py to every
+answer), then the lowest confidence threshold whose passing images reach --target-precision
+is chosen ("confidence_threshold", with "threshold_selection" saying how it was found), so
+each model version carries the threshold that means what it says for that version.
 """
 from __future__ import annotations
 
@@ -26,14 +32,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import inference
+import scones_net
+from evaluate import expected_calibration_error
 from scones_net import ARCHITECTURE, IMAGE_SIZE, SconesNet, normalise
 
 HERE = Path(__file__).resolve().parent
 SERVING_CODE = ("inference.py", "scones_net.py")
 CROP_PADDING = 4
-LABEL_SMOOTHING = 0.1
 MIN_ONE_CYCLE_STEPS = 8  # fewer optimiser steps than this: no room for warm-up + anneal
-WEIGHT_DECAY = 5e-4
+# The threshold is chosen only where at least this many validation images pass: below it one
+# lucky image moves the measured precision by 5 points or more.
+MIN_PASSING_FOR_THRESHOLD = 20
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 class TrainingError(Exception):
@@ -97,17 +108,131 @@ def evaluate(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     return loss_sum / len(x), correct / len(x)
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    probabilities = inference.probabilities_from_logits(logits, temperature)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL of the served probabilities.
+
+    A 1-D search over log T: a coarse grid, then golden-section refinement around the best
+    grid point. Exact for what is served (mean of softmax(logits/T) over the image and its
+    mirror), which LBFGS on a single softmax would not be, and cheap: one evaluation is a
+    softmax over ~100 x 2 x 2 numbers.
+    """
+    low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    grid = np.linspace(low, high, 61)
+    losses = [negative_log_likelihood(logits, labels, float(np.exp(g))) for g in grid]
+    best = int(np.argmin(losses))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(40):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        if negative_log_likelihood(logits, labels, float(np.exp(c))) <= \
+                negative_log_likelihood(logits, labels, float(np.exp(d))):
+            b = d
+        else:
+            a = c
+    return float(np.exp((a + b) / 2))
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
+                     min_passing: int = MIN_PASSING_FOR_THRESHOLD) -> dict:
+    """The lowest confidence threshold at which the images passing (confidence >= threshold)
+    are at least `target_precision` right, with at least `min_passing` of them passing.
+
+    The threshold sits midway between the last passing confidence and the next lower one, so
+    rounding the served probabilities (6 decimals) cannot move an image across it.
+    Fallback when no such threshold exists (a weak model, or fewer than `min_passing`
+    images): the threshold with the highest validation precision among those passing at
+    least `min_passing` images (all of them if fewer), the lowest of them on a tie; it says
+    so with target_met=false.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(confidence)
+    if n == 0:
+        raise TrainingError("cannot choose a confidence threshold from 0 validation images")
+    order = np.argsort(-confidence, kind="mergesort")
+    sorted_confidence, sorted_correct = confidence[order], correct[order]
+    precision = np.cumsum(sorted_correct) / np.arange(1, n + 1)
+    # k images pass only where the k-th and (k+1)-th confidences differ (ties pass together).
+    boundary = np.append(sorted_confidence[:-1] > sorted_confidence[1:], True)
+    passing_counts = np.arange(1, n + 1)
+    eligible = boundary & (passing_counts >= min_passing) & (precision >= target_precision)
+    if eligible.any():
+        k = int(passing_counts[eligible].max())
+        target_met = True
+    else:
+        candidates = np.flatnonzero(boundary & (passing_counts >= min(min_passing, n)))
+        best_precision = precision[candidates].max()
+        k = int(passing_counts[candidates[precision[candidates] == best_precision]].max())
+        target_met = False
+    lowest_passing = sorted_confidence[k - 1]
+    threshold = lowest_passing if k == n else (lowest_passing + sorted_confidence[k]) / 2
+    return {
+        "confidence_threshold": float(threshold),
+        "target_precision": float(target_precision),
+        "target_met": target_met,
+        "validation_precision": float(precision[k - 1]),
+        "validation_coverage": k / n,
+        "validation_passing": k,
+        "validation_images": n,
+        "min_passing": min_passing,
+        "rule": ("lowest threshold whose passing validation images reach the target precision "
+                 f"with at least {min_passing} passing" if target_met else
+                 "target not reachable on validation: the threshold with the highest "
+                 f"validation precision among those passing at least {min_passing}"),
+    }
+
+
+def calibrate(net: torch.nn.Module, model_config: dict, images: np.ndarray, labels: np.ndarray,
+              device: torch.device, target_precision: float) -> dict:
+    """Fit the temperature and choose the threshold on the validation split, through the
+    serving code's own prediction path; returns the keys to add to model_config.json."""
+    served = inference.ServedModel(net.eval(), model_config, device, scones_net)
+    logits = inference.tta_logits(served, images)
+    labels = labels.astype(np.int64)
+    temperature = fit_temperature(logits, labels)
+    raw = inference.probabilities_from_logits(logits, 1.0)
+    calibrated = inference.probabilities_from_logits(logits, temperature)
+    threshold = choose_threshold(calibrated.max(axis=1), calibrated.argmax(axis=1) == labels,
+                                 target_precision)
+    return {
+        "temperature": temperature,
+        "confidence_threshold": threshold.pop("confidence_threshold"),
+        "threshold_selection": threshold,
+        "calibration": {
+            "method": "temperature scaling (logits / temperature), fitted on validation NLL",
+            "validation_nll_before": negative_log_likelihood(logits, labels, 1.0),
+            "validation_nll_after": negative_log_likelihood(logits, labels, temperature),
+            "validation_ece_before": expected_calibration_error(raw, labels),
+            "validation_ece_after": expected_calibration_error(calibrated, labels),
+        },
+    }
+
+
+def plot_history(history: list[dict], path: Path, kept_epoch: int) -> None:
+    """Loss and accuracy per epoch, with the epoch whose weights were kept marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
+    kept = next(h for h in history if h["epoch"] == kept_epoch)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
         ax.plot(epochs, [h[f"validation_{metric}"] for h in history], label="validation")
+        ax.axvline(kept_epoch, color="tab:red", linestyle="--", linewidth=1)
+        ax.plot([kept_epoch], [kept[f"validation_{metric}"]], "o", color="tab:red",
+                label=f"kept: epoch {kept_epoch} (validation {metric} "
+                      f"{kept[f'validation_{metric}']:.3f})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} per epoch")
         ax.grid(alpha=0.3)
@@ -143,7 +268,7 @@ def train(args: argparse.Namespace) -> dict:
     net = SconesNet(num_classes=len(class_names), width=args.width).to(device)
     net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9,
-                                nesterov=True, weight_decay=WEIGHT_DECAY)
+                                nesterov=True, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     if args.epochs * steps_per_epoch >= MIN_ONE_CYCLE_STEPS:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -167,8 +292,19 @@ def train(args: argparse.Namespace) -> dict:
             xb = augment(x_train[index].cpu(), generator).to(device) if device.type == "cuda" \
                 else augment(x_train[index], generator)
             yb = y_train[index]
-            logits = net(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=LABEL_SMOOTHING)
+            if args.mixup_alpha > 0:
+                # Mixup: train on convex blends of image pairs with blended targets; on a few
+                # hundred images it regularises more than augmentation alone.
+                lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+                            .beta(args.mixup_alpha, args.mixup_alpha))
+                partner = torch.randperm(len(index), generator=generator).to(device)
+                logits = net(lam * xb + (1 - lam) * xb[partner])
+                loss = (lam * F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
+                        + (1 - lam) * F.cross_entropy(logits, yb[partner],
+                                                      label_smoothing=args.label_smoothing))
+            else:
+                logits = net(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -209,6 +345,9 @@ def train(args: argparse.Namespace) -> dict:
         "best_validation_accuracy": best[0],
         "torch_version": torch.__version__,
     }
+    net.load_state_dict(best_state)
+    model_config.update(calibrate(net, model_config, validation_data["images"],
+                                  validation_data["labels"], device, args.target_precision))
     (args.model_dir / "model_config.json").write_text(json.dumps(model_config, indent=2))
     code_dir = args.model_dir / "code"
     code_dir.mkdir(exist_ok=True)
@@ -218,7 +357,11 @@ def train(args: argparse.Namespace) -> dict:
     args.output_data_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "hyperparameters": {"epochs": args.epochs, "learning_rate": args.learning_rate,
-                            "batch_size": args.batch_size, "width": args.width, "seed": args.seed},
+                            "batch_size": args.batch_size, "width": args.width, "seed": args.seed,
+                            "weight_decay": args.weight_decay,
+                            "label_smoothing": args.label_smoothing,
+                            "mixup_alpha": args.mixup_alpha,
+                            "target_precision": args.target_precision},
         "device": device.type,
         "threads": torch.get_num_threads(),
         "train_images": len(x_train),
@@ -226,10 +369,14 @@ def train(args: argparse.Namespace) -> dict:
         "best_epoch": best_epoch,
         "best_validation_accuracy": best[0],
         "total_seconds": round(total_seconds, 2),
+        "temperature": model_config["temperature"],
+        "confidence_threshold": model_config["confidence_threshold"],
+        "threshold_selection": model_config["threshold_selection"],
+        "calibration": model_config["calibration"],
         "history": history,
     }
     (args.output_data_dir / "training_history.json").write_text(json.dumps(summary, indent=2))
-    plot_history(history, args.output_data_dir / "training_curves.png")
+    plot_history(history, args.output_data_dir / "training_curves.png", best_epoch)
     return summary
 
 
@@ -247,6 +394,27 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def unit_interval_open(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def env_path(name: str, fallback: str) -> Path:
     return Path(os.environ.get(name, fallback))
 
@@ -254,10 +422,16 @@ def env_path(name: str, fallback: str) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--epochs", type=positive_int, default=50)
-    parser.add_argument("--learning-rate", type=positive_float, default=0.01)
+    parser.add_argument("--learning-rate", type=positive_float, default=0.05)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--width", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=unit_interval, default=0.1)
+    parser.add_argument("--target-precision", type=unit_interval_open, default=0.98,
+                        help="precision the chosen confidence threshold must reach on validation")
+    parser.add_argument("--mixup-alpha", type=non_negative_float, default=0.0,
+                        help="Beta(alpha, alpha) mixing; 0 turns mixup off")
     parser.add_argument("--train", type=Path, default=env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     parser.add_argument("--validation", type=Path,
                         default=env_path("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"))
@@ -280,6 +454,10 @@ def main(argv=None) -> int:
     print(f"trained {summary['hyperparameters']['epochs']} epochs in {summary['total_seconds']:.1f}s "
           f"on {summary['device']}; best validation_accuracy={summary['best_validation_accuracy']:.4f} "
           f"(epoch {summary['best_epoch']})")
+    print(f"calibrated: temperature={summary['temperature']:.3f}, confidence_threshold="
+          f"{summary['confidence_threshold']:.4f} ({summary['threshold_selection']['rule']}: "
+          f"validation precision {summary['threshold_selection']['validation_precision']:.3f}, "
+          f"coverage {summary['threshold_selection']['validation_coverage']:.2f})")
     return 0
 
 
