@@ -488,3 +488,40 @@ def test_endpoint_process_child_stopped_by_sigterm_removes_its_model_folder(conf
         assert model_folders(tmp) == []
     finally:
         endpoint.stop()
+
+
+def test_a_corrupt_state_files_advice_works(config, small_model_tar):
+    import shlex
+    import subprocess
+    import sys
+
+    register_model(config, small_model_tar, ModelApprovalStatus="Approved")
+    state = EndpointStateFile.of(config).path
+    state.parent.mkdir(parents=True)
+    state.write_text('{"EndpointName": "scones-endpoint", "Model')  # a torn write
+
+    def scones(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scones.cli.main", *args, "--set",
+                               f"local.workspace={config.local.workspace}"],
+                              capture_output=True, text=True, timeout=120)
+
+    failed = scones("endpoint", "deploy", "--version", "1")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    advice = re.search(r"move it aside \(`(mv [^`]+)`\), then deploy again with "
+                       r"`scones endpoint deploy --version N`", failed.stderr)
+    assert advice, failed.stderr
+    subprocess.run(shlex.split(advice.group(1)), check=True)
+    deployed = scones("endpoint", "deploy", "--version", "1")
+    assert deployed.returncode == 0, deployed.stderr
+    assert EndpointStateFile.of(config).read()["ModelPackageVersion"] == 1
+    assert list(state.parent.glob("*.broken"))  # kept for a look
+
+
+def test_set_aside_if_broken_moves_only_an_unreadable_state_file(config, small_model_tar):
+    state_file = EndpointStateFile.of(config)
+    assert state_file.set_aside_if_broken() is None  # absent
+    write_state(config, small_model_tar, version=1)
+    assert state_file.set_aside_if_broken() is None  # readable: left alone
+    state_file.path.write_text("[]")
+    aside = state_file.set_aside_if_broken()
+    assert aside.read_text() == "[]" and state_file.read() is None
