@@ -228,7 +228,7 @@ def _translate(exc: BaseException, path: Path) -> WorkspaceError:
         who = (f" (pid {', '.join(map(str, holders))})" if holders else "")
         return RegistryLockedError(
             f"the registry at {path} is locked by another process{who} for more than "
-            f"{_busy_timeout_s():.0f} s; try again when it finishes")
+            f"{_busy_timeout_s():g} s; try again when it finishes")
     if "malformed" in lower or "not a database" in lower or "corrupt" in lower:
         return _corrupt(path, message)
     if "readonly" in lower or "read-only" in lower or getattr(exc, "errno", None) in (13, 30) \

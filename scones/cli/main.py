@@ -39,6 +39,7 @@ AWS_NEEDS = {
     ("pipeline", "run"): _ALL_AWS,
     ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
     ("workflow", "run"): ("aws.bucket",),
+    ("workflow", "deploy"): ("aws.role_arn", "aws.bucket"),  # the deploy Lambda's settings
     ("monitor", "report"): ("aws.bucket",),
 }
 
