@@ -525,3 +525,13 @@ def test_set_aside_if_broken_moves_only_an_unreadable_state_file(config, small_m
     state_file.path.write_text("[]")
     aside = state_file.set_aside_if_broken()
     assert aside.read_text() == "[]" and state_file.read() is None
+
+
+def test_a_client_that_sends_a_7_mb_body_before_reading_sees_the_413(constant_endpoint):
+    request = urllib.request.Request(f"{constant_endpoint.url}/invocations",
+                                     data=b"\0" * (7 * 1024 * 1024),
+                                     headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert "6 MB" in json.loads(refused.value.read())["message"]

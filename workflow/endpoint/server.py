@@ -52,6 +52,10 @@ IDLE_TIMEOUT_S = 60.0
 # Each read of a body and each write of a response, once a worker has the request.
 IO_TIMEOUT_S = 30.0
 MAX_HEAD_BYTES = 64 * 1024
+# A refused body up to this size is read and thrown away (64 KB at a time) after the 413,
+# so a client that sends the whole body before reading (urllib, botocore) sees the 413
+# rather than a reset connection; a bigger one is cut off.
+MAX_DISCARD_BYTES = 64 * 1024 * 1024
 ALLOWED_METHODS = {"/ping": "GET", "/invocations": "POST"}  # and the runtime route: POST
 
 
@@ -257,6 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         connection open, and the bytes read beyond this request."""
         self.reader.pending = head
         self.close_connection = True
+        self.discard_bytes = 0
         self.handle_one_request()
         leftover, self.reader.pending = self.reader.pending, b""
         return not self.close_connection, leftover
@@ -344,6 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(400, f"Content-Length {text[:40]!r} is not a byte count")
         length = int(text)
         if length > MAX_BODY_BYTES:
+            self.discard_bytes = min(length, MAX_DISCARD_BYTES)
             raise RequestError(413, f"the request body is {length} bytes; the limit is "
                                     f"{MAX_BODY_BYTES} bytes (6 MB, as SageMaker's)")
         body = self.reader.read_exactly(length)
@@ -565,7 +571,11 @@ class BoundedHTTPServer:
             keep = False
         finally:
             if not keep:
-                _linger(connection.sock)
+                discard = getattr(connection.handler, "discard_bytes", 0)
+                if discard:
+                    _linger(connection.sock, self.io_timeout_s, discard)
+                else:
+                    _linger(connection.sock)
             self._returned.put((connection, keep, leftover))
             self._wake()
 
