@@ -52,12 +52,14 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def handle_sigterm_like_ctrl_c() -> None:
+def handle_sigterm_like_ctrl_c():
+    """Install the SIGTERM handler (main thread only); the handler it replaced, or None."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -104,11 +106,8 @@ def run_guarded(call, config=None) -> int:
     line saying so (70); SCONES_DEBUG=1 shows its traceback.
 
     config: the loaded Config, if any, so AWS messages can name the region and role."""
-    import os
+    import signal
     import sys
-
-    from scones.aws_errors import translate
-    from scones.errors import SconesError
 
     def error(message: str, code: int) -> int:
         try:
@@ -117,7 +116,21 @@ def run_guarded(call, config=None) -> int:
             pass
         return code
 
-    handle_sigterm_like_ctrl_c()
+    previous_sigterm = handle_sigterm_like_ctrl_c()
+    try:
+        return _run(call, config, error)
+    finally:
+        if previous_sigterm is not None:  # main() called in-process (tests): put it back
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run(call, config, error) -> int:
+    import os
+    import sys
+
+    from scones.aws_errors import translate
+    from scones.errors import SconesError
+
     try:
         return int(call() or 0)
     except SconesError as exc:
