@@ -6,6 +6,11 @@ through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:PORT.
 Which model it serves: the endpoint state file (scones.endpoint_state; re-read whenever it
 changes), else the registry's newest Approved version, else - before any approval - the
 newest registered one.
+
+Bounded for untrusted clients (BoundedHTTPServer): listen backlog 128, 16 worker threads,
+request heads read without a thread (idle and slowloris connections time out), bodies over
+SageMaker's 6 MB refused with 413 unread, and every refusal (400/404/405/411/413/431/501/505)
+answered in JSON.
 """
 from __future__ import annotations
 
