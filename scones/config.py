@@ -121,10 +121,13 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path | str | None = None,
     extra_files: tuple[Path | str, ...] = (),
+    aws_needs: tuple[str, ...] | None = None,
 ) -> Config:
     """Merge base.yaml, <env>.yaml, any extra files and dotted overrides; validate; type.
 
     overrides: {"training.epochs": 5, "aws.role_arn": "..."}; reported as "--set" in errors.
+    aws_needs: in the aws environment, the settings the caller needs (AWS_SETTINGS keys);
+    all missing ones are reported in one error. None: all of AWS_SETTINGS.
     """
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(ENVIRONMENTS)}")
@@ -157,7 +160,8 @@ def load_config(
         data=dataclasses.replace(cfg.data, input_url=input_url),
         sources=tuple(str(p) for p in files if p.exists()),
     )
-    _check_semantics(cfg, origin, config_dir)
+    _check_semantics(cfg, origin, config_dir,
+                     AWS_SETTINGS.keys() if aws_needs is None else aws_needs)
     return cfg
 
 
@@ -266,7 +270,22 @@ def _coerce(hint: Any, value: Any, key: str, origin: dict, root: Path) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module
 
 
-def _check_semantics(cfg: Config, origin: dict, config_dir: Path) -> None:
+# The aws environment's settings that commands need, each with what it is; commands ask for
+# theirs (load_config's aws_needs), so `registry list` does not demand a role or bucket.
+AWS_SETTINGS = {
+    "aws.role_arn": "the SageMaker execution role's ARN",
+    "aws.bucket": "the bucket for pipeline artifacts, captures and new images",
+    "data.input_url": "the s3:// URL of the training images",
+}
+
+
+def _dotted_value(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _check_semantics(cfg: Config, origin: dict, config_dir: Path,
+                     aws_needs=tuple(AWS_SETTINGS)) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{_where(origin, key)}: {key} {why}")
 
@@ -293,16 +312,16 @@ def _check_semantics(cfg: Config, origin: dict, config_dir: Path) -> None:
     if not 0 < cfg.monitoring.capture_sampling_percentage <= 100:
         fail("monitoring.capture_sampling_percentage", "must be in 1..100")
     if cfg.env == "aws":
-        aws_file = str(config_dir / "aws.yaml")
-        if not cfg.aws.role_arn:
-            raise ConfigError(f"{aws_file}: aws.role_arn is required in the aws environment "
-                              "(the SageMaker execution role's ARN)")
-        if not cfg.aws.role_arn.startswith("arn:"):
+        if cfg.aws.role_arn and not cfg.aws.role_arn.startswith("arn:"):
             fail("aws.role_arn", f"must be an IAM role ARN, got {cfg.aws.role_arn!r}")
-        if not cfg.aws.bucket:
-            raise ConfigError(f"{aws_file}: aws.bucket is required in the aws environment")
-        if not (cfg.data.input_url or "").startswith("s3://"):
+        if cfg.data.input_url and not cfg.data.input_url.startswith("s3://"):
             fail("data.input_url", f"must be an s3:// URL in the aws environment, "
                                    f"got {cfg.data.input_url!r}")
+        missing = [f"{key} is required ({why})" for key, why in AWS_SETTINGS.items()
+                   if key in aws_needs and not _dotted_value(cfg, key)]
+        if missing:  # all at once: one round of editing, not one per setting
+            raise ConfigError(f"{config_dir / 'aws.yaml'}: {'; '.join(missing)} in the aws "
+                              "environment for this command; set it there or with "
+                              "--set KEY=VALUE")
     elif not cfg.aws.bucket:
         fail("aws.bucket", "must name the (local) bucket")

@@ -51,15 +51,34 @@ class EndpointStateFile:
         try:
             state = json.loads(text)
         except ValueError as exc:
-            raise EndpointStateError(
-                f"endpoint state file {self.path} is not valid JSON ({exc}); deploy again with "
-                "`scones endpoint deploy --version N` (it replaces the file)") from None
+            raise EndpointStateError(f"endpoint state file {self.path} is not valid JSON "
+                                     f"({exc}); {self._repair_advice()}") from None
         if not isinstance(state, dict) or not state.get("LocalModelData"):
             raise EndpointStateError(
                 f"endpoint state file {self.path} has no LocalModelData (the model.tar.gz to "
-                "serve); deploy again with `scones endpoint deploy --version N`")
+                f"serve); {self._repair_advice()}")
         state["LocalModelData"] = str(self.workspace.resolve(state["LocalModelData"]))
         return state
+
+    def _repair_advice(self) -> str:
+        # Deploying reads the old state first (for its History), so the broken file has to
+        # go before `endpoint deploy` can write a new one.
+        return (f"move it aside (`mv {self.path} {self.path}.broken`), then deploy again "
+                "with `scones endpoint deploy --version N` (`scones registry list` shows the "
+                "versions)")
+
+    def set_aside_if_broken(self) -> Path | None:
+        """Rename an unreadable state file to <name>.json.broken-<time> (kept for a look);
+        where it went, or None if it was readable or absent. For a deploy that replaces it."""
+        try:
+            self.read()
+            return None
+        except EndpointStateError:
+            import time
+
+            aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            self.path.replace(aside)
+            return aside
 
     def write(self, state: dict) -> None:
         """Atomically: the server never reads half a deployment."""

@@ -5,11 +5,19 @@ Both sides speak URLs so the rest of the code does not care which one it has.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from scones.errors import StorageError
+
+# The permission bits a plain open() would give a new file (mkstemp gives 0600).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -47,16 +55,12 @@ class LocalObjectStore:
 
     def write_bytes(self, url: str, data: bytes) -> Path:
         path = self.path_for(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: readers never see half an object
+        _replace_atomically(path, lambda tmp: tmp.write_bytes(data))
         return path
 
     def upload_file(self, source: Path, url: str) -> Path:
         path = self.path_for(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, path)
+        _replace_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
         return path
 
     def list_urls(self, prefix_url: str) -> list[str]:
@@ -74,6 +78,28 @@ class LocalObjectStore:
             if key.startswith(prefix) and not path.name.startswith("."):
                 urls.add(f"s3://{bucket}/{key}")
         return sorted(urls)
+
+
+def _replace_atomically(path: Path, fill: Callable[[Path], object]) -> None:
+    """Write `path` through a temporary file of its own in the same folder, then rename it
+    over the target: readers never see half an object, and two writers of one key (each
+    with a unique temporary name) never trip over each other - the last rename wins."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        fill(tmp)
+        os.chmod(tmp, _FILE_MODE)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 class S3ObjectStore:

@@ -299,3 +299,239 @@ def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+# ----------------------------------------------------------------- a hostile HTTP client
+
+
+def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """Send raw bytes on a fresh socket; the status, headers and body of the answer."""
+    import http.client
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+@pytest.fixture
+def constant_endpoint(config, tmp_path):
+    with start_endpoint(config, model_tar=constant_model_tar(tmp_path / "c", [0.5, 0.5]),
+                        head_timeout_s=1.0, idle_timeout_s=1.0) as endpoint:
+        yield endpoint
+
+
+@pytest.mark.parametrize("length", ["abc", "1e15", "-5", "10, 12", " ", "99999999999999999999"])
+def test_a_content_length_that_is_not_a_byte_count_is_a_json_400(constant_endpoint, length):
+    status, headers, body = raw_exchange(
+        constant_endpoint.url,
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert "Content-Length" in json.loads(body)["message"]
+
+
+def test_a_body_over_6_mb_is_a_413_without_being_read(constant_endpoint):
+    import time
+
+    started = time.monotonic()
+    for path in ("/invocations", f"/endpoints/{constant_endpoint.endpoint_name}/invocations"):
+        status, headers, body = raw_exchange(
+            constant_endpoint.url,
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {6 * 1024 * 1024 + 1}\r\n\r\n".encode() + b"\x89PNG" * 1000)
+        assert status == 413
+        assert "6291456 bytes" in json.loads(body)["message"]
+    assert time.monotonic() - started < 5  # not waiting for the 6 MB that never comes
+
+
+@pytest.mark.parametrize("method,path,allowed", [
+    ("PUT", "/invocations", "POST"), ("DELETE", "/invocations", "POST"),
+    ("OPTIONS", "/ping", "GET"), ("PATCH", "/endpoints/scones-endpoint/invocations", "POST"),
+    ("GET", "/invocations", "POST"), ("POST", "/ping", "GET")])
+def test_other_methods_are_a_json_405_with_allow(constant_endpoint, method, path, allowed):
+    status, headers, body = raw_exchange(
+        constant_endpoint.url,
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    assert status == 405
+    assert headers["allow"] == allowed
+    assert headers["content-type"] == "application/json"
+    assert method in json.loads(body)["message"]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"HELLO\r\n\r\n", b"GET /ping HTTP/9.9\r\n\r\n", b"BREW /pot HTTP/1.1\r\n\r\n",
+    b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /invocations HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort"])
+def test_malformed_requests_are_answered_in_json_and_never_500(constant_endpoint,
+                                                               request_bytes):
+    import socket
+
+    try:
+        status, headers, body = raw_exchange(constant_endpoint.url, request_bytes)
+    except (ConnectionError, socket.timeout, OSError):
+        status = None  # a short body: the server waits for the rest, then hangs up
+    if status is not None:  # 4xx, or 501/505 for a method/version HTTP has no use for
+        assert status in range(400, 500) or status in (501, 505)
+        assert "message" in json.loads(body)
+    # ... and the server still answers.
+    assert raw_exchange(constant_endpoint.url, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
+def test_slow_and_idle_connections_hold_no_thread_and_are_timed_out(constant_endpoint):
+    import socket
+    import threading
+    import time
+
+    threads_before = threading.active_count()
+    host, port = constant_endpoint.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(200)]
+    slow = [socket.create_connection((host, int(port))) for _ in range(20)]
+    try:
+        for sock in slow:  # slowloris: a head that never ends
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        time.sleep(0.3)
+        assert threading.active_count() <= threads_before + 16  # the worker pool at most
+        started = time.monotonic()
+        assert raw_exchange(constant_endpoint.url, b"GET /ping HTTP/1.1\r\n\r\n")[0] == 200
+        assert time.monotonic() - started < 1.0  # not queued behind the slow ones
+        deadline = time.monotonic() + 10
+        for sock in idle + slow:  # each is closed by the server after the 1 s head timeout
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            assert sock.recv(100) == b""
+        assert constant_endpoint._server.open_connections == 0
+    finally:
+        for sock in idle + slow:
+            sock.close()
+
+
+def test_64_concurrent_clients_are_all_answered(config, tmp_path):
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = constant_model_tar(tmp_path / "c", [0.5, 0.5])
+    with start_endpoint(config, model_tar=model) as endpoint:
+        host, port = endpoint.url.removeprefix("http://").split(":")
+
+        def invoke(index: int) -> int:
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                statuses = []
+                for _ in range(3):  # kept alive between requests
+                    connection.request("POST", "/invocations", body=b"x" * index,
+                                       headers={"Content-Type": "image/png"})
+                    response = connection.getresponse()
+                    response.read()
+                    statuses.append(response.status)
+                return max(statuses)
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(64) as pool:
+            assert list(pool.map(invoke, range(64))) == [200] * 64
+
+
+def test_a_port_out_of_range_is_a_named_error(config, tmp_path):
+    with pytest.raises(SconesError, match="port 70000 is not a TCP port"):
+        start_endpoint(config, port=70000,
+                       model_tar=constant_model_tar(tmp_path / "c", [0.5, 0.5]))
+
+
+def model_folders(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("scones-model-*"))
+
+
+def test_scones_endpoint_serve_stopped_by_sigterm_removes_its_model_folder(config, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scones.cli.main", "endpoint", "serve", "--port", "0",
+         "--set", f"local.workspace={config.local.workspace}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        assert "serving model version 1" in server.stdout.readline()
+        assert len(model_folders(tmp)) == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        assert "Traceback" not in server.stderr.read()
+        assert model_folders(tmp) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_endpoint_process_child_stopped_by_sigterm_removes_its_model_folder(config, tmp_path,
+                                                                            monkeypatch):
+    import signal
+    from workflow.endpoint import EndpointProcess
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
+    endpoint = EndpointProcess(config)
+    try:
+        assert len(model_folders(tmp)) == 1
+        os.kill(endpoint.pid, signal.SIGTERM)
+        assert endpoint._process.wait(timeout=30) == 0
+        assert model_folders(tmp) == []
+    finally:
+        endpoint.stop()
+
+
+def test_a_corrupt_state_files_advice_works(config, small_model_tar):
+    import shlex
+    import subprocess
+    import sys
+
+    register_model(config, small_model_tar, ModelApprovalStatus="Approved")
+    state = EndpointStateFile.of(config).path
+    state.parent.mkdir(parents=True)
+    state.write_text('{"EndpointName": "scones-endpoint", "Model')  # a torn write
+
+    def scones(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scones.cli.main", *args, "--set",
+                               f"local.workspace={config.local.workspace}"],
+                              capture_output=True, text=True, timeout=120)
+
+    failed = scones("endpoint", "deploy", "--version", "1")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    advice = re.search(r"move it aside \(`(mv [^`]+)`\), then deploy again with "
+                       r"`scones endpoint deploy --version N`", failed.stderr)
+    assert advice, failed.stderr
+    subprocess.run(shlex.split(advice.group(1)), check=True)
+    deployed = scones("endpoint", "deploy", "--version", "1")
+    assert deployed.returncode == 0, deployed.stderr
+    assert EndpointStateFile.of(config).read()["ModelPackageVersion"] == 1
+    assert list(state.parent.glob("*.broken"))  # kept for a look
+
+
+def test_set_aside_if_broken_moves_only_an_unreadable_state_file(config, small_model_tar):
+    state_file = EndpointStateFile.of(config)
+    assert state_file.set_aside_if_broken() is None  # absent
+    write_state(config, small_model_tar, version=1)
+    assert state_file.set_aside_if_broken() is None  # readable: left alone
+    state_file.path.write_text("[]")
+    aside = state_file.set_aside_if_broken()
+    assert aside.read_text() == "[]" and state_file.read() is None
+
+
+def test_a_client_that_sends_a_7_mb_body_before_reading_sees_the_413(constant_endpoint):
+    request = urllib.request.Request(f"{constant_endpoint.url}/invocations",
+                                     data=b"\0" * (7 * 1024 * 1024),
+                                     headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert "6 MB" in json.loads(refused.value.read())["message"]

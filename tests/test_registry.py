@@ -203,3 +203,130 @@ def test_concurrent_approvals_of_one_version_change_it_once(local_config):
     # Every caller sees it Approved; exactly one made the change (and would deploy it).
     assert [status for status, _ in outcomes] == ["Approved"] * 4
     assert sorted(changed for _, changed in outcomes) == [False, False, False, True]
+
+
+# ------------------------------------------------- registry.sqlite under faults: named errors
+
+
+def test_the_registry_is_in_wal_mode_and_reads_do_not_wait_for_a_writer(local_registry,
+                                                                        local_config):
+    local_registry.register(**package_fields())
+    db_path = local_config.local.workspace / "registry.sqlite"
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        writer.execute("BEGIN EXCLUSIVE")  # a writer mid-transaction
+        assert [p["ModelPackageVersion"] for p in local_registry.list_packages()] == [1]
+    finally:
+        writer.close()
+
+
+LOCK_HOLDER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_held_past_the_timeout_is_a_named_error_with_the_holders_pid(
+        local_registry, local_config, monkeypatch):
+    import subprocess
+    import sys
+
+    from scones.workspace import RegistryLockedError
+
+    local_registry.register(**package_fields())
+    monkeypatch.setenv("SCONES_SQLITE_BUSY_TIMEOUT_S", "0.5")
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER,
+                               str(local_config.local.workspace / "registry.sqlite")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RegistryLockedError,
+                           match=rf"registry at .*registry.sqlite is locked by another process "
+                                 rf"\(pid {holder.pid}\).*try again when it finishes"):
+            local_registry.register(**package_fields())
+        with pytest.raises(RegistryLockedError):
+            local_registry.approve(1)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert local_registry.approve(1)[1] is True  # released: works again
+    assert [p["ModelPackageVersion"] for p in local_registry.list_packages()] == [1]
+
+
+def _damage(path, offset: int, junk: bytes) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(junk)
+
+
+@pytest.mark.parametrize("damage,what", [
+    (lambda p: p.write_bytes(b"this was never a database" * 100), "file is not a database"),
+    (lambda p: _damage(p, 4096, b"\xff" * 4096), "integrity check failed|database disk image is malformed"),
+])
+def test_a_damaged_registry_is_a_named_error_saying_what_to_do(local_registry, local_config,
+                                                                monkeypatch, damage, what):
+    import scones.workspace
+    from scones.workspace import RegistryCorruptError
+
+    for _ in range(3):
+        local_registry.register(**package_fields())
+    path = local_config.local.workspace / "registry.sqlite"
+    with sqlite3.connect(path) as db:  # fold the WAL in, so the damage hits real pages
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage(path)
+    monkeypatch.setattr(scones.workspace, "_CHECKED", set())  # a fresh process
+    with pytest.raises(RegistryCorruptError, match=rf"registry .* is damaged \(({what})"
+                                                   r".*move it aside \(`mv .*\.broken`\)"):
+        backend_for(local_config).registry().list_packages()
+
+
+def test_a_registry_emptied_while_an_endpoint_serves_from_it_is_a_named_error(
+        local_registry, local_config):
+    from scones.workspace import RegistryEmptiedError
+
+    local_registry.register(**package_fields())
+    state = local_config.local.workspace / "endpoints" / "scones-endpoint.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"ModelPackageVersion": 1, "LocalModelData": "x"}))
+    (local_config.local.workspace / "registry.sqlite").write_bytes(b"")
+    with pytest.raises(RegistryEmptiedError, match=r"is empty \(0 bytes\), but endpoint "
+                                                   r"scones-endpoint still serves model version "
+                                                   r"1 .*Restore it from a backup"):
+        backend_for(local_config).registry().list_packages()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_workspace_is_a_named_error(local_registry, local_config):
+    from scones.workspace import WorkspaceError
+
+    local_registry.register(**package_fields())
+    workspace = local_config.local.workspace
+    paths = [workspace, *workspace.glob("registry.sqlite*")]
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        with pytest.raises(WorkspaceError, match="read-only or not yours"):
+            local_registry.register(**package_fields())
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_read_only_database_is_a_named_error(local_registry, local_config):
+    # Root ignores permissions: a read-only open of the same file stands in for them.
+    from scones.workspace import WorkspaceError, _RegistryConnection
+
+    local_registry.register(**package_fields())
+    path = local_config.local.workspace / "registry.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, factory=_RegistryConnection)
+    db.registry_path = path
+    try:
+        with pytest.raises(WorkspaceError, match="read-only or not yours"):
+            db.execute("DELETE FROM model_packages")
+    finally:
+        db.close()

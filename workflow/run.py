@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -112,15 +113,7 @@ def images_from_options(config: Config, image: str | None = None, images: str | 
             raise SconesError(f"--image {image}: no such file")
         return [ImageSource(label=image, path=path.resolve())]
     if images:
-        folder = Path(images).expanduser()
-        if not folder.is_dir():
-            raise SconesError(f"--images {images}: no such folder")
-        # Every file, not only *.png: a stray non-image must fail by name, not vanish.
-        files = sorted(p for p in folder.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        if not files:
-            raise SconesError(f"--images {images}: the folder has no files")
-        return [ImageSource(label=str(p), path=p.resolve()) for p in files]
+        return _files_of_folder(images)
     url = s3 or prefix
     split_s3_url(url)  # a malformed URL is a StorageError naming it
     if s3:
@@ -129,6 +122,42 @@ def images_from_options(config: Config, image: str | None = None, images: str | 
     if not urls:
         raise SconesError(f"--prefix {prefix}: no objects under it")
     return [ImageSource(label=u, s3_url=u) for u in urls]
+
+
+def _files_of_folder(images: str) -> list[ImageSource]:
+    """Every file under --images DIR, not only *.png (a stray non-image must fail by name,
+    not vanish); hidden ones left out. A symbolic link is followed only when it stays inside
+    the folder: one leading out (to /etc/shadow, say) is refused by name before anything is
+    read or uploaded. Messages name paths, never what files contain."""
+    folder = Path(images).expanduser()
+    if not folder.is_dir():
+        raise SconesError(f"--images {images}: no such folder")
+    root = folder.resolve()
+    files: list[Path] = []
+    refused: list[str] = []
+    for directory, subdirs, names in os.walk(folder, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(names) + [d for d in subdirs if (Path(directory) / d).is_symlink()]:
+            path = Path(directory) / name
+            if name.startswith("."):
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    refused.append(f"{path}: a symbolic link to outside the folder; not read")
+                    continue
+                if target.is_dir():
+                    continue  # inside the folder: its files are listed where they are
+            if path.is_file():
+                files.append(path)
+    if refused:
+        shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5
+                                          else "")
+        raise SconesError(f"--images {images}: {shown}. Copy the images into the folder "
+                          "(or name a file with --image)")
+    if not files:
+        raise SconesError(f"--images {images}: the folder has no files")
+    return [ImageSource(label=str(p), path=p.resolve()) for p in sorted(files)]
 
 
 def stage_images(config: Config, images: Sequence[ImageSource], s3_client, run_id: str,

@@ -13,9 +13,9 @@ import yaml
 
 from scones import __version__
 from scones.cli import demo, endpoint, infra, monitor, pipeline, registry, workflow
-from scones.cli.common import configure_logging
-from scones.config import load_config
-from scones.errors import ConfigError, SconesError
+from scones.cli.common import configure_logging, run_guarded
+from scones.config import AWS_SETTINGS, load_config
+from scones.errors import ConfigError
 
 # Every command group, imported directly: a module that fails to import is an error, never
 # a command that silently vanishes.
@@ -28,6 +28,27 @@ COMMAND_MODULES = (
     infra,      # scones infra template
     demo,       # scones demo
 )
+
+
+# What each command needs of the aws environment's settings (scones.config.AWS_SETTINGS);
+# a command not listed needs none of them (e.g. `registry list`: only credentials).
+# Missing ones are reported together, before anything is done.
+_ALL_AWS = tuple(AWS_SETTINGS)
+AWS_NEEDS = {
+    ("pipeline", "definition"): _ALL_AWS,
+    ("pipeline", "run"): _ALL_AWS,
+    ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
+    ("workflow", "run"): ("aws.bucket",),
+    ("workflow", "deploy"): ("aws.role_arn", "aws.bucket"),  # the deploy Lambda's settings
+    ("monitor", "report"): ("aws.bucket",),
+}
+
+
+def command_path(args) -> tuple[str, ...]:
+    """('registry', 'list') for `scones registry list ...`."""
+    path = (args.command,)
+    sub = getattr(args, f"{args.command}_command", None)
+    return path + ((sub,) if sub else ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +69,13 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=5")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); "
+                              f"quote it to mean a string: --set '{key.strip()}=\"{value}\"'"
+                              ) from None
     return overrides
 
 
@@ -84,17 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _unrecognized(parser, args, unknown)
-    try:
+    loaded = []
+
+    def body() -> int:
         config = load_config(getattr(args, "env", "local"),
                              overrides=parse_overrides(getattr(args, "overrides", [])),
-                             extra_files=tuple(getattr(args, "config", [])))
-        return int(args.func(args, config) or 0)
-    except SconesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+                             extra_files=tuple(getattr(args, "config", [])),
+                             aws_needs=AWS_NEEDS.get(command_path(args), ()))
+        loaded.append(config)
+        return args.func(args, config)
+
+    # The config, once loaded, lets AWS errors name the region and role in use.
+    return run_guarded(body, config=_LazyConfig(loaded))
+
+
+class _LazyConfig:
+    """The config body() loaded, if it got that far (None's attributes otherwise)."""
+
+    def __init__(self, loaded: list):
+        self._loaded = loaded
+
+    def __getattr__(self, name: str):
+        return getattr(self._loaded[0], name) if self._loaded else None
 
 
 if __name__ == "__main__":
