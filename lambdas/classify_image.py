@@ -83,7 +83,7 @@ def classify(event: dict, runtime_client, endpoint_name: str,
         scores = json.loads(raw)
     except ValueError:
         raise EndpointError(f"endpoint {endpoint_name!r} returned a body that is not JSON "
-                            f"for {where}: {raw[:200]!r}") from None
+                            f"for {where} ({len(raw)} bytes)") from None
     if (not isinstance(scores, list) or not scores
             or not all(events.is_number(s) for s in scores)):
         raise EndpointError(f"endpoint {endpoint_name!r} returned {scores!r} for {where}; "

@@ -139,7 +139,8 @@ def sniff_content_type(head: bytes, where: str) -> str:
         return "image/png"
     if head.startswith(JPEG_MAGIC):
         return "image/jpeg"
-    raise InvalidImage(f"{where} is not a PNG or JPEG image (first bytes {head[:8]!r})")
+    # The file's bytes are never echoed: they may be anything the caller could read.
+    raise InvalidImage(f"{where} is not a PNG or JPEG image (neither signature at its start)")
 
 
 def image_content_type(data: bytes, where: str) -> str:

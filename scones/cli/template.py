@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from typing import Callable
 
-from scones.cli.common import configure_logging
-from scones.config import ConfigError
+from scones.cli.common import configure_logging, run_guarded
 from scones.errors import SconesError
 
 
@@ -56,8 +54,5 @@ def run_template_cli(body: Callable[[argparse.Namespace], int],
                      parser: argparse.ArgumentParser, argv=None) -> int:
     configure_logging()
     args = parser.parse_args(argv)
-    try:
-        return int(body(args) or 0)
-    except (SconesError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # The same one-line errors as `scones` (AWS, OS, SIGTERM, SconesError), never a traceback.
+    return run_guarded(lambda: int(body(args) or 0))
