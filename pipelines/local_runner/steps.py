@@ -189,7 +189,8 @@ class StepExecutors:
         model_dir, output_data = step_dir / "model", step_dir / "output" / "data"
         for folder in (code_dir, model_dir, output_data, step_dir / "input" / "config"):
             folder.mkdir(parents=True, exist_ok=True)
-        self.transfer.fetch_code(str(submit), code_dir, name)
+        step.input_copy(step_dir / "sourcedir.tar.gz")
+        self.transfer.fetch_code(str(submit), step.input_copy(code_dir), name)
         channels = {}
         for channel in arguments.get("InputDataConfig", []):
             source = channel.get("DataSource", {}).get("S3DataSource")
