@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tarfile
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
@@ -76,13 +77,34 @@ def cache_key(step_type: str, arguments: dict,
 
 
 def files_digest(files: Iterable[tuple[str, Any]]) -> str:
-    """One digest of (relative name, path) pairs: names and bytes, in name order."""
+    """One digest of (relative name, path) pairs: names and contents, in name order. A
+    .tar.gz counts by its members' names and bytes: the SDK packs the same code into a new
+    archive (new timestamps) for every definition it renders."""
     digest = hashlib.sha256()
     for name, path in sorted(files, key=lambda item: item[0]):
         digest.update(name.encode() + b"\0")
-        file_digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                file_digest.update(block)
-        digest.update(file_digest.digest())
+        digest.update(_archive_digest(path) or _file_digest(path))
     return digest.hexdigest()
+
+
+def _file_digest(path) -> bytes:
+    file_digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            file_digest.update(block)
+    return file_digest.digest()
+
+
+def _archive_digest(path) -> bytes | None:
+    if not str(path).endswith((".tar.gz", ".tgz")):
+        return None
+    digest = hashlib.sha256()
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in sorted(archive.getmembers(), key=lambda m: m.name):
+                digest.update(member.name.encode() + b"\0")
+                if member.isfile():
+                    digest.update(hashlib.sha256(archive.extractfile(member).read()).digest())
+    except (tarfile.TarError, OSError, EOFError):
+        return None  # not a readable archive: its bytes are its identity
+    return digest.digest()
