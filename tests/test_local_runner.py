@@ -554,3 +554,34 @@ def test_an_input_folder_holding_the_workspace_fails_the_step_before_copying(tmp
         result.failure_reason
     step_dir = config.local.workspace / "executions" / result.execution_id / "List"
     assert not (step_dir / "processing" / "in").exists()
+
+
+# --- runs whose runner is gone -------------------------------------------------------------------
+
+def test_a_run_whose_owner_is_gone_is_marked_failed_and_a_live_one_is_not(config):
+    import os
+    import subprocess
+    import sys
+
+    records = ExecutionStore(Workspace(config.local.workspace))
+    records.start("live", "arn:live", "p", "2026-01-01T00:00:00.000+00:00", {}, {"Steps": []})
+    records.start("dead", "arn:dead", "p", "2026-01-01T00:00:01.000+00:00", {}, {"Steps": []})
+    records.step_started("dead", "Train", "Training", None)
+    records.start("reused", "arn:reused", "p", "2026-01-01T00:00:02.000+00:00", {}, None)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    with sqlite3.connect(config.local.workspace / "registry.sqlite") as db:
+        db.execute("UPDATE pipeline_executions SET owner_pid = ? WHERE execution_id = 'dead'",
+                   (int(gone),))
+        # this process's pid, but another start time: the pid was reused
+        db.execute("UPDATE pipeline_executions SET owner_started = '1' "
+                   "WHERE execution_id = 'reused'")
+    listed = {e["ExecutionId"]: e for e in records.list()}
+    assert listed["live"]["Status"] == "Executing"
+    assert listed["dead"]["Status"] == "Failed"
+    assert listed["dead"]["FailureReason"].startswith(
+        f"runner process {gone} ended without finishing (killed?) at step Train")
+    assert listed["dead"]["Steps"][0]["Status"] == "Failed"
+    assert listed["reused"]["Status"] == "Failed"
+    assert f"runner process {os.getpid()} ended without finishing (killed?) between steps" in \
+        listed["reused"]["FailureReason"]
