@@ -152,10 +152,11 @@ class ExecutionStore:
                       cache_source_arn: str | None = None) -> None:
         self._write("UPDATE pipeline_execution_steps SET status = ?, seconds = ?, "
                     "failure_reason = ?, end_time = ?, properties = ?, cache_key = ?, "
-                    "cache_source_arn = ? WHERE execution_id = ? AND step_name = ?",
+                    "cache_source_arn = ?, log_path = CASE WHEN ? IS NULL THEN log_path END "
+                    "WHERE execution_id = ? AND step_name = ?",
                     (status, seconds, failure_reason, now(),
                      json.dumps(properties, default=str) if properties is not None else None,
-                     cache_key, cache_source_arn, execution_id, name))
+                     cache_key, cache_source_arn, cache_source_arn, execution_id, name))
 
     # -- reading ------------------------------------------------------------------------
     def get(self, execution_id: str) -> dict:

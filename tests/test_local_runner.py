@@ -454,8 +454,8 @@ def test_a_cacheable_step_reuses_an_earlier_run_until_what_it_reads_changes(conf
                                      "output/count")
     recorded = {e["ExecutionId"]: e for e in list_executions(config)}
     step = recorded[second.execution_id]["Steps"][0]
-    assert (step["Status"], step["CacheHitResult"]) == (
-        "Succeeded", {"SourcePipelineExecutionArn": first.execution_arn})
+    assert (step["Status"], step["CacheHitResult"], step["LogPath"]) == (
+        "Succeeded", {"SourcePipelineExecutionArn": first.execution_arn}, None)
     assert not (config.local.workspace / "executions" / second.execution_id / "Count"
                 / "log.txt").exists()  # nothing ran
 

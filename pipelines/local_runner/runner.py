@@ -302,7 +302,8 @@ class _Runner:
                     if source_arn else "")
                  + (f": {reason}" if reason and kind != "Fail" else ""))
         return StepResult(name, kind, status, seconds, reason,
-                          str(log_path) if log_path else None, source_arn), outcome
+                          str(log_path) if log_path and not source_arn else None,
+                          source_arn), outcome
 
     def _from_cache(self, planned: PlannedStep, key: str) -> str | None:
         """Reuse the newest earlier Succeeded run of this step with the same key within

@@ -15,6 +15,7 @@ Each executor gets the step's arguments already resolved and leaves the step's p
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,6 @@ class StepRun:
 def remove_input_copies(folder: Path) -> None:
     """Delete the inputs a step copied into its folder (a job's volume is gone after the job
     on SageMaker too; the log and the outputs stay)."""
-    import shutil
-
     manifest = folder / INPUT_COPIES_FILE
     try:
         copies = json.loads(manifest.read_text())
@@ -72,9 +71,12 @@ def remove_input_copies(folder: Path) -> None:
         return
     for relative in copies:
         path = (folder / relative).resolve()
-        if folder.resolve() in path.parents:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
-                missing_ok=True)
+        if folder.resolve() not in path.parents:
+            continue  # a manifest naming something outside its folder is not followed
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     manifest.unlink(missing_ok=True)
 
 
