@@ -1,11 +1,13 @@
-"""How long `scones pipeline run` takes per step on the shared data, and what the local
-runner adds on top of running the three job scripts by hand.
+"""How long `scones pipeline run` takes per step on the shared data, what the local
+runner adds on top of running the three job scripts by hand, and what step caching saves.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--epochs N] [--per-class N]
 
 Runs (1) `scones pipeline run --json` in a fresh temporary workspace (definition build
-included) and (2) preprocess.py -> train.py -> evaluate.py directly with the same settings,
-then prints one table. Run it by hand on a quiet machine: it is not a test.
+included), (2) the same command again with nothing changed (Preprocess and Train are cache
+hits: CacheConfig, pipeline.cache_steps) and (3) preprocess.py -> train.py -> evaluate.py
+directly with the same settings, then prints one table. Run it by hand on a quiet machine:
+it is not a test.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 JOBS = REPO_ROOT / "pipelines" / "jobs"
 sys.path.insert(0, str(REPO_ROOT))
 
-from scones.cli.common import format_table  # noqa: E402
+from scones.console import format_table  # noqa: E402
 from scones.config import load_config  # noqa: E402
 
 
@@ -62,12 +64,19 @@ def main() -> int:
             data = subset(data, tmp / "images", config.classes, args.per_class)
         settings = ["--set", f"local.workspace={tmp / 'ws'}", "--set", f"data.input_url={data}",
                     "--set", f"training.epochs={epochs}"]
-        total, run = timed([sys.executable, "-m", "scones.cli.main", "pipeline", "run", "--json",
-                            "--param", "AccuracyThreshold=0", *settings], cwd=REPO_ROOT, env=env)
+        command = [sys.executable, "-m", "scones.cli.main", "pipeline", "run", "--json",
+                   "--param", "AccuracyThreshold=0", *settings]
+        total, run = timed(command, cwd=REPO_ROOT, env=env)
         result = json.loads(run.stdout)
-        if result["status"] != "Succeeded":
-            sys.exit(f"the pipeline run failed: {result['failure_reason']}")
-        runner = {s["name"]: s["seconds"] for s in result["steps"]}
+        if result["Status"] != "Succeeded":
+            sys.exit(f"the pipeline run failed: {result['FailureReason']}")
+        runner = {s["Name"]: s["Seconds"] for s in result["Steps"]}
+        again_total, again_run = timed(command, cwd=REPO_ROOT, env=env)
+        again = json.loads(again_run.stdout)
+        if again["Status"] != "Succeeded":
+            sys.exit(f"the second pipeline run failed: {again['FailureReason']}")
+        cached = {s["Name"]: (s["Seconds"], s.get("CacheHitResult") is not None)
+                  for s in again["Steps"]}
 
         direct_dir = tmp / "direct"
         t = config.training
@@ -99,17 +108,21 @@ def main() -> int:
     rows = []
     for name, seconds in runner.items():
         plain = direct.get(name)
-        rows.append((name, f"{seconds:.2f}", f"{plain:.2f}" if plain is not None else "-",
+        second, hit = cached.get(name, (None, False))
+        rows.append((name, f"{seconds:.2f}",
+                     f"{second:.2f}{' (hit)' if hit else ''}" if second is not None else "-",
+                     f"{plain:.2f}" if plain is not None else "-",
                      f"{seconds - plain:+.2f}" if plain is not None else "-"))
     steps_total = sum(runner.values())
-    rows.append(("(all steps)", f"{steps_total:.2f}", f"{sum(direct.values()):.2f}",
-                 f"{steps_total - sum(direct.values()):+.2f}"))
-    rows.append(("(scones pipeline run, wall)", f"{total:.2f}", "-",
+    rows.append(("(all steps)", f"{steps_total:.2f}",
+                 f"{sum(seconds for seconds, _ in cached.values()):.2f}",
+                 f"{sum(direct.values()):.2f}", f"{steps_total - sum(direct.values()):+.2f}"))
+    rows.append(("(scones pipeline run, wall)", f"{total:.2f}", f"{again_total:.2f}", "-",
                  f"{total - sum(direct.values()):+.2f}"))
     images = f"{args.per_class} per class" if args.per_class else "all images"
     print(f"scones pipeline run on {data} ({images}), {epochs} epochs, "
           f"{os.cpu_count()} CPUs; seconds")
-    print(format_table(["STEP", "RUNNER", "DIRECT", "OVERHEAD"], rows))
+    print(format_table(["STEP", "RUNNER", "RUNNER AGAIN (CACHE)", "DIRECT", "OVERHEAD"], rows))
     return 0
 
 

@@ -4,14 +4,22 @@
 definition (`pipeline_definition(config)`) and parameters and answer in the same shape:
 
     {"ExecutionId", "ExecutionArn", "Status", "FailureReason", "ModelPackageVersion",
-     "Steps": [{"Name", "Type", "Status", "Seconds", "FailureReason"}]}
+     "Steps": [{"Name", "Type", "Status", "Seconds", "FailureReason", "CacheHitResult"}]}
+
+`.retry(execution_id)` is SageMaker's RetryPipelineExecution on both: the same execution
+(id, definition, parameters) runs again from its failed step, reusing the steps that
+succeeded. Parameters are range-checked (pipelines.parameters) before anything runs.
 """
 from __future__ import annotations
 
 import sys
 import time
+import uuid
 from typing import Any, Callable, Mapping
 
+from pipelines.local_runner.runner import RETRYABLE as RETRYABLE_STATUSES
+from pipelines.local_runner.runner import ExecutionNotRetryableError
+from pipelines.parameters import check_parameters
 from scones.backend import Backend
 from scones.errors import SconesError
 
@@ -28,13 +36,24 @@ class LocalPipelineExecutor:
     def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
             wait: bool = True, progress: bool = True, **_aws_only: Any) -> dict:
         from pipelines.local_runner import run_pipeline_locally
+        from pipelines.local_runner.transfer import local_source, refuse_folder_holding
         from pipelines.pipeline import pipeline_definition
 
+        checked = check_parameters(self.config, parameters)
+        source = local_source(checked.data.input_url or "")
+        if source is not None and checked.data.input_url:
+            refuse_folder_holding(source, self.backend.workspace.root,
+                                  "the input folder (InputDataUrl)")
         if progress:
             print("building the pipeline definition ...", file=sys.stderr, flush=True)
         result = run_pipeline_locally(pipeline_definition(self.config, factory), self.config,
                                       dict(parameters or {}), progress=progress)
         return result.to_dict()
+
+    def retry(self, execution_id: str, wait: bool = True, progress: bool = True) -> dict:
+        from pipelines.local_runner import retry_pipeline_locally
+
+        return retry_pipeline_locally(execution_id, self.config, progress=progress).to_dict()
 
     def executions(self, limit: int | None = None) -> list[dict]:
         from pipelines.executions import ExecutionStore
@@ -58,6 +77,7 @@ class SageMakerPipelineExecutor:
         to its end, printing each step status change."""
         from pipelines.pipeline import get_pipeline
 
+        check_parameters(self.config, parameters)
         with self.backend.pipeline_session() as session:
             pipeline = (factory or get_pipeline)(self.config, session)
         known = {p.name for p in pipeline.parameters}
@@ -67,8 +87,38 @@ class SageMakerPipelineExecutor:
                               f"known: {', '.join(sorted(known))}")
         pipeline.upsert(role_arn=self.config.aws.role_arn, description=description, tags=tags)
         execution = pipeline.start(parameters=dict(parameters or {}))
-        client = pipeline.sagemaker_session.sagemaker_client
-        arn = execution.arn
+        return self._follow(pipeline.sagemaker_session.sagemaker_client, execution.arn, wait,
+                            progress)
+
+    def retry(self, execution_id: str, wait: bool = False, progress: bool = True) -> dict:
+        """RetryPipelineExecution: SageMaker reruns the execution from its failed step
+        (same ARN, same parameters); with wait=True follow it to its end."""
+        client = self.backend.client("sagemaker")
+        arn = self._execution_arn(client, execution_id)
+        status = client.describe_pipeline_execution(
+            PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        if status not in RETRYABLE_STATUSES:
+            raise ExecutionNotRetryableError(
+                f"execution {execution_id} is {status}: only a Failed or Stopped execution can "
+                "be retried")
+        client.retry_pipeline_execution(PipelineExecutionArn=arn,
+                                        ClientRequestToken=str(uuid.uuid4()))
+        return self._follow(client, arn, wait, progress)
+
+    def _execution_arn(self, client, execution_id: str) -> str:
+        if execution_id.startswith("arn:"):
+            return execution_id
+        pages = client.get_paginator("list_pipeline_executions").paginate(
+            PipelineName=self.config.pipeline.name)
+        for page in pages:
+            for summary in page["PipelineExecutionSummaries"]:
+                if summary["PipelineExecutionArn"].rpartition("/")[2] == execution_id:
+                    return summary["PipelineExecutionArn"]
+        raise ExecutionNotRetryableError(
+            f"no execution {execution_id!r} of pipeline {self.config.pipeline.name} (list "
+            "them: scones pipeline executions --env aws)")
+
+    def _follow(self, client, arn: str, wait: bool, progress: bool) -> dict:
         seen: dict[str, str] = {}
         while True:
             described = client.describe_pipeline_execution(PipelineExecutionArn=arn)
@@ -126,6 +176,7 @@ def _execution_steps(client, arn: str) -> list[dict]:
                     "Status": step["StepStatus"],
                     "Seconds": round((end - start).total_seconds(), 1) if start and end else None,
                     "FailureReason": step.get("FailureReason"),
+                    "CacheHitResult": step.get("CacheHitResult"),
                     "ModelPackageVersion": (int(package_arn.rpartition("/")[2])
                                             if package_arn else None),
                 })

@@ -76,7 +76,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.workflow.pipeline import Pipeline
     from sagemaker.workflow.properties import PropertyFile
-    from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+    from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep
 
     if config is None:
         config = config_from_template_kwargs(**template_kwargs)
@@ -105,6 +105,9 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             py_version=pc.py_version, image_scope=scope, instance_type=instance_type)
 
     processing_image = image("training", pc.processing_instance_type)
+    # A step whose inputs (data, code, arguments) match an earlier successful run within
+    # cache_expire_after reuses its outputs, on SageMaker and in the local runner alike.
+    cache = CacheConfig(enable_caching=pc.cache_steps, expire_after=pc.cache_expire_after)
 
     def processor(job: str) -> ScriptProcessor:
         return ScriptProcessor(
@@ -114,6 +117,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
 
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
+        cache_config=cache,
         step_args=processor("preprocess").run(
             code=str(JOBS_DIR / "preprocess.py"),
             inputs=[ProcessingInput(source=input_data_url,
@@ -152,6 +156,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     )
     step_train = TrainingStep(
         name=TRAIN,
+        cache_config=cache,
         step_args=estimator.fit({
             "train": TrainingInput(split_output("train"), content_type="application/x-npz"),
             "validation": TrainingInput(split_output("validation"),

@@ -50,8 +50,8 @@ def test_run_json_is_one_object_on_stdout_and_exit_zero(ran):
     assert [(s["Name"], s["Status"]) for s in output["Steps"]] == [
         ("Preprocess", "Succeeded"), ("Train", "Succeeded"), ("Evaluate", "Succeeded"),
         ("CheckAccuracy", "Succeeded"), ("Register-RegisterModel", "Succeeded")]
-    assert all(set(s) == {"Name", "Type", "Status", "Seconds", "FailureReason"}
-               for s in output["Steps"])
+    assert all(set(s) == {"Name", "Type", "Status", "Seconds", "FailureReason",
+                          "CacheHitResult"} for s in output["Steps"])
     # live progress went to stderr, including the training epochs as they happened
     assert "Train | epoch 1/2" in result.stderr
 
@@ -134,3 +134,59 @@ def test_definition_prints_the_sagemaker_json(tmp_path):
     assert definition["Version"] == "2020-12-01"
     assert [s["Type"] for s in definition["Steps"]] == [
         "Processing", "Training", "Processing", "Condition"]
+
+
+def test_retry_of_an_unknown_execution_is_one_error_line(ran):
+    workspace, _, _ = ran
+    result = scones(workspace, "pipeline", "retry", "nosuchexec")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: no pipeline execution 'nosuchexec' in "
+                                     f"{workspace}/registry.sqlite (list them: scones pipeline "
+                                     "executions)")
+
+
+def test_retry_on_aws_calls_retry_pipeline_execution_for_a_failed_one(monkeypatch):
+    """moto has no RetryPipelineExecution: botocore's Stubber checks the calls against
+    SageMaker's API model instead."""
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from pipelines.executors import pipeline_executor
+    from scones.backend import backend_for
+    from scones.config import load_config
+    from scones.errors import SconesError
+
+    config = load_config("aws", overrides={
+        "aws.role_arn": "arn:aws:iam::123456789012:role/r", "aws.bucket": "b",
+        "data.input_url": "s3://b/in"})
+    backend = backend_for(config)
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    monkeypatch.setattr(backend, "client", lambda service: client)
+    arn = ("arn:aws:sagemaker:us-east-1:123456789012:pipeline/scones-delivery-vehicles/"
+           "execution/abc123")
+    with Stubber(client) as stub:
+        stub.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": [
+            {"PipelineExecutionArn": arn, "PipelineExecutionStatus": "Failed"}]},
+            {"PipelineName": "scones-delivery-vehicles"})
+        stub.add_response("describe_pipeline_execution", {"PipelineExecutionStatus": "Failed"},
+                          {"PipelineExecutionArn": arn})
+        stub.add_response("retry_pipeline_execution", {"PipelineExecutionArn": arn},
+                          {"PipelineExecutionArn": arn, "ClientRequestToken": ANY})
+        stub.add_response("describe_pipeline_execution",
+                          {"PipelineExecutionStatus": "Executing"},
+                          {"PipelineExecutionArn": arn})
+        stub.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
+            {"StepName": "Preprocess", "StepStatus": "Succeeded",
+             "CacheHitResult": {"SourcePipelineExecutionArn": arn}}]},
+            {"PipelineExecutionArn": arn, "SortOrder": "Ascending"})
+        result = pipeline_executor(backend).retry("abc123", progress=False)
+        assert (result["ExecutionArn"], result["Status"]) == (arn, "Executing")
+        assert result["Steps"][0]["CacheHitResult"] == {"SourcePipelineExecutionArn": arn}
+
+        stub.add_response("describe_pipeline_execution",
+                          {"PipelineExecutionStatus": "Succeeded"},
+                          {"PipelineExecutionArn": arn})
+        with pytest.raises(SconesError, match="abc123 is Succeeded: only a Failed or Stopped"):
+            pipeline_executor(backend).retry(arn, progress=False)
+        stub.assert_no_pending_responses()

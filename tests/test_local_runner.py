@@ -403,3 +403,182 @@ def test_real_pipeline_fails_at_the_fail_step_when_accuracy_is_below_threshold(
     assert backend_for(config).registry().list_packages() == []  # nothing was registered
     train_log = config.local.workspace / "executions" / result.execution_id / "Train" / "log.txt"
     assert "epoch 2/2" in train_log.read_text()
+
+
+# --- step caching (CacheConfig) ----------------------------------------------------------------
+
+COUNT_SCRIPT = """
+    import os, sys
+    data, out = sys.argv[1], sys.argv[2]
+    rows = open(os.path.join(data, "rows.txt")).read().split()
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "count.txt"), "w").write(f"{len(rows)} x {sys.argv[3]}")
+    print("counted", len(rows))
+"""
+
+
+def cached_definition(store, enabled=True, expire="P30D") -> dict:
+    """Count (cacheable Processing: reads data/rows.txt and its code) -> Report (not cached)."""
+    script = put_script(store, "count.py", COUNT_SCRIPT)
+    store.write_bytes(f"s3://{BUCKET}/data/rows.txt", b"a b c")
+    count = processing_step(
+        "Count", script, "count.py",
+        inputs=[(f"s3://{BUCKET}/data", "/opt/ml/processing/data")],
+        outputs=[("count", output_uri("Count", "count"), "/opt/ml/processing/count")],
+        arguments=["/opt/ml/processing/data", "/opt/ml/processing/count",
+                   {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.Factor"}]}}])
+    count["CacheConfig"] = {"Enabled": enabled, "ExpireAfter": expire}
+    report = {"Name": "Report", "Type": "Fail", "DependsOn": ["Count"], "Arguments": {
+        "ErrorMessage": {"Std:Join": {"On": " ", "Values": [
+            "count at", {"Get": "Steps.Count.ProcessingOutputConfig.Outputs['count']"
+                                ".S3Output.S3Uri"}]}}}}
+    return {"Parameters": [{"Name": "Factor", "Type": "String", "DefaultValue": "1"}],
+            "Steps": [count, report]}
+
+
+def count_hit(result) -> str | None:
+    return next(s.cache_source_arn for s in result.steps if s.name == "Count")
+
+
+def test_a_cacheable_step_reuses_an_earlier_run_until_what_it_reads_changes(config, store):
+    definition = cached_definition(store)
+    first = run_pipeline_locally(definition, config, progress=False)
+    second = run_pipeline_locally(definition, config, progress=False)
+    assert count_hit(first) is None
+    assert count_hit(second) == first.execution_arn
+    # the hit's properties are the first run's: a later step reads the first run's outputs
+    assert second.failure_reason == (f"count at s3://{BUCKET}/test/{first.execution_id}/Count/"
+                                     "output/count")
+    recorded = {e["ExecutionId"]: e for e in list_executions(config)}
+    step = recorded[second.execution_id]["Steps"][0]
+    assert (step["Status"], step["CacheHitResult"], step["LogPath"]) == (
+        "Succeeded", {"SourcePipelineExecutionArn": first.execution_arn}, None)
+    assert not (config.local.workspace / "executions" / second.execution_id / "Count"
+                / "log.txt").exists()  # nothing ran
+
+    # a parameter in its arguments, its data, its code: each change misses
+    changed_param = run_pipeline_locally(definition, config, {"Factor": "2"}, progress=False)
+    assert count_hit(changed_param) is None
+    store.write_bytes(f"s3://{BUCKET}/data/rows.txt", b"a b c d")
+    changed_data = run_pipeline_locally(definition, config, progress=False)
+    assert count_hit(changed_data) is None
+    store.write_bytes(f"s3://{BUCKET}/code/count.py",
+                      textwrap.dedent(COUNT_SCRIPT).encode() + b"# changed\n")
+    changed_code = run_pipeline_locally(definition, config, progress=False)
+    assert count_hit(changed_code) is None
+    # ... and the newest run with the same inputs is the one reused
+    assert count_hit(run_pipeline_locally(definition, config, progress=False)) == \
+        changed_code.execution_arn
+
+
+def test_cache_misses_when_disabled_expired_or_the_outputs_are_gone(config, store):
+    run_pipeline_locally(cached_definition(store, enabled=False), config, progress=False)
+    assert count_hit(run_pipeline_locally(cached_definition(store, enabled=False), config,
+                                          progress=False)) is None
+    expired = run_pipeline_locally(cached_definition(store, expire="PT0S"), config,
+                                   progress=False)
+    assert count_hit(expired) is None  # the disabled runs kept no key; PT0S reuses nothing
+    cached = run_pipeline_locally(cached_definition(store), config, progress=False)
+    assert count_hit(cached) == expired.execution_arn
+    for url in store.list_urls(f"s3://{BUCKET}/test/"):
+        store.path_for(url).unlink()
+    assert count_hit(run_pipeline_locally(cached_definition(store), config,
+                                          progress=False)) is None
+
+
+def test_an_unreadable_expire_after_is_refused_before_anything_runs(config, store):
+    with pytest.raises(PipelineExecutionError, match="ExpireAfter '30 days' is not an ISO 8601"):
+        run_pipeline_locally(cached_definition(store, expire="30 days"), config, progress=False)
+    assert list_executions(config) == []
+
+
+# --- local inputs ------------------------------------------------------------------------------
+
+LIST_SCRIPT = """
+    import os, sys
+    for folder, _, files in sorted(os.walk(sys.argv[1])):
+        for name in sorted(files):
+            print("got", os.path.relpath(os.path.join(folder, name), sys.argv[1]))
+    sys.exit(int(sys.argv[2]))
+"""
+
+
+def listing_definition(store, source, exit_code=0) -> dict:
+    script = put_script(store, "list.py", LIST_SCRIPT)
+    return {"Steps": [processing_step("List", script, "list.py",
+                                      inputs=[(str(source), "/opt/ml/processing/in")],
+                                      arguments=["/opt/ml/processing/in", str(exit_code)])]}
+
+
+def test_a_local_input_folder_gives_the_step_only_the_files_it_can_read(config, store, tmp_path):
+    source = tmp_path / "photos"
+    for relative in ("bicycle/a.png", "bicycle/b.JPG", "bicycle/notes.txt", "motorcycle/c.jpeg",
+                     "motorcycle/deeper/d.png", "cifar-100-python/meta", "README.md",
+                     ".git/objects/x.png"):
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        (source / relative).write_bytes(b"x")
+    result = run_pipeline_locally(listing_definition(store, source), config, progress=False)
+    assert result.status == "Succeeded", result.failure_reason
+    log = (config.local.workspace / "executions" / result.execution_id / "List" / "log.txt")
+    got = [line.split(" ", 1)[1] for line in log.read_text().splitlines()
+           if line.startswith("got ")]
+    assert got == ["bicycle/a.png", "bicycle/b.JPG", "cifar-100-python/meta",
+                   "motorcycle/c.jpeg"]
+    # the copy is gone once the step ended (the log and the outputs stay)
+    assert not (log.parent / "processing" / "in").exists()
+
+
+def test_a_failed_step_leaves_no_input_copy_behind(config, store, tmp_path):
+    source = tmp_path / "photos"
+    (source / "bicycle").mkdir(parents=True)
+    (source / "bicycle" / "a.png").write_bytes(b"x" * 100_000)
+    result = run_pipeline_locally(listing_definition(store, source, exit_code=3), config,
+                                  progress=False)
+    assert result.status == "Failed" and "exited with code 3" in result.failure_reason
+    step_dir = config.local.workspace / "executions" / result.execution_id / "List"
+    assert not [p for p in step_dir.rglob("*") if p.is_file() and p.suffix == ".png"]
+
+
+def test_an_input_folder_holding_the_workspace_fails_the_step_before_copying(tmp_path, store):
+    project = tmp_path / "project"
+    config = load_config("local", overrides={"local.workspace": str(project / ".scones")})
+    store = LocalObjectStore(config.local.workspace / "s3")
+    (project / "bicycle").mkdir(parents=True)
+    (project / "bicycle" / "a.png").write_bytes(b"x")
+    result = run_pipeline_locally(listing_definition(store, project), config, progress=False)
+    assert result.status == "Failed"
+    assert f"input {project} contains the workspace {project / '.scones'}" in \
+        result.failure_reason
+    step_dir = config.local.workspace / "executions" / result.execution_id / "List"
+    assert not (step_dir / "processing" / "in").exists()
+
+
+# --- runs whose runner is gone -------------------------------------------------------------------
+
+def test_a_run_whose_owner_is_gone_is_marked_failed_and_a_live_one_is_not(config):
+    import os
+    import subprocess
+    import sys
+
+    records = ExecutionStore(Workspace(config.local.workspace))
+    records.start("live", "arn:live", "p", "2026-01-01T00:00:00.000+00:00", {}, {"Steps": []})
+    records.start("dead", "arn:dead", "p", "2026-01-01T00:00:01.000+00:00", {}, {"Steps": []})
+    records.step_started("dead", "Train", "Training", None)
+    records.start("reused", "arn:reused", "p", "2026-01-01T00:00:02.000+00:00", {}, None)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    with sqlite3.connect(config.local.workspace / "registry.sqlite") as db:
+        db.execute("UPDATE pipeline_executions SET owner_pid = ? WHERE execution_id = 'dead'",
+                   (int(gone),))
+        # this process's pid, but another start time: the pid was reused
+        db.execute("UPDATE pipeline_executions SET owner_started = '1' "
+                   "WHERE execution_id = 'reused'")
+    listed = {e["ExecutionId"]: e for e in records.list()}
+    assert listed["live"]["Status"] == "Executing"
+    assert listed["dead"]["Status"] == "Failed"
+    assert listed["dead"]["FailureReason"].startswith(
+        f"runner process {gone} ended without finishing (killed?) at step Train")
+    assert listed["dead"]["Steps"][0]["Status"] == "Failed"
+    assert listed["reused"]["Status"] == "Failed"
+    assert f"runner process {os.getpid()} ended without finishing (killed?) between steps" in \
+        listed["reused"]["FailureReason"]

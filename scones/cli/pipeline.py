@@ -1,13 +1,19 @@
-"""`scones pipeline definition|run|executions`: the model-build pipeline from the command line.
+"""`scones pipeline definition|run|retry|executions`: the model-build pipeline from the
+command line.
 
 The definition is built exactly as for SageMaker (pipelines.pipeline.pipeline_definition) and
 run by the backend's executor (pipelines.executors): the local runner, or SageMaker Pipelines.
+Parameters are range-checked before anything runs (a named error, exit 2). A local run
+stopped by Ctrl-C or SIGTERM is recorded Stopped and exits 128 + the signal's number;
+`retry` continues a Failed or Stopped execution from its failed step.
 """
 from __future__ import annotations
 
 import json
+import sys
 
 from pipelines.executors import pipeline_executor
+from pipelines.local_runner import ExecutionStopped
 from pipelines.pipeline import pipeline_definition
 from scones.backend import backend_for
 from scones.cli.common import command_group, common_options
@@ -36,6 +42,18 @@ def register(subparsers) -> None:
                           "always runs to its end)")
     run.set_defaults(func=run_command)
 
+    retry = group.add_parser(
+        "retry", parents=[common_options()],
+        help="re-run a Failed or Stopped execution from its failed step, reusing the steps "
+             "that succeeded (SageMaker's RetryPipelineExecution)")
+    retry.add_argument("execution_id", metavar="EXECUTION_ID",
+                       help="the execution's id (scones pipeline executions) or ARN")
+    retry.add_argument("--json", action="store_true",
+                       help="print one JSON object with the result on stdout")
+    retry.add_argument("--wait", action="store_true",
+                       help="with --env aws: follow the execution to its end")
+    retry.set_defaults(func=retry_command)
+
     executions = group.add_parser("executions", parents=[common_options()],
                                   help="list past pipeline executions, newest first")
     executions.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -62,14 +80,37 @@ def run_command(args, config) -> int:
     """Locally the definition runs step by step on this machine; on AWS it is upserted and
     started on SageMaker (followed to its end with --wait)."""
     executor = pipeline_executor(backend_for(config))
-    result = executor.run(parameters=parse_params(args.param), wait=args.wait)
+    try:
+        result = executor.run(parameters=parse_params(args.param), wait=args.wait)
+    except ExecutionStopped as stopped:
+        return _stopped(stopped)
+    return _report(result, args)
+
+
+def retry_command(args, config) -> int:
+    """The same execution again, from its failed step (locally or on SageMaker)."""
+    executor = pipeline_executor(backend_for(config))
+    try:
+        result = executor.retry(args.execution_id, wait=args.wait)
+    except ExecutionStopped as stopped:
+        return _stopped(stopped)
+    return _report(result, args)
+
+
+def _stopped(stopped: ExecutionStopped) -> int:
+    print(f"{stopped}, recorded Stopped; continue it: scones pipeline retry "
+          f"{stopped.execution_id}", file=sys.stderr)
+    return 128 + stopped.signal_number
+
+
+def _report(result: dict, args) -> int:
     if args.json:
         print_json(result)
     else:
         if result["Steps"]:
             print(format_table(["STEP", "TYPE", "STATUS", "SECONDS"],
-                               [(s["Name"], s["Type"], s["Status"], _seconds(s["Seconds"]))
-                                for s in result["Steps"]]))
+                               [(s["Name"], s["Type"], s["Status"] + _cache_mark(s),
+                                 _seconds(s["Seconds"])) for s in result["Steps"]]))
         print(f"execution {result['ExecutionId']}: {result['Status']}"
               + (f"\nregistered model version {result['ModelPackageVersion']} "
                  f"(approve it: scones registry approve {result['ModelPackageVersion']})"
@@ -91,6 +132,7 @@ def executions_command(args, config) -> int:
     rows = []
     for e in executions:
         steps = " ".join(f"{s['Name']}:{STEP_MARK.get(s['Status'], s['Status'])}"
+                         + ("(cached)" if s.get("CacheHitResult") else "")
                          for s in e.get("Steps", []))
         rows.append((e["ExecutionId"], e["Status"], str(e["StartTime"])[:19], steps,
                      _shorten(e.get("FailureReason"))))
@@ -101,6 +143,11 @@ def executions_command(args, config) -> int:
 # One mark per step status, so a row shows how far each execution got.
 STEP_MARK = {"Succeeded": "ok", "Failed": "FAILED", "Executing": "running",
              "Stopped": "stopped", "Starting": "starting"}
+
+
+def _cache_mark(step: dict) -> str:
+    source = (step.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn")
+    return f" (cached: {source.rpartition('/')[2]})" if source else ""
 
 
 def _seconds(value) -> str:
