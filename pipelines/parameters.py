@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from scones.config import CONFIG_DIR, Config, _check_semantics
+from scones.config import CONFIG_DIR, Config, check_semantics
 from scones.errors import ConfigError, PipelineExecutionError
 
 # parameter -> the setting that is its default (get_pipeline's ParameterX(default_value=...))
@@ -70,7 +70,7 @@ def check_parameters(config: Config, parameters: Mapping[str, Any] | None) -> Co
         section: dataclasses.replace(getattr(config, section), **changes)
         for section, changes in sections.items()})
     try:
-        _check_semantics(checked, origin, CONFIG_DIR)
+        check_semantics(checked, origin, CONFIG_DIR)
     except ConfigError as exc:
         raise PipelineParameterError(str(exc)) from None
     return checked

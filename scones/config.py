@@ -162,7 +162,7 @@ def load_config(
         data=dataclasses.replace(cfg.data, input_url=input_url),
         sources=tuple(str(p) for p in files if p.exists()),
     )
-    _check_semantics(cfg, origin, config_dir,
+    check_semantics(cfg, origin, config_dir,
                      AWS_SETTINGS.keys() if aws_needs is None else aws_needs)
     return cfg
 
@@ -286,7 +286,7 @@ def _dotted_value(cfg: Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
-def _check_semantics(cfg: Config, origin: dict, config_dir: Path,
+def check_semantics(cfg: Config, origin: dict, config_dir: Path,
                      aws_needs=tuple(AWS_SETTINGS)) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{_where(origin, key)}: {key} {why}")

@@ -45,7 +45,10 @@ def command_group(subparsers, name: str, help: str):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: handled like Ctrl-C (every `finally` runs, so
-    e.g. `endpoint serve` removes its extracted model), then exit 143."""
+    e.g. `endpoint serve` removes its extracted model), then exit 143. Like the local
+    runner's ExecutionStopped, it carries the signal's number."""
+
+    signal_number = 15  # signal.SIGTERM
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -135,12 +138,12 @@ def _run(call, config, error) -> int:
         return int(call() or 0)
     except SconesError as exc:
         return error(str(exc), 2)
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # Ctrl-C (2) or SIGTERM (15), also as the local runner's ExecutionStopped, whose
+        # message says which execution was recorded Stopped and how to retry it.
+        number = getattr(exc, "signal_number", 2)
+        print(str(exc) or ("terminated" if number == 15 else "interrupted"), file=sys.stderr)
+        return 128 + int(number)
     except BrokenPipeError:
         _silence_stdout()
         return 141
