@@ -54,6 +54,22 @@ class PipelineConfig:
     inference_instance_type: str = "ml.m5.large"
     framework_version: str = "2.5.1"
     py_version: str = "py311"
+    # What a SageMaker project template passes (run-pipeline --kwargs / --tags): the prefix of
+    # every job name, and the tags put on the pipeline and every resource it creates.
+    base_job_prefix: str | None = None
+    sagemaker_project_name: str | None = None
+    sagemaker_project_arn: str | None = None
+    # {key: value} in YAML and --set, kept as ((key, value), ...) so a Config stays hashable
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def resource_tags(self) -> list[dict]:
+        """[{"Key", "Value"}] for the pipeline and its jobs and models: the configured tags
+        plus sagemaker:project-name when the pipeline belongs to a SageMaker project (that
+        tag is how Studio lists a project's pipelines, jobs and models)."""
+        tags = dict(self.tags)
+        if self.sagemaker_project_name:
+            tags.setdefault("sagemaker:project-name", self.sagemaker_project_name)
+        return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
 @dataclass(frozen=True)
@@ -231,6 +247,15 @@ def _coerce(hint: Any, value: Any, key: str, origin: dict, root: Path) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: {key} must not be empty")
+    if hint == tuple[tuple[str, str], ...]:  # a mapping of strings, e.g. pipeline.tags
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            value = dict(value)
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{where}: {key} must be a mapping of strings to strings, "
+                              f"got {value!r}")
+        return tuple(value.items())
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
