@@ -57,6 +57,10 @@ class EndpointBusy(DeploymentError):
     """The endpoint is mid-change; SageMaker refuses updates until it settles (retryable)."""
 
 
+class OlderThanServing(DeploymentError):
+    """An event for a version older than the one serving: not a rollback path."""
+
+
 class EndpointFailed(DeploymentError):
     """The endpoint is in the Failed state and cannot be updated; delete it first."""
 
@@ -147,9 +151,16 @@ def approved_package_arn(event: Mapping[str, Any], model_package_group: str) -> 
 
 
 def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str,
-                         now: datetime | None = None) -> dict:
+                         now: datetime | None = None, newer_only: bool = False) -> dict:
     """Create a model and an endpoint config (with data capture) for an approved package,
-    then create the endpoint or point it at the new config. Returns what was done."""
+    then create the endpoint or point it at the new config. Returns what was done.
+
+    Idempotent: an endpoint already serving (or rolling out) this package is left alone
+    (Action "none"): SageMaker can emit several events for one change. A busy endpoint
+    raises EndpointBusy before anything is created, so a retry starts clean. newer_only
+    (events): a package older than the one the endpoint serves is not deployed - a late or
+    retried event must not roll the endpoint back; a rollback is deployed by hand.
+    """
     package = _describe_package(client, package_arn)
     status = package.get("ModelApprovalStatus")
     if status != "Approved":
@@ -160,6 +171,32 @@ def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str
             f"model package {package_arn} belongs to group "
             f"{package['ModelPackageGroupName']!r}, not {settings.model_package_group!r}")
     version = package.get("ModelPackageVersion")
+    current = _describe_endpoint_or_none(client, settings.endpoint_name)
+    if current is not None:
+        endpoint_status = current.get("EndpointStatus")
+        serving = serving_package_arn(client, current)
+        if serving == package_arn and endpoint_status != "Failed":
+            return {"Action": "none", "Reason": f"endpoint {settings.endpoint_name} already "
+                    f"serves version {version} ({endpoint_status})",
+                    "EndpointName": settings.endpoint_name,
+                    "EndpointArn": current.get("EndpointArn"),
+                    "EndpointConfigName": current.get("EndpointConfigName"),
+                    "ModelPackageArn": package_arn, "ModelPackageVersion": version,
+                    "PreviousEndpointConfigName": None,
+                    "DataCaptureConfig": data_capture_config(settings)}
+        if endpoint_status in BUSY_ENDPOINT_STATES:
+            raise EndpointBusy(f"endpoint {settings.endpoint_name} is {endpoint_status}; "
+                               f"version {version} is deployed once it is InService (retry)")
+        if endpoint_status == "Failed":
+            raise EndpointFailed(f"endpoint {settings.endpoint_name} is Failed "
+                                 f"({current.get('FailureReason', 'no reason given')}); "
+                                 "delete it, then deploy again")
+        serving_version = _version_of(serving)
+        if (newer_only and serving_version is not None and isinstance(version, int)
+                and _group_of(serving) == _group_of(package_arn) and serving_version > version):
+            raise OlderThanServing(
+                f"endpoint {settings.endpoint_name} serves version {serving_version}, newer "
+                f"than {version}: not rolled back by an event (deploy {version} by hand)")
     resource_name = _resource_name(settings.endpoint_name, version, now)
 
     client.create_model(
@@ -178,20 +215,11 @@ def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str
         }],
         DataCaptureConfig=data_capture_config(settings),
     )
-    current = _describe_endpoint_or_none(client, settings.endpoint_name)
     if current is None:
         response = client.create_endpoint(EndpointName=settings.endpoint_name,
                                           EndpointConfigName=resource_name)
         action, previous_config = "created", None
     else:
-        endpoint_status = current.get("EndpointStatus")
-        if endpoint_status in BUSY_ENDPOINT_STATES:
-            raise EndpointBusy(f"endpoint {settings.endpoint_name} is {endpoint_status}; "
-                               f"deploy version {version} again once it is InService")
-        if endpoint_status == "Failed":
-            raise EndpointFailed(f"endpoint {settings.endpoint_name} is Failed "
-                                 f"({current.get('FailureReason', 'no reason given')}); "
-                                 "delete it, then deploy again")
         response = client.update_endpoint(EndpointName=settings.endpoint_name,
                                           EndpointConfigName=resource_name)
         action, previous_config = "updated", current.get("EndpointConfigName")
@@ -206,6 +234,31 @@ def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str
         "PreviousEndpointConfigName": previous_config,
         "DataCaptureConfig": data_capture_config(settings),
     }
+
+
+def serving_package_arn(client: Any, endpoint: Mapping[str, Any]) -> str | None:
+    """The model package the endpoint's current config serves (DescribeEndpointConfig ->
+    DescribeModel), None when it cannot be told (a model made outside this project)."""
+    try:
+        endpoint_config = client.describe_endpoint_config(
+            EndpointConfigName=endpoint["EndpointConfigName"])
+        model = client.describe_model(
+            ModelName=endpoint_config["ProductionVariants"][0]["ModelName"])
+    except Exception as exc:
+        if _client_error_parts(exc) is None:
+            raise
+        return None
+    containers = model.get("Containers") or [model.get("PrimaryContainer") or {}]
+    return containers[0].get("ModelPackageName")
+
+
+def _version_of(package_arn: str | None) -> int | None:
+    tail = (package_arn or "").rpartition("/")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _group_of(package_arn: str | None) -> str:
+    return (package_arn or "").rpartition("/")[0]
 
 
 def data_capture_config(settings: DeploySettings) -> dict:
@@ -259,7 +312,29 @@ _sagemaker_client = None
 
 
 def lambda_handler(event, context):
+    """An EventBridge event (the rule invokes the function asynchronously), or a batch of
+    them from an SQS queue between the rule and the function (event source mapping with
+    ReportBatchItemFailures).
+
+    EndpointBusy is retryable and is raised (asynchronous invocation: Lambda retries, then
+    its on-failure destination holds the event) or reported as a batch item failure (SQS:
+    the message comes back after its visibility timeout and goes to the dead-letter queue
+    after maxReceiveCount): an approval made during an update is deployed after it, never
+    dropped."""
     settings = DeploySettings.from_environ(os.environ)
+    if isinstance(event, Mapping) and isinstance(event.get("Records"), list):
+        failures = []
+        for record in event["Records"]:
+            try:
+                handle_event(json.loads(record.get("body") or "null"), settings)
+            except EndpointBusy as exc:
+                logger.warning("message %s: %s", record.get("messageId"), exc)
+                failures.append({"itemIdentifier": record.get("messageId")})
+        return {"batchItemFailures": failures}
+    return handle_event(event, settings)
+
+
+def handle_event(event, settings: DeploySettings) -> dict:
     package_arn, reason = approved_package_arn(event, settings.model_package_group)
     if package_arn is None:
         logger.info("ignored event %s: %s", event.get("id"), reason)
@@ -269,11 +344,16 @@ def lambda_handler(event, context):
         import boto3
         _sagemaker_client = boto3.client("sagemaker")
     try:
-        result = deploy_model_package(_sagemaker_client, settings, package_arn)
-    except ModelPackageNotApproved as exc:
-        # The package changed again (e.g. rejected) between the event and this call: the
-        # registry's current state wins, and retrying would not change it.
+        result = deploy_model_package(_sagemaker_client, settings, package_arn,
+                                      newer_only=True)
+    except (ModelPackageNotApproved, OlderThanServing) as exc:
+        # The package changed again (e.g. rejected) between the event and this call, or a
+        # newer one serves: the registry's and endpoint's current state win, and retrying
+        # would not change them.
         logger.warning("ignored event %s: %s", event.get("id"), exc)
         return {"status": "ignored", "reason": str(exc)}
+    if result["Action"] == "none":
+        logger.info("event %s: %s", event.get("id"), result["Reason"])
+        return {"status": "unchanged", **result}
     logger.info("deployment %s", json.dumps(result, default=str))
     return {"status": "deployed", **result}
