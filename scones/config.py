@@ -23,6 +23,7 @@ CONFIG_DIR = (_SOURCE_TREE / "configs" if (_SOURCE_TREE / "setup.py").is_file()
               else Path(__file__).resolve().parent / "configs")
 ENVIRONMENTS = ("local", "aws")
 DATA_CAPTURE_PREFIX = "datacapture"
+STAGES = ("staging", "prod")  # the order a version goes through (scones/infra/deploy_flow)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,29 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """One deployment stage (as scones/infra/deploy_flow.py's per-stage parameters)."""
+    endpoint_name: str | None = None     # default: staging <endpoint>-staging, prod <endpoint>
+    instance_type: str = "ml.m5.large"
+    instance_count: int = 1
+    capture_sampling_percentage: int | None = None  # default: monitoring's
+    min_capacity: int = 1                # autoscaling (AWS)
+    max_capacity: int = 1
+    bake_seconds: float = 0.0            # watched after the switch; rolled back on alarm
+    bake_probe_interval_seconds: float = 1.0
+    max_error_rate: float = 0.05         # the alarm's limit: errors / requests while baking
+    test_images: int = 40                # held-back test-split images the stage test sends
+    test_min_accuracy: float = 0.8
+    test_max_failure_rate: float = 0.05  # failed executions (not low confidence) / images
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    staging: StageConfig = field(default_factory=StageConfig)
+    prod: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass(frozen=True)
 class AwsConfig:
     region: str = "us-east-1"
     role_arn: str | None = None          # SageMaker execution role (pipeline jobs, models)
@@ -112,7 +136,22 @@ class Config:
     monitoring: MonitoringConfig
     aws: AwsConfig
     local: LocalConfig
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}: choose one of {', '.join(STAGES)}")
+        return getattr(self.deployment, name)
+
+    def stage_endpoint_name(self, name: str) -> str:
+        """prod is the endpoint the inference workflow calls (workflow.endpoint_name);
+        staging is <that>-staging unless configured."""
+        configured = self.stage(name).endpoint_name
+        if configured:
+            return configured
+        base = self.workflow.endpoint_name
+        return base if name == "prod" else f"{base}-{name}"
 
     @property
     def data_capture_uri(self) -> str:
@@ -306,6 +345,22 @@ def _check_semantics(cfg: Config, origin: dict, config_dir: Path) -> None:
     if cfg.pipeline.model_approval_status not in ("PendingManualApproval", "Approved", "Rejected"):
         fail("pipeline.model_approval_status",
              "must be PendingManualApproval, Approved or Rejected")
+    for stage in STAGES:
+        settings = cfg.stage(stage)
+        key = f"deployment.{stage}"
+        if settings.instance_count < 1:
+            fail(f"{key}.instance_count", "must be at least 1")
+        if not 1 <= settings.min_capacity <= settings.max_capacity:
+            fail(f"{key}.min_capacity", "must be at least 1 and at most max_capacity")
+        if not 0 < (settings.capture_sampling_percentage or 100) <= 100:
+            fail(f"{key}.capture_sampling_percentage", "must be in 1..100")
+        if settings.bake_seconds < 0 or settings.bake_probe_interval_seconds <= 0:
+            fail(f"{key}.bake_seconds", "must be >= 0 (and the probe interval > 0)")
+        for name in ("max_error_rate", "test_min_accuracy", "test_max_failure_rate"):
+            if not 0 <= getattr(settings, name) <= 1:
+                fail(f"{key}.{name}", "must be between 0 and 1")
+        if settings.test_images < 1:
+            fail(f"{key}.test_images", "must be at least 1")
     if not 0 < cfg.monitoring.capture_sampling_percentage <= 100:
         fail("monitoring.capture_sampling_percentage", "must be in 1..100")
     if cfg.env == "aws":

@@ -191,15 +191,16 @@ def test_resource_names_fit_sagemaker_limits_and_differ_per_deployment():
 # --- the same logic on the local control plane ---------------------------------------------
 
 @pytest.fixture
-def local(tmp_path):
+def local(tmp_path, small_model_tar):
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws"),
-                                             "monitoring.capture_sampling_percentage": 30})
+                                             "monitoring.capture_sampling_percentage": 30,
+                                             "deployment.prod.bake_seconds": 0})
     registry = backend_for(config).registry()
     versions = []
     for n in range(3):
-        # deploying never opens it
+        # a real model: a deployment health-checks it before the endpoint switches
         versions.append(register_model(
-            config, b"stand-in for model.tar.gz %d" % n,
+            config, small_model_tar.read_bytes(),
             url=f"s3://scones-local/models/{n + 1}/model.tar.gz",
             InferenceSpecification={"Containers": [{
                 "Image": IMAGE, "ModelDataUrl": f"s3://scones-local/models/{n + 1}/model.tar.gz"}]},
@@ -223,7 +224,8 @@ def test_local_deploy_writes_the_state_file_the_server_reads(local):
     assert state["ModelPackageArn"] == versions[0]["ModelPackageArn"]
     assert state["ModelDataUrl"] == "s3://scones-local/models/1/model.tar.gz"
     assert Path(state["LocalModelData"]).is_absolute()
-    assert Path(state["LocalModelData"]).read_bytes() == b"stand-in for model.tar.gz 0"
+    assert Path(state["LocalModelData"]).read_bytes() == Path(
+        registry.describe(1)["LocalModelData"]).read_bytes()
     assert state["EndpointConfigName"] == state["ModelName"] == result["EndpointConfigName"]
     assert state["DataCaptureConfig"]["EnableCapture"] is True
     assert state["DataCaptureConfig"]["InitialSamplingPercentage"] == 30
@@ -275,7 +277,8 @@ def test_missing_model_data_is_refused_before_the_state_changes(local, tmp_path)
     config, registry, _ = local
     registry.approve(1)
     Path(registry.describe(1)["LocalModelData"]).unlink()
-    with pytest.raises(DeploymentError, match="model data of version 1 is missing"):
+    with pytest.raises(DeploymentError, match="version 1 .* failed its health check, nothing "
+                                              "was switched: the model does not load"):
         deploy_model_package(config, 1)
     assert endpoint_status(config)["EndpointStatus"] == "NotDeployed"
 
