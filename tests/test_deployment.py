@@ -328,7 +328,7 @@ def test_cli_deploy_and_status(local):
     workspace = config.local.workspace
     done = _scones("endpoint", "status", "--json", workspace=workspace)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["EndpointStatus"] == "NotDeployed"
+    assert [s["EndpointStatus"] for s in json.loads(done.stdout)] == ["NotDeployed"] * 2
 
     refused = _scones("endpoint", "deploy", "--version", "2", workspace=workspace)
     assert refused.returncode == 2
@@ -338,7 +338,7 @@ def test_cli_deploy_and_status(local):
     registry.approve(2)
     done = _scones("endpoint", "deploy", "--version", "2", workspace=workspace)
     assert done.returncode == 0, done.stderr
-    assert "created endpoint scones-delivery-vehicles: serving version 2" in done.stdout
-    done = _scones("endpoint", "status", "--json", workspace=workspace)
+    assert "created prod endpoint scones-delivery-vehicles: serving version 2" in done.stdout
+    done = _scones("endpoint", "status", "--stage", "prod", "--json", workspace=workspace)
     status = json.loads(done.stdout)
     assert (status["EndpointStatus"], status["ModelPackageVersion"]) == ("InService", 2)

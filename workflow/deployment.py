@@ -286,7 +286,7 @@ def serving(config: Config, stage: str, backend: Backend | None = None) -> dict 
     return backend.registry().describe(status["ModelPackageVersion"])
 
 
-def test_stage(config: Config, stage: str = "staging", backend: Backend | None = None,
+def run_stage_test(config: Config, stage: str = "staging", backend: Backend | None = None,
                progress: bool = False) -> dict:
     """The staging test: the inference workflow (the same state machine and Lambdas) pinned
     to the stage's endpoint, on held-back images of the test split of the execution that
