@@ -74,6 +74,14 @@ class DeploySettings:
     capture_sampling_percentage: int = 100
     instance_type: str = "ml.m5.large"
     initial_instance_count: int = 1
+    # Deployment guardrails for an update (UpdateEndpoint's DeploymentConfig): blue/green
+    # with CANARY / LINEAR / ALL_AT_ONCE traffic shifting, auto-rollback when one of these
+    # CloudWatch alarms fires; none configured: a plain update.
+    rollback_alarms: tuple[str, ...] = ()
+    traffic_routing: str = "CANARY"
+    traffic_step_percent: int = 10
+    traffic_wait_seconds: int = 300
+    bake_seconds: int = 600
 
     def __post_init__(self) -> None:
         checks = (
@@ -87,6 +95,10 @@ class DeploySettings:
              isinstance(self.capture_sampling_percentage, int)
              and 0 <= self.capture_sampling_percentage <= 100),
             ("INSTANCE_TYPE", self.instance_type, (self.instance_type or "").startswith("ml.")),
+            ("TRAFFIC_ROUTING", self.traffic_routing,
+             self.traffic_routing in ("CANARY", "LINEAR", "ALL_AT_ONCE")),
+            ("TRAFFIC_STEP_PERCENT", self.traffic_step_percent,
+             isinstance(self.traffic_step_percent, int) and 1 <= self.traffic_step_percent <= 100),
         )
         for variable, value, ok in checks:
             if not ok:
@@ -112,7 +124,21 @@ class DeploySettings:
             data_capture_s3_uri=environ["DATA_CAPTURE_S3_URI"].rstrip("/"),
             capture_sampling_percentage=sampling_value,
             instance_type=environ.get("INSTANCE_TYPE") or "ml.m5.large",
+            rollback_alarms=tuple(a.strip() for a in environ.get("ROLLBACK_ALARMS", "").split(",")
+                                  if a.strip()),
+            traffic_routing=environ.get("TRAFFIC_ROUTING") or "CANARY",
+            traffic_step_percent=_int_setting(environ, "TRAFFIC_STEP_PERCENT", 10),
+            traffic_wait_seconds=_int_setting(environ, "TRAFFIC_WAIT_SECONDS", 300),
+            bake_seconds=_int_setting(environ, "BAKE_SECONDS", 600),
         )
+
+
+def _int_setting(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name) or str(default)
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidSettings(f"{name}={text!r} is not valid: an integer") from None
 
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -125,6 +151,8 @@ _SETTING_HELP = {
     "DATA_CAPTURE_S3_URI": "an s3://bucket/prefix URL for data capture",
     "CAPTURE_SAMPLING_PERCENTAGE": "an integer from 0 to 100",
     "INSTANCE_TYPE": "a SageMaker instance type such as ml.m5.large",
+    "TRAFFIC_ROUTING": "CANARY, LINEAR or ALL_AT_ONCE",
+    "TRAFFIC_STEP_PERCENT": "an integer from 1 to 100 (the canary size / linear step)",
 }
 
 
@@ -220,8 +248,11 @@ def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str
                                           EndpointConfigName=resource_name)
         action, previous_config = "created", None
     else:
+        guardrails = deployment_config(settings)
         response = client.update_endpoint(EndpointName=settings.endpoint_name,
-                                          EndpointConfigName=resource_name)
+                                          EndpointConfigName=resource_name,
+                                          **({"DeploymentConfig": guardrails} if guardrails
+                                             else {}))
         action, previous_config = "updated", current.get("EndpointConfigName")
     return {
         "Action": action,
@@ -259,6 +290,26 @@ def _version_of(package_arn: str | None) -> int | None:
 
 def _group_of(package_arn: str | None) -> str:
     return (package_arn or "").rpartition("/")[0]
+
+
+def deployment_config(settings: DeploySettings) -> dict | None:
+    """UpdateEndpoint's DeploymentConfig: blue/green traffic shifting watched by the
+    rollback alarms (SageMaker rolls back to the old fleet when one fires, and only then
+    terminates it after bake_seconds). None without alarms: nothing would watch the shift."""
+    if not settings.rollback_alarms:
+        return None
+    step = {"Type": "CAPACITY_PERCENT", "Value": settings.traffic_step_percent}
+    routing: dict[str, Any] = {"Type": settings.traffic_routing}
+    if settings.traffic_routing == "CANARY":
+        routing.update(CanarySize=step, WaitIntervalInSeconds=settings.traffic_wait_seconds)
+    elif settings.traffic_routing == "LINEAR":
+        routing.update(LinearStepSize=step, WaitIntervalInSeconds=settings.traffic_wait_seconds)
+    return {
+        "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
+                                  "TerminationWaitInSeconds": settings.bake_seconds},
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name}
+                                                 for name in settings.rollback_alarms]},
+    }
 
 
 def data_capture_config(settings: DeploySettings) -> dict:

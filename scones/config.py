@@ -102,6 +102,12 @@ class StageConfig:
     test_images: int = 40                # held-back test-split images the stage test sends
     test_min_accuracy: float = 0.8
     test_max_failure_rate: float = 0.05  # failed executions (not low confidence) / images
+    # AWS: UpdateEndpoint's guardrails (none without alarms; the project template makes
+    # <project>-<stage>-invocation-5xx and -model-latency)
+    rollback_alarms: tuple[str, ...] = ()
+    traffic_routing: str = "CANARY"      # CANARY | LINEAR | ALL_AT_ONCE
+    traffic_step_percent: int = 10
+    traffic_wait_seconds: int = 300
 
 
 @dataclass(frozen=True)

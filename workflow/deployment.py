@@ -40,6 +40,11 @@ def deploy_settings(config: Config, stage: str = "prod") -> deploy_logic.DeployS
                                          or config.monitoring.capture_sampling_percentage),
             instance_type=settings.instance_type,
             initial_instance_count=settings.instance_count,
+            rollback_alarms=settings.rollback_alarms,
+            traffic_routing=settings.traffic_routing,
+            traffic_step_percent=settings.traffic_step_percent,
+            traffic_wait_seconds=settings.traffic_wait_seconds,
+            bake_seconds=int(settings.bake_seconds),
         )
     except deploy_logic.InvalidSettings as exc:
         raise DeploymentError(f"configuration cannot be deployed: {exc}") from None
@@ -58,6 +63,11 @@ def deploy_lambda_environment(config: Config) -> dict[str, str]:
         "DATA_CAPTURE_S3_URI": settings.data_capture_s3_uri,
         "CAPTURE_SAMPLING_PERCENTAGE": str(settings.capture_sampling_percentage),
         "INSTANCE_TYPE": settings.instance_type,
+        "ROLLBACK_ALARMS": ",".join(settings.rollback_alarms),
+        "TRAFFIC_ROUTING": settings.traffic_routing,
+        "TRAFFIC_STEP_PERCENT": str(settings.traffic_step_percent),
+        "TRAFFIC_WAIT_SECONDS": str(settings.traffic_wait_seconds),
+        "BAKE_SECONDS": str(int(settings.bake_seconds)),
     }
 
 
@@ -345,13 +355,19 @@ def record_stage_test(config: Config, backend: Backend, result: dict) -> None:
                                                    result)
         return
     stage = result["Stage"].capitalize()
-    backend.client("sagemaker").update_model_package(
-        ModelPackageArn=result["ModelPackageArn"],
-        CustomerMetadataProperties={
-            f"{stage}Test": "Passed" if result["Passed"] else "Failed",
-            f"{stage}TestAccuracy": str(result["Accuracy"]),
-            f"{stage}TestFailureRate": str(result["FailureRate"]),
-            f"{stage}TestedAt": result["TestedAt"]})
+    client = backend.client("sagemaker")
+    current = client.describe_model_package(ModelPackageName=result["ModelPackageArn"])
+    properties = dict(current.get("CustomerMetadataProperties") or {})
+    properties.update({f"{stage}Test": "Passed" if result["Passed"] else "Failed",
+                       f"{stage}TestAccuracy": str(result["Accuracy"]),
+                       f"{stage}TestFailureRate": str(result["FailureRate"]),
+                       f"{stage}TestedAt": result["TestedAt"]})
+    # the approval is restated unchanged: an update that leaves it out must not clear it
+    # (moto's UpdateModelPackage does; SageMaker keeps it either way)
+    approval = {key: current[key] for key in ("ModelApprovalStatus", "ApprovalDescription")
+                if current.get(key)}
+    client.update_model_package(ModelPackageArn=result["ModelPackageArn"],
+                                CustomerMetadataProperties=properties, **approval)
 
 
 def stage_test_result(config: Config, backend: Backend, package: dict,
