@@ -4,7 +4,14 @@ Triggered by the EventBridge rule on "SageMaker Model Package State Change" even
 model package group. `deploy_model_package` is the whole deployment as a pure function of a
 sagemaker client: the Lambda passes boto3's, and `scones endpoint deploy` / `scones registry
 approve` pass a local control plane with the same methods, so one piece of logic deploys
-both on AWS and on the embedded default.
+both on AWS and on the embedded default. An approval deploys to the staging endpoint
+(ENDPOINT_NAME); `scones endpoint promote` takes a tested version on to prod.
+
+Durable and idempotent: a package the endpoint already serves is a no-op (SageMaker can send
+several events per change); a busy endpoint raises the retryable EndpointBusy before
+anything is created (asynchronous invocation: Lambda's retries, then its on-failure
+destination; from an SQS queue: a batch item failure, retried after the visibility timeout,
+dead-lettered after maxReceiveCount); a late event never rolls the endpoint back.
 
 boto3 and the standard library only: this file is shipped to Lambda on its own.
 """
