@@ -48,15 +48,33 @@ TEMPLATE_KWARGS = {
     "pipeline_name": "pipeline.name",
     "model_package_group_name": "pipeline.model_package_group",
     "input_data_url": "data.input_url",
+    "base_job_prefix": "pipeline.base_job_prefix",
+    "sagemaker_project_name": "pipeline.sagemaker_project_name",
+    "sagemaker_project_arn": "pipeline.sagemaker_project_arn",
 }
 
 
-def config_from_template_kwargs(env: str = "aws", **kwargs: Any) -> Config:
+def config_from_template_kwargs(env: str = "aws", tags: list[dict] | None = None,
+                                **kwargs: Any) -> Config:
+    """Our Config from the template's keyword arguments; `tags` (run-pipeline --tags, a list
+    of {"Key", "Value"}) go on the pipeline and every job it starts."""
     unknown = sorted(set(kwargs) - set(TEMPLATE_KWARGS))
     if unknown:
         raise SconesError(f"unknown pipeline argument(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(TEMPLATE_KWARGS))}")
-    return load_config(env, overrides={TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()})
+    overrides = {TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()}
+    if tags:
+        overrides["pipeline.tags"] = _tag_mapping(tags)
+    return load_config(env, overrides=overrides)
+
+
+def _tag_mapping(tags: Any) -> dict[str, str]:
+    if not isinstance(tags, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("Key"), str)
+            and isinstance(t.get("Value"), str) for t in tags):
+        raise SconesError(f"--tags must be a JSON list of {{\"Key\": ..., \"Value\": ...}} "
+                          f"objects with string values, got {tags!r}")
+    return {t["Key"]: t["Value"] for t in tags}
 
 
 def get_pipeline(config: Config | None = None, sagemaker_session=None, **template_kwargs):
@@ -75,6 +93,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     from sagemaker.workflow.model_step import ModelStep
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
     from sagemaker.workflow.properties import PropertyFile
     from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep
 
@@ -85,6 +104,10 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     session = sagemaker_session or pipeline_session(config)
     role = config.aws.role_arn
     pc = config.pipeline
+    # The template's base_job_prefix names every job (<prefix>-preprocess-<time>...);
+    # its project tags go on every job (and the pipeline, at upsert) so Studio finds them.
+    job_prefix = pc.base_job_prefix or config.project
+    tags = pc.resource_tags() or None
 
     input_data_url = ParameterString("InputDataUrl", default_value=config.data.input_url)
     processing_instance_type = ParameterString("ProcessingInstanceType",
@@ -113,7 +136,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         return ScriptProcessor(
             image_uri=processing_image, command=["python3"], role=role,
             instance_type=processing_instance_type, instance_count=1,
-            base_job_name=f"{config.project}-{job}", sagemaker_session=session)
+            base_job_name=f"{job_prefix}-{job}", tags=tags, sagemaker_session=session)
 
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
@@ -143,7 +166,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         entry_point="train.py", source_dir=str(JOBS_DIR),
         framework_version=pc.framework_version, py_version=pc.py_version,
         role=role, instance_type=training_instance_type, instance_count=1,
-        base_job_name=f"{config.project}-train",
+        base_job_name=f"{job_prefix}-train", tags=tags,
         output_path=f"s3://{config.aws.bucket}/{pc.name}/models",
         hyperparameters={
             "epochs": epochs, "learning-rate": learning_rate,
@@ -235,6 +258,9 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
                     learning_rate, accuracy_threshold, model_approval_status],
         steps=[step_preprocess, step_train, step_evaluate, step_check],
         sagemaker_session=session,
+        # keep each job's base name in the definition, so SageMaker names the jobs
+        # <base_job_prefix>-preprocess-<time>... instead of pipelines-<random>-Preprocess-...
+        pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
     )
 
 
