@@ -95,8 +95,11 @@ def test_approve_deploys_locally_and_reject_needs_a_reason(ran):
     approved = scones(workspace, "registry", "approve", "1", "--description", "good enough")
     assert approved.returncode == 0, approved.stderr
     assert "Approved" in approved.stdout
-    state = json.loads((workspace / "endpoints" / "scones-delivery-vehicles.json").read_text())
+    # an approval goes to staging; prod follows after the staging test (endpoint promote)
+    state = json.loads((workspace / "endpoints" /
+                        "scones-delivery-vehicles-staging.json").read_text())
     assert state["ModelPackageVersion"] == 1 and state["EndpointStatus"] == "InService"
+    assert not (workspace / "endpoints" / "scones-delivery-vehicles.json").exists()
     again = scones(workspace, "registry", "approve", "1")
     assert again.returncode == 0 and "already Approved" in again.stdout
 

@@ -44,5 +44,6 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
     versions = json.loads(listed.stdout)
     assert sorted(v["ModelPackageVersion"] for v in versions) == [1, 2]
     assert {v["ModelApprovalStatus"] for v in versions} == {"Approved"}
-    status = json.loads(scones("endpoint", "status", "--json", workspace=workspace).stdout)
+    status = json.loads(scones("endpoint", "status", "--stage", "prod", "--json",
+                               workspace=workspace).stdout)
     assert status["ModelPackageVersion"] == 2

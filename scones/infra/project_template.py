@@ -203,7 +203,8 @@ def _parameters(config: Config) -> dict:
         "IncomingPrefix": text("incoming/", "New objects under this prefix of the artifact "
                                             "bucket start the inference workflow"),
         "StagingTestCommand": text(
-            "scones endpoint test --stage staging --env aws",
+            "scones endpoint test --stage staging --env aws "
+            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME",
             "Command of the staging test stage (run in the project's code; must exit "
             "non-zero when the staging endpoint fails its checks)"),
         "NotificationEmail": text("", "Who is asked to promote to prod and told of failed "
