@@ -23,6 +23,7 @@ from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
 from scones.backend import LocalBackend, backend_for
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
+STAGES = 6
 
 
 @dataclass
@@ -69,7 +70,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     backend_for(config).require_local("the demo runs on the embedded default (--env local)")
     from pipelines.local_runner import run_pipeline_locally
     from pipelines.pipeline import pipeline_definition
-    from workflow.deployment import approve_and_deploy
+    from workflow.deployment import approve_and_deploy, endpoint_status, promote, run_stage_test
     from workflow.monitoring import build_report, format_summary
     from workflow.run import ImageSource, run_workflow_locally, summary
 
@@ -77,7 +78,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     started_at = datetime.now(timezone.utc)
 
     def stage(number: int, title: str) -> None:
-        print(f"\n=== [{number}/4] {title} ({time.monotonic() - started:.0f} s) ===",
+        print(f"\n=== [{number}/{STAGES}] {title} ({time.monotonic() - started:.0f} s) ===",
               file=out, flush=True)
 
     stage(1, "Model build: the SageMaker Pipeline definition, run locally")
@@ -91,14 +92,30 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     for title, path in plots.items():
         print(f"{title}: {path}", file=out)
 
-    stage(2, f"Approval: version {version} -> the local endpoint")
+    stage(2, f"Approval: version {version} -> staging (health-checked before it takes traffic)")
     package, _, deployment = approve_and_deploy(
         config, version, f"approved by scones demo (execution {execution.execution_id})")
     print(f"version {version} Approved (accuracy on the test split: "
-          f"{_fmt(package.get('Accuracy'))}); endpoint {config.workflow.endpoint_name} "
+          f"{_fmt(package.get('Accuracy'))}); staging endpoint "
+          f"{(deployment or {}).get('EndpointName', config.stage_endpoint_name('staging'))} "
           f"{(deployment or {}).get('Action', 'deployed')}", file=out)
 
-    stage(3, "Inference workflow on images the model has never seen")
+    stage(3, "Staging test: the inference workflow on held-back test-split images")
+    test = run_stage_test(config, "staging")
+    print(f"{test['Images']} images: accuracy {test['Accuracy']} (min {test['MinAccuracy']}), "
+          f"failure rate {test['FailureRate']} (max {test['MaxFailureRate']}): "
+          f"{'passed' if test['Passed'] else 'FAILED'}", file=out)
+
+    stage(4, "Promotion: staging's version -> prod (health check, bake, rollback on errors)")
+    promoted = promote(config)
+    print(f"prod endpoint {promoted.get('EndpointName')}: {promoted.get('Action')} with version "
+          f"{promoted.get('ModelPackageVersion')}", file=out)
+    for name in ("staging", "prod"):
+        status = endpoint_status(config, stage=name)
+        print(f"  {name}: {status.get('EndpointName')} {status.get('EndpointStatus')}, "
+              f"version {status.get('ModelPackageVersion')}", file=out)
+
+    stage(5, "Inference workflow (prod) on images the model has never seen")
     image_dir = LocalBackend(config).workspace.demo_dir / execution.execution_id / "images"
     paths = write_test_split_images(config, execution, image_dir, sample_size)
     print(f"{len(paths)} images of the execution's test split -> {image_dir}", file=out)
@@ -109,7 +126,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     classified = sum(1 for r in results if r.predicted_label)
     print(f"correct predictions: {correct}/{classified}", file=out)
 
-    stage(4, "Monitoring: what the endpoint saw (data capture)")
+    stage(6, "Monitoring: what the endpoint saw (data capture)")
     report = build_report(config, since=started_at)
     print(format_summary(report.summary), file=out)
 
