@@ -25,6 +25,7 @@ from scones.backend import backend_for
 from scones.workspace import Workspace
 
 QUANTILES = (5, 25, 50, 75, 95)
+PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax sums stray by ~1e-7; a bug strays by more
 MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -42,6 +43,11 @@ class CaptureRecord:
     probabilities: tuple[float, ...]
     source: str
     line: int
+    event_id: str | None = None
+    inference_id: str | None = None
+    model_version: int | None = None
+    stage: str | None = None
+    input_base64: str | None = field(default=None, repr=False)  # the request, if captured
 
     @property
     def confidence(self) -> float:
@@ -123,15 +129,16 @@ def _hour_ends_before(name: str, since: datetime) -> bool:
     return hour + timedelta(hours=1) <= since
 
 
-def parse_capture_lines(name: str, content: bytes, n_classes: int
+def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: int = 1
                         ) -> tuple[list[CaptureRecord], list[Malformed]]:
     records, malformed = [], []
-    for number, raw in enumerate(content.decode("utf-8", errors="replace").splitlines(), 1):
+    lines = content.decode("utf-8", errors="replace").splitlines()
+    for number, raw in enumerate(lines, first_line):
         if not raw.strip():
             continue
         try:
             records.append(_parse_record(raw, n_classes, name, number))
-        except ValueError as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             malformed.append(Malformed(name, number, str(exc)))
     return records, malformed
 
@@ -140,12 +147,16 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
     try:
         record = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from None
+        raise ValueError(f"not JSON ({getattr(exc, 'msg', exc)})") from None
+    except RecursionError:  # e.g. "[[[[..." 100000 deep: hostile, and only this line's fault
+        raise ValueError("not JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a capture record (a JSON object)")
     try:
         output = record["captureData"]["endpointOutput"]
         data, encoding = output["data"], output.get("encoding", "JSON")
         time_text = record["eventMetadata"]["inferenceTime"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"missing {exc} (captureData.endpointOutput.data and "
                          "eventMetadata.inferenceTime are required)") from None
     if encoding == "BASE64":  # output types not listed in CaptureContentTypeHeader
@@ -157,19 +168,33 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
         raise ValueError(f"unknown endpointOutput.encoding {encoding!r}")
     try:
         probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
     if (not isinstance(probabilities, list) or len(probabilities) != n_classes
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
-                       and math.isfinite(p) for p in probabilities)):
-        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities, "
-                         f"got {str(data)[:60]!r}")
+                       and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
+            or abs(sum(probabilities) - 1.0) > PROBABILITY_SUM_TOLERANCE):
+        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities "
+                         f"(each in 0..1, summing to 1), got {str(data)[:60]!r}")
     try:
         when = datetime.fromisoformat(str(time_text))
     except ValueError:
         raise ValueError(f"eventMetadata.inferenceTime {time_text!r} is not ISO 8601") from None
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number)
+    metadata = record.get("eventMetadata") or {}
+    version = metadata.get("modelVersion")
+    if not (version is None or (isinstance(version, int) and not isinstance(version, bool))):
+        raise ValueError(f"eventMetadata.modelVersion {str(version)[:30]!r} is not a number")
+    endpoint_input = record["captureData"].get("endpointInput") or {}
+    input_data = endpoint_input.get("data") if isinstance(endpoint_input, dict) else None
+    if input_data is not None and (not isinstance(input_data, str)
+                                   or endpoint_input.get("encoding", "BASE64") != "BASE64"):
+        raise ValueError("endpointInput.data should be the request's bytes in BASE64")
+    text = lambda key: (str(metadata[key])[:200] if metadata.get(key) is not None  # noqa: E731
+                        else None)
+    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number,
+                         event_id=text("eventId"), inference_id=text("inferenceId"),
+                         model_version=version, stage=text("stage"), input_base64=input_data)
 
 
 def summarise(records: list[CaptureRecord], malformed: list[Malformed], classes: Iterable[str],
@@ -394,3 +419,22 @@ def _markdown(summary: dict, plots: dict[str, Path], endpoint: str, now: datetim
             parts.append(f"- ... and {summary['malformed'] - len(summary['malformed_lines'])} more")
         parts.append("")
     return "\n".join(parts)
+
+
+_KEEP_CHILD_KEYS = {"class_distribution"}  # its keys are class names, not field names
+
+
+def summary_json(summary: dict) -> dict:
+    """The report summary with PascalCase keys (the --json house convention, SageMaker's)."""
+    def pascal(key: str) -> str:
+        return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
+
+    def convert(value, keep_keys: bool = False):
+        if isinstance(value, dict):
+            return {(k if keep_keys else pascal(k)): convert(v, k in _KEEP_CHILD_KEYS)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(summary)
