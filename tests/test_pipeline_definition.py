@@ -49,9 +49,10 @@ def test_parameters(definition, local_config):
 def test_steps_are_wired_preprocess_train_evaluate_condition(definition):
     steps = steps_by_name(definition)
     assert [s["Name"] for s in definition["Steps"]] == [
-        "Preprocess", "Train", "Evaluate", "CheckAccuracy"]
+        "Preprocess", "Train", "Evaluate", "Baseline", "CheckAccuracy"]
     assert {n: s["Type"] for n, s in steps.items()} == {
         "Preprocess": "Processing", "Train": "Training", "Evaluate": "Processing",
+        "Baseline": "Processing",
         "CheckAccuracy": "Condition", "Register-RegisterModel": "RegisterModel",
         "AccuracyBelowThreshold": "Fail"}
 

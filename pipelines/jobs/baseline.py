@@ -78,9 +78,11 @@ def run(model_dir: Path, data_dir: Path, output_dir: Path, profile_dir: Path | N
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) < 2:
         raise BaselineError(f"{path}: expected N x H x W x 3 images (N >= 2), got {images.shape}")
     probabilities, class_names = predict(model_dir, images)
-    reference = profile.fit_ood_reference(np.array([profile.describe(i) for i in images]))
+    vectors = np.array([profile.describe(i) for i in images])
+    reference = profile.fit_ood_reference(vectors)
     sizes = [(int(i.shape[1]), int(i.shape[0]), "RGB") for i in images]
-    rows = profile.image_rows(images, sizes, probabilities, class_names, reference)
+    rows = profile.image_rows(images, sizes, probabilities, class_names, reference,
+                              scores=profile.cross_fitted_ood_scores(vectors))
     statistics = profile.statistics(rows)
     output_dir.mkdir(parents=True, exist_ok=True)
     profile.write_json(output_dir / profile.OOD_FILE, reference)

@@ -102,12 +102,26 @@ def ood_scores(vectors: np.ndarray, reference: dict) -> np.ndarray:
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, inverse, delta), 0.0))
 
 
+def cross_fitted_ood_scores(vectors: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Each baseline image's OOD score under a reference fitted without it (k-fold): scored
+    in-sample, the baseline would look more typical than new traffic of the same kind."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    order = np.random.default_rng(0).permutation(len(vectors))
+    scores = np.empty(len(vectors))
+    for held_out in np.array_split(order, min(folds, len(vectors))):
+        rest = np.setdiff1d(order, held_out)
+        scores[held_out] = ood_scores(vectors[held_out], fit_ood_reference(vectors[rest]))
+    return scores
+
+
 def image_rows(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int, str]],
                probabilities: np.ndarray, class_names: Sequence[str],
-               reference: dict) -> list[dict]:
-    """One row of all FEATURES per image. sizes: (width, height, mode) as sent."""
+               reference: dict, scores: Sequence[float] | None = None) -> list[dict]:
+    """One row of all FEATURES per image. sizes: (width, height, mode) as sent; scores: OOD
+    scores when already known (the baseline's cross-fitted ones)."""
     vectors = np.array([describe(image) for image in images]) if len(images) else np.zeros((0, 21))
-    scores = ood_scores(vectors, reference) if len(images) else []
+    if scores is None:
+        scores = ood_scores(vectors, reference) if len(images) else []
     rows = []
     for vector, score, (width, height, mode), probs in zip(vectors, scores, sizes,
                                                            probabilities):
