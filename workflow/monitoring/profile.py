@@ -90,6 +90,10 @@ def fit_ood_reference(vectors: np.ndarray) -> dict:
         raise ProfileError("the OOD reference needs at least two baseline images")
     mean = vectors.mean(axis=0)
     covariance = np.cov(vectors, rowvar=False)
+    # Shrink towards the diagonal as the sample gets small against the 21 dimensions: a
+    # test split of 8 images must not give a near-singular matrix and absurd distances.
+    shrink = min(1.0, covariance.shape[0] / len(vectors))
+    covariance = (1 - shrink) * covariance + shrink * np.diag(np.diag(covariance))
     ridge = 1e-3 * float(np.trace(covariance)) / covariance.shape[0] + 1e-9
     inverse = np.linalg.inv(covariance + ridge * np.eye(covariance.shape[0]))
     return {"method": "mahalanobis", "mean": mean.tolist(), "inverse_covariance": inverse.tolist()}
