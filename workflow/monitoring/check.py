@@ -156,6 +156,22 @@ def baseline_urls(package: dict) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _serving_version(config: Config) -> int | None:
+    """The version records without a modelVersion are taken to come from: SageMaker's own
+    capture (on AWS) does not say, so the endpoint's current version, else the newest
+    Approved one."""
+    from workflow.deployment import endpoint_status
+
+    try:
+        version = endpoint_status(config).get("ModelPackageVersion")
+        if version is None:
+            latest = backend_for(config).registry().latest()
+            version = latest and latest.get("ModelPackageVersion")
+    except SconesError:
+        return None
+    return int(version) if version is not None else None
+
+
 def load_baseline(config: Config, version: int | None) -> VersionBaseline:
     if version is None:
         return VersionBaseline(None, None, None, None, None,
@@ -418,8 +434,11 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     if stage is not None:
         records = [r for r in records if r.stage == stage]
     by_version: dict[int | None, list[CaptureRecord]] = {}
+    serving = _serving_version(config) if any(r.model_version is None for r in records) \
+        else None
     for record in records:
-        by_version.setdefault(record.model_version, []).append(record)
+        by_version.setdefault(record.model_version if record.model_version is not None
+                              else serving, []).append(record)
 
     baselines: dict[int | None, VersionBaseline] = {}
     drift: list[dict] = []
