@@ -16,7 +16,7 @@ from botocore.validate import ParamValidator
 from scones.config import load_config
 from scones.infra.project_template import PIPELINE_ARN, project_template
 
-MONITORING = ("MonitoringScheduleRole", "MonitoringJobPolicy", "MonitoringSchedule",
+MONITORING = ("MonitoringScheduleRole", "MonitoringJobPolicy", "MonitoringJobSchedule",
               "DriftAlarm", "DriftAlarmRetrainRule")
 
 
@@ -49,7 +49,7 @@ def test_monitoring_exists_only_with_a_schedule(resources):
 
 
 def test_schedule_starts_a_processing_job_botocore_accepts(resources):
-    schedule = resources["MonitoringSchedule"]["Properties"]
+    schedule = resources["MonitoringJobSchedule"]["Properties"]
     assert schedule["ScheduleExpression"] == {"Ref": "MonitoringSchedule"}
     target = schedule["Target"]
     assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
@@ -69,7 +69,7 @@ def test_the_jobs_command_is_monitor_run_as_our_cli_parses_it(resources):
     from scones.cli.main import build_parser
 
     request = json.loads(_substitute(
-        resources["MonitoringSchedule"]["Properties"]["Target"]["Input"]["Fn::Sub"]))
+        resources["MonitoringJobSchedule"]["Properties"]["Target"]["Input"]["Fn::Sub"]))
     command = request["AppSpecification"]["ContainerEntrypoint"][2]
     cli = command.split("python -m scones.cli.main ", 1)[1]
     args = build_parser().parse_args(shlex.split(cli))

@@ -582,7 +582,6 @@ def _monitoring_job_request(config: Config) -> str:
                      "<aws.scheduler.execution-id>",
             "LocalPath": "/opt/ml/processing/report", "S3UploadMode": "EndOfJob"}}]},
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-        "Tags": [{"Key": "sagemaker:project-name", "Value": "${SageMakerProjectName}"}],
     }
     return json.dumps(request, separators=(",", ":"))
 
@@ -592,8 +591,7 @@ def _monitoring(resources: dict, config: Config) -> None:
     resources["MonitoringScheduleRole"] = _role(
         ["scheduler.amazonaws.com"],
         "Monitoring schedule: start the monitoring processing job", [
-            _statement("StartMonitoringJob", ["sagemaker:AddTags",
-                                              "sagemaker:CreateProcessingJob"], job_arn),
+            _statement("StartMonitoringJob", ["sagemaker:CreateProcessingJob"], job_arn),
             _statement("PassExecutionRole", ["iam:PassRole"], _arn("SageMakerExecutionRole"),
                        {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}),
             _statement("DeadLetters", ["sqs:SendMessage"], _arn("DeadLetterQueue")),
@@ -611,7 +609,7 @@ def _monitoring(resources: dict, config: Config) -> None:
                            # ListModelPackages has no resource-level permissions
                            _statement("FindModelVersions", ["sagemaker:ListModelPackages"],
                                       "*")]}}}
-    resources["MonitoringSchedule"] = {
+    resources["MonitoringJobSchedule"] = {
         "Type": "AWS::Scheduler::Schedule", "Condition": "HasMonitoringSchedule",
         "Properties": {
             "Name": _sub("${SageMakerProjectName}-monitoring"),
@@ -637,12 +635,12 @@ def _monitoring(resources: dict, config: Config) -> None:
             "Statistic": "Maximum", "Period": 3600, "EvaluationPeriods": 1,
             "Threshold": _ref("MonitoringAlarmViolations"),
             "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-            "TreatMissingData": "notBreaching"}}
+            "TreatMissingData": "notBreaching", "Tags": _project_tags()}}
     resources["DriftAlarmRetrainRule"] = {
         "Type": "AWS::Events::Rule", "Condition": "HasMonitoringSchedule",
         "Properties": {
             "Description": "The drift alarm going into ALARM -> retrain (once per episode)",
-            "State": "ENABLED",
+            "State": "ENABLED", "Tags": _project_tags(),
             "EventPattern": {"source": ["aws.cloudwatch"],
                              "detail-type": ["CloudWatch Alarm State Change"],
                              "resources": [_arn("DriftAlarm")],
