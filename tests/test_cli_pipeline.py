@@ -102,7 +102,7 @@ def test_executions_lists_the_run(ran):
     assert executions[0]["ExecutionId"] == json.loads(result.stdout)["ExecutionId"]
     assert executions[0]["Status"] == "Succeeded"
     assert executions[0]["Parameters"]["AccuracyThreshold"] == 0.0
-    assert len(executions[0]["Steps"]) == 5
+    assert len(executions[0]["Steps"]) == 6
     human = scones(workspace, "pipeline", "executions")
     # per-step status, one row per execution, within 100 columns
     assert "Preprocess:ok" in human.stdout and "Register-RegisterModel:ok" in human.stdout
@@ -152,4 +152,4 @@ def test_definition_prints_the_sagemaker_json(tmp_path):
     definition = json.loads(result.stdout)
     assert definition["Version"] == "2020-12-01"
     assert [s["Type"] for s in definition["Steps"]] == [
-        "Processing", "Training", "Processing", "Condition"]
+        "Processing", "Training", "Processing", "Processing", "Condition"]

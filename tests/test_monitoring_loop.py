@@ -252,6 +252,10 @@ def test_malformed_capture_lines_are_counted_listed_and_never_in_the_figures(dep
     (capture,) = [p for p in (config.local.workspace / "s3").rglob("*.jsonl")
                   if "datacapture" in p.parts]
     good = json.loads(capture.read_text().splitlines()[0])
+    # which version answered, and the caller's InferenceId (the ground-truth merge key)
+    metadata = good["eventMetadata"]
+    assert (metadata["inferenceId"], metadata["modelVersion"]) == ("ok-0", 1)
+    assert metadata["modelPackageArn"].endswith("/1") and "stage" in metadata
 
     def with_output(probabilities) -> str:
         record = json.loads(json.dumps(good))

@@ -71,10 +71,7 @@ class DataCaptureWriter:
             "eventMetadata": {
                 "eventId": str(uuid.uuid4()),
                 "inferenceId": inference_id or str(uuid.uuid4()),
-                # SageMaker's own format stops at the second; milliseconds keep the order
-                # of one batch's records and let plots span a few seconds of traffic.
-                "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%S.")
-                + f"{when.microsecond // 1000:03d}Z",
+                "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),  # SageMaker's format
                 # Not in SageMaker's records (an endpoint variant there names the model);
                 # here one endpoint serves successive versions, so each record says which.
                 "modelVersion": model_version,
