@@ -130,15 +130,20 @@ def _plot_drift(plt, points, baselines, records, out: Path) -> Path:
     slices = [s for s in np.array_split(np.arange(len(points)), min(TIME_SLICES, len(points)))
               if len(s)]
     for ax, name in zip(axes, DRIFT_PANELS):
-        for version in sorted({p["ModelVersion"] for p in points}, key=lambda v: v or 0):
+        versions = sorted({p["ModelVersion"] for p in points}, key=lambda v: v or 0)
+        for n, version in enumerate(versions):
             baseline = baselines.get(version)
             if baseline is None or baseline.statistics is None:
                 continue
             reference = profile.baseline_values(baseline.statistics, name)
             low, mid, high = np.percentile(reference, [5, 50, 95])
-            ax.axhspan(low, high, color="tab:green", alpha=0.15,
-                       label=f"baseline v{version} 5-95%")
-            ax.axhline(mid, color="tab:green", linewidth=1)
+            # each version's band over the time it served (its own baseline)
+            served = [p["Time"] for p in points if p["ModelVersion"] == version]
+            xs_band = [axis.x(min(served)), axis.x(max(served))]
+            colour = ("tab:green", "tab:olive", "tab:cyan")[n % 3]
+            ax.fill_between(xs_band, [low, low], [high, high], color=colour, alpha=0.2,
+                            label=f"baseline v{version} 5-95%")
+            ax.plot(xs_band, [mid, mid], color=colour, linewidth=1)
         xs, medians, lows, highs = [], [], [], []
         for index in slices:
             chunk = [points[i] for i in index]
@@ -180,6 +185,7 @@ def _plot_quality(plt, over_time, out: Path) -> Path:
             ax.annotate(f"n={q['Records']}", (day, q["Accuracy"]), textcoords="offset points",
                         xytext=(6, -12), fontsize=8)
     ax.set_ylim(0, 1.05)
+    ax.margins(x=0.12)  # room for the n= labels at both ends
     ax.set_xlabel("day of inference (UTC)")
     ax.set_ylabel("accuracy on labelled records")
     ax.set_title("Model quality over time (ground truth merged by inferenceId)")
