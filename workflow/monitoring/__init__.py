@@ -276,7 +276,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
     summary = summarise(records, malformed, config.classes, config.workflow.confidence_threshold,
                         files, source, since_time)
     out = _report_dir(config, out_dir, now)
-    plots = _plot(records, config.classes, config.workflow.confidence_threshold, out)
+    plots = _plot(config, records, out)
     markdown = out / "report.md"
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     markdown.write_text(_markdown(summary, plots, config.workflow.endpoint_name, now))
@@ -303,50 +303,10 @@ def _report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Pa
     raise MonitoringError(f"too many reports named {base.name}* in {base.parent}")
 
 
-def _plot(records: list[CaptureRecord], classes: tuple[str, ...], threshold: float,
-          out: Path) -> dict[str, Path]:
-    import matplotlib
+def _plot(config: Config, records: list[CaptureRecord], out: Path) -> dict[str, Path]:
+    from workflow.monitoring.plots import plot_run
 
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
-    times = [r.inference_time for r in records]
-    confidences = [r.confidence for r in records]
-    colours = [f"C{r.predicted_index}" for r in records]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.scatter(times, confidences, c=colours, s=12)
-    ax.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold:g}")
-    for i, name in enumerate(classes):  # legend entries for the class colours
-        ax.scatter([], [], c=f"C{i}", s=12, label=f"predicted {name}")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("inference time (UTC)")
-    ax.set_ylabel("confidence (max class probability)")
-    ax.set_title("Endpoint confidence over time")
-    ax.legend(loc="lower left")
-    # Concise labels read well for a span of seconds (one demo run) and of weeks alike.
-    locator = mdates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    fig.tight_layout()
-    over_time = out / "confidence_over_time.png"
-    fig.savefig(over_time, dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.5), squeeze=False)
-    bins = [i / 20 for i in range(21)]
-    for i, (ax, name) in enumerate(zip(axes[0], classes)):
-        values = [r.confidence for r in records if r.predicted_index == i]
-        ax.hist(values, bins=bins, color=f"C{i}")
-        ax.axvline(threshold, color="red", linestyle="--")
-        ax.set_title(f"predicted {name} (n={len(values)})")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("records")
-    fig.tight_layout()
-    histogram = out / "confidence_histogram.png"
-    fig.savefig(histogram, dpi=100)
-    plt.close(fig)
-    return {"confidence_over_time": over_time, "confidence_histogram": histogram}
+    return plot_run(records, [], {}, [], config, out)
 
 
 def format_summary(summary: dict) -> str:
