@@ -80,7 +80,12 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     now = now or datetime.now(timezone.utc)
     match = _RELATIVE.match(text)
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+        try:
+            return now - timedelta(seconds=float(match.group(1))
+                                   * _UNIT_SECONDS[match.group(2).lower()])
+        except OverflowError:
+            raise MonitoringError(f"--since {text!r} reaches before year 1: give an age such "
+                                  "as 30m, 2h, 1d or an ISO 8601 time") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
