@@ -109,14 +109,24 @@ def start_retraining(config, result) -> dict:
     not start another."""
     from pipelines.executors import pipeline_executor
     from scones.backend import backend_for
-    from workflow.monitoring.check import record_retraining, retraining_decision
+    from workflow.monitoring.check import MonitorState, record_retraining, retraining_decision
 
     start, reason = retraining_decision(config, result)
     if not start:
         return {"Started": False, "Reason": reason}
+    state = MonitorState(config)
+    previous = state.retraining_file.read_bytes() if state.retraining_file.exists() else None
     record_retraining(config, None, "Starting", result)
     print(f"monitor: {reason}; starting a pipeline run", file=sys.stderr)
-    execution = pipeline_executor(backend_for(config)).run(progress=True)
+    try:
+        execution = pipeline_executor(backend_for(config)).run(progress=True)
+    except BaseException:
+        # a run that never started must not hold the cool-down
+        if previous is None:
+            state.retraining_file.unlink(missing_ok=True)
+        else:
+            state.retraining_file.write_bytes(previous)
+        raise
     record_retraining(config, execution.get("ExecutionId"), execution.get("Status"), result)
     return {"Started": True, "Reason": reason, "ExecutionId": execution.get("ExecutionId"),
             "Status": execution.get("Status"),
