@@ -305,3 +305,28 @@ def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, monkeypatch):
     drift = next(m for m in listed if m["MetricName"] == "feature_baseline_drift_brightness")
     assert {"Name": "ModelVersion", "Value": "3"} in drift["Dimensions"]
     assert not MonitorState(config).metrics_file.exists()
+
+
+def test_accuracy_significantly_below_the_registered_one_is_a_quality_violation(
+        deployed, sample_data_dir, tmp_path):
+    from workflow.endpoint import EndpointProcess
+    from workflow.monitoring.check import QUALITY_CHECK, ingest_labels, run_monitor
+
+    config = deployed.replace(monitoring=dataclasses.replace(deployed.monitoring, min_labels=20))
+    with EndpointProcess(config) as endpoint:
+        answers = send(endpoint, traffic(sample_data_dir, "clean")[::4], "w")
+    first = run_monitor(config)
+    assert not [v for v in first.violations if v["constraint_check_type"] == QUALITY_CHECK]
+    # ground truth says every answer was wrong: accuracy 0 of 30, far below the registered one
+    labels = tmp_path / "wrong.jsonl"
+    labels.write_text("".join(json.dumps({
+        "groundTruthData": {"data": CLASSES[1 - int(np.argmax(a["Probabilities"]))],
+                            "encoding": "CSV"},
+        "eventMetadata": {"eventId": a["InferenceId"]}, "eventVersion": "0"}) + "\n"
+        for a in answers))
+    assert ingest_labels(config, str(labels))["Merged"] == len(answers) == 30
+    result = run_monitor(config)
+    (quality,) = [v for v in result.violations if v["constraint_check_type"] == QUALITY_CHECK]
+    assert quality["feature_name"] == "accuracy"
+    assert "Accuracy 0.0000" in quality["description"] and "30 labelled" in quality["description"]
+    assert result.alarm and (result.out_dir / "quality_over_time.png").is_file()

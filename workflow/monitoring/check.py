@@ -498,11 +498,13 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
         "ConstraintViolations": str(out / "constraint_violations.json"),
     }
     metrics = emit_metrics(config, state, summary, now)
-    plots = {}
-    if records:
-        from workflow.monitoring.plots import plot_run
+    from workflow.monitoring.plots import plot_quality, plot_run
 
+    if records:
         plots = plot_run(records, drift_points, baselines, quality_over_time, config, out)
+    else:  # no new traffic, but labels may have come in for earlier traffic
+        plots = {"quality_over_time": plot_quality(quality_over_time, out)} \
+            if quality_over_time else {}
     summary["Report"] = str(out / "report.md")
     profile.write_json(out / "summary.json", summary)
     (out / "report.md").write_text(_markdown(summary, plots, violations))

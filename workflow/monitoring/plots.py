@@ -166,6 +166,11 @@ def _plot_drift(plt, points, baselines, records, out: Path) -> Path:
     return path
 
 
+def plot_quality(over_time, out: Path) -> Path:
+    """Model quality per day and version, with Wilson intervals and each constraint."""
+    return _plot_quality(_pyplot(), over_time, out)
+
+
 def _plot_quality(plt, over_time, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for i, version in enumerate(sorted({q["ModelVersion"] for q in over_time},
@@ -183,8 +188,8 @@ def _plot_quality(plt, over_time, out: Path) -> Path:
                        label=f"v{version} constraint {rows[0]['Threshold']:.3f}")
         for day, q in zip(days, rows):
             ax.annotate(f"n={q['Records']}", (day, q["Accuracy"]), textcoords="offset points",
-                        xytext=(6, -12), fontsize=8)
-    ax.set_ylim(0, 1.05)
+                        xytext=(6, 6), fontsize=8)
+    ax.set_ylim(-0.05, 1.08)
     ax.margins(x=0.12)  # room for the n= labels at both ends
     ax.set_xlabel("day of inference (UTC)")
     ax.set_ylabel("accuracy on labelled records")
