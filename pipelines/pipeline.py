@@ -1,7 +1,11 @@
 """The model-build SageMaker Pipeline, in the shape of the SageMaker project template.
 
     Preprocess -> Train -> Evaluate -> CheckAccuracy -> Register-RegisterModel (pending approval)
-                                                   \\-> AccuracyBelowThreshold (Fail, with the reason)
+                        \\-> Baseline -------------/ \\-> AccuracyBelowThreshold (Fail, with the reason)
+
+Baseline (jobs/baseline.py) profiles the model's predictions on the test split for monitoring;
+its statistics.json/constraints.json are registered with the package (DriftCheckBaselines and
+ModelMetrics' ModelDataQuality), so each version carries its own baseline.
 
 `get_pipeline(config, sagemaker_session)` is a plain factory. The same definition JSON runs on
 SageMaker (`upsert_and_start`) and on this machine (`local_definition` + pipelines.local_runner).
@@ -25,7 +29,10 @@ JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 # The names below are the contract with the job scripts (argument and file names) and with
 # anything that reads an execution (step names).
 PREPROCESS, TRAIN, EVALUATE, CHECK = "Preprocess", "Train", "Evaluate", "CheckAccuracy"
-REGISTER, FAIL = "Register", "AccuracyBelowThreshold"
+REGISTER, FAIL, BASELINE = "Register", "AccuracyBelowThreshold", "Baseline"
+# The monitored features' code, shipped next to jobs/baseline.py (a file, not an import: the
+# model build does not import the workflow).
+MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profile.py"
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
@@ -82,6 +89,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     arguments (region, role, default_bucket, ...) are accepted in its place."""
     sagemaker = sagemaker_sdk()
     from sagemaker.model import Model
+    from sagemaker.drift_check_baselines import DriftCheckBaselines
     from sagemaker.model_metrics import MetricsSource, ModelMetrics
     from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
     from sagemaker.pytorch import PyTorch
@@ -211,6 +219,32 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     accuracy = JsonGet(step_name=step_evaluate.name, property_file=evaluation_report,
                        json_path=ACCURACY_JSON_PATH)
 
+    step_baseline = ProcessingStep(
+        name=BASELINE,
+        step_args=processor("baseline").run(
+            code=str(JOBS_DIR / "baseline.py"),
+            inputs=[
+                ProcessingInput(source=model_data, destination="/opt/ml/processing/model"),
+                ProcessingInput(source=split_output("test"), destination="/opt/ml/processing/data"),
+                ProcessingInput(source=str(MONITORING_PROFILE), input_name="profile",
+                                destination="/opt/ml/processing/input/profile"),
+            ],
+            outputs=[ProcessingOutput(output_name="baseline",
+                                      source="/opt/ml/processing/baseline")],
+            arguments=["--model-dir", "/opt/ml/processing/model",
+                       "--data-dir", "/opt/ml/processing/data",
+                       "--output-dir", "/opt/ml/processing/baseline",
+                       "--profile-dir", "/opt/ml/processing/input/profile",
+                       "--comparison-threshold", str(config.monitoring.drift_threshold)],
+        ),
+    )
+    baseline_url = step_baseline.properties.ProcessingOutputConfig.Outputs[
+        "baseline"].S3Output.S3Uri
+
+    def baseline_file(name: str) -> MetricsSource:
+        return MetricsSource(s3_uri=Join(on="/", values=[baseline_url, name]),
+                             content_type="application/json")
+
     # model.tar.gz already holds code/inference.py (train.py puts it there), so the model is
     # registered as is: no repack step, and the PyTorch serving container finds the code.
     model = Model(
@@ -229,9 +263,15 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             approval_status=model_approval_status,
             description="Scones Unlimited delivery-vehicle classifier "
                         f"({' vs '.join(config.classes)})",
-            model_metrics=ModelMetrics(model_statistics=MetricsSource(
-                s3_uri=Join(on="/", values=[evaluation_url, "evaluation.json"]),
-                content_type="application/json")),
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(
+                    s3_uri=Join(on="/", values=[evaluation_url, "evaluation.json"]),
+                    content_type="application/json"),
+                model_data_statistics=baseline_file("statistics.json"),
+                model_data_constraints=baseline_file("constraints.json")),
+            drift_check_baselines=DriftCheckBaselines(
+                model_data_statistics=baseline_file("statistics.json"),
+                model_data_constraints=baseline_file("constraints.json")),
             # The threshold train.py chose on validation for training.target_precision: it
             # travels with the version, and deployment hands it to the filter step.
             customer_metadata_properties={
@@ -256,7 +296,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         name=pc.name,
         parameters=[input_data_url, processing_instance_type, training_instance_type, epochs,
                     learning_rate, accuracy_threshold, model_approval_status],
-        steps=[step_preprocess, step_train, step_evaluate, step_check],
+        steps=[step_preprocess, step_train, step_evaluate, step_baseline, step_check],
         sagemaker_session=session,
         # keep each job's base name in the definition, so SageMaker names the jobs
         # <base_job_prefix>-preprocess-<time>... instead of pipelines-<random>-Preprocess-...

@@ -95,6 +95,15 @@ class WorkflowConfig:
 @dataclass(frozen=True)
 class MonitoringConfig:
     capture_sampling_percentage: int = 100
+    drift_threshold: float = 0.2         # smallest drift distance (KS / L-infinity) that counts
+    drift_confidence: float = 0.99       # ... and it must also exceed chance at this confidence
+    min_records: int = 20                # fewer records in a run: no drift verdict
+    min_labels: int = 30                 # fewer labelled records of a version: no quality verdict
+    accuracy_tolerance: float = 0.05     # quality constraint: registered accuracy minus this
+    alarm_violations: int = 1            # violations in one run that raise the alarm (retrain)
+    retrain_cooldown_hours: float = 24.0  # at most one retraining run per cool-down
+    metrics_namespace: str = "Scones/Monitoring"
+    schedule_expression: str = "rate(1 hour)"  # the monitoring job's EventBridge schedule
 
 
 @dataclass(frozen=True)
@@ -400,6 +409,18 @@ def _check_semantics(cfg: Config, origin: dict, config_dir: Path,
             fail(f"{key}.test_images", "must be at least 1")
     if not 0 < cfg.monitoring.capture_sampling_percentage <= 100:
         fail("monitoring.capture_sampling_percentage", "must be in 1..100")
+    m = cfg.monitoring
+    if not 0 < m.drift_threshold <= 1:
+        fail("monitoring.drift_threshold", f"must be in (0, 1], got {m.drift_threshold}")
+    if not 0.5 <= m.drift_confidence < 1:
+        fail("monitoring.drift_confidence", f"must be in [0.5, 1), got {m.drift_confidence}")
+    if not 0 <= m.accuracy_tolerance < 1:
+        fail("monitoring.accuracy_tolerance", f"must be in [0, 1), got {m.accuracy_tolerance}")
+    for key in ("min_records", "min_labels", "alarm_violations"):
+        if getattr(m, key) < 1:
+            fail(f"monitoring.{key}", "must be at least 1")
+    if m.retrain_cooldown_hours < 0:
+        fail("monitoring.retrain_cooldown_hours", "must not be negative")
     if cfg.env == "aws":
         if cfg.aws.role_arn and not cfg.aws.role_arn.startswith("arn:"):
             fail("aws.role_arn", f"must be an IAM role ARN, got {cfg.aws.role_arn!r}")

@@ -180,7 +180,9 @@ def test_no_wildcard_actions_and_the_workflow_gaps_are_closed(template):
     # '*' resources only where the action has no resource to name
     star = sorted({a for r, s in statements if s["Resource"] == "*"
                    for a in _as_list(s["Action"])})
-    assert star == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
+    # (the monitoring job finds a version's package by listing: no resource-level permission)
+    assert star == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken",
+                    "sagemaker:ListModelPackages"]
 
     workflow = {s["Sid"]: s for r, s in statements if r == "WorkflowLambdaRole"}
     assert workflow["ListImages"]["Action"] == ["s3:ListBucket"]
