@@ -23,7 +23,8 @@ from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
 from scones.backend import LocalBackend, backend_for
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
-STAGES = 6
+STAGES = 7
+DUSK = 0.35  # brightness factor of the demo's drifted batch
 
 
 @dataclass
@@ -38,6 +39,9 @@ class DemoResult:
     failed: int
     report_path: Path
     seconds: float
+    clean_violations: int
+    drift_violations: int
+    retraining_execution: str | None
     plots: dict[str, Path]
 
 
@@ -71,7 +75,9 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     from pipelines.local_runner import run_pipeline_locally
     from pipelines.pipeline import pipeline_definition
     from workflow.deployment import approve_and_deploy, endpoint_status, promote, run_stage_test
+    from scones.cli.monitor import start_retraining
     from workflow.monitoring import build_report, format_summary
+    from workflow.monitoring.check import format_run, run_monitor
     from workflow.run import ImageSource, run_workflow_locally, summary
 
     started = time.monotonic()
@@ -130,6 +136,28 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     report = build_report(config, since=started_at)
     print(format_summary(report.summary), file=out)
 
+    stage(7, "Monitoring loop: this traffic against the version's baseline, then a drifted "
+             "batch")
+    clean = run_monitor(config, since=started_at)
+    print(format_run(clean.summary), file=out)
+    drifted_dir = image_dir.parent / "drifted"
+    drifted_dir.mkdir(parents=True, exist_ok=True)
+    drifted_paths = []
+    for path in paths:  # the same photos at a third of their brightness: a dusk camera
+        darker = (np.asarray(Image.open(path).convert("RGB")) * DUSK).astype(np.uint8)
+        Image.fromarray(darker).save(drifted_dir / path.name)
+        drifted_paths.append(drifted_dir / path.name)
+    print(f"{len(drifted_paths)} darkened copies -> {drifted_dir}", file=out)
+    run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in drifted_paths],
+                         progress=False)
+    drifted = run_monitor(config)
+    print(format_run(drifted.summary), file=out)
+    retraining = start_retraining(config, drifted)
+    print(f"retraining: {retraining['Reason']}"
+          + (f" -> execution {retraining['ExecutionId']} {retraining['Status']}, version "
+             f"{retraining.get('ModelPackageVersion')} registered for review"
+             if retraining.get("Started") else ""), file=out)
+
     result = DemoResult(
         execution_id=execution.execution_id, model_version=version,
         accuracy=package.get("Accuracy"), images=len(results), correct=correct,
@@ -137,6 +165,8 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         below_threshold=sum(r.meets_threshold is False for r in results),
         failed=sum(r.failed_otherwise for r in results),
         report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1),
+        clean_violations=len(clean.violations), drift_violations=len(drifted.violations),
+        retraining_execution=retraining.get("ExecutionId"),
         plots={**plots, **{f"monitoring, {name.replace('_', ' ')}": path
                           for name, path in report.plots.items()}})
     return result
