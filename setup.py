@@ -32,7 +32,7 @@ setup(
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
     ],
     extras_require={
-        "test": ["pytest", "cfn-lint", "import-linter"],
+        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

@@ -1,7 +1,11 @@
 """The model-build SageMaker Pipeline, in the shape of the SageMaker project template.
 
     Preprocess -> Train -> Evaluate -> CheckAccuracy -> Register-RegisterModel (pending approval)
-                                                   \\-> AccuracyBelowThreshold (Fail, with the reason)
+                        \\-> Baseline -------------/ \\-> AccuracyBelowThreshold (Fail, with the reason)
+
+Baseline (jobs/baseline.py) profiles the model's predictions on the test split for monitoring;
+its statistics.json/constraints.json are registered with the package (DriftCheckBaselines and
+ModelMetrics' ModelDataQuality), so each version carries its own baseline.
 
 `get_pipeline(config, sagemaker_session)` is a plain factory. The same definition JSON runs on
 SageMaker (`upsert_and_start`) and on this machine (`local_definition` + pipelines.local_runner).
@@ -25,7 +29,10 @@ JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 # The names below are the contract with the job scripts (argument and file names) and with
 # anything that reads an execution (step names).
 PREPROCESS, TRAIN, EVALUATE, CHECK = "Preprocess", "Train", "Evaluate", "CheckAccuracy"
-REGISTER, FAIL = "Register", "AccuracyBelowThreshold"
+REGISTER, FAIL, BASELINE = "Register", "AccuracyBelowThreshold", "Baseline"
+# The monitored features' code, shipped next to jobs/baseline.py (a file, not an import: the
+# model build does not import the workflow).
+MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profile.py"
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
@@ -48,15 +55,33 @@ TEMPLATE_KWARGS = {
     "pipeline_name": "pipeline.name",
     "model_package_group_name": "pipeline.model_package_group",
     "input_data_url": "data.input_url",
+    "base_job_prefix": "pipeline.base_job_prefix",
+    "sagemaker_project_name": "pipeline.sagemaker_project_name",
+    "sagemaker_project_arn": "pipeline.sagemaker_project_arn",
 }
 
 
-def config_from_template_kwargs(env: str = "aws", **kwargs: Any) -> Config:
+def config_from_template_kwargs(env: str = "aws", tags: list[dict] | None = None,
+                                **kwargs: Any) -> Config:
+    """Our Config from the template's keyword arguments; `tags` (run-pipeline --tags, a list
+    of {"Key", "Value"}) go on the pipeline and every job it starts."""
     unknown = sorted(set(kwargs) - set(TEMPLATE_KWARGS))
     if unknown:
         raise SconesError(f"unknown pipeline argument(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(TEMPLATE_KWARGS))}")
-    return load_config(env, overrides={TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()})
+    overrides = {TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()}
+    if tags:
+        overrides["pipeline.tags"] = _tag_mapping(tags)
+    return load_config(env, overrides=overrides)
+
+
+def _tag_mapping(tags: Any) -> dict[str, str]:
+    if not isinstance(tags, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("Key"), str)
+            and isinstance(t.get("Value"), str) for t in tags):
+        raise SconesError(f"--tags must be a JSON list of {{\"Key\": ..., \"Value\": ...}} "
+                          f"objects with string values, got {tags!r}")
+    return {t["Key"]: t["Value"] for t in tags}
 
 
 def get_pipeline(config: Config | None = None, sagemaker_session=None, **template_kwargs):
@@ -64,6 +89,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     arguments (region, role, default_bucket, ...) are accepted in its place."""
     sagemaker = sagemaker_sdk()
     from sagemaker.model import Model
+    from sagemaker.drift_check_baselines import DriftCheckBaselines
     from sagemaker.model_metrics import MetricsSource, ModelMetrics
     from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
     from sagemaker.pytorch import PyTorch
@@ -75,6 +101,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     from sagemaker.workflow.model_step import ModelStep
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
     from sagemaker.workflow.properties import PropertyFile
     from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep
 
@@ -85,6 +112,10 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     session = sagemaker_session or pipeline_session(config)
     role = config.aws.role_arn
     pc = config.pipeline
+    # The template's base_job_prefix names every job (<prefix>-preprocess-<time>...);
+    # its project tags go on every job (and the pipeline, at upsert) so Studio finds them.
+    job_prefix = pc.base_job_prefix or config.project
+    tags = pc.resource_tags() or None
 
     input_data_url = ParameterString("InputDataUrl", default_value=config.data.input_url)
     processing_instance_type = ParameterString("ProcessingInstanceType",
@@ -113,7 +144,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         return ScriptProcessor(
             image_uri=processing_image, command=["python3"], role=role,
             instance_type=processing_instance_type, instance_count=1,
-            base_job_name=f"{config.project}-{job}", sagemaker_session=session)
+            base_job_name=f"{job_prefix}-{job}", tags=tags, sagemaker_session=session)
 
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
@@ -143,7 +174,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         entry_point="train.py", source_dir=str(JOBS_DIR),
         framework_version=pc.framework_version, py_version=pc.py_version,
         role=role, instance_type=training_instance_type, instance_count=1,
-        base_job_name=f"{config.project}-train",
+        base_job_name=f"{job_prefix}-train", tags=tags,
         output_path=f"s3://{config.aws.bucket}/{pc.name}/models",
         hyperparameters={
             "epochs": epochs, "learning-rate": learning_rate,
@@ -188,6 +219,32 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     accuracy = JsonGet(step_name=step_evaluate.name, property_file=evaluation_report,
                        json_path=ACCURACY_JSON_PATH)
 
+    step_baseline = ProcessingStep(
+        name=BASELINE,
+        step_args=processor("baseline").run(
+            code=str(JOBS_DIR / "baseline.py"),
+            inputs=[
+                ProcessingInput(source=model_data, destination="/opt/ml/processing/model"),
+                ProcessingInput(source=split_output("test"), destination="/opt/ml/processing/data"),
+                ProcessingInput(source=str(MONITORING_PROFILE), input_name="profile",
+                                destination="/opt/ml/processing/input/profile"),
+            ],
+            outputs=[ProcessingOutput(output_name="baseline",
+                                      source="/opt/ml/processing/baseline")],
+            arguments=["--model-dir", "/opt/ml/processing/model",
+                       "--data-dir", "/opt/ml/processing/data",
+                       "--output-dir", "/opt/ml/processing/baseline",
+                       "--profile-dir", "/opt/ml/processing/input/profile",
+                       "--comparison-threshold", str(config.monitoring.drift_threshold)],
+        ),
+    )
+    baseline_url = step_baseline.properties.ProcessingOutputConfig.Outputs[
+        "baseline"].S3Output.S3Uri
+
+    def baseline_file(name: str) -> MetricsSource:
+        return MetricsSource(s3_uri=Join(on="/", values=[baseline_url, name]),
+                             content_type="application/json")
+
     # model.tar.gz already holds code/inference.py (train.py puts it there), so the model is
     # registered as is: no repack step, and the PyTorch serving container finds the code.
     model = Model(
@@ -206,9 +263,15 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             approval_status=model_approval_status,
             description="Scones Unlimited delivery-vehicle classifier "
                         f"({' vs '.join(config.classes)})",
-            model_metrics=ModelMetrics(model_statistics=MetricsSource(
-                s3_uri=Join(on="/", values=[evaluation_url, "evaluation.json"]),
-                content_type="application/json")),
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(
+                    s3_uri=Join(on="/", values=[evaluation_url, "evaluation.json"]),
+                    content_type="application/json"),
+                model_data_statistics=baseline_file("statistics.json"),
+                model_data_constraints=baseline_file("constraints.json")),
+            drift_check_baselines=DriftCheckBaselines(
+                model_data_statistics=baseline_file("statistics.json"),
+                model_data_constraints=baseline_file("constraints.json")),
             # The threshold train.py chose on validation for training.target_precision: it
             # travels with the version, and deployment hands it to the filter step.
             customer_metadata_properties={
@@ -233,8 +296,11 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         name=pc.name,
         parameters=[input_data_url, processing_instance_type, training_instance_type, epochs,
                     learning_rate, accuracy_threshold, model_approval_status],
-        steps=[step_preprocess, step_train, step_evaluate, step_check],
+        steps=[step_preprocess, step_train, step_evaluate, step_baseline, step_check],
         sagemaker_session=session,
+        # keep each job's base name in the definition, so SageMaker names the jobs
+        # <base_job_prefix>-preprocess-<time>... instead of pipelines-<random>-Preprocess-...
+        pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
     )
 
 

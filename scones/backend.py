@@ -124,7 +124,10 @@ class LocalBackend(Backend):
         with mock_aws():
             boto_session = boto3.Session(region_name=self.config.aws.region)
             s3 = boto_session.client("s3")
-            s3.create_bucket(Bucket=self.config.aws.bucket)
+            # Outside us-east-1, S3 wants the region named (as the real bucket was made).
+            s3.create_bucket(Bucket=self.config.aws.bucket, **(
+                {} if self.config.aws.region == "us-east-1" else
+                {"CreateBucketConfiguration": {"LocationConstraint": self.config.aws.region}}))
             yield pipeline_session(self.config, boto_session)
             uploaded = S3ObjectStore(s3)
             for url in uploaded.list_urls(f"s3://{self.config.aws.bucket}/"):

@@ -23,6 +23,7 @@ CONFIG_DIR = (_SOURCE_TREE / "configs" if (_SOURCE_TREE / "setup.py").is_file()
               else Path(__file__).resolve().parent / "configs")
 ENVIRONMENTS = ("local", "aws")
 DATA_CAPTURE_PREFIX = "datacapture"
+STAGES = ("staging", "prod")  # the order a version goes through (scones/infra/deploy_flow)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,23 @@ class PipelineConfig:
     cache_steps: bool = True             # CacheConfig on Preprocess and Train
     cache_expire_after: str = "P30D"     # ISO 8601 duration: how old a reusable run may be
 
+    # What a SageMaker project template passes (run-pipeline --kwargs / --tags): the prefix of
+    # every job name, and the tags put on the pipeline and every resource it creates.
+    base_job_prefix: str | None = None
+    sagemaker_project_name: str | None = None
+    sagemaker_project_arn: str | None = None
+    # {key: value} in YAML and --set, kept as ((key, value), ...) so a Config stays hashable
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def resource_tags(self) -> list[dict]:
+        """[{"Key", "Value"}] for the pipeline and its jobs and models: the configured tags
+        plus sagemaker:project-name when the pipeline belongs to a SageMaker project (that
+        tag is how Studio lists a project's pipelines, jobs and models)."""
+        tags = dict(self.tags)
+        if self.sagemaker_project_name:
+            tags.setdefault("sagemaker:project-name", self.sagemaker_project_name)
+        return [{"Key": key, "Value": value} for key, value in tags.items()]
+
 
 @dataclass(frozen=True)
 class WorkflowConfig:
@@ -77,6 +95,44 @@ class WorkflowConfig:
 @dataclass(frozen=True)
 class MonitoringConfig:
     capture_sampling_percentage: int = 100
+    drift_threshold: float = 0.2         # smallest drift distance (KS / L-infinity) that counts
+    drift_confidence: float = 0.99       # ... and it must also exceed chance at this confidence
+    min_records: int = 20                # fewer records in a run: no drift verdict
+    min_labels: int = 30                 # fewer labelled records of a version: no quality verdict
+    accuracy_tolerance: float = 0.05     # quality constraint: registered accuracy minus this
+    alarm_violations: int = 1            # violations in one run that raise the alarm (retrain)
+    retrain_cooldown_hours: float = 24.0  # at most one retraining run per cool-down
+    metrics_namespace: str = "Scones/Monitoring"
+    schedule_expression: str = "rate(1 hour)"  # the monitoring job's EventBridge schedule
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One deployment stage (as scones/infra/deploy_flow.py's per-stage parameters)."""
+    endpoint_name: str | None = None     # default: staging <endpoint>-staging, prod <endpoint>
+    instance_type: str = "ml.m5.large"
+    instance_count: int = 1
+    capture_sampling_percentage: int | None = None  # default: monitoring's
+    min_capacity: int = 1                # autoscaling (AWS)
+    max_capacity: int = 1
+    bake_seconds: float = 0.0            # watched after the switch; rolled back on alarm
+    bake_probe_interval_seconds: float = 1.0
+    max_error_rate: float = 0.05         # the alarm's limit: errors / requests while baking
+    test_images: int = 40                # held-back test-split images the stage test sends
+    test_min_accuracy: float = 0.8
+    test_max_failure_rate: float = 0.05  # failed executions (not low confidence) / images
+    # AWS: UpdateEndpoint's guardrails (none without alarms; the project template makes
+    # <project>-<stage>-invocation-5xx and -model-latency)
+    rollback_alarms: tuple[str, ...] = ()
+    traffic_routing: str = "CANARY"      # CANARY | LINEAR | ALL_AT_ONCE
+    traffic_step_percent: int = 10
+    traffic_wait_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    staging: StageConfig = field(default_factory=StageConfig)
+    prod: StageConfig = field(default_factory=StageConfig)
 
 
 @dataclass(frozen=True)
@@ -105,7 +161,22 @@ class Config:
     monitoring: MonitoringConfig
     aws: AwsConfig
     local: LocalConfig
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}: choose one of {', '.join(STAGES)}")
+        return getattr(self.deployment, name)
+
+    def stage_endpoint_name(self, name: str) -> str:
+        """prod is the endpoint the inference workflow calls (workflow.endpoint_name);
+        staging is <that>-staging unless configured."""
+        configured = self.stage(name).endpoint_name
+        if configured:
+            return configured
+        base = self.workflow.endpoint_name
+        return base if name == "prod" else f"{base}-{name}"
 
     @property
     def data_capture_uri(self) -> str:
@@ -244,6 +315,15 @@ def _coerce(hint: Any, value: Any, key: str, origin: dict, root: Path) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: {key} must not be empty")
+    if hint == tuple[tuple[str, str], ...]:  # a mapping of strings, e.g. pipeline.tags
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            value = dict(value)
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{where}: {key} must be a mapping of strings to strings, "
+                              f"got {value!r}")
+        return tuple(value.items())
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
@@ -311,8 +391,36 @@ def check_semantics(cfg: Config, origin: dict, config_dir: Path,
     if cfg.pipeline.model_approval_status not in ("PendingManualApproval", "Approved", "Rejected"):
         fail("pipeline.model_approval_status",
              "must be PendingManualApproval, Approved or Rejected")
+    for stage in STAGES:
+        settings = cfg.stage(stage)
+        key = f"deployment.{stage}"
+        if settings.instance_count < 1:
+            fail(f"{key}.instance_count", "must be at least 1")
+        if not 1 <= settings.min_capacity <= settings.max_capacity:
+            fail(f"{key}.min_capacity", "must be at least 1 and at most max_capacity")
+        if not 0 < (settings.capture_sampling_percentage or 100) <= 100:
+            fail(f"{key}.capture_sampling_percentage", "must be in 1..100")
+        if settings.bake_seconds < 0 or settings.bake_probe_interval_seconds <= 0:
+            fail(f"{key}.bake_seconds", "must be >= 0 (and the probe interval > 0)")
+        for name in ("max_error_rate", "test_min_accuracy", "test_max_failure_rate"):
+            if not 0 <= getattr(settings, name) <= 1:
+                fail(f"{key}.{name}", "must be between 0 and 1")
+        if settings.test_images < 1:
+            fail(f"{key}.test_images", "must be at least 1")
     if not 0 < cfg.monitoring.capture_sampling_percentage <= 100:
         fail("monitoring.capture_sampling_percentage", "must be in 1..100")
+    m = cfg.monitoring
+    if not 0 < m.drift_threshold <= 1:
+        fail("monitoring.drift_threshold", f"must be in (0, 1], got {m.drift_threshold}")
+    if not 0.5 <= m.drift_confidence < 1:
+        fail("monitoring.drift_confidence", f"must be in [0.5, 1), got {m.drift_confidence}")
+    if not 0 <= m.accuracy_tolerance < 1:
+        fail("monitoring.accuracy_tolerance", f"must be in [0, 1), got {m.accuracy_tolerance}")
+    for key in ("min_records", "min_labels", "alarm_violations"):
+        if getattr(m, key) < 1:
+            fail(f"monitoring.{key}", "must be at least 1")
+    if m.retrain_cooldown_hours < 0:
+        fail("monitoring.retrain_cooldown_hours", "must not be negative")
     if cfg.env == "aws":
         if cfg.aws.role_arn and not cfg.aws.role_arn.startswith("arn:"):
             fail("aws.role_arn", f"must be an IAM role ARN, got {cfg.aws.role_arn!r}")

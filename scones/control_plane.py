@@ -125,6 +125,7 @@ class LocalSageMakerControlPlane:
             "LocalModelData": state.get("LocalModelData"),
             "History": state.get("History", []),
             "StateFile": str(state_file.path),
+            **({"LastRollback": state["LastRollback"]} if state.get("LastRollback") else {}),
         }
 
     def _deployed(self, key: str, name: str) -> dict | None:

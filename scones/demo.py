@@ -23,6 +23,8 @@ from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
 from scones.backend import LocalBackend, backend_for
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
+STAGES = 7
+DUSK = 0.35  # brightness factor of the demo's drifted batch
 
 
 @dataclass
@@ -37,6 +39,9 @@ class DemoResult:
     failed: int
     report_path: Path
     seconds: float
+    clean_violations: int
+    drift_violations: int
+    retraining_execution: str | None
     plots: dict[str, Path]
 
 
@@ -69,15 +74,17 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     backend_for(config).require_local("the demo runs on the embedded default (--env local)")
     from pipelines.local_runner import run_pipeline_locally
     from pipelines.pipeline import pipeline_definition
-    from workflow.deployment import approve_and_deploy
+    from workflow.deployment import approve_and_deploy, endpoint_status, promote, run_stage_test
+    from scones.cli.monitor import start_retraining
     from workflow.monitoring import build_report, format_summary
+    from workflow.monitoring.check import format_run, run_monitor
     from workflow.run import ImageSource, run_workflow_locally, summary
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc)
 
     def stage(number: int, title: str) -> None:
-        print(f"\n=== [{number}/4] {title} ({time.monotonic() - started:.0f} s) ===",
+        print(f"\n=== [{number}/{STAGES}] {title} ({time.monotonic() - started:.0f} s) ===",
               file=out, flush=True)
 
     stage(1, "Model build: the SageMaker Pipeline definition, run locally")
@@ -91,14 +98,30 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     for title, path in plots.items():
         print(f"{title}: {path}", file=out)
 
-    stage(2, f"Approval: version {version} -> the local endpoint")
+    stage(2, f"Approval: version {version} -> staging (health-checked before it takes traffic)")
     package, _, deployment = approve_and_deploy(
         config, version, f"approved by scones demo (execution {execution.execution_id})")
     print(f"version {version} Approved (accuracy on the test split: "
-          f"{_fmt(package.get('Accuracy'))}); endpoint {config.workflow.endpoint_name} "
+          f"{_fmt(package.get('Accuracy'))}); staging endpoint "
+          f"{(deployment or {}).get('EndpointName', config.stage_endpoint_name('staging'))} "
           f"{(deployment or {}).get('Action', 'deployed')}", file=out)
 
-    stage(3, "Inference workflow on images the model has never seen")
+    stage(3, "Staging test: the inference workflow on held-back test-split images")
+    test = run_stage_test(config, "staging")
+    print(f"{test['Images']} images: accuracy {test['Accuracy']} (min {test['MinAccuracy']}), "
+          f"failure rate {test['FailureRate']} (max {test['MaxFailureRate']}): "
+          f"{'passed' if test['Passed'] else 'FAILED'}", file=out)
+
+    stage(4, "Promotion: staging's version -> prod (health check, bake, rollback on errors)")
+    promoted = promote(config)
+    print(f"prod endpoint {promoted.get('EndpointName')}: {promoted.get('Action')} with version "
+          f"{promoted.get('ModelPackageVersion')}", file=out)
+    for name in ("staging", "prod"):
+        status = endpoint_status(config, stage=name)
+        print(f"  {name}: {status.get('EndpointName')} {status.get('EndpointStatus')}, "
+              f"version {status.get('ModelPackageVersion')}", file=out)
+
+    stage(5, "Inference workflow (prod) on images the model has never seen")
     image_dir = LocalBackend(config).workspace.demo_dir / execution.execution_id / "images"
     paths = write_test_split_images(config, execution, image_dir, sample_size)
     print(f"{len(paths)} images of the execution's test split -> {image_dir}", file=out)
@@ -109,9 +132,31 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
     classified = sum(1 for r in results if r.predicted_label)
     print(f"correct predictions: {correct}/{classified}", file=out)
 
-    stage(4, "Monitoring: what the endpoint saw (data capture)")
+    stage(6, "Monitoring: what the endpoint saw (data capture)")
     report = build_report(config, since=started_at)
     print(format_summary(report.summary), file=out)
+
+    stage(7, "Monitoring loop: this traffic against the version's baseline, then a drifted "
+             "batch")
+    clean = run_monitor(config, since=started_at)
+    print(format_run(clean.summary), file=out)
+    drifted_dir = image_dir.parent / "drifted"
+    drifted_dir.mkdir(parents=True, exist_ok=True)
+    drifted_paths = []
+    for path in paths:  # the same photos at a third of their brightness: a dusk camera
+        darker = (np.asarray(Image.open(path).convert("RGB")) * DUSK).astype(np.uint8)
+        Image.fromarray(darker).save(drifted_dir / path.name)
+        drifted_paths.append(drifted_dir / path.name)
+    print(f"{len(drifted_paths)} darkened copies -> {drifted_dir}", file=out)
+    run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in drifted_paths],
+                         progress=False)
+    drifted = run_monitor(config)
+    print(format_run(drifted.summary), file=out)
+    retraining = start_retraining(config, drifted)
+    print(f"retraining: {retraining['Reason']}"
+          + (f" -> execution {retraining['ExecutionId']} {retraining['Status']}, version "
+             f"{retraining.get('ModelPackageVersion')} registered for review"
+             if retraining.get("Started") else ""), file=out)
 
     result = DemoResult(
         execution_id=execution.execution_id, model_version=version,
@@ -120,6 +165,8 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         below_threshold=sum(r.meets_threshold is False for r in results),
         failed=sum(r.failed_otherwise for r in results),
         report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1),
+        clean_violations=len(clean.violations), drift_violations=len(drifted.violations),
+        retraining_execution=retraining.get("ExecutionId"),
         plots={**plots, **{f"monitoring, {name.replace('_', ' ')}": path
                           for name, path in report.plots.items()}})
     return result

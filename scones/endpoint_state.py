@@ -105,3 +105,51 @@ class EndpointStateFile:
     def model_tar(self) -> Path | None:
         state = self.read()
         return Path(state["LocalModelData"]) if state else None
+
+
+@contextlib.contextmanager
+def deployment_lock(workspace: Workspace, endpoint_name: str) -> Iterator[None]:
+    """Serialise whole deployments of one endpoint across processes (health check, switch,
+    bake): a second approval made during a deployment waits and is delivered after it, as
+    the project template's deploy state machine waits for an Updating endpoint. A lock file
+    of its own: EndpointStateFile.locked() is taken inside, and flock is per open file."""
+    workspace.endpoints_dir.mkdir(parents=True, exist_ok=True)
+    with open(workspace.endpoints_dir / f".{endpoint_name}.deploy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class StageTestRecords:
+    """<workspace>/endpoints/tests/stage-tests.json: each model package's stage test results
+    ({package ARN: {stage: result}}), what `scones endpoint promote` checks. (A folder of
+    its own: every endpoints/*.json is an endpoint state file.)"""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.endpoints_dir / "tests" / "stage-tests.json"
+
+    def read(self) -> dict:
+        try:
+            records = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise EndpointStateError(f"stage test records {self.path} are not valid JSON "
+                                     f"({exc}); delete the file and test again") from None
+        return records if isinstance(records, dict) else {}
+
+    def result(self, package_arn: str, stage: str) -> dict | None:
+        return (self.read().get(package_arn) or {}).get(stage)
+
+    def record(self, package_arn: str, stage: str, result: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(".stage-tests.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self.read()
+            records.setdefault(package_arn, {})[stage] = result
+            tmp = self.path.with_name(f".stage-tests.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(records, indent=2, default=str) + "\n")
+            tmp.replace(self.path)

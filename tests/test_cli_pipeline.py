@@ -49,7 +49,8 @@ def test_run_json_is_one_object_on_stdout_and_exit_zero(ran):
     assert output["ModelPackageVersion"] == 1
     assert [(s["Name"], s["Status"]) for s in output["Steps"]] == [
         ("Preprocess", "Succeeded"), ("Train", "Succeeded"), ("Evaluate", "Succeeded"),
-        ("CheckAccuracy", "Succeeded"), ("Register-RegisterModel", "Succeeded")]
+        ("Baseline", "Succeeded"), ("CheckAccuracy", "Succeeded"),
+        ("Register-RegisterModel", "Succeeded")]
     assert all(set(s) == {"Name", "Type", "Status", "Seconds", "FailureReason",
                           "CacheHitResult"} for s in output["Steps"])
     # live progress went to stderr, including the training epochs as they happened
@@ -76,6 +77,27 @@ def test_registered_version_is_pending_with_its_model_on_disk(ran):
     assert "PendingManualApproval" in human.stdout and human.returncode == 0
 
 
+def test_registered_version_carries_its_monitoring_baseline(ran):
+    """The Baseline step's statistics.json/constraints.json are registered with the version
+    (DriftCheckBaselines and ModelMetrics' ModelDataQuality), in Model Monitor's layout."""
+    workspace, _, _ = ran
+    package = json.loads(scones(workspace, "registry", "show", "1", "--json").stdout)
+    baselines = package["DriftCheckBaselines"]["ModelDataQuality"]
+    assert package["ModelMetrics"]["ModelDataQuality"] == baselines
+    store = workspace / "s3"
+    documents = {}
+    for kind in ("Statistics", "Constraints"):
+        url = baselines[kind]["S3Uri"]
+        assert url.startswith("s3://") and url.endswith(f"/{kind.lower()}.json")
+        documents[kind] = json.loads((store / url[len("s3://"):]).read_text())
+    statistics = documents["Statistics"]
+    names = {f["name"] for f in statistics["features"]}
+    assert {"brightness", "contrast", "colourfulness", "ood_score", "confidence",
+            "predicted_label", "width", "height", "mode"} <= names
+    assert statistics["dataset"]["item_count"] == 8  # the test split of 2 x 40 images
+    assert {f["name"] for f in documents["Constraints"]["features"]} == names
+
+
 def test_executions_lists_the_run(ran):
     workspace, _, result = ran
     listed = scones(workspace, "pipeline", "executions", "--json")
@@ -83,7 +105,7 @@ def test_executions_lists_the_run(ran):
     assert executions[0]["ExecutionId"] == json.loads(result.stdout)["ExecutionId"]
     assert executions[0]["Status"] == "Succeeded"
     assert executions[0]["Parameters"]["AccuracyThreshold"] == 0.0
-    assert len(executions[0]["Steps"]) == 5
+    assert len(executions[0]["Steps"]) == 6
     human = scones(workspace, "pipeline", "executions")
     # per-step status, one row per execution, within 100 columns
     assert "Preprocess:ok" in human.stdout and "Register-RegisterModel:ok" in human.stdout
@@ -95,8 +117,11 @@ def test_approve_deploys_locally_and_reject_needs_a_reason(ran):
     approved = scones(workspace, "registry", "approve", "1", "--description", "good enough")
     assert approved.returncode == 0, approved.stderr
     assert "Approved" in approved.stdout
-    state = json.loads((workspace / "endpoints" / "scones-delivery-vehicles.json").read_text())
+    # an approval goes to staging; prod follows after the staging test (endpoint promote)
+    state = json.loads((workspace / "endpoints" /
+                        "scones-delivery-vehicles-staging.json").read_text())
     assert state["ModelPackageVersion"] == 1 and state["EndpointStatus"] == "InService"
+    assert not (workspace / "endpoints" / "scones-delivery-vehicles.json").exists()
     again = scones(workspace, "registry", "approve", "1")
     assert again.returncode == 0 and "already Approved" in again.stdout
 
@@ -133,7 +158,7 @@ def test_definition_prints_the_sagemaker_json(tmp_path):
     definition = json.loads(result.stdout)
     assert definition["Version"] == "2020-12-01"
     assert [s["Type"] for s in definition["Steps"]] == [
-        "Processing", "Training", "Processing", "Condition"]
+        "Processing", "Training", "Processing", "Processing", "Condition"]
 
 
 def test_retry_of_an_unknown_execution_is_one_error_line(ran):

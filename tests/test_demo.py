@@ -22,9 +22,15 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
              "--images", "8"]
     first = scones("demo", *quick, workspace=workspace)
     assert first.returncode == 0, first.stderr[-3000:]
-    for stage in ("[1/4] Model build", "[2/4] Approval", "[3/4] Inference workflow",
-                  "[4/4] Monitoring"):
+    for stage in ("[1/7] Model build", "[2/7] Approval", "[3/7] Staging test",
+                  "[4/7] Promotion", "[5/7] Inference workflow", "[6/7] Monitoring",
+                  "[7/7] Monitoring loop"):
         assert stage in first.stderr
+    # the closed loop: the demo's own traffic is like the training data, the darkened batch
+    # is not, and the alarm starts one retraining run
+    loop = next(line for line in first.stdout.splitlines() if line.startswith("Monitoring loop"))
+    assert loop.startswith("Monitoring loop: 0 violation(s) on the demo's traffic"), loop
+    assert "retraining execution" in loop and " 0 on the darkened batch" not in loop, loop
     assert "Traceback" not in first.stderr
     report = Path(first.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
     assert report.is_file() and report.suffix == ".md"
@@ -40,9 +46,15 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
     report2 = Path(second.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
     assert report2 != report and report.is_file() and report2.is_file()
 
+    # the second drift is within the cool-down: no second retraining run
+    assert "held back by the cool-down" in second.stdout
+
     listed = scones("registry", "list", "--json", workspace=workspace)
-    versions = json.loads(listed.stdout)
-    assert sorted(v["ModelPackageVersion"] for v in versions) == [1, 2]
-    assert {v["ModelApprovalStatus"] for v in versions} == {"Approved"}
-    status = json.loads(scones("endpoint", "status", "--json", workspace=workspace).stdout)
-    assert status["ModelPackageVersion"] == 2
+    versions = {v["ModelPackageVersion"]: v["ModelApprovalStatus"]
+                for v in json.loads(listed.stdout)}
+    # demo 1: v1 approved and promoted, v2 from the retraining run waits for review;
+    # demo 2: v3 approved and promoted
+    assert versions == {1: "Approved", 2: "PendingManualApproval", 3: "Approved"}
+    status = json.loads(scones("endpoint", "status", "--stage", "prod", "--json",
+                               workspace=workspace).stdout)
+    assert status["ModelPackageVersion"] == 3

@@ -29,6 +29,9 @@ IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.3-cpu-
 
 # --- the Lambda against moto ---------------------------------------------------------------
 
+UPDATES: list[dict] = []          # UpdateEndpoint requests the stub received
+FIRING_ALARMS: dict[str, str] = {}  # endpoint name -> the alarm that fires during its update
+
 @pytest.fixture
 def aws(monkeypatch):
     """moto's SageMaker, plus UpdateEndpoint, which moto 5.2.5 lacks: it repoints the endpoint
@@ -44,6 +47,13 @@ def aws(monkeypatch):
         endpoint = backend.endpoints.get(name)
         if endpoint is None:
             raise ValidationError(message=f'Could not find endpoint "{name}".')
+        UPDATES.append({"EndpointName": name,
+                        "DeploymentConfig": self._get_param("DeploymentConfig")})
+        if name in FIRING_ALARMS:
+            # what SageMaker's auto-rollback ends in: the old fleet InService on the old
+            # config, the reason in FailureReason (moto cannot shift traffic)
+            endpoint.failure_reason = f"rolled back: alarm {FIRING_ALARMS[name]} fired"
+            return ActionResult({"EndpointArn": endpoint.arn})
         config = backend.describe_endpoint_config(self._get_param("EndpointConfigName"))
         endpoint.endpoint_config_name = config["EndpointConfigName"]
         endpoint.production_variants = endpoint._process_production_variants(
@@ -53,6 +63,8 @@ def aws(monkeypatch):
         return ActionResult({"EndpointArn": endpoint.arn})
 
     monkeypatch.setattr(SageMakerResponse, "update_endpoint", update_endpoint, raising=False)
+    UPDATES.clear()
+    FIRING_ALARMS.clear()
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
@@ -191,15 +203,16 @@ def test_resource_names_fit_sagemaker_limits_and_differ_per_deployment():
 # --- the same logic on the local control plane ---------------------------------------------
 
 @pytest.fixture
-def local(tmp_path):
+def local(tmp_path, small_model_tar):
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws"),
-                                             "monitoring.capture_sampling_percentage": 30})
+                                             "monitoring.capture_sampling_percentage": 30,
+                                             "deployment.prod.bake_seconds": 0})
     registry = backend_for(config).registry()
     versions = []
     for n in range(3):
-        # deploying never opens it
+        # a real model: a deployment health-checks it before the endpoint switches
         versions.append(register_model(
-            config, b"stand-in for model.tar.gz %d" % n,
+            config, small_model_tar.read_bytes(),
             url=f"s3://scones-local/models/{n + 1}/model.tar.gz",
             InferenceSpecification={"Containers": [{
                 "Image": IMAGE, "ModelDataUrl": f"s3://scones-local/models/{n + 1}/model.tar.gz"}]},
@@ -223,7 +236,8 @@ def test_local_deploy_writes_the_state_file_the_server_reads(local):
     assert state["ModelPackageArn"] == versions[0]["ModelPackageArn"]
     assert state["ModelDataUrl"] == "s3://scones-local/models/1/model.tar.gz"
     assert Path(state["LocalModelData"]).is_absolute()
-    assert Path(state["LocalModelData"]).read_bytes() == b"stand-in for model.tar.gz 0"
+    assert Path(state["LocalModelData"]).read_bytes() == Path(
+        registry.describe(1)["LocalModelData"]).read_bytes()
     assert state["EndpointConfigName"] == state["ModelName"] == result["EndpointConfigName"]
     assert state["DataCaptureConfig"]["EnableCapture"] is True
     assert state["DataCaptureConfig"]["InitialSamplingPercentage"] == 30
@@ -275,7 +289,8 @@ def test_missing_model_data_is_refused_before_the_state_changes(local, tmp_path)
     config, registry, _ = local
     registry.approve(1)
     Path(registry.describe(1)["LocalModelData"]).unlink()
-    with pytest.raises(DeploymentError, match="model data of version 1 is missing"):
+    with pytest.raises(DeploymentError, match="version 1 .* failed its health check, nothing "
+                                              "was switched: the model does not load"):
         deploy_model_package(config, 1)
     assert endpoint_status(config)["EndpointStatus"] == "NotDeployed"
 
@@ -325,7 +340,7 @@ def test_cli_deploy_and_status(local):
     workspace = config.local.workspace
     done = _scones("endpoint", "status", "--json", workspace=workspace)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["EndpointStatus"] == "NotDeployed"
+    assert [s["EndpointStatus"] for s in json.loads(done.stdout)] == ["NotDeployed"] * 2
 
     refused = _scones("endpoint", "deploy", "--version", "2", workspace=workspace)
     assert refused.returncode == 2
@@ -335,7 +350,96 @@ def test_cli_deploy_and_status(local):
     registry.approve(2)
     done = _scones("endpoint", "deploy", "--version", "2", workspace=workspace)
     assert done.returncode == 0, done.stderr
-    assert "created endpoint scones-delivery-vehicles: serving version 2" in done.stdout
-    done = _scones("endpoint", "status", "--json", workspace=workspace)
+    assert "created prod endpoint scones-delivery-vehicles: serving version 2" in done.stdout
+    done = _scones("endpoint", "status", "--stage", "prod", "--json", workspace=workspace)
     status = json.loads(done.stdout)
     assert (status["EndpointStatus"], status["ModelPackageVersion"]) == ("InService", 2)
+
+
+# --- the staged story on the AWS backend (moto; UpdateEndpoint stubbed, see `aws`) ----------
+
+PROD_ALARMS = ["scones-delivery-vehicles-invocation-5xx", "scones-delivery-vehicles-model-latency"]
+
+
+def test_approval_staging_test_promote_prod_on_the_aws_backend(aws, monkeypatch):
+    """The same code as locally, against moto: an approval event reaches the deploy Lambda
+    (deploying to staging), a duplicate event is a no-op, an approval during an update is
+    retried (SQS batch item failure) and delivered after it, promotion is refused until the
+    staging test passed, prod gets blue/green guardrails, and a failing canary rolls back."""
+    from workflow.deployment import (PromotionRefused, deploy_lambda_environment, promote,
+                                     record_stage_test)
+
+    config = load_config("aws", overrides={
+        "aws.role_arn": "arn:aws:iam::123456789012:role/scones-sagemaker",
+        "aws.bucket": "scones-bucket", "data.input_url": "s3://scones-bucket/data",
+        "deployment.prod.rollback_alarms": PROD_ALARMS,
+        "deployment.prod.traffic_routing": "LINEAR", "deployment.prod.bake_seconds": 300})
+    backend = backend_for(config)
+    for key, value in deploy_lambda_environment(config).items():
+        monkeypatch.setenv(key, value)
+    staging = "scones-delivery-vehicles-staging"
+
+    v1 = _register(aws)
+    first = lam.lambda_handler(_event(v1), None)
+    assert (first["status"], first["EndpointName"]) == ("deployed", staging)
+    assert endpoint_status(config, stage="prod")["EndpointStatus"] == "NotDeployed"
+    # SageMaker may send the same change twice: nothing new is created
+    duplicate = lam.lambda_handler(_event(v1), None)
+    assert duplicate["status"] == "unchanged" and len(aws.list_models()["Models"]) == 1
+
+    with pytest.raises(PromotionRefused, match="has not been tested"):
+        promote(config)
+    result = {"Stage": "staging", "ModelPackageArn": v1, "Passed": False, "Accuracy": 0.55,
+              "FailureRate": 0.0, "TestedAt": "2026-11-25T10:00:00+00:00"}
+    record_stage_test(config, backend, result)
+    with pytest.raises(PromotionRefused, match="failed its staging test"):
+        promote(config)
+    record_stage_test(config, backend, {**result, "Passed": True, "Accuracy": 0.9})
+    assert aws.describe_model_package(ModelPackageName=v1)["CustomerMetadataProperties"][
+        "StagingTest"] == "Passed"
+    assert promote(config)["Action"] == "created"
+    assert endpoint_status(config, stage="prod")["ModelPackageVersion"] == 1
+
+    # v2 is approved while staging is mid-update: the event comes back, then is delivered
+    from moto.sagemaker.models import sagemaker_backends
+
+    endpoints = sagemaker_backends["123456789012"]["us-east-1"].endpoints
+    v2 = _register(aws)
+    endpoints[staging].endpoint_status = "Updating"
+    batch = {"Records": [{"messageId": "m-1", "body": json.dumps(_event(v2))}]}
+    assert lam.lambda_handler(batch, None) == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
+    assert len(aws.list_models()["Models"]) == 2  # nothing half-made by the refused attempt
+    endpoints[staging].endpoint_status = "InService"
+    assert lam.lambda_handler(batch, None) == {"batchItemFailures": []}
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 2
+    # a late, retried event for v1 does not roll staging back
+    assert lam.lambda_handler(_event(v1), None)["status"] == "ignored"
+
+    # promote v2: prod is updated with the guardrails, and its canary's alarm fires
+    record_stage_test(config, backend, {**result, "ModelPackageArn": v2, "Passed": True})
+    FIRING_ALARMS["scones-delivery-vehicles"] = PROD_ALARMS[0]
+    assert promote(config)["Action"] == "updated"
+    sent = UPDATES[-1]["DeploymentConfig"]
+    assert sent == {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {
+                "Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+                "WaitIntervalInSeconds": 300},
+            "TerminationWaitInSeconds": 300},
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in PROD_ALARMS]}}
+    # boto3 validated that request against botocore's UpdateEndpoint model before moto saw
+    # it; check the canary shape the same way
+    from botocore.validate import ParamValidator
+
+    shape = aws.meta.service_model.operation_model("UpdateEndpoint").input_shape
+    canary = {**sent, "BlueGreenUpdatePolicy": {**sent["BlueGreenUpdatePolicy"],
+              "TrafficRoutingConfiguration": {
+                  "Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+                  "WaitIntervalInSeconds": 300}}}
+    report = ParamValidator().validate({"EndpointName": "e", "EndpointConfigName": "c",
+                                        "DeploymentConfig": canary}, shape)
+    assert not report.has_errors(), report.generate_report()
+    prod = endpoint_status(config, stage="prod")
+    assert prod["ModelPackageVersion"] == 1  # rolled back: v1 serves
+    assert aws.describe_endpoint(EndpointName="scones-delivery-vehicles")[
+        "FailureReason"].startswith("rolled back: alarm scones-delivery-vehicles-invocation-5xx")

@@ -394,7 +394,7 @@ def test_real_pipeline_fails_at_the_fail_step_when_accuracy_is_below_threshold(
     assert result.status == "Failed"
     assert [(s.type, s.status) for s in result.steps] == [
         ("Processing", "Succeeded"), ("Training", "Succeeded"), ("Processing", "Succeeded"),
-        ("Condition", "Succeeded"), ("Fail", "Failed")]
+        ("Processing", "Succeeded"), ("Condition", "Succeeded"), ("Fail", "Failed")]
     evaluation = json.loads(LocalObjectStore(config.local.workspace / "s3").read_bytes(
         result.properties["Evaluate"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]
         ["S3Uri"] + "/evaluation.json"))

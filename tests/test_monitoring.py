@@ -177,7 +177,10 @@ def test_cli_report(config, tmp_path):
                           text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["records"] == 5 and Path(summary["report"]).is_file()
+    assert summary["Records"] == 5 and Path(summary["Report"]).is_file()
+    # PascalCase keys (the --json convention); class names stay as they are
+    assert set(summary["ClassDistribution"]) == {"bicycle", "motorcycle"}
+    assert summary["MalformedLines"][0]["Line"] >= 1 and "P95" in summary["ConfidenceQuantiles"]
     assert "3 malformed capture line(s)" in done.stderr
 
     done = subprocess.run(base + ["--source", str(source), "--since", "soon"],

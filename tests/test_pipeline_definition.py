@@ -49,9 +49,10 @@ def test_parameters(definition, local_config):
 def test_steps_are_wired_preprocess_train_evaluate_condition(definition):
     steps = steps_by_name(definition)
     assert [s["Name"] for s in definition["Steps"]] == [
-        "Preprocess", "Train", "Evaluate", "CheckAccuracy"]
+        "Preprocess", "Train", "Evaluate", "Baseline", "CheckAccuracy"]
     assert {n: s["Type"] for n, s in steps.items()} == {
         "Preprocess": "Processing", "Train": "Training", "Evaluate": "Processing",
+        "Baseline": "Processing",
         "CheckAccuracy": "Condition", "Register-RegisterModel": "RegisterModel",
         "AccuracyBelowThreshold": "Fail"}
 
@@ -97,8 +98,10 @@ def test_uploaded_code_is_in_the_workspace_object_store(definition, local_config
                  for i in s["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"]
     train = steps_by_name(definition)["Train"]["Arguments"]["HyperParameters"]
     code_urls.append(json.loads(train["sagemaker_submit_directory"]))
-    assert len(code_urls) == 3
-    for url in code_urls:
+    assert len(code_urls) == 4  # preprocess, evaluate, baseline, training source dir
+    profile = [i["S3Input"]["S3Uri"] for i in steps_by_name(definition)["Baseline"]["Arguments"]
+               ["ProcessingInputs"] if i["InputName"] == "profile"]
+    for url in code_urls + profile:
         assert store.path_for(url).is_file(), url
 
 

@@ -180,7 +180,9 @@ def test_no_wildcard_actions_and_the_workflow_gaps_are_closed(template):
     # '*' resources only where the action has no resource to name
     star = sorted({a for r, s in statements if s["Resource"] == "*"
                    for a in _as_list(s["Action"])})
-    assert star == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
+    # (the monitoring job finds a version's package by listing: no resource-level permission)
+    assert star == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken",
+                    "sagemaker:ListModelPackages"]
 
     workflow = {s["Sid"]: s for r, s in statements if r == "WorkflowLambdaRole"}
     assert workflow["ListImages"]["Action"] == ["s3:ListBucket"]
@@ -243,15 +245,13 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
     assert PIPELINE_NAME.replace("${SageMakerProjectName}", "bikes").replace(
         "${SageMakerProjectId}", "p-abc123") == name_id
 
-    from pipelines.pipeline import TEMPLATE_KWARGS
-
-    missing = sorted(set(kwargs) - set(TEMPLATE_KWARGS))
-    if missing:  # issue 9's run-pipeline work; this check turns itself on when it lands
-        pytest.xfail(f"run-pipeline does not accept {', '.join(missing)} yet")
     from pipelines.pipeline import config_from_template_kwargs
 
-    built = config_from_template_kwargs(**kwargs)
+    built = config_from_template_kwargs(tags=json.loads(args.tags), **kwargs)
     assert built.pipeline.name == name_id and built.aws.bucket == values["ARTIFACT_BUCKET"]
+    assert built.pipeline.base_job_prefix == name_id
+    assert dict(built.pipeline.tags) == {"sagemaker:project-name": "bikes",
+                                         "sagemaker:project-id": "p-abc123"}
 
 
 def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(template):

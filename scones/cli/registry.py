@@ -1,11 +1,13 @@
 """`scones registry list|show|approve|reject`: the model registry from the command line.
 
-Approving locally also deploys the version to the local endpoint, which on AWS is the
-EventBridge rule's job (model package state change -> the deploy Lambda).
+Approving locally also deploys the version to the staging endpoint, which on AWS is the
+EventBridge rule's job (model package state change -> the deploy state machine / Lambda);
+`scones endpoint test` and `scones endpoint promote` take it on to prod.
 """
 from __future__ import annotations
 
 import json
+import sys
 
 from scones.cli.common import command_group, common_options
 from scones.console import format_table
@@ -28,9 +30,12 @@ def register(subparsers) -> None:
     show.set_defaults(func=show_command)
 
     approve = group.add_parser("approve", parents=[common_options()],
-                               help="approve a version (locally: and deploy it to the endpoint)")
+                               help="approve a version (locally: and deploy it to staging)")
     approve.add_argument("version", help="the model package version number")
     approve.add_argument("--description", help="why it is approved (ApprovalDescription)")
+    approve.add_argument("--deploy", action="store_true",
+                         help="deploy it to staging even if staging serves a newer version "
+                              "(a rollback); without it an older version is only approved")
     approve.set_defaults(func=approve_command)
 
     reject = group.add_parser("reject", parents=[common_options()],
@@ -38,6 +43,9 @@ def register(subparsers) -> None:
     reject.add_argument("version", help="the model package version number")
     reject.add_argument("--description", required=True,
                         help="why it is rejected (required, like SageMaker Studio asks)")
+    reject.add_argument("--undeploy", action="store_true",
+                        help="if a stage serves it, roll that stage back to the newest other "
+                             "Approved version (without it: a warning, it keeps serving)")
     reject.set_defaults(func=reject_command)
 
 
@@ -84,23 +92,33 @@ def show_command(args, config) -> int:
 def approve_command(args, config) -> int:
     from workflow.deployment import approve_and_deploy
 
-    package, changed, deployment = approve_and_deploy(config, args.version, args.description)
+    package, changed, deployment = approve_and_deploy(config, args.version, args.description,
+                                                      deploy_older=args.deploy)
     version = package["ModelPackageVersion"]
     if not changed:
         print(f"version {version} is already Approved; nothing changed")
         return 0
     print(f"version {version} of {package['ModelPackageGroupName']}: Approved")
-    if deployment is not None:
-        print(f"endpoint {config.workflow.endpoint_name}: "
-              f"{deployment.get('Action', 'deployed')} with version {version}")
+    if deployment is None:
+        print("the EventBridge rule deploys it to staging (then the staging test, your "
+              "approval, and prod)")
+    elif deployment.get("Action") == "skipped":
+        print(f"not deployed: {deployment['Reason']}")
     else:
-        print("the EventBridge rule deploys it to the endpoint")
+        print(f"staging endpoint {deployment['EndpointName']}: "
+              f"{deployment.get('Action', 'deployed')} with version {version}; next: "
+              "`scones endpoint test --stage staging`, then `scones endpoint promote`")
     return 0
 
 
 def reject_command(args, config) -> int:
-    package, changed = backend_for(config).registry().reject(args.version, args.description)
+    from workflow.deployment import reject_and_report
+
+    package, changed, messages = reject_and_report(config, args.version, args.description,
+                                                   undeploy=args.undeploy)
     state = "Rejected" if changed else "already Rejected; nothing changed"
     print(f"version {package['ModelPackageVersion']} of {package['ModelPackageGroupName']}: "
           f"{state}")
+    for message in messages:
+        print(message, file=sys.stderr if message.startswith("warning") else sys.stdout)
     return 0

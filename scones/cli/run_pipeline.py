@@ -8,16 +8,13 @@ import sys
 
 from pipelines.executors import pipeline_executor
 from scones.backend import backend_for
-from scones.cli.template import (parse_json_arg, pipeline_from_args, run_template_cli,
-                                 template_parser)
+from scones.cli.template import pipeline_from_args, run_template_cli, template_parser
 
 
 def _parser():
     parser = template_parser("run-pipeline", "Upsert and run the model-build pipeline.")
     parser.add_argument("-role-arn", "--role-arn", default=None,
                         help="role the pipeline runs as (default: aws.role_arn of the config)")
-    parser.add_argument("-tags", "--tags", default=None,
-                        help='JSON list of tags, e.g. \'[{"Key": "team", "Value": "ml"}]\'')
     parser.add_argument("-description", "--description", default=None)
     parser.add_argument("--no-wait", action="store_true", help="start it and return")
     return parser
@@ -25,12 +22,11 @@ def _parser():
 
 def _body(args) -> int:
     module, config = pipeline_from_args(args)
-    tags = parse_json_arg("--tags", args.tags, None)
     if args.role_arn:
         config = config.replace(aws=dataclasses.replace(config.aws, role_arn=args.role_arn))
     result = pipeline_executor(backend_for(config)).run(
         factory=module.get_pipeline, wait=not args.no_wait, description=args.description,
-        tags=tags)
+        tags=config.pipeline.resource_tags() or None)
     print(f"execution {result['ExecutionArn']}: {result['Status']}")
     if result.get("FailureReason"):
         print(f"failure reason: {result['FailureReason']}")

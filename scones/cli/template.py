@@ -20,6 +20,9 @@ def template_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="JSON object of get_pipeline's keyword arguments, e.g. "
                              '\'{"region": "eu-west-1", "role": "arn:...", '
                              '"default_bucket": "my-bucket"}\'')
+    parser.add_argument("-tags", "--tags", default=None,
+                        help='JSON list of tags for the pipeline and every job it starts, e.g. '
+                             '\'[{"Key": "sagemaker:project-name", "Value": "bikes"}]\'')
     parser.add_argument("--env", choices=("local", "aws"), default="aws",
                         help="configuration the kwargs overlay (default: aws)")
     return parser
@@ -36,8 +39,9 @@ def parse_json_arg(flag: str, text: str | None, default):
 
 
 def pipeline_from_args(args):
-    """Import --module-name and call its get_pipeline with our config for --env plus --kwargs."""
+    """Import --module-name; our config for --env plus --kwargs and --tags."""
     kwargs = parse_json_arg("--kwargs", args.kwargs, {})
+    tags = parse_json_arg("--tags", getattr(args, "tags", None), None)
     if not isinstance(kwargs, dict):
         raise SconesError(f"--kwargs must be a JSON object, got {type(kwargs).__name__}")
     try:
@@ -46,7 +50,7 @@ def pipeline_from_args(args):
         raise SconesError(f"--module-name {args.module_name}: {exc}") from None
     from pipelines.pipeline import config_from_template_kwargs
 
-    config = config_from_template_kwargs(env=args.env, **kwargs)
+    config = config_from_template_kwargs(env=args.env, tags=tags, **kwargs)
     return module, config
 
 

@@ -13,6 +13,11 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   auto-rollback on CloudWatch alarms.
     retraining    an EventBridge Scheduler schedule and a "new labelled data" S3 rule, both
                   starting the SageMaker pipeline directly, both off by default.
+    monitoring    an EventBridge Scheduler schedule (MonitoringSchedule; off when empty)
+                  starting the monitoring job (`scones monitor run`) as a SageMaker
+                  processing job on the prod endpoint's capture; its Violations metric has a
+                  CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
+                  (EventBridge). The alarm fires once per episode: that is the cool-down.
     inference     the three workflow Lambdas and the inference state machine (the same ASL
                   as workflow/infra.py), created once their zips are uploaded
                   (scones.infra.package) and LambdaCodeBucket is set.
@@ -193,8 +198,15 @@ def _parameters(config: Config) -> dict:
                       "images (one pipeline run per batch, not per image); empty: every "
                       "new object under TrainingDataPrefix starts a run"),
         "MonitoringSchedule": text(
-            "", "Reserved for the monitoring job's EventBridge Scheduler schedule (issue "
-                "10); nothing runs on it yet"),
+            "", "EventBridge Scheduler expression of the monitoring job, e.g. rate(1 hour) "
+                "(it checks the capture of the last MonitoringWindow); empty: no monitoring "
+                "job and no drift alarm"),
+        "MonitoringWindow": text(
+            "1h", "Capture the monitoring job reads back from each run (monitor run --since): "
+                  "the schedule's period", AllowedPattern=r"^\d+[smhdw]$"),
+        "MonitoringAlarmViolations": number(
+            config.monitoring.alarm_violations, "Violations in one monitoring run that raise "
+                                                "the drift alarm and start retraining", 1),
         "LambdaCodeBucket": text("", "Bucket holding the workflow Lambdas' zips "
                                      "(scones.infra.package writes the parameter file); "
                                      "empty: the inference workflow is not created yet"),
@@ -203,7 +215,8 @@ def _parameters(config: Config) -> dict:
         "IncomingPrefix": text("incoming/", "New objects under this prefix of the artifact "
                                             "bucket start the inference workflow"),
         "StagingTestCommand": text(
-            "scones endpoint test --stage staging --env aws",
+            "scones endpoint test --stage staging --env aws "
+            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME",
             "Command of the staging test stage (run in the project's code; must exit "
             "non-zero when the staging endpoint fails its checks)"),
         "NotificationEmail": text("", "Who is asked to promote to prod and told of failed "
@@ -528,6 +541,118 @@ def _retraining(resources: dict) -> None:
                          "RoleArn": _arn("RetrainingRole"),
                          "SageMakerPipelineParameters": pipeline_parameters,
                          "RetryPolicy": retry,
+                         "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
+
+
+MONITORING_REPORTS = "monitoring/reports"
+
+
+def _monitoring_job_request(config: Config) -> str:
+    """CreateProcessingJob's request, as the schedule's Input (a Fn::Sub template): the
+    project's code as the model build published it, run by the training image's python."""
+    prod = "${SageMakerProjectName}-prod"
+    settings = {"aws.bucket": "${ArtifactBucket}", "aws.role_arn": "${SageMakerExecutionRole.Arn}",
+                "aws.region": "${AWS::Region}", "pipeline.name": PIPELINE_NAME,
+                "pipeline.model_package_group": PIPELINE_NAME,
+                "workflow.endpoint_name": prod,
+                "data.input_url": "s3://${ArtifactBucket}/${TrainingDataPrefix}",
+                "monitoring.alarm_violations": "${MonitoringAlarmViolations}"}
+    command = (
+        "set -e; cd /opt/ml/processing/input/source; python -m zipfile -e "
+        "model-build-source.zip project; cd project; PYTHONPATH=. python -m scones.cli.main "
+        "monitor run --env aws --since ${MonitoringWindow} --source "
+        f"s3://${{ArtifactBucket}}/datacapture/prod/{prod}/ --out /opt/ml/processing/report "
+        + " ".join(f"--set {key}={value}" for key, value in settings.items()))
+    pc = config.pipeline
+    image = (f"763104351884.dkr.ecr.${{AWS::Region}}.amazonaws.com/pytorch-training:"
+             f"{pc.framework_version}-cpu-{pc.py_version}")
+    request = {
+        # the schedule's execution id makes every run's name (and report folder) unique
+        "ProcessingJobName": "monitor-<aws.scheduler.execution-id>",
+        "RoleArn": "${SageMakerExecutionRole.Arn}",
+        "AppSpecification": {"ImageUri": image, "ContainerEntrypoint": ["bash", "-c", command]},
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": 1, "InstanceType": pc.processing_instance_type,
+            "VolumeSizeInGB": 30}},
+        "ProcessingInputs": [{"InputName": "source", "S3Input": {
+            "S3Uri": f"s3://${{ArtifactBucket}}/{TEST_SOURCE_KEY}",
+            "LocalPath": "/opt/ml/processing/input/source", "S3DataType": "S3Prefix",
+            "S3InputMode": "File"}}],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "report", "S3Output": {
+            "S3Uri": f"s3://${{ArtifactBucket}}/{MONITORING_REPORTS}/"
+                     "<aws.scheduler.execution-id>",
+            "LocalPath": "/opt/ml/processing/report", "S3UploadMode": "EndOfJob"}}]},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+    }
+    return json.dumps(request, separators=(",", ":"))
+
+
+def _monitoring(resources: dict, config: Config) -> None:
+    job_arn = _sagemaker_arn("processing-job/monitor-*")
+    resources["MonitoringScheduleRole"] = _role(
+        ["scheduler.amazonaws.com"],
+        "Monitoring schedule: start the monitoring processing job", [
+            _statement("StartMonitoringJob", ["sagemaker:CreateProcessingJob"], job_arn),
+            _statement("PassExecutionRole", ["iam:PassRole"], _arn("SageMakerExecutionRole"),
+                       {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}),
+            _statement("DeadLetters", ["sqs:SendMessage"], _arn("DeadLetterQueue")),
+        ], condition="HasMonitoringSchedule")
+    # What the job itself does as the execution role: read the registry's baselines and
+    # publish its metrics (the bucket it already reads and writes).
+    resources["MonitoringJobPolicy"] = {
+        "Type": "AWS::IAM::RolePolicy", "Condition": "HasMonitoringSchedule",
+        "Properties": {"RoleName": _ref("SageMakerExecutionRole"),
+                       "PolicyName": "monitoring-job",
+                       "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                           _statement("MonitoringMetrics", ["cloudwatch:PutMetricData"], "*",
+                                      {"StringEquals": {"cloudwatch:namespace":
+                                                        config.monitoring.metrics_namespace}}),
+                           # ListModelPackages has no resource-level permissions
+                           _statement("FindModelVersions", ["sagemaker:ListModelPackages"],
+                                      "*")]}}}
+    resources["MonitoringJobSchedule"] = {
+        "Type": "AWS::Scheduler::Schedule", "Condition": "HasMonitoringSchedule",
+        "Properties": {
+            "Name": _sub("${SageMakerProjectName}-monitoring"),
+            "Description": "The monitoring job (scones monitor run) on the prod capture",
+            "State": "ENABLED",
+            "ScheduleExpression": _ref("MonitoringSchedule"),
+            # each run reads back exactly one MonitoringWindow: no flexible window
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": {"Arn": "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob",
+                       "RoleArn": _arn("MonitoringScheduleRole"),
+                       "Input": _sub(_monitoring_job_request(config)),
+                       "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
+                                       "MaximumRetryAttempts": 3},
+                       "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}}}
+    resources["DriftAlarm"] = {
+        "Type": "AWS::CloudWatch::Alarm", "Condition": "HasMonitoringSchedule",
+        "Properties": {
+            "AlarmName": _sub("${SageMakerProjectName}-monitoring-violations"),
+            "AlarmDescription": "A monitoring run found drift or quality violations "
+                                "(constraint_violations.json in MonitoringReports): retrain",
+            "Namespace": config.monitoring.metrics_namespace, "MetricName": "Violations",
+            "Dimensions": [{"Name": "Endpoint", "Value": _sub("${SageMakerProjectName}-prod")}],
+            "Statistic": "Maximum", "Period": 3600, "EvaluationPeriods": 1,
+            "Threshold": _ref("MonitoringAlarmViolations"),
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching", "Tags": _project_tags()}}
+    resources["DriftAlarmRetrainRule"] = {
+        "Type": "AWS::Events::Rule", "Condition": "HasMonitoringSchedule",
+        "Properties": {
+            "Description": "The drift alarm going into ALARM -> retrain (once per episode)",
+            "State": "ENABLED", "Tags": _project_tags(),
+            "EventPattern": {"source": ["aws.cloudwatch"],
+                             "detail-type": ["CloudWatch Alarm State Change"],
+                             "resources": [_arn("DriftAlarm")],
+                             "detail": {"state": {"value": ["ALARM"]}}},
+            "Targets": [{"Id": "sagemaker-pipeline", "Arn": _sub(PIPELINE_ARN),
+                         "RoleArn": _arn("RetrainingRole"),
+                         "SageMakerPipelineParameters": {"PipelineParameterList": [{
+                             "Name": "InputDataUrl",
+                             "Value": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}")}]},
+                         "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
+                                         "MaximumRetryAttempts": 10},
                          "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
 
 
@@ -881,6 +1006,7 @@ def project_template(config: Config) -> dict:
     _sagemaker_execution_role(resources)
     _model_build(resources)
     _retraining(resources)
+    _monitoring(resources, config)
     _notifications(resources)
     _endpoint_alarms(resources)
     _model_deploy(resources)
@@ -914,6 +1040,9 @@ def project_template(config: Config) -> dict:
                 {"Label": {"default": "Retraining"},
                  "Parameters": ["TrainingDataPrefix", "RetrainOnSchedule",
                                 "RetrainingScheduleExpression", "RetrainOnNewData", "NewDataMarker"]},
+                {"Label": {"default": "Monitoring"},
+                 "Parameters": ["MonitoringSchedule", "MonitoringWindow",
+                                "MonitoringAlarmViolations"]},
                 {"Label": {"default": "Staging"},
                  "Parameters": [p for p in _parameters(config) if p.startswith("Staging")]},
                 {"Label": {"default": "Prod"},
@@ -950,9 +1079,11 @@ def project_template(config: Config) -> dict:
                 "Value": _sub("aws sagemaker delete-endpoint --endpoint-name "
                               "${SageMakerProjectName}-staging; aws sagemaker delete-endpoint "
                               "--endpoint-name ${SageMakerProjectName}-prod")},
-            "MonitoringScheduleReserved": {
-                "Condition": "HasMonitoringSchedule", "Value": _ref("MonitoringSchedule"),
-                "Description": "not used yet: the monitoring job (issue 10) will run on it"},
+            "MonitoringReports": {
+                "Condition": "HasMonitoringSchedule",
+                "Value": _sub(f"s3://${{ArtifactBucket}}/{MONITORING_REPORTS}"),
+                "Description": "each monitoring run's report, constraint_violations.json and "
+                               "summary.json, one folder per scheduled run"},
         },
     }
 

@@ -35,7 +35,12 @@ class DataCaptureWriter:
         self._files: dict[tuple[str, str], Path] = {}  # (destination, hour) -> open file
 
     def capture(self, capture_config: dict, body: bytes, content_type: str,
-                output: bytes, output_type: str, when: datetime | None = None) -> Path | None:
+                output: bytes, output_type: str, when: datetime | None = None,
+                inference_id: str | None = None, model_version: int | None = None,
+                stage: str | None = None, package_arn: str | None = None) -> Path | None:
+        """Append one record. inference_id: the caller's InvokeEndpoint InferenceId (a fresh
+        one when absent, so ground truth can always be merged by it); model_version, stage
+        and package_arn say which model answered, so checks can be split by version."""
         if not capture_config.get("EnableCapture"):
             return None
         percentage = float(capture_config.get("InitialSamplingPercentage", 100))
@@ -63,8 +68,16 @@ class DataCaptureWriter:
                 "encoding": "JSON" if is_json else "BASE64"}
         record = {
             "captureData": capture,
-            "eventMetadata": {"eventId": str(uuid.uuid4()),
-                              "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "eventMetadata": {
+                "eventId": str(uuid.uuid4()),
+                "inferenceId": inference_id or str(uuid.uuid4()),
+                "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),  # SageMaker's format
+                # Not in SageMaker's records (an endpoint variant there names the model);
+                # here one endpoint serves successive versions, so each record says which.
+                "modelVersion": model_version,
+                "modelPackageArn": package_arn,
+                "stage": stage,
+            },
             "eventVersion": "0",
         }
         line = json.dumps(record, separators=(",", ":")) + "\n"

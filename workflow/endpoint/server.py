@@ -148,7 +148,8 @@ class EndpointService:
         return load_model_archive(choice.tar_path, version=choice.version,
                                   package_arn=choice.package_arn, source=choice.source)
 
-    def invoke(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str, accept: str,
+               inference_id: str | None = None) -> tuple[bytes, str]:
         serving = self.current()
         try:
             output, output_type = serving.model.invoke(body, content_type, accept)
@@ -159,7 +160,10 @@ class EndpointService:
             LOG.exception("endpoint %s: model code failed", self.endpoint_name)
             raise InvocationError(500, f"{type(exc).__name__}: {exc}") from None
         self.capture_writer.capture(serving.capture_config, body, content_type,
-                                    output, output_type)
+                                    output, output_type, inference_id=inference_id,
+                                    model_version=serving.model.version,
+                                    package_arn=serving.model.package_arn,
+                                    stage=serving.state.get("Stage"))
         return output, output_type
 
     def close(self) -> None:
@@ -385,7 +389,9 @@ class _Handler(BaseHTTPRequestHandler):
                                      f"Endpoint {name} of account {LOCAL_ACCOUNT_ID} not found.")
                 return
         try:
-            output, output_type = self.service.invoke(body, content_type, accept)
+            output, output_type = self.service.invoke(
+                body, content_type, accept,
+                inference_id=self.headers.get("X-Amzn-SageMaker-Inference-Id"))
         except InvocationError as exc:
             if runtime:  # the runtime wraps any container error as AWS does: 424 ModelError
                 self._send_aws_error(

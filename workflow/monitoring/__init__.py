@@ -25,6 +25,7 @@ from scones.backend import backend_for
 from scones.workspace import Workspace
 
 QUANTILES = (5, 25, 50, 75, 95)
+PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax sums stray by ~1e-7; a bug strays by more
 MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -42,6 +43,11 @@ class CaptureRecord:
     probabilities: tuple[float, ...]
     source: str
     line: int
+    event_id: str | None = None
+    inference_id: str | None = None
+    model_version: int | None = None
+    stage: str | None = None
+    input_base64: str | None = field(default=None, repr=False)  # the request, if captured
 
     @property
     def confidence(self) -> float:
@@ -74,7 +80,12 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
     now = now or datetime.now(timezone.utc)
     match = _RELATIVE.match(text)
     if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+        try:
+            return now - timedelta(seconds=float(match.group(1))
+                                   * _UNIT_SECONDS[match.group(2).lower()])
+        except OverflowError:
+            raise MonitoringError(f"--since {text!r} reaches before year 1: give an age such "
+                                  "as 30m, 2h, 1d or an ISO 8601 time") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -123,15 +134,16 @@ def _hour_ends_before(name: str, since: datetime) -> bool:
     return hour + timedelta(hours=1) <= since
 
 
-def parse_capture_lines(name: str, content: bytes, n_classes: int
+def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: int = 1
                         ) -> tuple[list[CaptureRecord], list[Malformed]]:
     records, malformed = [], []
-    for number, raw in enumerate(content.decode("utf-8", errors="replace").splitlines(), 1):
+    lines = content.decode("utf-8", errors="replace").splitlines()
+    for number, raw in enumerate(lines, first_line):
         if not raw.strip():
             continue
         try:
             records.append(_parse_record(raw, n_classes, name, number))
-        except ValueError as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             malformed.append(Malformed(name, number, str(exc)))
     return records, malformed
 
@@ -140,12 +152,16 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
     try:
         record = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from None
+        raise ValueError(f"not JSON ({getattr(exc, 'msg', exc)})") from None
+    except RecursionError:  # e.g. "[[[[..." 100000 deep: hostile, and only this line's fault
+        raise ValueError("not JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a capture record (a JSON object)")
     try:
         output = record["captureData"]["endpointOutput"]
         data, encoding = output["data"], output.get("encoding", "JSON")
         time_text = record["eventMetadata"]["inferenceTime"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"missing {exc} (captureData.endpointOutput.data and "
                          "eventMetadata.inferenceTime are required)") from None
     if encoding == "BASE64":  # output types not listed in CaptureContentTypeHeader
@@ -157,19 +173,33 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
         raise ValueError(f"unknown endpointOutput.encoding {encoding!r}")
     try:
         probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
     if (not isinstance(probabilities, list) or len(probabilities) != n_classes
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
-                       and math.isfinite(p) for p in probabilities)):
-        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities, "
-                         f"got {str(data)[:60]!r}")
+                       and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
+            or abs(sum(probabilities) - 1.0) > PROBABILITY_SUM_TOLERANCE):
+        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities "
+                         f"(each in 0..1, summing to 1), got {str(data)[:60]!r}")
     try:
         when = datetime.fromisoformat(str(time_text))
     except ValueError:
         raise ValueError(f"eventMetadata.inferenceTime {time_text!r} is not ISO 8601") from None
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number)
+    metadata = record.get("eventMetadata") or {}
+    version = metadata.get("modelVersion")
+    if not (version is None or (isinstance(version, int) and not isinstance(version, bool))):
+        raise ValueError(f"eventMetadata.modelVersion {str(version)[:30]!r} is not a number")
+    endpoint_input = record["captureData"].get("endpointInput") or {}
+    input_data = endpoint_input.get("data") if isinstance(endpoint_input, dict) else None
+    if input_data is not None and (not isinstance(input_data, str)
+                                   or endpoint_input.get("encoding", "BASE64") != "BASE64"):
+        raise ValueError("endpointInput.data should be the request's bytes in BASE64")
+    text = lambda key: (str(metadata[key])[:200] if metadata.get(key) is not None  # noqa: E731
+                        else None)
+    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number,
+                         event_id=text("eventId"), inference_id=text("inferenceId"),
+                         model_version=version, stage=text("stage"), input_base64=input_data)
 
 
 def summarise(records: list[CaptureRecord], malformed: list[Malformed], classes: Iterable[str],
@@ -251,7 +281,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
     summary = summarise(records, malformed, config.classes, config.workflow.confidence_threshold,
                         files, source, since_time)
     out = _report_dir(config, out_dir, now)
-    plots = _plot(records, config.classes, config.workflow.confidence_threshold, out)
+    plots = _plot(config, records, out)
     markdown = out / "report.md"
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     markdown.write_text(_markdown(summary, plots, config.workflow.endpoint_name, now))
@@ -278,50 +308,10 @@ def _report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Pa
     raise MonitoringError(f"too many reports named {base.name}* in {base.parent}")
 
 
-def _plot(records: list[CaptureRecord], classes: tuple[str, ...], threshold: float,
-          out: Path) -> dict[str, Path]:
-    import matplotlib
+def _plot(config: Config, records: list[CaptureRecord], out: Path) -> dict[str, Path]:
+    from workflow.monitoring.plots import plot_run
 
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
-    times = [r.inference_time for r in records]
-    confidences = [r.confidence for r in records]
-    colours = [f"C{r.predicted_index}" for r in records]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.scatter(times, confidences, c=colours, s=12)
-    ax.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold:g}")
-    for i, name in enumerate(classes):  # legend entries for the class colours
-        ax.scatter([], [], c=f"C{i}", s=12, label=f"predicted {name}")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("inference time (UTC)")
-    ax.set_ylabel("confidence (max class probability)")
-    ax.set_title("Endpoint confidence over time")
-    ax.legend(loc="lower left")
-    # Concise labels read well for a span of seconds (one demo run) and of weeks alike.
-    locator = mdates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    fig.tight_layout()
-    over_time = out / "confidence_over_time.png"
-    fig.savefig(over_time, dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.5), squeeze=False)
-    bins = [i / 20 for i in range(21)]
-    for i, (ax, name) in enumerate(zip(axes[0], classes)):
-        values = [r.confidence for r in records if r.predicted_index == i]
-        ax.hist(values, bins=bins, color=f"C{i}")
-        ax.axvline(threshold, color="red", linestyle="--")
-        ax.set_title(f"predicted {name} (n={len(values)})")
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("records")
-    fig.tight_layout()
-    histogram = out / "confidence_histogram.png"
-    fig.savefig(histogram, dpi=100)
-    plt.close(fig)
-    return {"confidence_over_time": over_time, "confidence_histogram": histogram}
+    return plot_run(records, [], {}, [], config, out)
 
 
 def format_summary(summary: dict) -> str:
@@ -394,3 +384,22 @@ def _markdown(summary: dict, plots: dict[str, Path], endpoint: str, now: datetim
             parts.append(f"- ... and {summary['malformed'] - len(summary['malformed_lines'])} more")
         parts.append("")
     return "\n".join(parts)
+
+
+_KEEP_CHILD_KEYS = {"class_distribution"}  # its keys are class names, not field names
+
+
+def summary_json(summary: dict) -> dict:
+    """The report summary with PascalCase keys (the --json house convention, SageMaker's)."""
+    def pascal(key: str) -> str:
+        return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
+
+    def convert(value, keep_keys: bool = False):
+        if isinstance(value, dict):
+            return {(k if keep_keys else pascal(k)): convert(v, k in _KEEP_CHILD_KEYS)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(summary)

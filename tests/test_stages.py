@@ -1,0 +1,254 @@
+"""The staged deployment on the local backend, for real: approve -> staging -> test (the
+inference workflow on the version's own held-back test split) -> promote -> prod, with the
+guardrails (health check before the switch, bake and automatic rollback, serialised
+deploys) and what reject/approve do to the endpoints."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import register_model
+from scones.backend import backend_for
+from scones.config import load_config
+from scones.endpoint_state import EndpointStateFile
+from workflow.deployment import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
+                                 approve_and_deploy, deploy_model_package, endpoint_status,
+                                 promote, reject_and_report, run_stage_test)
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE = "scones-delivery-vehicles"
+
+# fails every inference after the first: passes the health check, fails while baking
+CANARY_FAILURE = '''
+
+_scones_calls = [0]
+_scones_predict_fn = predict_fn
+
+
+def predict_fn(data, model):
+    _scones_calls[0] += 1
+    if _scones_calls[0] > 1:
+        raise RuntimeError("canary fault: CUDA out of memory")
+    return _scones_predict_fn(data, model)
+'''
+
+
+def _with_inference_suffix(model_tar: Path, suffix: str) -> bytes:
+    """A copy of the archive whose code/inference.py has `suffix` appended."""
+    out = io.BytesIO()
+    with tarfile.open(model_tar) as source, tarfile.open(fileobj=out, mode="w:gz") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else None
+            if member.name.endswith("code/inference.py"):
+                data += suffix.encode()
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def _register(config, archive: bytes, test_split: Path, execution: str) -> dict:
+    """Register as the pipeline does: the model, its evaluation (ModelMetrics) and, beside
+    it in the execution's folders, Preprocess's test split."""
+    store = backend_for(config).object_store()
+    prefix = f"s3://{config.aws.bucket}/{PIPELINE}/{execution}"
+    store.write_bytes(f"{prefix}/Preprocess/output/test/data.npz", test_split.read_bytes())
+    evaluation = f"{prefix}/Evaluate/output/evaluation/evaluation.json"
+    store.write_bytes(evaluation, json.dumps({"binary_classification_metrics": {
+        "accuracy": {"value": 0.9}}}).encode())
+    return register_model(
+        config, archive, url=f"{prefix}/Train/output/model.tar.gz",
+        ModelMetrics={"ModelQuality": {"Statistics": {
+            "ContentType": "application/json", "S3Uri": evaluation}}})
+
+
+@pytest.fixture
+def staged(tmp_path, small_model_tar, small_training_run):
+    config = load_config("local", overrides={
+        "local.workspace": str(tmp_path / "ws"),
+        "deployment.staging.test_min_accuracy": 0.45,
+        "deployment.staging.test_images": 20,
+        "deployment.prod.bake_seconds": 0})
+    split = small_training_run["processed"] / "test" / "data.npz"
+    good = small_model_tar.read_bytes()
+    versions = [_register(config, good, split, f"exec-{n}") for n in (1, 2, 3)]
+    return config, backend_for(config).registry(), versions, split
+
+
+def _scones(*args, workspace, extra=()):
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args,
+                           "--set", f"local.workspace={workspace}", *extra],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_approve_test_promote_through_the_cli(staged):
+    config, registry, _, _ = staged
+    workspace = config.local.workspace
+    settings = ("--set", "deployment.staging.test_min_accuracy=0.45",
+                "--set", "deployment.staging.test_images=20",
+                "--set", "deployment.prod.bake_seconds=0.5",
+                "--set", "deployment.prod.bake_probe_interval_seconds=0.1")
+
+    approved = _scones("registry", "approve", "1", workspace=workspace, extra=settings)
+    assert approved.returncode == 0, approved.stderr
+    assert "staging endpoint scones-delivery-vehicles-staging: created with version 1" \
+        in approved.stdout
+    statuses = json.loads(_scones("endpoint", "status", "--json", workspace=workspace).stdout)
+    assert [(s["Stage"], s["ModelPackageVersion"]) for s in statuses] == [
+        ("staging", 1), ("prod", None)]  # staging, not prod
+
+    refused = _scones("endpoint", "promote", workspace=workspace, extra=settings)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: version 1 on staging has not been tested")
+
+    tested = _scones("endpoint", "test", "--stage", "staging", "--json", workspace=workspace,
+                     extra=settings)
+    assert tested.returncode == 0, tested.stdout + tested.stderr[-2000:]
+    result = json.loads(tested.stdout)
+    assert result["Passed"] and result["Images"] == 20 and result["ModelPackageVersion"] == 1
+    assert result["Accuracy"] >= 0.45 and result["FailureRate"] == 0
+
+    promoted = _scones("endpoint", "promote", workspace=workspace, extra=settings)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "created prod endpoint scones-delivery-vehicles: serving version 1" in promoted.stdout
+    assert "baked 0.5 s" in promoted.stdout
+    shown = _scones("endpoint", "status", workspace=workspace)
+    assert "staging: endpoint scones-delivery-vehicles-staging: InService, serving version 1" \
+        in shown.stdout
+    assert "prod: endpoint scones-delivery-vehicles: InService, serving version 1" in shown.stdout
+    assert "staging test: passed" in shown.stdout
+    # the workflow's capture of the test went to staging's endpoint, not prod's
+    capture = Path(workspace) / "s3" / "scones-local" / "datacapture"
+    assert (capture / "scones-delivery-vehicles-staging").is_dir()
+    assert not (capture / "scones-delivery-vehicles").exists()
+
+
+def test_a_failed_staging_test_blocks_promotion(staged):
+    config, registry, _, _ = staged
+    strict = config.replace(deployment=type(config.deployment)(
+        staging=type(config.deployment.staging)(test_min_accuracy=1.0, test_images=20,
+                                                 test_max_failure_rate=0.0),
+        prod=config.deployment.prod))
+    approve_and_deploy(strict, 1)
+    result = run_stage_test(strict, "staging")
+    assert result["Accuracy"] < 1.0 and not result["Passed"]
+    with pytest.raises(PromotionRefused, match="failed its staging test"):
+        promote(strict)
+    assert endpoint_status(strict, stage="prod")["EndpointStatus"] == "NotDeployed"
+
+
+def test_a_broken_archive_leaves_the_old_version_serving(staged):
+    config, registry, versions, split = staged
+    broken = _register(config, b"not a tarball at all", split, "exec-broken")
+    registry.approve(1)
+    deploy_model_package(config, 1, stage="prod")
+    before = EndpointStateFile.of(config).path.read_bytes()
+    registry.approve(broken["ModelPackageVersion"])
+    done = _scones("endpoint", "deploy", "--stage", "prod", "--version",
+                   str(broken["ModelPackageVersion"]), workspace=config.local.workspace)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "failed its health check, nothing was switched: the model does not load" \
+        in done.stderr
+    assert EndpointStateFile.of(config).path.read_bytes() == before
+    # an archive that loads but cannot answer an image is caught the same way
+    mute = _register(config, _with_inference_suffix(
+        Path(registry.describe(1)["LocalModelData"]),
+        "\n\ndef predict_fn(data, model):\n    raise RuntimeError('no weights')\n"),
+        split, "exec-mute")
+    registry.approve(mute["ModelPackageVersion"])
+    with pytest.raises(HealthCheckFailed, match="does not answer an image .*no weights"):
+        deploy_model_package(config, mute["ModelPackageVersion"], stage="prod")
+    assert endpoint_status(config, stage="prod")["ModelPackageVersion"] == 1
+
+
+def test_a_failing_canary_is_rolled_back_after_the_switch(staged):
+    config, registry, _, split = staged
+    baking = config.replace(deployment=type(config.deployment)(
+        staging=config.deployment.staging,
+        prod=type(config.deployment.prod)(bake_seconds=2, bake_probe_interval_seconds=0.1,
+                                          max_error_rate=0.05)))
+    canary = _register(config, _with_inference_suffix(
+        Path(registry.describe(1)["LocalModelData"]), CANARY_FAILURE), split, "exec-canary")
+    registry.approve(1)
+    registry.approve(canary["ModelPackageVersion"])
+    deploy_model_package(baking, 1, stage="prod")
+    with pytest.raises(DeploymentRolledBack, match=r"rolled back .* error rate \d+/\d+ crossed "
+                                                   r"the alarm's limit 5%.*CUDA out of memory"):
+        deploy_model_package(baking, canary["ModelPackageVersion"], stage="prod")
+    status = endpoint_status(baking, stage="prod")
+    assert status["ModelPackageVersion"] == 1
+    assert status["LastRollback"]["FromVersion"] == canary["ModelPackageVersion"]
+    assert [h["ModelPackageVersion"] for h in status["History"]] == [
+        1, canary["ModelPackageVersion"]]
+
+
+def test_duplicate_deploys_are_no_ops_and_deploys_are_serialised(staged):
+    config, registry, _, _ = staged
+    slow = config.replace(deployment=type(config.deployment)(
+        staging=config.deployment.staging,
+        prod=type(config.deployment.prod)(bake_seconds=3, bake_probe_interval_seconds=0.2)))
+    for version in (1, 2):
+        registry.approve(version)
+    assert deploy_model_package(config, 1, stage="prod")["Action"] == "created"
+    again = deploy_model_package(config, 1, stage="prod")
+    assert again["Action"] == "none" and "already serves version 1" in again["Reason"]
+    assert EndpointStateFile.of(config).read()["History"] == []
+
+    finished = {}
+
+    def deploy(version, settings):
+        deploy_model_package(settings, version, stage="prod")
+        finished[version] = time.monotonic()
+
+    first = threading.Thread(target=deploy, args=(2, slow))
+    first.start()
+    time.sleep(1.0)  # v2 switched and is baking: the endpoint is mid-update
+    second = threading.Thread(target=deploy, args=(1, config))
+    second.start()
+    first.join(60)
+    second.join(60)
+    # the later request waited for the bake and was delivered after it, not lost
+    assert finished[1] > finished[2]
+    state = EndpointStateFile.of(config).read()
+    assert state["ModelPackageVersion"] == 1
+    assert [h["ModelPackageVersion"] for h in state["History"]] == [1, 2]
+
+
+def test_reject_and_approve_say_what_they_do_to_the_endpoints(staged):
+    config, registry, _, _ = staged
+    approve_and_deploy(config, 1)
+    approve_and_deploy(config, 2)
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 2
+
+    _, _, messages = reject_and_report(config, 2, "misreads night photos")
+    assert messages and messages[0].startswith("warning: staging endpoint "
+                                               "scones-delivery-vehicles-staging still serves "
+                                               "version 2")
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 2
+    registry.approve(2)
+    _, _, messages = reject_and_report(config, 2, "misreads night photos", undeploy=True)
+    assert messages == ["staging endpoint scones-delivery-vehicles-staging: rolled back to "
+                        "version 1"]
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 1
+
+    # an approval older than what staging serves is not deployed unless asked
+    approve_and_deploy(config, 3)
+    registry.reject(1, "superseded")
+    _, _, deployment = approve_and_deploy(config, 1, "bring it back")
+    assert deployment["Action"] == "skipped" and "staging serves version 3" in deployment["Reason"]
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 3
+    package = registry.describe(1)
+    assert package["ApprovalDescription"] == "bring it back (previously rejected: superseded)"
+    registry.reject(1, "still superseded")
+    _, _, deployment = approve_and_deploy(config, 1, "really", deploy_older=True)
+    assert deployment["ModelPackageVersion"] == 1
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 1
