@@ -204,8 +204,13 @@ class LocalSageMakerControlPlane:
             history.append({key: previous.get(key) for key in (
                 "ModelPackageVersion", "ModelPackageArn", "EndpointConfigName", "ModelName",
                 "LastModifiedTime")})
+        # Which deployment stage this endpoint is (capture records say it, monitoring
+        # filters on it); None for an endpoint outside the configured stages.
+        stage = next((name for name in ("staging", "prod")
+                      if self.config.stage_endpoint_name(name) == endpoint_name), None)
         return {
             "EndpointName": endpoint_name,
+            "Stage": stage,
             "EndpointArn": self._arn("endpoint", endpoint_name),
             "EndpointConfigName": config_name,
             "EndpointStatus": "InService",
