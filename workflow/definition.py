@@ -55,6 +55,7 @@ class LambdaSpec:
     timeout: int = 30                               # seconds
     memory_size: int = 256                          # MB
     in_workflow: bool = True                        # a state of the inference workflow
+    in_bulk: bool = False                           # a state of the bulk workflow (workflow.bulk)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class LambdaFunction:
     memory_size: int
     description: str
     in_workflow: bool
+    in_bulk: bool = False
 
 
 LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
@@ -91,6 +93,22 @@ LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
         "Deploys model versions approved in the Model Registry to the endpoint, with data "
         "capture", environment=deploy_lambda_environment, timeout=60, memory_size=128,
         in_workflow=False),   # started by the approval EventBridge rule, not a state
+    # The bulk workflow (workflow/bulk.py): plan batches -> Distributed Map of batches -> sum up.
+    LambdaSpec(
+        "plan_image_batches", "Lists an S3 prefix into a manifest of image batches",
+        timeout=900, memory_size=1024,   # 1 million keys: ~1,000 list calls, ~100 MB of keys
+        in_workflow=False, in_bulk=True),
+    LambdaSpec(
+        "classify_image_batch",
+        "Serialize, classify (one endpoint request per batch) and filter a batch of images",
+        environment=lambda config: {
+            "ENDPOINT_NAME": config.workflow.endpoint_name,
+            "CONFIDENCE_THRESHOLD": repr(config.workflow.confidence_threshold),
+            "CLASS_NAMES": ",".join(config.classes)},
+        timeout=300, memory_size=1024, in_workflow=False, in_bulk=True),
+    LambdaSpec(
+        "summarize_bulk_run", "Counts a bulk run's results and applies the failure threshold",
+        timeout=300, memory_size=512, in_workflow=False, in_bulk=True),
 )
 
 
@@ -108,7 +126,7 @@ def lambda_functions(config: Config, specs: tuple[LambdaSpec, ...] = LAMBDA_SPEC
             handler=f"lambdas.{spec.key}.lambda_handler",
             environment=dict(spec.environment(config)), timeout=spec.timeout,
             memory_size=spec.memory_size, description=spec.description,
-            in_workflow=spec.in_workflow)
+            in_workflow=spec.in_workflow, in_bulk=spec.in_bulk)
         for spec in specs
     }
 
@@ -137,6 +155,24 @@ def _fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment
             return result
 
     return FailFromCaughtError(state_id, comment=comment, **({"error": error} if error else {}))
+
+
+def lambda_task_state(sdk_steps, config: Config, function: LambdaFunction, state_id: str,
+                      comment: str):
+    """A lambda:invoke Task for `function`, by name, with the transient-error retrier."""
+    state = sdk_steps.LambdaStep(
+        state_id, comment=comment,
+        parameters={"FunctionName": function.name, "Payload.$": "$"},
+        output_path="$.Payload",
+        timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
+    # The SDK derives the ARN's partition from whatever region the ambient boto3
+    # session has (none -> "aws", cn-north-1 -> "aws-cn"); the configured region
+    # decides here, so the same config always gives the same ASL.
+    state.fields["resource"] = (f"arn:{aws_partition(config.aws.region)}:states:::"
+                                "lambda:invoke")
+    state.add_retry(sdk_steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
+                                    interval_seconds=1, max_attempts=3, backoff_rate=2.0))
+    return state
 
 
 def build_workflow(config: Config, client=None):
@@ -168,20 +204,7 @@ def build_workflow(config: Config, client=None):
     route_error.default_choice(failed)
 
     def lambda_state(state_id: str, key: str, comment: str):
-        function = functions[key]
-        state = steps.LambdaStep(
-            state_id, comment=comment,
-            parameters={"FunctionName": function.name, "Payload.$": "$"},
-            output_path="$.Payload",
-            timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
-        # The SDK derives the ARN's partition from whatever region the ambient boto3
-        # session has (none -> "aws", cn-north-1 -> "aws-cn"); the configured region
-        # decides here, so the same config always gives the same ASL.
-        state.fields["resource"] = (f"arn:{aws_partition(config.aws.region)}:states:::"
-                                    "lambda:invoke")
-        state.add_retry(steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
-                                    interval_seconds=1, max_attempts=3, backoff_rate=2.0))
-        return state
+        return lambda_task_state(steps, config, functions[key], state_id, comment)
 
     serialize = lambda_state(SERIALIZE_STATE, "serialize_image_data",
                              "Read the image from S3 into image_data (base64)")
@@ -226,11 +249,12 @@ def workflow_definition_json(config: Config) -> str:
     return text
 
 
-def check_definition(asl: dict) -> None:
+def check_definition(asl: dict, where: str = "state machine definition") -> None:
     """Refuse what CreateStateMachine would: unknown StartAt/Next/Catch targets, states
-    no path reaches, a non-terminal state without Next, misplaced States.ALL."""
+    no path reaches, a non-terminal state without Next, misplaced States.ALL; a Map's
+    ItemProcessor (or Iterator) is checked the same way, as a graph of its own."""
     def fail(why: str) -> None:
-        raise WorkflowDefinitionError(f"state machine definition: {why}")
+        raise WorkflowDefinitionError(f"{where}: {why}")
 
     states = asl.get("States")
     if not isinstance(states, dict) or not states:
@@ -255,6 +279,11 @@ def check_definition(asl: dict) -> None:
             fail(f"state {name!r} must have exactly one of Next and End")
         if kind == "Task" and not state.get("Resource"):
             fail(f"Task state {name!r} has no Resource")
+        if kind == "Map":
+            processor = state.get("ItemProcessor") or state.get("Iterator")
+            if not isinstance(processor, dict):
+                fail(f"Map state {name!r} has no ItemProcessor")
+            check_definition(processor, f"{where}, Map state {name!r}")
         for block in ("Retry", "Catch"):
             rules = state.get(block, [])
             for index, rule in enumerate(rules):

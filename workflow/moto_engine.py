@@ -488,6 +488,33 @@ def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return functools.lru_cache(maxsize=1024)(parse)
 
 
+def _express_children_as_standard(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """moto's ASL grammar accepts only "STANDARD" as a Distributed Map's
+    ItemProcessor.ProcessorConfig.ExecutionType, though AWS takes "EXPRESS" (what the bulk
+    workflow deploys, workflow/bulk.py). In moto the value changes nothing: every child
+    runs the same way, as a worker thread of the parent execution. So the definition moto
+    parses has EXPRESS read as STANDARD there and nowhere else; the stored definition
+    (DescribeStateMachine) stays the one deployed."""
+    def parse_with_express(definition: str) -> Any:
+        if '"EXPRESS"' in definition:
+            definition = json.dumps(_standard_processors(json.loads(definition)))
+        return parse(definition)
+
+    return parse_with_express
+
+
+def _standard_processors(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {key: _standard_processors(value) for key, value in node.items()}
+        config = node.get("ProcessorConfig")
+        if isinstance(config, dict) and config.get("ExecutionType") == "EXPRESS":
+            node["ProcessorConfig"] = {**config, "ExecutionType": "STANDARD"}
+        return node
+    if isinstance(node, list):
+        return [_standard_processors(value) for value in node]
+    return node
+
+
 def _s3_urls_once() -> Any:
     """moto's S3 backend re-imports moto.s3.urls (importlib.reload: stat, read, exec)
     twice per S3 request, in case S3 settings in the environment changed; they do not
@@ -544,7 +571,8 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
         reflect_end(communication)
         aws._ended.put(communication.execution.exec_arn)
 
-    programs = _ParsedDefinitions(AmazonStateLanguageParser.parse)
+    parse = _express_children_as_standard(AmazonStateLanguageParser.parse)
+    programs = _ParsedDefinitions(parse)
     clients = _CachedClients(lambda_eval_utils.boto_client_for)
     lambda_tasks = _DirectLambdaTasks(lambda_eval_utils._invoke_lambda_function, lambdas)
     execution_names = _ExecutionNames()
@@ -559,6 +587,8 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
             patches.enter_context(mock_aws(config=_mock_config(passthrough)))
             patches.enter_context(mock.patch.object(
                 LambdaFunction, "_invoke_lambda", invoke_in_process))
+            patches.enter_context(mock.patch.object(
+                AmazonStateLanguageParser, "parse", staticmethod(parse)))
             patches.enter_context(mock.patch.object(
                 execution.BaseExecutionWorkerCommunication, "terminated", terminated))
             patches.enter_context(mock.patch.object(

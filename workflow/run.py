@@ -325,10 +325,14 @@ class LocalWorkflow:
     (`with LocalWorkflow(config) as wf: wf.run(images)`)."""
 
     def __init__(self, config: Config, model_version: int | None = None,
-                 model_tar: Path | None = None):
+                 model_tar: Path | None = None, bulk: bool = False,
+                 endpoint_url: str | None = None):
         self.config = config
         self.model_version = model_version
         self.model_tar = model_tar
+        self.bulk = bulk  # also deploy the bulk state machine and its Lambdas (run_bulk)
+        self.endpoint_url = endpoint_url  # a running endpoint to use instead of starting one
+        self.endpoint = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "LocalWorkflow":
@@ -354,15 +358,18 @@ class LocalWorkflow:
         config = self.config
         check_moto_version()
         definition = workflow_definition_json(config)
-        functions = [f for f in lambda_functions(config).values() if f.in_workflow]
+        functions = [f for f in lambda_functions(config).values()
+                     if f.in_workflow or (self.bulk and f.in_bulk)]
         region = config.aws.region
         zip_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="scones-zips-"))
         zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
         # Its own process: the model and its HTTP server then take no GIL time from the
         # engine and the Lambdas, which share this one (~42% of it when in process).
-        self.endpoint = self._stack.enter_context(EndpointProcess(
-            config, model_version=self.model_version, model_tar=self.model_tar))
-        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint.url))
+        if self.endpoint_url is None:
+            self.endpoint = self._stack.enter_context(EndpointProcess(
+                config, model_version=self.model_version, model_tar=self.model_tar))
+            self.endpoint_url = self.endpoint.url
+        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint_url))
         iam = boto3.client("iam", region_name=region)
         lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
         states_role = _create_role(iam, config.aws.states_role_arn, "states")
@@ -381,6 +388,29 @@ class LocalWorkflow:
         self.state_machine_arn = self.sfn.create_state_machine(
             name=config.workflow.state_machine_name, definition=definition,
             roleArn=states_role)["stateMachineArn"]
+        if self.bulk:
+            from workflow.bulk import bulk_definition_json, bulk_state_machine_name
+
+            self.bulk_state_machine_arn = self.sfn.create_state_machine(
+                name=bulk_state_machine_name(config), definition=bulk_definition_json(config),
+                roleArn=states_role)["stateMachineArn"]
+
+    def run_bulk(self, prefix_url: str, batch_size: int | None = None,
+                 tolerated_failure_percentage: float | None = None,
+                 concurrency: int | None = None, progress: bool = True):
+        """One execution of the bulk state machine over every object under prefix_url
+        (objects of the local object store, put into moto's S3 first): a BulkRun."""
+        from workflow.bulk import run_bulk_execution, stage_prefix
+
+        if not self.bulk:
+            raise SconesError("this LocalWorkflow was started without bulk=True")
+        stage_prefix(self.config, prefix_url, self._staging)
+        self._staging.create_bucket(Bucket=self.config.aws.bucket)
+        return run_bulk_execution(
+            self.config, self._executions, self.bulk_state_machine_arn, self.s3, prefix_url,
+            batch_size=batch_size, tolerated_failure_percentage=tolerated_failure_percentage,
+            concurrency=concurrency, progress=progress, poll_interval=LOCAL_POLL_INTERVAL_S,
+            ended=self.aws.ended_executions)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:
