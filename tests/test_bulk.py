@@ -200,3 +200,29 @@ def test_bulk_definition_is_a_distributed_map_valid_for_asl_validator(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0
     assert shutil.which("node")
+
+
+def test_cli_prefix_runs_one_bulk_execution_and_prints_every_image(bulk_config,
+                                                                  sample_data_dir):
+    import os
+    import sys
+
+    config = bulk_config
+    expected = stage_images(config, sample_data_dir, 10, "s3://incoming/cli/")
+    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--prefix",
+               "s3://incoming/cli/", "--json", "--batch-size", "7",
+               "--set", f"local.workspace={config.local.workspace}",
+               "--set", "workflow.confidence_threshold=0.54"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                         env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+
+    assert run.returncode == 1, run.stderr   # the bad files failed for other reasons
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert sorted(line["Image"] for line in lines) == sorted(expected)
+    assert {line["Image"]: line["Error"] for line in lines
+            if line["Error"] not in (None, "ThresholdConfidenceNotMet")} == {
+        url: error for url, error in expected.items() if error}
+    assert "4 batch(es), 0 failed" in run.stderr and "summary.json" in run.stderr
+    # the run's results are mirrored into the workspace's object store
+    assert list((config.local.workspace / "s3" / config.aws.bucket / "bulk-runs")
+                .glob("*/summary.json"))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,8 +351,14 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
     results = run_input["results"]
     arn = sfn_client.start_execution(stateMachineArn=machine_arn, name=run_id,
                                      input=json.dumps(run_input))["executionArn"]
+    from lambdas.plan_image_batches import MANIFEST_NAME
+
     batches_prefix = f"{results['prefix']}/results/"
-    done = -1
+    read_bytes = _reader(s3_client)
+    done, total = -1, None
+    if progress:
+        print(f"bulk run {run_id}: planning batches of {batch_size} under {prefix_url}",
+              file=sys.stderr)
     while True:
         if ended is not None:
             ended(poll_interval)
@@ -359,11 +366,59 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
             time.sleep(poll_interval)
         description = sfn_client.describe_execution(executionArn=arn)
         if progress:
+            if total is None:
+                manifest = read_bytes(results["bucket"], f"{results['prefix']}/{MANIFEST_NAME}")
+                total = len(json.loads(manifest)) if manifest else None
             written = _count_objects(s3_client, results["bucket"], batches_prefix)
-            if written != done:
+            if total is not None and written != done:
                 done = written
-                progress_bar(done, max(done, 1), label="batches written ")
+                progress_bar(done, total, label="batches ")
         if description["status"] != "RUNNING":
             break
     return bulk_run_from_execution(run_id, description, _reader(s3_client), results["bucket"],
                                    results["prefix"])
+
+
+def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
+             tolerated_failure_percentage: float | None = None,
+             concurrency: int | None = None, model_version: int | None = None,
+             progress: bool = True) -> BulkRun:
+    """Every image under prefix_url through ONE execution of the bulk state machine: in
+    moto's engine with the local endpoint, or the deployed one on AWS."""
+    from scones.backend import backend_for
+    from scones.errors import SconesError
+    from scones.storage import split_s3_url
+
+    split_s3_url(prefix_url)  # a malformed URL is a StorageError naming it
+    backend = backend_for(config)
+    if backend.pick(local=False, aws=True):
+        if model_version is not None:
+            raise SconesError("--model-version chooses the local endpoint's model; on AWS "
+                              "the endpoint serves the deployed version")
+        return _run_bulk_on_aws(config, backend, prefix_url, batch_size,
+                                tolerated_failure_percentage, concurrency, progress)
+    if not backend.object_store().list_urls(prefix_url):
+        raise SconesError(f"--prefix {prefix_url}: no objects under it")
+    from workflow.run import LocalWorkflow
+
+    with LocalWorkflow(config, model_version=model_version, bulk=True) as workflow:
+        return workflow.run_bulk(prefix_url, batch_size=batch_size,
+                                 tolerated_failure_percentage=tolerated_failure_percentage,
+                                 concurrency=concurrency, progress=progress)
+
+
+def _run_bulk_on_aws(config: Config, backend, prefix_url: str, batch_size, tolerated,
+                     concurrency, progress) -> BulkRun:
+    from scones.errors import SconesError
+
+    machine_arn = (f"arn:{aws_partition(config.aws.region)}:states:{config.aws.region}:"
+                   f"{backend.account_id}:stateMachine:{bulk_state_machine_name(config)}")
+    sfn = backend.client("stepfunctions")
+    try:
+        sfn.describe_state_machine(stateMachineArn=machine_arn)
+    except sfn.exceptions.StateMachineDoesNotExist:
+        raise SconesError(f"state machine {machine_arn} does not exist: create the stack "
+                          "(`scones infra template`, workflow/cloudformation.json)") from None
+    return run_bulk_execution(config, sfn, machine_arn, backend.client("s3"), prefix_url,
+                              batch_size=batch_size, tolerated_failure_percentage=tolerated,
+                              concurrency=concurrency, progress=progress, poll_interval=2.0)

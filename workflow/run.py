@@ -406,11 +406,26 @@ class LocalWorkflow:
             raise SconesError("this LocalWorkflow was started without bulk=True")
         stage_prefix(self.config, prefix_url, self._staging)
         self._staging.create_bucket(Bucket=self.config.aws.bucket)
-        return run_bulk_execution(
+        run = run_bulk_execution(
             self.config, self._executions, self.bulk_state_machine_arn, self.s3, prefix_url,
             batch_size=batch_size, tolerated_failure_percentage=tolerated_failure_percentage,
             concurrency=concurrency, progress=progress, poll_interval=LOCAL_POLL_INTERVAL_S,
             ended=self.aws.ended_executions)
+        self._keep_bulk_results(run)
+        return run
+
+    def _keep_bulk_results(self, run) -> None:
+        """The run's manifest, results and summary, from moto's S3 (gone when the run
+        ends) into the workspace's object store, at the same s3:// URLs as on AWS."""
+        if not run.results_url:
+            return
+        store = backend_for(self.config).object_store()
+        bucket, prefix = split_s3_url(run.results_url)
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix):
+            for item in page.get("Contents", []):
+                body = self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                store.write_bytes(f"s3://{bucket}/{item['Key']}", body)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:

@@ -107,7 +107,13 @@ def register(subparsers) -> None:
                      help="(local) serve this registered model version instead of the "
                           "deployed one")
     run.add_argument("--concurrency", type=int, metavar="N",
-                     help="executions running at once (default: workflow.max_concurrency)")
+                     help="executions running at once (default: workflow.max_concurrency); "
+                          "with --prefix, batches at once")
+    run.add_argument("--batch-size", type=int, metavar="N",
+                     help="(--prefix) images per batch of the bulk workflow (default 256)")
+    run.add_argument("--tolerated-failures", type=float, metavar="PERCENT",
+                     help="(--prefix) failed batches tolerated before the bulk run fails "
+                          "(default 5)")
     output = run.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="one JSON object per image per line on stdout")
@@ -126,10 +132,21 @@ def register(subparsers) -> None:
 def run_command(args, config) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise SconesError(f"--concurrency must be at least 1, got {args.concurrency}")
-    images = images_from_options(config, image=args.image, images=args.images, s3=args.s3,
-                                 prefix=args.prefix)
-    results = run_workflow(config, images, model_version=args.model_version,
-                           concurrency=args.concurrency)
+    if (args.batch_size is not None or args.tolerated_failures is not None) and not args.prefix:
+        raise SconesError("--batch-size and --tolerated-failures apply to --prefix (the bulk "
+                          "workflow) only")
+    bulk = None
+    if args.prefix:  # one execution of the bulk workflow (workflow/bulk.py)
+        from workflow.bulk import run_bulk
+
+        bulk = run_bulk(config, args.prefix, batch_size=args.batch_size,
+                        tolerated_failure_percentage=args.tolerated_failures,
+                        concurrency=args.concurrency, model_version=args.model_version)
+        results = bulk.results
+    else:
+        images = images_from_options(config, image=args.image, images=args.images, s3=args.s3)
+        results = run_workflow(config, images, model_version=args.model_version,
+                               concurrency=args.concurrency)
     if args.json:
         for result in results:
             print(json.dumps(result.to_dict()))
@@ -140,4 +157,11 @@ def run_command(args, config) -> int:
             print(result.line())
         print()
         print(summary(results))
+    if bulk is not None:
+        from workflow.bulk import bulk_summary_lines
+
+        for line in bulk_summary_lines(bulk):
+            print(line, file=sys.stderr if args.json or args.csv else sys.stdout)
+        if bulk.status != "SUCCEEDED":
+            return 1
     return 1 if any(r.failed_otherwise for r in results) else 0
