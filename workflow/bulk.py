@@ -185,7 +185,10 @@ def build_bulk_workflow(config: Config, client=None):
 @functools.lru_cache(maxsize=32)
 def bulk_definition_json(config: Config) -> str:
     """The bulk ASL exactly as deployed, checked first."""
-    text = build_bulk_workflow(config).definition.to_json(pretty=True)
+    from workflow.definition import cached_definition
+
+    text = cached_definition(
+        config, "bulk", lambda: build_bulk_workflow(config).definition.to_json(pretty=True))
     check_definition(json.loads(text), "bulk state machine definition")
     return text
 
@@ -382,7 +385,7 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
 def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
              tolerated_failure_percentage: float | None = None,
              concurrency: int | None = None, model_version: int | None = None,
-             progress: bool = True) -> BulkRun:
+             progress: bool = True, keep_endpoint_s: float | None = None) -> BulkRun:
     """Every image under prefix_url through ONE execution of the bulk state machine: in
     moto's engine with the local endpoint, or the deployed one on AWS."""
     from scones.backend import backend_for
@@ -401,7 +404,9 @@ def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
         raise SconesError(f"--prefix {prefix_url}: no objects under it")
     from workflow.run import LocalWorkflow
 
-    with LocalWorkflow(config, model_version=model_version, bulk=True) as workflow:
+    with LocalWorkflow(config, model_version=model_version, bulk=True,
+                       reuse_endpoint=keep_endpoint_s is not None,
+                       keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
         return workflow.run_bulk(prefix_url, batch_size=batch_size,
                                  tolerated_failure_percentage=tolerated_failure_percentage,
                                  concurrency=concurrency, progress=progress)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -241,11 +242,75 @@ def workflow_definition(config: Config) -> dict:
 def workflow_definition_json(config: Config) -> str:
     """The ASL exactly as deployed (the SDK's JSON), checked first.
 
-    Cached per (frozen, hashable) Config: building it through the SDK costs about a
-    second (boto3 sessions for partition lookups), and the local engine asks often.
+    Cached per (frozen, hashable) Config in the process, and on disk (cached_definition):
+    building it through the SDK imports sagemaker and stepfunctions (seconds), which a
+    one-image `workflow run` must not pay each time.
     """
-    text = build_workflow(config).definition.to_json(pretty=True)
+    def build() -> str:
+        return build_workflow(config).definition.to_json(pretty=True)
+
+    text = cached_definition(config, "inference", build)
     check_definition(json.loads(text))
+    return text
+
+
+# What a definition is built from, besides the config: these sources and the SDK's.
+DEFINITION_SOURCES = ("workflow/definition.py", "workflow/bulk.py")
+ASL_CACHE_FOLDER = "cache/asl"
+
+
+def definition_cache_key(config: Config, kind: str) -> str:
+    """A hash of everything the ASL depends on: the config values that go into it (the
+    workflow section, region, classes, the Lambda table's names and timeouts), the
+    sources of this module, workflow/bulk.py and lambdas/*.py, and the Step Functions
+    SDK's own state classes (found without importing it)."""
+    import dataclasses
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    digest.update(json.dumps({
+        "kind": kind, "workflow": dataclasses.asdict(config.workflow),
+        "region": config.aws.region, "classes": list(config.classes),
+        "functions": [(f.name, f.timeout) for f in lambda_functions(config).values()],
+    }, sort_keys=True, default=str).encode())
+    sources = [root / name for name in DEFINITION_SOURCES]
+    sources += sorted((root / "lambdas").glob("*.py"))
+    spec = importlib.util.find_spec("stepfunctions")
+    if spec is not None and spec.origin:
+        sdk = Path(spec.origin).parent
+        sources += [sdk / "steps" / "states.py", sdk / "steps" / "compute.py",
+                    sdk / "workflow" / "stepfunctions.py"]
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:32]
+
+
+def cached_definition(config: Config, kind: str, build: Callable[[], str]) -> str:
+    """build()'s ASL text, kept under <workspace>/cache/asl/<kind>-<key>.json; a changed
+    config value or source gives a new key, so a stale definition is never used. An
+    unreadable or unwritable cache only means building it again."""
+    from pathlib import Path
+
+    folder = Path(config.local.workspace) / ASL_CACHE_FOLDER
+    path = folder / f"{kind}-{definition_cache_key(config, kind)}.json"
+    try:
+        text = path.read_text()
+        json.loads(text)
+        return text
+    except (OSError, ValueError):
+        pass
+    text = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # never a half-written definition under the final name
+    except OSError:
+        pass
     return text
 
 

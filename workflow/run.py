@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -307,8 +308,8 @@ def _seconds(start: Any, stop: Any) -> float | None:
 
 def run_workflow_locally(config: Config, images: Sequence[ImageSource],
                          model_version: int | None = None, concurrency: int | None = None,
-                         progress: bool = True, model_tar: Path | None = None
-                         ) -> list[ImageResult]:
+                         progress: bool = True, model_tar: Path | None = None,
+                         keep_endpoint_s: float | None = None) -> list[ImageResult]:
     """Classify each image with one execution of the inference workflow, all local.
 
     model_version / model_tar pin the model the local endpoint serves (default: the
@@ -316,7 +317,9 @@ def run_workflow_locally(config: Config, images: Sequence[ImageSource],
     """
     if not images:
         raise SconesError("no images to classify")
-    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar) as workflow:
+    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar,
+                       reuse_endpoint=keep_endpoint_s is not None,
+                       keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
         return workflow.run(images, concurrency=concurrency, progress=progress)
 
 
@@ -326,13 +329,19 @@ class LocalWorkflow:
 
     def __init__(self, config: Config, model_version: int | None = None,
                  model_tar: Path | None = None, bulk: bool = False,
-                 endpoint_url: str | None = None):
+                 endpoint_url: str | None = None, reuse_endpoint: bool = False,
+                 keep_endpoint_s: float | None = None, progress: bool = False):
         self.config = config
         self.model_version = model_version
         self.model_tar = model_tar
         self.bulk = bulk  # also deploy the bulk state machine and its Lambdas (run_bulk)
         self.endpoint_url = endpoint_url  # a running endpoint to use instead of starting one
         self.endpoint = None
+        # Unpinned runs may use the endpoint recorded as running (reuse_endpoint), or leave
+        # one running in the background for keep_endpoint_s idle seconds (endpoint/background.py).
+        self.reuse_endpoint = reuse_endpoint
+        self.keep_endpoint_s = keep_endpoint_s
+        self.progress = progress
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "LocalWorkflow":
@@ -351,7 +360,6 @@ class LocalWorkflow:
 
         from lambdas.build import build_lambda_zips
         from workflow.definition import lambda_functions, workflow_definition_json
-        from workflow.endpoint import EndpointProcess
         from workflow.moto_engine import (DirectExecutions, DirectStaging, check_moto_version,
                                           local_aws)
 
@@ -365,7 +373,22 @@ class LocalWorkflow:
         zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
         # Its own process: the model and its HTTP server then take no GIL time from the
         # engine and the Lambdas, which share this one (~42% of it when in process).
+        pinned = self.model_version is not None or self.model_tar is not None
+        if self.endpoint_url is None and not pinned and (self.reuse_endpoint
+                                                         or self.keep_endpoint_s):
+            from workflow.endpoint.background import find_running, start_background
+
+            running = find_running(config) if self.reuse_endpoint else None
+            if running is not None and self.progress:
+                print(f"using the running endpoint at {running.url} ({running.owner}, pid "
+                      f"{running.pid})", file=sys.stderr, flush=True)
+            if running is None and self.keep_endpoint_s:
+                running = start_background(config, self.keep_endpoint_s, self.progress)
+            if running is not None:
+                self.endpoint_url = running.url
         if self.endpoint_url is None:
+            from workflow.endpoint import EndpointProcess
+
             self.endpoint = self._stack.enter_context(EndpointProcess(
                 config, model_version=self.model_version, model_tar=self.model_tar))
             self.endpoint_url = self.endpoint.url
@@ -504,13 +527,18 @@ def write_csv(results: Sequence[ImageResult], out) -> None:
 
 
 def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
-                 concurrency: int | None = None, progress: bool = True) -> list[ImageResult]:
+                 concurrency: int | None = None, progress: bool = True,
+                 keep_endpoint_s: float | None = None) -> list[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
-    and the local endpoint, or the deployed state machine on AWS."""
+    and the local endpoint, or the deployed state machine on AWS.
+
+    keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
+    running in the background for that many idle seconds (0: reuse only)."""
     backend = backend_for(config)
     if model_version is not None and backend.pick(local=False, aws=True):
         raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
                           "endpoint serves the deployed version (`scones endpoint deploy`)")
     engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
-    kwargs = backend.pick(local={"model_version": model_version}, aws={})
+    kwargs = backend.pick(local={"model_version": model_version,
+                                 "keep_endpoint_s": keep_endpoint_s}, aws={})
     return engine(config, images, concurrency=concurrency, progress=progress, **kwargs)

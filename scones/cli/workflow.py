@@ -109,6 +109,10 @@ def register(subparsers) -> None:
     run.add_argument("--concurrency", type=int, metavar="N",
                      help="executions running at once (default: workflow.max_concurrency); "
                           "with --prefix, batches at once")
+    run.add_argument("--endpoint-idle-minutes", type=float, default=10.0, metavar="MIN",
+                     help="(local) use the running local endpoint, or leave the one this run "
+                          "starts running in the background until idle this long (default "
+                          "10; 0: use a running one only, never leave one)")
     run.add_argument("--batch-size", type=int, metavar="N",
                      help="(--prefix) images per batch of the bulk workflow (default 256)")
     run.add_argument("--tolerated-failures", type=float, metavar="PERCENT",
@@ -135,18 +139,23 @@ def run_command(args, config) -> int:
     if (args.batch_size is not None or args.tolerated_failures is not None) and not args.prefix:
         raise SconesError("--batch-size and --tolerated-failures apply to --prefix (the bulk "
                           "workflow) only")
+    if args.endpoint_idle_minutes < 0:
+        raise SconesError(f"--endpoint-idle-minutes must be 0 or more, got "
+                          f"{args.endpoint_idle_minutes:g}")
+    keep_endpoint_s = 60.0 * args.endpoint_idle_minutes
     bulk = None
     if args.prefix:  # one execution of the bulk workflow (workflow/bulk.py)
         from workflow.bulk import run_bulk
 
         bulk = run_bulk(config, args.prefix, batch_size=args.batch_size,
                         tolerated_failure_percentage=args.tolerated_failures,
-                        concurrency=args.concurrency, model_version=args.model_version)
+                        concurrency=args.concurrency, model_version=args.model_version,
+                        keep_endpoint_s=keep_endpoint_s)
         results = bulk.results
     else:
         images = images_from_options(config, image=args.image, images=args.images, s3=args.s3)
         results = run_workflow(config, images, model_version=args.model_version,
-                               concurrency=args.concurrency)
+                               concurrency=args.concurrency, keep_endpoint_s=keep_endpoint_s)
     if args.json:
         for result in results:
             print(json.dumps(result.to_dict()))
