@@ -58,6 +58,39 @@ class EngineError(SconesError):
     """The local Step Functions engine cannot run (wrong moto, unloadable Lambda zip)."""
 
 
+def _import_batch_utils_without_batch() -> None:
+    """moto's ASL interpreter imports every service integration, among them Batch's, which
+    needs only `moto.batch.utils.JobStatus`; but importing moto.batch.utils first runs
+    moto/batch/__init__.py, which loads moto's Batch and EC2 backends (EC2 instance-type
+    and region tables: about a second, most of a one-image run's import time). The
+    package is registered with its search path but its __init__ deferred until an
+    attribute of it is used (only a state machine calling Batch would), so utils imports
+    on its own. Nothing changes for code that uses moto.batch: the first attribute access
+    runs the real __init__."""
+    import importlib.util
+    import types
+
+    if "moto.batch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("moto.batch")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return
+    module = importlib.util.module_from_spec(spec)
+
+    class DeferredPackage(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            self.__class__ = types.ModuleType   # from now on an ordinary module
+            spec.loader.exec_module(self)
+            return getattr(self, name)
+
+    module.__class__ = DeferredPackage
+    sys.modules["moto.batch"] = module
+    import moto
+    moto.batch = module  # what importing it would have set on the parent package
+
+
 def check_moto_version() -> None:
     import moto
 
@@ -612,6 +645,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     sagemaker-runtime calls go there over real HTTP instead of to moto.
     """
     check_moto_version()
+    _import_batch_utils_without_batch()
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
     from moto.core import responses as moto_responses

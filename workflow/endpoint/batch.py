@@ -22,8 +22,6 @@ import base64
 import binascii
 import json
 
-import numpy as np
-
 from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
 
 IMAGE_CONTENT_TYPE = "application/x-image"   # how each image of a batch is decoded
@@ -54,6 +52,8 @@ def _images(body: bytes) -> list[bytes]:
 def invoke_batch(model, body: bytes, capture=None) -> tuple[bytes, str]:
     """Answer a batch request with `model` (workflow.endpoint.model_archive.ServedModel).
     capture(image_bytes, content_type, output_bytes, output_type): called per image."""
+    import numpy as np  # here, not at import: commands that only find an endpoint skip it
+
     images = _images(body)
     module = model.module
     predictions: list = [None] * len(images)
