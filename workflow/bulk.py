@@ -40,11 +40,10 @@ import functools
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from scones.config import Config
-from workflow.definition import (TRANSIENT_LAMBDA_ERRORS, THROTTLED_ERROR, aws_partition,
-                                 check_definition, lambda_functions, lambda_task_state)
+from workflow.definition import (THROTTLED_ERROR, aws_partition, check_definition,
+                                 lambda_functions, lambda_task_state)
 
 PLAN_STATE = "PlanBatches"
 MAP_STATE = "ClassifyBatches"
@@ -280,10 +279,6 @@ def bulk_summary_lines(run: BulkRun) -> list[str]:
     if run.results_url:
         lines.append(f"results: {run.results_url} (summary.json, results/batch-*.jsonl)")
     return lines
-
-
-def bulk_execution_output(run: BulkRun) -> Any:
-    return run.summary
 
 
 # --------------------------------------------------------------------------- running

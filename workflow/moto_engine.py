@@ -17,10 +17,19 @@ with no AWS account and no Docker:
 The engine and the Lambdas run in one process under one GIL (the endpoint has its own,
 see workflow/local_run.py), so their CPU per image is the workflow's throughput.
 Speed patches, each keeping moto's answers (see each class): the ASL parsed once per
-definition and each JSONPath once; boto3 clients reused; S3's URL table and response
-method lists computed once per run; execution names indexed; and `DirectExecutions` /
-`DirectStaging` give the local runner StartExecution/DescribeExecution and the input
-PutObject on moto's backends without botocore (errors still come from the boto3 client).
+definition (CreateStateMachine's validation included) and each JSONPath once; boto3
+clients reused; S3's URL table and response method lists computed once per run;
+execution names indexed; `DirectExecutions` / `DirectStaging` / `DirectDeploy` give the
+local runner StartExecution/DescribeExecution, CreateBucket/PutObject and the roles,
+functions and state machines it creates on moto's backends without botocore (errors still
+come from the boto3 client); `DirectS3Reads` does the same for the in-process Lambdas'
+GetObject (the bulk workflow's largest cost); and moto's Batch/EC2 backends are not
+imported unless used (`_import_batch_utils_without_batch`).
+
+One engine gap is bridged rather than patched for speed: moto's ASL grammar accepts only
+STANDARD as a Distributed Map's child ExecutionType; the bulk workflow deploys EXPRESS,
+which moto reads as STANDARD (no difference in how moto runs children, see
+`_express_children_as_standard`).
 
 These patches reach into moto internals, so they are tied to the version they were
 written and tested against: `check_moto_version()` refuses any other.
@@ -467,11 +476,24 @@ class DirectStaging:
         from moto.utilities.utils import get_partition
 
         self._client = client
+        self._region = region
         self._backend = s3_backends[os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)][
             get_partition(region)]
 
     def __getattr__(self, operation: str) -> Any:
         return getattr(self._client, operation)
+
+    def create_bucket(self, *, Bucket: str) -> dict:
+        """A new bucket in us-east-1, as moto's CreateBucket handler makes it there (no
+        LocationConstraint, no ACL or lock headers); an existing bucket or another region
+        (where moto's answer depends on a LocationConstraint) goes through boto3."""
+        if Bucket in self._backend.buckets or self._region != "us-east-1":
+            return self._client.create_bucket(Bucket=Bucket)
+        try:
+            self._backend.create_bucket(Bucket, self._region)
+        except _moto_errors():
+            return self._client.create_bucket(Bucket=Bucket)
+        return {"Location": f"/{Bucket}"}
 
     def put_object(self, *, Bucket: str, Key: str, Body: bytes) -> dict:
         try:
@@ -495,15 +517,19 @@ class DirectS3Reads:
 
     PARAMETERS = frozenset({"Bucket", "Key"})
 
-    def __init__(self, client: Any, region: str):
+    def __init__(self, make_client: Callable[[], Any], region: str):
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.s3.models import FakeKey, s3_backends
         from moto.utilities.utils import get_partition
 
-        self._client = client
+        self._make_client = make_client   # the real client, made only when needed
         self._fake_key = FakeKey
         self._backend = s3_backends[os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)][
             get_partition(region)]
+
+    @property
+    def _client(self) -> Any:
+        return self._make_client()
 
     def __getattr__(self, operation: str) -> Any:
         return getattr(self._client, operation)
@@ -533,19 +559,67 @@ def _direct_s3_clients(handler: Callable, region: str) -> None:
     make_client = namespace.get("aws_client")
     if not callable(make_client) or getattr(make_client, "_direct_s3", False):
         return
-    wrapped: dict[int, DirectS3Reads] = {}
+    direct = DirectS3Reads(lambda: make_client("s3"), region)
 
     def aws_client(service: str) -> Any:
-        client = make_client(service)
-        if service != "s3":
-            return client
-        direct = wrapped.get(id(client))
-        if direct is None or direct._client is not client:
-            direct = wrapped[id(client)] = DirectS3Reads(client, region)
-        return direct
+        return direct if service == "s3" else make_client(service)
 
     aws_client._direct_s3 = True  # type: ignore[attr-defined]
     namespace["aws_client"] = aws_client
+
+
+class DirectDeploy:
+    """What a local run creates in moto before its first execution (two IAM roles, the
+    Lambda functions, the state machines), through moto's backends: the same calls moto's
+    request handlers make with the same arguments, without the boto3 clients (each loads
+    its service model) and the HTTP emulation, about a second of a one-image run. Any moto
+    error repeats the call through boto3, so callers get the ClientError AWS would give."""
+
+    def __init__(self, region: str):
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.utilities.utils import get_partition
+
+        self.region = region
+        self.account = os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)
+        self.partition = get_partition(region)
+
+    def create_role(self, name: str, trust_policy: str) -> str:
+        from moto.iam.models import iam_backends
+
+        try:
+            return iam_backends[self.account][self.partition].create_role(
+                role_name=name, assume_role_policy_document=trust_policy, path="/",
+                permissions_boundary=None, description="", tags=[],
+                max_session_duration=None).arn
+        except _moto_errors():
+            import boto3
+            return boto3.client("iam", region_name=self.region).create_role(
+                RoleName=name, AssumeRolePolicyDocument=trust_policy)["Role"]["Arn"]
+
+    def create_function(self, **spec: Any) -> None:
+        """Arguments as for Lambda's CreateFunction; Code.ZipFile as bytes."""
+        import base64
+
+        from moto.awslambda.models import lambda_backends
+
+        body = {**spec, "Code": {"ZipFile": base64.b64encode(spec["Code"]["ZipFile"]).decode()}}
+        backend = lambda_backends[self.account][self.region]
+        try:
+            backend.create_function(body)   # moto's handler passes the request's JSON body
+        except _moto_errors():
+            import boto3
+            boto3.client("lambda", region_name=self.region).create_function(**spec)
+
+    def create_state_machine(self, name: str, definition: str, role_arn: str) -> str:
+        from moto.stepfunctions.responses import get_backend
+
+        try:
+            return get_backend(self.account, self.region).create_state_machine(
+                name=name, definition=definition, roleArn=role_arn).arn
+        except _moto_errors():
+            import boto3
+            return boto3.client("stepfunctions", region_name=self.region).create_state_machine(
+                name=name, definition=definition, roleArn=role_arn)["stateMachineArn"]
 
 
 class _ExecutionNames:
@@ -596,6 +670,9 @@ def _express_children_as_standard(parse: Callable[[str], Any]) -> Callable[[str]
     runs the same way, as a worker thread of the parent execution. So the definition moto
     parses has EXPRESS read as STANDARD there and nowhere else; the stored definition
     (DescribeStateMachine) stays the one deployed."""
+    # Memoised: CreateStateMachine's validation and the executions' _ParsedDefinitions
+    # then parse a definition once (the parse is read-only afterwards, see there).
+    @functools.lru_cache(maxsize=16)
     def parse_with_express(definition: str) -> Any:
         if '"EXPRESS"' in definition:
             definition = json.dumps(_standard_processors(json.loads(definition)))

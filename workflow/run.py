@@ -356,12 +356,10 @@ class LocalWorkflow:
         self._stack.close()
 
     def _start(self) -> None:
-        import boto3
-
         from lambdas.build import build_lambda_zips
         from workflow.definition import lambda_functions, workflow_definition_json
-        from workflow.moto_engine import (DirectExecutions, DirectStaging, check_moto_version,
-                                          local_aws)
+        from workflow.moto_engine import (DirectDeploy, DirectExecutions, DirectStaging,
+                                          check_moto_version, local_aws)
 
         config = self.config
         check_moto_version()
@@ -393,30 +391,28 @@ class LocalWorkflow:
                 config, model_version=self.model_version, model_tar=self.model_tar))
             self.endpoint_url = self.endpoint.url
         aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint_url))
-        iam = boto3.client("iam", region_name=region)
-        lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
-        states_role = _create_role(iam, config.aws.states_role_arn, "states")
-        lambda_client = boto3.client("lambda", region_name=region)
+        deploy = DirectDeploy(region)
+        lambda_role = _create_role(deploy, config.aws.lambda_role_arn, "lambda")
+        states_role = _create_role(deploy, config.aws.states_role_arn, "states")
         for function in functions:
-            lambda_client.create_function(
+            deploy.create_function(
                 FunctionName=function.name, Runtime=LAMBDA_RUNTIME, Role=lambda_role,
                 Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
                 Timeout=function.timeout, MemorySize=function.memory_size,
                 Environment={"Variables": function.environment})
         aws.lambdas.pin_environment([f.environment for f in functions])
-        self.sfn = boto3.client("stepfunctions", region_name=region)
+        # boto3 clients are made on first use only: each loads its service model.
+        self.sfn = _LazyClient("stepfunctions", region)
         self._executions = DirectExecutions(self.sfn, region)
-        self.s3 = boto3.client("s3", region_name=region)
+        self.s3 = _LazyClient("s3", region)
         self._staging = DirectStaging(self.s3, region)
-        self.state_machine_arn = self.sfn.create_state_machine(
-            name=config.workflow.state_machine_name, definition=definition,
-            roleArn=states_role)["stateMachineArn"]
+        self.state_machine_arn = deploy.create_state_machine(
+            config.workflow.state_machine_name, definition, states_role)
         if self.bulk:
             from workflow.bulk import bulk_definition_json, bulk_state_machine_name
 
-            self.bulk_state_machine_arn = self.sfn.create_state_machine(
-                name=bulk_state_machine_name(config), definition=bulk_definition_json(config),
-                roleArn=states_role)["stateMachineArn"]
+            self.bulk_state_machine_arn = deploy.create_state_machine(
+                bulk_state_machine_name(config), bulk_definition_json(config), states_role)
 
     def run_bulk(self, prefix_url: str, batch_size: int | None = None,
                  tolerated_failure_percentage: float | None = None,
@@ -462,11 +458,23 @@ class LocalWorkflow:
             ended=self.aws.ended_executions, give_up_after_s=LOCAL_GIVE_UP_AFTER_S)
 
 
-def _create_role(iam, arn: str | None, service: str) -> str:
+def _create_role(deploy, arn: str | None, service: str) -> str:
     """The configured role, created in moto (Lambda refuses a role that does not exist)."""
     name = (arn or f"scones-local-{service}").rpartition("/")[2]
-    return iam.create_role(RoleName=name,
-                           AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"]
+    return deploy.create_role(name, json.dumps(TRUST_POLICY))
+
+
+class _LazyClient:
+    """A boto3 client made at its first use."""
+
+    def __init__(self, service: str, region: str):
+        self._service, self._region, self._client = service, region, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            import boto3
+            self._client = boto3.client(self._service, region_name=self._region)
+        return getattr(self._client, name)
 
 
 # --------------------------------------------------------------------------- AWS
