@@ -6,7 +6,8 @@
 Puts N real images (the shared ones, cycled under distinct keys) into a fresh workspace's
 object store, then in the same run:
   * model batched: the served model's input_fn on each image + predict_fn on batches of
-    --batch-size, in process (what the endpoint's batch request costs without HTTP);
+    --batch-size, in process (what the endpoint's batch request costs without HTTP), and
+    predict_fn alone on the decoded batches;
   * bulk workflow: `LocalWorkflow(bulk=True).run_bulk(prefix)`: one execution of the
     Distributed Map ASL in moto's engine, batch Lambdas from their zips, the endpoint in
     its own process. Wall time from the start of run_bulk (putting the images into moto's
@@ -90,8 +91,9 @@ class StackSampler:
             print(f"  {count:7d}  {name}")
 
 
-def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int) -> float:
-    """Seconds to decode and predict every payload, batch_size at a time."""
+def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int) -> tuple[float, float]:
+    """Seconds to decode and predict every payload, batch_size at a time; and seconds for
+    the predictions alone (images decoded beforehand)."""
     import numpy as np
 
     model = load_model_archive(model_tar)
@@ -100,10 +102,16 @@ def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int) -> floa
         module.predict_fn(np.stack([module.input_fn(payloads[0], "image/png")] * 8),
                           model.model)  # warm-up
         start = time.perf_counter()
+        decoded = []
         for first in range(0, len(payloads), batch_size):
             images = [module.input_fn(p, "image/png") for p in payloads[first:first + batch_size]]
             module.predict_fn(np.stack(images), model.model)
-        return time.perf_counter() - start
+            decoded.append(np.stack(images))
+        both = time.perf_counter() - start
+        start = time.perf_counter()
+        for batch in decoded:
+            module.predict_fn(batch, model.model)
+        return both, time.perf_counter() - start
     finally:
         model.close()
 
@@ -135,7 +143,7 @@ def main() -> int:
         store.write_bytes(f"{PREFIX}{index:06d}.png", data)
         payloads.append(data)
 
-    model_s = bench_model(args.model_tar, payloads, args.batch_size)
+    model_s, predict_s = bench_model(args.model_tar, payloads, args.batch_size)
     t0 = time.perf_counter()
     with LocalWorkflow(config, model_tar=args.model_tar, bulk=True) as workflow:
         setup_s = time.perf_counter() - t0
@@ -160,7 +168,8 @@ def main() -> int:
         print(f"warning: bulk run {run.status} {run.error}: {run.cause}; "
               f"{len(run.results)} results", file=sys.stderr)
     failed = [r for r in run.results if r.status != "SUCCEEDED"]
-    rows = [["model batched (in process)", n, f"{model_s:.2f}", f"{n / model_s:.0f}"],
+    rows = [["model predict_fn only, decoded", n, f"{predict_s:.2f}", f"{n / predict_s:.0f}"],
+            ["model batched (in process)", n, f"{model_s:.2f}", f"{n / model_s:.0f}"],
             ["bulk workflow (local engine)", n, f"{wall:.2f}", f"{n / wall:.0f}"]]
     print(format_table(["path", "images", "seconds", "images/s"], rows))
     print(f"\nbulk / model: {model_s / wall:.2f} of the model's batched throughput; batch size "
