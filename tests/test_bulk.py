@@ -212,7 +212,8 @@ def test_cli_prefix_runs_one_bulk_execution_and_prints_every_image(bulk_config,
     command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--prefix",
                "s3://incoming/cli/", "--json", "--batch-size", "7",
                "--set", f"local.workspace={config.local.workspace}",
-               "--set", "workflow.confidence_threshold=0.54"]
+               "--set", "workflow.confidence_threshold=0.54",
+               "--endpoint-idle-minutes", "0"]  # leave no endpoint running after the test
     run = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
                          env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
 

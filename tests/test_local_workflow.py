@@ -115,7 +115,8 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
     command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--images", str(folder),
                "--json", "--set", f"local.workspace={workspace}",
-               "--set", "workflow.confidence_threshold=0.9999"]
+               "--set", "workflow.confidence_threshold=0.9999",
+               "--endpoint-idle-minutes", "0"]  # leave no endpoint running after the test
 
     run = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                          timeout=300)

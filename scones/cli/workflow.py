@@ -31,6 +31,11 @@ def _build(out_dir: Path, keys=None) -> dict[str, Path]:
 
 
 def cmd_definition(args, config) -> int:
+    if args.bulk:
+        from workflow.bulk import bulk_definition_json
+
+        print(bulk_definition_json(config))
+        return 0
     from workflow.definition import workflow_definition_json
 
     print(workflow_definition_json(config))
@@ -85,6 +90,8 @@ def register(subparsers) -> None:
     parser = workflow.add_parser(
         "definition", parents=[common_options()],
         help="print the state machine definition (ASL JSON) as deployed")
+    parser.add_argument("--bulk", action="store_true",
+                        help="the bulk workflow's (Distributed Map over a prefix) instead")
     parser.set_defaults(func=cmd_definition)
     parser = workflow.add_parser(
         "deploy", parents=[common_options()],
@@ -94,7 +101,8 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_deploy)
     run = workflow.add_parser(
         "run", parents=[common_options()],
-        help="classify images with the inference workflow (one execution per image)",
+        help="classify images with the inference workflow (one execution per image; "
+             "--prefix: one bulk execution in batches)",
         description="Classify images with the inference workflow: serialize -> classify "
                     "(SageMaker endpoint) -> filter (confidence threshold). Locally the "
                     "same ASL runs in moto's Step Functions engine against the local endpoint.")
