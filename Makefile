@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 # used only by tests/test_project_template.py. Its version is the one pinned in constraints.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# asl-validator (npm) checks the bulk workflow's Distributed Map ASL (tests/test_bulk.py);
+# pinned here, installed into .tools/ (node 20 + npm on the machine).
+ASL_VALIDATOR_VERSION := 4.0.0
+NODE_TOOLS_STAMP := .tools/.asl-validator-$(ASL_VALIDATOR_VERSION)
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 
 .PHONY: install tools demo test bench clean
@@ -19,7 +23,11 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-tools: $(TOOLS_STAMP)
+tools: $(TOOLS_STAMP) $(NODE_TOOLS_STAMP)
+
+$(NODE_TOOLS_STAMP):
+	npm install --silent --no-audit --no-fund --prefix .tools asl-validator@$(ASL_VALIDATOR_VERSION)
+	touch $(NODE_TOOLS_STAMP)
 
 $(TOOLS_STAMP): constraints.txt
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -41,4 +49,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_decode_memory.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .scones build *.egg-info
+	rm -rf $(VENV) $(TOOLS) .tools .scones build *.egg-info

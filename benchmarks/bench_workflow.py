@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from scones.cli.common import format_table  # noqa: E402
+from scones.console import format_table  # noqa: E402
 from scones.config import load_config  # noqa: E402
 from workflow.endpoint import load_model_archive  # noqa: E402
 from workflow.run import ImageSource, LocalWorkflow  # noqa: E402

@@ -15,6 +15,7 @@ from lambdas.deploy_approved_model import DeploySettings
 from scones.backend import LAMBDA_RUNTIME
 from scones.config import load_config
 from workflow.definition import workflow_definition_json
+from workflow.bulk import bulk_definition_json
 from workflow.infra import (DEPLOY_FUNCTION_KEY, TEMPLATE_PATH, cloudformation_template,
                             template_json, unscoped_resources, wildcard_actions)
 
@@ -66,7 +67,7 @@ def test_no_wildcard_actions_and_resources_scoped(template):
     assert unscoped_resources(template) == []
     roles = _of_type(template, "AWS::IAM::Role")
     assert set(roles) == {"WorkflowLambdaRole", "DeployLambdaRole", "StateMachineRole",
-                          "NewImageEventsRole"}
+                          "NewImageEventsRole", "BulkLambdaRole", "BulkStateMachineRole"}
     for name, role in roles.items():
         for policy in role["Properties"]["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:
@@ -102,7 +103,8 @@ def test_functions_state_machine_and_rules_are_wired(template, config):
     functions = _of_type(template, "AWS::Lambda::Function")
     handlers = {f["Properties"]["Handler"] for f in functions.values()}
     assert handlers == {f"lambdas.{k}.lambda_handler" for k in (
-        "serialize_image_data", "classify_image", "filter_inferences", DEPLOY_FUNCTION_KEY)}
+        "serialize_image_data", "classify_image", "filter_inferences", DEPLOY_FUNCTION_KEY,
+        "plan_image_batches", "classify_image_batch", "summarize_bulk_run")}
     for function in functions.values():
         code = function["Properties"]["Code"]
         assert code["S3Key"]["Fn::Sub"].startswith("${CodeKeyPrefix}")
@@ -110,6 +112,17 @@ def test_functions_state_machine_and_rules_are_wired(template, config):
     machine = template["Resources"]["InferenceStateMachine"]["Properties"]
     assert machine["DefinitionString"] == workflow_definition_json(config)
     assert machine["StateMachineName"] == config.workflow.state_machine_name
+    bulk = template["Resources"]["BulkStateMachine"]["Properties"]
+    assert bulk["DefinitionString"] == bulk_definition_json(config)
+    assert bulk["RoleArn"] == {"Fn::GetAtt": ["BulkStateMachineRole", "Arn"]}
+    bulk_invoke = template["Resources"]["BulkStateMachineRole"]["Properties"]["Policies"][0][
+        "PolicyDocument"]["Statement"][0]["Resource"]
+    assert {r["Fn::GetAtt"][0] for r in bulk_invoke if "Fn::GetAtt" in r} == {
+        "PlanImageBatchesFunction", "ClassifyImageBatchFunction", "SummarizeBulkRunFunction"}
+    for key in ("PlanImageBatchesFunction", "ClassifyImageBatchFunction",
+                "SummarizeBulkRunFunction"):
+        assert template["Resources"][key]["Properties"]["Role"] == {
+            "Fn::GetAtt": ["BulkLambdaRole", "Arn"]}
 
     approval = template["Resources"]["ModelApprovedRule"]["Properties"]
     assert approval["EventPattern"] == {

@@ -115,7 +115,8 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
     command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--images", str(folder),
                "--json", "--set", f"local.workspace={workspace}",
-               "--set", "workflow.confidence_threshold=0.9999"]
+               "--set", "workflow.confidence_threshold=0.9999",
+               "--endpoint-idle-minutes", "0"]  # leave no endpoint running after the test
 
     run = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                          timeout=300)
@@ -158,3 +159,89 @@ def test_image_options_name_what_is_wrong(tmp_path):
         images_from_options(config, prefix="s3://empty-bucket/images/")
     with pytest.raises(SconesError, match="not an s3:// URL"):
         images_from_options(config, s3="bucket/key.png")
+
+
+def test_definition_is_cached_on_disk_keyed_by_what_it_depends_on(tmp_path):
+    workspace = tmp_path / "ws"
+    code = ("import json, sys\n"
+            "from scones.config import load_config\n"
+            "from workflow.definition import workflow_definition_json\n"
+            "config = load_config('local', {'local.workspace': sys.argv[1], "
+            "'workflow.lambda_prefix': sys.argv[2]})\n"
+            "text = workflow_definition_json(config)\n"
+            "print(json.dumps({'sdk_imported': 'stepfunctions' in sys.modules, "
+            "'names': sorted(s['Parameters']['FunctionName'] for s in "
+            "json.loads(text)['States'].values() if s['Type'] == 'Task')}))\n")
+
+    def build(prefix: str) -> dict:
+        run = subprocess.run([sys.executable, "-c", code, str(workspace), prefix],
+                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    first, again = build("scones"), build("scones")
+    assert first["sdk_imported"] and not again["sdk_imported"]  # the cache served it
+    assert again["names"] == first["names"] == ["scones-classify-image",
+                                                "scones-filter-inferences",
+                                                "scones-serialize-image-data"]
+    other = build("other")   # a config value that goes into the ASL: a new key, rebuilt
+    assert other["sdk_imported"] and other["names"][0] == "other-classify-image"
+    assert len(list((workspace / "cache" / "asl").glob("inference-*.json"))) == 2
+
+
+def test_cli_leaves_an_endpoint_in_the_background_and_the_next_run_reuses_it(
+        tmp_path, sample_data_dir, small_model_tar):
+    import signal
+    import time
+
+    from workflow.endpoint.background import find_running, running_file
+
+    workspace = tmp_path / "ws"
+    config = load_config("local", {"local.workspace": str(workspace)})
+    deploy_locally(config, small_model_tar)
+    image = real_images(sample_data_dir, 1)[0]
+    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--image", str(image),
+               "--json", "--set", f"local.workspace={workspace}", "--endpoint-idle-minutes", "2"]
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    try:
+        first = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                               timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert "starting the local endpoint in the background" in first.stderr
+        running = find_running(config)
+        assert running is not None and running.owner == "background"
+        second = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
+                                env=env, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert f"using the running endpoint at {running.url}" in second.stderr
+        assert json_lines(second)[0]["Inferences"] == json_lines(first)[0]["Inferences"]
+    finally:
+        running = find_running(config)
+        if running is not None:
+            os.kill(running.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while running_file(config).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running_file(config).exists()  # it unregistered itself on SIGTERM
+
+
+def test_background_endpoint_stops_itself_when_idle(tmp_path, small_model_tar):
+    import time
+
+    from workflow.endpoint.background import find_running, running_file, start_background
+
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws")})
+    deploy_locally(config, small_model_tar)
+    started = start_background(config, idle_timeout_s=2.0, progress=False)
+    assert find_running(config) == started
+    deadline = time.monotonic() + 60
+    while running_file(config).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running_file(config).exists()
+    assert find_running(config) is None
+    for _ in range(100):   # the process ended by itself, cleanly (it is our child here)
+        pid, status = os.waitpid(started.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.2)
+    assert pid == started.pid and os.waitstatus_to_exitcode(status) == 0

@@ -52,10 +52,15 @@ def test_three_lambda_tasks_chained_by_function_name(asl, config):
     assert names == {"serialize_image_data": "scones-serialize-image-data",
                      "classify_image": "scones-classify-image",
                      "filter_inferences": "scones-filter-inferences",
-                     "deploy_approved_model": "scones-deploy-approved-model"}
+                     "deploy_approved_model": "scones-deploy-approved-model",
+                     "plan_image_batches": "scones-plan-image-batches",
+                     "classify_image_batch": "scones-classify-image-batch",
+                     "summarize_bulk_run": "scones-summarize-bulk-run"}
     # one table for every function; the approval one is not a state of the workflow
     assert [k for k, f in lambda_functions(config).items() if f.in_workflow] == list(
         WORKFLOW_KEYS)
+    assert [k for k, f in lambda_functions(config).items() if f.in_bulk] == [
+        "plan_image_batches", "classify_image_batch", "summarize_bulk_run"]
 
 
 def test_retries_transient_lambda_errors_everywhere_and_throttling_on_classify(asl):

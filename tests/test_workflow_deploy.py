@@ -78,7 +78,7 @@ def test_deploy_creates_then_redeploys_as_a_no_op(aws, zips):
     assert {k: f["arn"] for k, f in second["functions"].items()} == \
         {k: f["arn"] for k, f in first["functions"].items()}
     assert second["state_machine"]["arn"] == first["state_machine"]["arn"]
-    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one
+    assert len(all_functions(aws["lambda"])) == 7  # the workflow's three, the deploy one, the bulk three
     assert len(aws["sfn"].list_state_machines()["stateMachines"]) == 1
 
 
@@ -143,7 +143,7 @@ def test_zips_without_a_table_entry_are_reported_not_deployed(aws, zips, tmp_pat
     result = deploy_workflow(make_config(aws), {**zips, "something_else": extra},
                              aws["lambda"], aws["sfn"])
     assert result["not_deployed"] == ["something_else"]
-    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one
+    assert len(all_functions(aws["lambda"])) == 7  # the workflow's three, the deploy one, the bulk three
 
 
 def test_aws_errors_become_scones_errors_naming_the_function(aws, zips, monkeypatch):
@@ -166,12 +166,14 @@ def test_cli_deploy_in_env_aws_creates_then_reports_unchanged(aws, capsys):
     created = json.loads(capsys.readouterr().out)
     assert created["state_machine"]["action"] == "created"
     # one deploy path for every function of the project, as the CloudFormation template has
-    assert sorted(created["functions"]) == ["classify_image", "deploy_approved_model",
-                                            "filter_inferences", "serialize_image_data"]
+    assert sorted(created["functions"]) == ["classify_image", "classify_image_batch",
+                                            "deploy_approved_model", "filter_inferences",
+                                            "plan_image_batches", "serialize_image_data",
+                                            "summarize_bulk_run"]
     assert main(args) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["name", "kind", "action", "changed"]
     rows = [line.split() for line in table[2:]]
-    assert len(rows) == 5 and all(row[-1] == "unchanged" for row in rows)  # 4 functions + SM
+    assert len(rows) == 8 and all(row[-1] == "unchanged" for row in rows)  # 7 functions + SM
     assert max(len(line) for line in table) <= 100
-    assert len(all_functions(aws["lambda"])) == 4  # the workflow's three and the deploy one
+    assert len(all_functions(aws["lambda"])) == 7  # the workflow's three, the deploy one, the bulk three

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,6 +56,7 @@ class LambdaSpec:
     timeout: int = 30                               # seconds
     memory_size: int = 256                          # MB
     in_workflow: bool = True                        # a state of the inference workflow
+    in_bulk: bool = False                           # a state of the bulk workflow (workflow.bulk)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class LambdaFunction:
     memory_size: int
     description: str
     in_workflow: bool
+    in_bulk: bool = False
 
 
 LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
@@ -91,6 +94,22 @@ LAMBDA_SPECS: tuple[LambdaSpec, ...] = (
         "Deploys model versions approved in the Model Registry to the endpoint, with data "
         "capture", environment=deploy_lambda_environment, timeout=60, memory_size=128,
         in_workflow=False),   # started by the approval EventBridge rule, not a state
+    # The bulk workflow (workflow/bulk.py): plan batches -> Distributed Map of batches -> sum up.
+    LambdaSpec(
+        "plan_image_batches", "Lists an S3 prefix into a manifest of image batches",
+        timeout=900, memory_size=1024,   # 1 million keys: ~1,000 list calls, ~100 MB of keys
+        in_workflow=False, in_bulk=True),
+    LambdaSpec(
+        "classify_image_batch",
+        "Serialize, classify (one endpoint request per batch) and filter a batch of images",
+        environment=lambda config: {
+            "ENDPOINT_NAME": config.workflow.endpoint_name,
+            "CONFIDENCE_THRESHOLD": repr(config.workflow.confidence_threshold),
+            "CLASS_NAMES": ",".join(config.classes)},
+        timeout=300, memory_size=1024, in_workflow=False, in_bulk=True),
+    LambdaSpec(
+        "summarize_bulk_run", "Counts a bulk run's results and applies the failure threshold",
+        timeout=300, memory_size=512, in_workflow=False, in_bulk=True),
 )
 
 
@@ -108,7 +127,7 @@ def lambda_functions(config: Config, specs: tuple[LambdaSpec, ...] = LAMBDA_SPEC
             handler=f"lambdas.{spec.key}.lambda_handler",
             environment=dict(spec.environment(config)), timeout=spec.timeout,
             memory_size=spec.memory_size, description=spec.description,
-            in_workflow=spec.in_workflow)
+            in_workflow=spec.in_workflow, in_bulk=spec.in_bulk)
         for spec in specs
     }
 
@@ -137,6 +156,24 @@ def _fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment
             return result
 
     return FailFromCaughtError(state_id, comment=comment, **({"error": error} if error else {}))
+
+
+def lambda_task_state(sdk_steps, config: Config, function: LambdaFunction, state_id: str,
+                      comment: str):
+    """A lambda:invoke Task for `function`, by name, with the transient-error retrier."""
+    state = sdk_steps.LambdaStep(
+        state_id, comment=comment,
+        parameters={"FunctionName": function.name, "Payload.$": "$"},
+        output_path="$.Payload",
+        timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
+    # The SDK derives the ARN's partition from whatever region the ambient boto3
+    # session has (none -> "aws", cn-north-1 -> "aws-cn"); the configured region
+    # decides here, so the same config always gives the same ASL.
+    state.fields["resource"] = (f"arn:{aws_partition(config.aws.region)}:states:::"
+                                "lambda:invoke")
+    state.add_retry(sdk_steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
+                                    interval_seconds=1, max_attempts=3, backoff_rate=2.0))
+    return state
 
 
 def build_workflow(config: Config, client=None):
@@ -168,20 +205,7 @@ def build_workflow(config: Config, client=None):
     route_error.default_choice(failed)
 
     def lambda_state(state_id: str, key: str, comment: str):
-        function = functions[key]
-        state = steps.LambdaStep(
-            state_id, comment=comment,
-            parameters={"FunctionName": function.name, "Payload.$": "$"},
-            output_path="$.Payload",
-            timeout_seconds=function.timeout + 15)  # the function's own timeout fires first
-        # The SDK derives the ARN's partition from whatever region the ambient boto3
-        # session has (none -> "aws", cn-north-1 -> "aws-cn"); the configured region
-        # decides here, so the same config always gives the same ASL.
-        state.fields["resource"] = (f"arn:{aws_partition(config.aws.region)}:states:::"
-                                    "lambda:invoke")
-        state.add_retry(steps.Retry(error_equals=TRANSIENT_LAMBDA_ERRORS,
-                                    interval_seconds=1, max_attempts=3, backoff_rate=2.0))
-        return state
+        return lambda_task_state(steps, config, functions[key], state_id, comment)
 
     serialize = lambda_state(SERIALIZE_STATE, "serialize_image_data",
                              "Read the image from S3 into image_data (base64)")
@@ -218,19 +242,84 @@ def workflow_definition(config: Config) -> dict:
 def workflow_definition_json(config: Config) -> str:
     """The ASL exactly as deployed (the SDK's JSON), checked first.
 
-    Cached per (frozen, hashable) Config: building it through the SDK costs about a
-    second (boto3 sessions for partition lookups), and the local engine asks often.
+    Cached per (frozen, hashable) Config in the process, and on disk (cached_definition):
+    building it through the SDK imports sagemaker and stepfunctions (seconds), which a
+    one-image `workflow run` must not pay each time.
     """
-    text = build_workflow(config).definition.to_json(pretty=True)
+    def build() -> str:
+        return build_workflow(config).definition.to_json(pretty=True)
+
+    text = cached_definition(config, "inference", build)
     check_definition(json.loads(text))
     return text
 
 
-def check_definition(asl: dict) -> None:
+# What a definition is built from, besides the config: these sources and the SDK's.
+DEFINITION_SOURCES = ("workflow/definition.py", "workflow/bulk.py")
+ASL_CACHE_FOLDER = "cache/asl"
+
+
+def definition_cache_key(config: Config, kind: str) -> str:
+    """A hash of everything the ASL depends on: the config values that go into it (the
+    workflow section, region, classes, the Lambda table's names and timeouts), the
+    sources of this module, workflow/bulk.py and lambdas/*.py, and the Step Functions
+    SDK's own state classes (found without importing it)."""
+    import dataclasses
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    digest.update(json.dumps({
+        "kind": kind, "workflow": dataclasses.asdict(config.workflow),
+        "region": config.aws.region, "classes": list(config.classes),
+        "functions": [(f.name, f.timeout) for f in lambda_functions(config).values()],
+    }, sort_keys=True, default=str).encode())
+    sources = [root / name for name in DEFINITION_SOURCES]
+    sources += sorted((root / "lambdas").glob("*.py"))
+    spec = importlib.util.find_spec("stepfunctions")
+    if spec is not None and spec.origin:
+        sdk = Path(spec.origin).parent
+        sources += [sdk / "steps" / "states.py", sdk / "steps" / "compute.py",
+                    sdk / "workflow" / "stepfunctions.py"]
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:32]
+
+
+def cached_definition(config: Config, kind: str, build: Callable[[], str]) -> str:
+    """build()'s ASL text, kept under <workspace>/cache/asl/<kind>-<key>.json; a changed
+    config value or source gives a new key, so a stale definition is never used. An
+    unreadable or unwritable cache only means building it again."""
+    from pathlib import Path
+
+    folder = Path(config.local.workspace) / ASL_CACHE_FOLDER
+    path = folder / f"{kind}-{definition_cache_key(config, kind)}.json"
+    try:
+        text = path.read_text()
+        json.loads(text)
+        return text
+    except (OSError, ValueError):
+        pass
+    text = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # never a half-written definition under the final name
+    except OSError:
+        pass
+    return text
+
+
+def check_definition(asl: dict, where: str = "state machine definition") -> None:
     """Refuse what CreateStateMachine would: unknown StartAt/Next/Catch targets, states
-    no path reaches, a non-terminal state without Next, misplaced States.ALL."""
+    no path reaches, a non-terminal state without Next, misplaced States.ALL; a Map's
+    ItemProcessor (or Iterator) is checked the same way, as a graph of its own."""
     def fail(why: str) -> None:
-        raise WorkflowDefinitionError(f"state machine definition: {why}")
+        raise WorkflowDefinitionError(f"{where}: {why}")
 
     states = asl.get("States")
     if not isinstance(states, dict) or not states:
@@ -255,6 +344,11 @@ def check_definition(asl: dict) -> None:
             fail(f"state {name!r} must have exactly one of Next and End")
         if kind == "Task" and not state.get("Resource"):
             fail(f"Task state {name!r} has no Resource")
+        if kind == "Map":
+            processor = state.get("ItemProcessor") or state.get("Iterator")
+            if not isinstance(processor, dict):
+                fail(f"Map state {name!r} has no ItemProcessor")
+            check_definition(processor, f"{where}, Map state {name!r}")
         for block in ("Retry", "Catch"):
             rules = state.get(block, [])
             for index, rule in enumerate(rules):

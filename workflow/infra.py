@@ -4,7 +4,8 @@ the state machine's ASL from the Step Functions SDK (workflow_definition_json), 
 approval Lambda (lambdas/deploy_approved_model.py).
 
 What it creates: the three workflow Lambdas and the approval -> deploy Lambda (code from
-S3), the inference state machine, an EventBridge rule from "model package Approved" to the
+S3), the inference state machine, the bulk state machine (workflow/bulk.py) with its three
+Lambdas, an EventBridge rule from "model package Approved" to the
 deploy Lambda, an EventBridge rule from "new object under <bucket>/<prefix>" to the state
 machine (input shaped like the seeds' events), and IAM roles whose statements name actions
 and resources exactly: no "*" action, resources scoped to this project's bucket, functions,
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from scones.backend import LAMBDA_RUNTIME, backend_for
 from scones.config import DATA_CAPTURE_PREFIX, Config
+from workflow.bulk import RESULTS_PREFIX, bulk_definition_json, bulk_state_machine_name
 from workflow.definition import lambda_functions, workflow_definition_json
 
 TEMPLATE_PATH = Path(__file__).with_name("cloudformation.json")
@@ -65,6 +67,7 @@ def cloudformation_template(config: Config) -> dict:
     """The whole stack as a CloudFormation template dict (JSON-ready)."""
     functions = lambda_functions(config)
     workflow_functions = [f for f in functions.values() if f.in_workflow]
+    bulk_functions = [f for f in functions.values() if f.in_bulk]
     prefix = config.workflow.lambda_prefix
     endpoint = config.workflow.endpoint_name.lower()  # SageMaker ARNs are lower case
     group = config.pipeline.model_package_group.lower()
@@ -115,6 +118,20 @@ def cloudformation_template(config: Config) -> dict:
             {"Sid": "InvokeEndpoint", "Effect": "Allow", "Action": ["sagemaker:InvokeEndpoint"],
              "Resource": endpoint_arn},
         ], "The inference workflow's Lambdas: read images, invoke the endpoint, log")
+    bulk_results = _sub(f"{ARN}:s3:::${{BucketName}}/{RESULTS_PREFIX}/*")
+    resources["BulkLambdaRole"] = _role(
+        "lambda.amazonaws.com", f"{prefix}-bulk-lambdas", [
+            _log_statement([log_id[f.key] for f in bulk_functions]),
+            {"Sid": "ListImages", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": _sub(f"{ARN}:s3:::${{BucketName}}")},
+            {"Sid": "ReadImagesAndResults", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": _sub(f"{ARN}:s3:::${{BucketName}}/*")},
+            {"Sid": "WriteRunResults", "Effect": "Allow", "Action": ["s3:PutObject"],
+             "Resource": bulk_results},
+            {"Sid": "InvokeEndpoint", "Effect": "Allow", "Action": ["sagemaker:InvokeEndpoint"],
+             "Resource": endpoint_arn},
+        ], "The bulk workflow's Lambdas: list and read images, write run results, invoke "
+           "the endpoint, log")
     resources["DeployLambdaRole"] = _role(
         "lambda.amazonaws.com", f"{prefix}-deploy-approved-model", [
             _log_statement([log_id[DEPLOY_FUNCTION_KEY]]),
@@ -139,7 +156,7 @@ def cloudformation_template(config: Config) -> dict:
 
     for function in functions.values():
         environment = dict(function.environment)
-        role = "WorkflowLambdaRole"
+        role = "BulkLambdaRole" if function.in_bulk else "WorkflowLambdaRole"
         if function.key == DEPLOY_FUNCTION_KEY:
             role = "DeployLambdaRole"
             environment.update(
@@ -179,6 +196,37 @@ def cloudformation_template(config: Config) -> dict:
             "RoleArn": {"Fn::GetAtt": ["StateMachineRole", "Arn"]},
             # exactly the SDK's ASL, the one the local engine runs
             "DefinitionString": workflow_definition_json(config),
+        }}
+
+    bulk_name = bulk_state_machine_name(config)
+    bulk_targets = []
+    for function in bulk_functions:
+        bulk_targets += [{"Fn::GetAtt": [fn_id[function.key], "Arn"]},
+                         _sub(f"${{{fn_id[function.key]}.Arn}}:*")]
+    resources["BulkStateMachineRole"] = _role(
+        "states.amazonaws.com", f"{prefix}-bulk-state-machine", [
+            {"Sid": "InvokeBulkLambdas", "Effect": "Allow",
+             "Action": ["lambda:InvokeFunction"], "Resource": bulk_targets},
+            # A Distributed Map runs its children as executions of this same state machine.
+            {"Sid": "RunChildExecutions", "Effect": "Allow", "Action": ["states:StartExecution"],
+             "Resource": _sub(f"{ARN}:states:{REGION_ACCOUNT}:stateMachine:{bulk_name}")},
+            {"Sid": "ManageChildExecutions", "Effect": "Allow",
+             "Action": ["states:DescribeExecution", "states:StopExecution"],
+             "Resource": _sub(f"{ARN}:states:{REGION_ACCOUNT}:execution:{bulk_name}/*")},
+            # ItemReader reads the manifest; ResultWriter writes the Map's result files.
+            {"Sid": "ReadManifestWriteResults", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts",
+                        "s3:AbortMultipartUpload"],
+             "Resource": bulk_results},
+        ], "The bulk state machine: invoke its Lambdas, run its Distributed Map's children, "
+           "read its manifest and write its results")
+    resources["BulkStateMachine"] = {
+        "Type": "AWS::StepFunctions::StateMachine",
+        "Properties": {
+            "StateMachineName": bulk_name,
+            "StateMachineType": "STANDARD",   # the parent; its Map's children are EXPRESS
+            "RoleArn": {"Fn::GetAtt": ["BulkStateMachineRole", "Arn"]},
+            "DefinitionString": bulk_definition_json(config),
         }}
 
     resources["ModelApprovedRule"] = {
@@ -244,6 +292,9 @@ def cloudformation_template(config: Config) -> dict:
                                       "Value": {"Fn::GetAtt": ["WorkflowLambdaRole", "Arn"]}},
             "StateMachineRoleArn": {"Description": "aws.states_role_arn",
                                     "Value": {"Fn::GetAtt": ["StateMachineRole", "Arn"]}},
+            "BulkStateMachineArn": {"Description": "The bulk workflow (`scones workflow run "
+                                                   "--env aws --prefix ...`)",
+                                    "Value": {"Ref": "BulkStateMachine"}},
             "DeployFunctionArn": {"Description": "Runs on each approval",
                                   "Value": {"Fn::GetAtt": [fn_id[DEPLOY_FUNCTION_KEY], "Arn"]}},
             "EnableBucketEvents": {

@@ -17,10 +17,19 @@ with no AWS account and no Docker:
 The engine and the Lambdas run in one process under one GIL (the endpoint has its own,
 see workflow/local_run.py), so their CPU per image is the workflow's throughput.
 Speed patches, each keeping moto's answers (see each class): the ASL parsed once per
-definition and each JSONPath once; boto3 clients reused; S3's URL table and response
-method lists computed once per run; execution names indexed; and `DirectExecutions` /
-`DirectStaging` give the local runner StartExecution/DescribeExecution and the input
-PutObject on moto's backends without botocore (errors still come from the boto3 client).
+definition (CreateStateMachine's validation included) and each JSONPath once; boto3
+clients reused; S3's URL table and response method lists computed once per run;
+execution names indexed; `DirectExecutions` / `DirectStaging` / `DirectDeploy` give the
+local runner StartExecution/DescribeExecution, CreateBucket/PutObject and the roles,
+functions and state machines it creates on moto's backends without botocore (errors still
+come from the boto3 client); `DirectS3Reads` does the same for the in-process Lambdas'
+GetObject (the bulk workflow's largest cost); and moto's Batch/EC2 backends are not
+imported unless used (`_import_batch_utils_without_batch`).
+
+One engine gap is bridged rather than patched for speed: moto's ASL grammar accepts only
+STANDARD as a Distributed Map's child ExecutionType; the bulk workflow deploys EXPRESS,
+which moto reads as STANDARD (no difference in how moto runs children, see
+`_express_children_as_standard`).
 
 These patches reach into moto internals, so they are tied to the version they were
 written and tested against: `check_moto_version()` refuses any other.
@@ -56,6 +65,39 @@ TESTED_MOTO_VERSION = "5.2.5"
 
 class EngineError(SconesError):
     """The local Step Functions engine cannot run (wrong moto, unloadable Lambda zip)."""
+
+
+def _import_batch_utils_without_batch() -> None:
+    """moto's ASL interpreter imports every service integration, among them Batch's, which
+    needs only `moto.batch.utils.JobStatus`; but importing moto.batch.utils first runs
+    moto/batch/__init__.py, which loads moto's Batch and EC2 backends (EC2 instance-type
+    and region tables: about a second, most of a one-image run's import time). The
+    package is registered with its search path but its __init__ deferred until an
+    attribute of it is used (only a state machine calling Batch would), so utils imports
+    on its own. Nothing changes for code that uses moto.batch: the first attribute access
+    runs the real __init__."""
+    import importlib.util
+    import types
+
+    if "moto.batch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("moto.batch")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return
+    module = importlib.util.module_from_spec(spec)
+
+    class DeferredPackage(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            self.__class__ = types.ModuleType   # from now on an ordinary module
+            spec.loader.exec_module(self)
+            return getattr(self, name)
+
+    module.__class__ = DeferredPackage
+    sys.modules["moto.batch"] = module
+    import moto
+    moto.batch = module  # what importing it would have set on the parent package
 
 
 def check_moto_version() -> None:
@@ -147,6 +189,7 @@ class InProcessLambdas:
         self._work_dir = Path(tempfile.mkdtemp(prefix="scones-lambdas-"))
         self._pinned: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
+        self.direct_s3_region: str | None = None  # set: handlers read S3 via DirectS3Reads
 
     def close(self) -> None:
         shutil.rmtree(self._work_dir, ignore_errors=True)
@@ -159,6 +202,8 @@ class InProcessLambdas:
                 folder = self._work_dir / f"{function.function_name}-{len(self._handlers)}"
                 folder.mkdir(parents=True)
                 handler = load_handler_from_zip(function.code_bytes, function.handler, folder)
+                if self.direct_s3_region:
+                    _direct_s3_clients(handler, self.direct_s3_region)
                 self._handlers[key] = handler
         return handler
 
@@ -431,11 +476,24 @@ class DirectStaging:
         from moto.utilities.utils import get_partition
 
         self._client = client
+        self._region = region
         self._backend = s3_backends[os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)][
             get_partition(region)]
 
     def __getattr__(self, operation: str) -> Any:
         return getattr(self._client, operation)
+
+    def create_bucket(self, *, Bucket: str) -> dict:
+        """A new bucket in us-east-1, as moto's CreateBucket handler makes it there (no
+        LocationConstraint, no ACL or lock headers); an existing bucket or another region
+        (where moto's answer depends on a LocationConstraint) goes through boto3."""
+        if Bucket in self._backend.buckets or self._region != "us-east-1":
+            return self._client.create_bucket(Bucket=Bucket)
+        try:
+            self._backend.create_bucket(Bucket, self._region)
+        except _moto_errors():
+            return self._client.create_bucket(Bucket=Bucket)
+        return {"Location": f"/{Bucket}"}
 
     def put_object(self, *, Bucket: str, Key: str, Body: bytes) -> dict:
         try:
@@ -445,6 +503,123 @@ class DirectStaging:
             return self._client.put_object(Bucket=Bucket, Key=Key, Body=Body)
         key.set_acl(bucket.acl)
         return {"ETag": key.etag}
+
+
+class DirectS3Reads:
+    """GetObject of an existing object straight from moto's S3 backend, for the
+    in-process Lambdas' S3 client: through botocore and moto's HTTP emulation (serialise,
+    sign, route, render headers, parse) one read cost ~1 ms of CPU, more than the bulk
+    workflow's whole budget per image. A plain {Bucket, Key} read of an object moto holds
+    gets what boto3 parses from moto's answer: Body (the same bytes), ContentLength,
+    ContentType, ETag, LastModified (user Metadata left empty). Anything else (a missing bucket or key,
+    Range, VersionId, conditions...) and every other operation go through the boto3
+    client `client`, so callers see moto's own answers and ClientErrors."""
+
+    PARAMETERS = frozenset({"Bucket", "Key"})
+
+    def __init__(self, make_client: Callable[[], Any], region: str):
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import FakeKey, s3_backends
+        from moto.utilities.utils import get_partition
+
+        self._make_client = make_client   # the real client, made only when needed
+        self._fake_key = FakeKey
+        self._backend = s3_backends[os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)][
+            get_partition(region)]
+
+    @property
+    def _client(self) -> Any:
+        return self._make_client()
+
+    def __getattr__(self, operation: str) -> Any:
+        return getattr(self._client, operation)
+
+    def get_object(self, **params: Any) -> dict:
+        from botocore.response import StreamingBody
+
+        bucket = self._backend.buckets.get(params.get("Bucket"))
+        key = bucket.keys.get(params.get("Key")) if bucket is not None else None
+        if (not params.keys() <= self.PARAMETERS or type(key) is not self._fake_key
+                or key.storage_class != "STANDARD"):
+            return self._client.get_object(**params)
+        value = key.value
+        return {"Body": StreamingBody(io.BytesIO(value), len(value)),
+                "ContentLength": len(value),
+                "ContentType": key.metadata.get("Content-Type", "binary/octet-stream"),
+                "ETag": key.etag, "LastModified": key.last_modified.replace(microsecond=0),
+                "Metadata": {},  # user metadata is not carried: no Lambda of ours reads it
+                "ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {},
+                                     "RetryAttempts": 0}}
+
+
+def _direct_s3_clients(handler: Callable, region: str) -> None:
+    """Give a handler loaded from its zip DirectS3Reads for its S3 client: its module's
+    `aws_client` (lambdas.clients, imported by name) is wrapped, nothing else changes."""
+    namespace = getattr(handler, "__globals__", {})
+    make_client = namespace.get("aws_client")
+    if not callable(make_client) or getattr(make_client, "_direct_s3", False):
+        return
+    direct = DirectS3Reads(lambda: make_client("s3"), region)
+
+    def aws_client(service: str) -> Any:
+        return direct if service == "s3" else make_client(service)
+
+    aws_client._direct_s3 = True  # type: ignore[attr-defined]
+    namespace["aws_client"] = aws_client
+
+
+class DirectDeploy:
+    """What a local run creates in moto before its first execution (two IAM roles, the
+    Lambda functions, the state machines), through moto's backends: the same calls moto's
+    request handlers make with the same arguments, without the boto3 clients (each loads
+    its service model) and the HTTP emulation, about a second of a one-image run. Any moto
+    error repeats the call through boto3, so callers get the ClientError AWS would give."""
+
+    def __init__(self, region: str):
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.utilities.utils import get_partition
+
+        self.region = region
+        self.account = os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)
+        self.partition = get_partition(region)
+
+    def create_role(self, name: str, trust_policy: str) -> str:
+        from moto.iam.models import iam_backends
+
+        try:
+            return iam_backends[self.account][self.partition].create_role(
+                role_name=name, assume_role_policy_document=trust_policy, path="/",
+                permissions_boundary=None, description="", tags=[],
+                max_session_duration=None).arn
+        except _moto_errors():
+            import boto3
+            return boto3.client("iam", region_name=self.region).create_role(
+                RoleName=name, AssumeRolePolicyDocument=trust_policy)["Role"]["Arn"]
+
+    def create_function(self, **spec: Any) -> None:
+        """Arguments as for Lambda's CreateFunction; Code.ZipFile as bytes."""
+        import base64
+
+        from moto.awslambda.models import lambda_backends
+
+        body = {**spec, "Code": {"ZipFile": base64.b64encode(spec["Code"]["ZipFile"]).decode()}}
+        backend = lambda_backends[self.account][self.region]
+        try:
+            backend.create_function(body)   # moto's handler passes the request's JSON body
+        except _moto_errors():
+            import boto3
+            boto3.client("lambda", region_name=self.region).create_function(**spec)
+
+    def create_state_machine(self, name: str, definition: str, role_arn: str) -> str:
+        from moto.stepfunctions.responses import get_backend
+
+        try:
+            return get_backend(self.account, self.region).create_state_machine(
+                name=name, definition=definition, roleArn=role_arn).arn
+        except _moto_errors():
+            import boto3
+            return boto3.client("stepfunctions", region_name=self.region).create_state_machine(
+                name=name, definition=definition, roleArn=role_arn)["stateMachineArn"]
 
 
 class _ExecutionNames:
@@ -488,6 +663,36 @@ def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return functools.lru_cache(maxsize=1024)(parse)
 
 
+def _express_children_as_standard(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """moto's ASL grammar accepts only "STANDARD" as a Distributed Map's
+    ItemProcessor.ProcessorConfig.ExecutionType, though AWS takes "EXPRESS" (what the bulk
+    workflow deploys, workflow/bulk.py). In moto the value changes nothing: every child
+    runs the same way, as a worker thread of the parent execution. So the definition moto
+    parses has EXPRESS read as STANDARD there and nowhere else; the stored definition
+    (DescribeStateMachine) stays the one deployed."""
+    # Memoised: CreateStateMachine's validation and the executions' _ParsedDefinitions
+    # then parse a definition once (the parse is read-only afterwards, see there).
+    @functools.lru_cache(maxsize=16)
+    def parse_with_express(definition: str) -> Any:
+        if '"EXPRESS"' in definition:
+            definition = json.dumps(_standard_processors(json.loads(definition)))
+        return parse(definition)
+
+    return parse_with_express
+
+
+def _standard_processors(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {key: _standard_processors(value) for key, value in node.items()}
+        config = node.get("ProcessorConfig")
+        if isinstance(config, dict) and config.get("ExecutionType") == "EXPRESS":
+            node["ProcessorConfig"] = {**config, "ExecutionType": "STANDARD"}
+        return node
+    if isinstance(node, list):
+        return [_standard_processors(value) for value in node]
+    return node
+
+
 def _s3_urls_once() -> Any:
     """moto's S3 backend re-imports moto.s3.urls (importlib.reload: stat, read, exec)
     twice per S3 request, in case S3 settings in the environment changed; they do not
@@ -517,6 +722,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     sagemaker-runtime calls go there over real HTTP instead of to moto.
     """
     check_moto_version()
+    _import_batch_utils_without_batch()
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
     from moto.core import responses as moto_responses
@@ -529,6 +735,7 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
     from moto.stepfunctions.parser.backend import execution, execution_worker
 
     lambdas = InProcessLambdas()
+    lambdas.direct_s3_region = region
     aws = LocalAws(region=region, lambdas=lambdas)
     passthrough = [f"^{re.escape(endpoint_url.rstrip('/'))}/"] if endpoint_url else []
     env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
@@ -544,7 +751,8 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
         reflect_end(communication)
         aws._ended.put(communication.execution.exec_arn)
 
-    programs = _ParsedDefinitions(AmazonStateLanguageParser.parse)
+    parse = _express_children_as_standard(AmazonStateLanguageParser.parse)
+    programs = _ParsedDefinitions(parse)
     clients = _CachedClients(lambda_eval_utils.boto_client_for)
     lambda_tasks = _DirectLambdaTasks(lambda_eval_utils._invoke_lambda_function, lambdas)
     execution_names = _ExecutionNames()
@@ -559,6 +767,8 @@ def local_aws(region: str, endpoint_url: str | None = None) -> Iterator[LocalAws
             patches.enter_context(mock_aws(config=_mock_config(passthrough)))
             patches.enter_context(mock.patch.object(
                 LambdaFunction, "_invoke_lambda", invoke_in_process))
+            patches.enter_context(mock.patch.object(
+                AmazonStateLanguageParser, "parse", staticmethod(parse)))
             patches.enter_context(mock.patch.object(
                 execution.BaseExecutionWorkerCommunication, "terminated", terminated))
             patches.enter_context(mock.patch.object(

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -336,8 +337,8 @@ def _seconds(start: Any, stop: Any) -> float | None:
 
 def run_workflow_locally(config: Config, images: Sequence[ImageSource],
                          model_version: int | None = None, concurrency: int | None = None,
-                         progress: bool = True, model_tar: Path | None = None
-                         ) -> list[ImageResult]:
+                         progress: bool = True, model_tar: Path | None = None,
+                         keep_endpoint_s: float | None = None) -> list[ImageResult]:
     """Classify each image with one execution of the inference workflow, all local.
 
     model_version / model_tar pin the model the local endpoint serves (default: the
@@ -345,7 +346,9 @@ def run_workflow_locally(config: Config, images: Sequence[ImageSource],
     """
     if not images:
         raise SconesError("no images to classify")
-    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar) as workflow:
+    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar,
+                       reuse_endpoint=keep_endpoint_s is not None,
+                       keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
         return workflow.run(images, concurrency=concurrency, progress=progress)
 
 
@@ -354,10 +357,20 @@ class LocalWorkflow:
     (`with LocalWorkflow(config) as wf: wf.run(images)`)."""
 
     def __init__(self, config: Config, model_version: int | None = None,
-                 model_tar: Path | None = None):
+                 model_tar: Path | None = None, bulk: bool = False,
+                 endpoint_url: str | None = None, reuse_endpoint: bool = False,
+                 keep_endpoint_s: float | None = None, progress: bool = False):
         self.config = config
         self.model_version = model_version
         self.model_tar = model_tar
+        self.bulk = bulk  # also deploy the bulk state machine and its Lambdas (run_bulk)
+        self.endpoint_url = endpoint_url  # a running endpoint to use instead of starting one
+        self.endpoint = None
+        # Unpinned runs may use the endpoint recorded as running (reuse_endpoint), or leave
+        # one running in the background for keep_endpoint_s idle seconds (endpoint/background.py).
+        self.reuse_endpoint = reuse_endpoint
+        self.keep_endpoint_s = keep_endpoint_s
+        self.progress = progress
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "LocalWorkflow":
@@ -372,44 +385,95 @@ class LocalWorkflow:
         self._stack.close()
 
     def _start(self) -> None:
-        import boto3
-
         from lambdas.build import build_lambda_zips
         from workflow.definition import lambda_functions, workflow_definition_json
-        from workflow.endpoint import EndpointProcess
-        from workflow.moto_engine import (DirectExecutions, DirectStaging, check_moto_version,
-                                          local_aws)
+        from workflow.moto_engine import (DirectDeploy, DirectExecutions, DirectStaging,
+                                          check_moto_version, local_aws)
 
         config = self.config
         check_moto_version()
         definition = workflow_definition_json(config)
-        functions = [f for f in lambda_functions(config).values() if f.in_workflow]
+        functions = [f for f in lambda_functions(config).values()
+                     if f.in_workflow or (self.bulk and f.in_bulk)]
         region = config.aws.region
         zip_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="scones-zips-"))
         zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
         # Its own process: the model and its HTTP server then take no GIL time from the
         # engine and the Lambdas, which share this one (~42% of it when in process).
-        self.endpoint = self._stack.enter_context(EndpointProcess(
-            config, model_version=self.model_version, model_tar=self.model_tar))
-        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint.url))
-        iam = boto3.client("iam", region_name=region)
-        lambda_role = _create_role(iam, config.aws.lambda_role_arn, "lambda")
-        states_role = _create_role(iam, config.aws.states_role_arn, "states")
-        lambda_client = boto3.client("lambda", region_name=region)
+        pinned = self.model_version is not None or self.model_tar is not None
+        if self.endpoint_url is None and not pinned and (self.reuse_endpoint
+                                                         or self.keep_endpoint_s):
+            from workflow.endpoint.background import find_running, start_background
+
+            running = find_running(config) if self.reuse_endpoint else None
+            if running is not None and self.progress:
+                print(f"using the running endpoint at {running.url} ({running.owner}, pid "
+                      f"{running.pid})", file=sys.stderr, flush=True)
+            if running is None and self.keep_endpoint_s:
+                running = start_background(config, self.keep_endpoint_s, self.progress)
+            if running is not None:
+                self.endpoint_url = running.url
+        if self.endpoint_url is None:
+            from workflow.endpoint import EndpointProcess
+
+            self.endpoint = self._stack.enter_context(EndpointProcess(
+                config, model_version=self.model_version, model_tar=self.model_tar))
+            self.endpoint_url = self.endpoint.url
+        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint_url))
+        deploy = DirectDeploy(region)
+        lambda_role = _create_role(deploy, config.aws.lambda_role_arn, "lambda")
+        states_role = _create_role(deploy, config.aws.states_role_arn, "states")
         for function in functions:
-            lambda_client.create_function(
+            deploy.create_function(
                 FunctionName=function.name, Runtime=LAMBDA_RUNTIME, Role=lambda_role,
                 Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
                 Timeout=function.timeout, MemorySize=function.memory_size,
                 Environment={"Variables": function.environment})
         aws.lambdas.pin_environment([f.environment for f in functions])
-        self.sfn = boto3.client("stepfunctions", region_name=region)
+        # boto3 clients are made on first use only: each loads its service model.
+        self.sfn = _LazyClient("stepfunctions", region)
         self._executions = DirectExecutions(self.sfn, region)
-        self.s3 = boto3.client("s3", region_name=region)
+        self.s3 = _LazyClient("s3", region)
         self._staging = DirectStaging(self.s3, region)
-        self.state_machine_arn = self.sfn.create_state_machine(
-            name=config.workflow.state_machine_name, definition=definition,
-            roleArn=states_role)["stateMachineArn"]
+        self.state_machine_arn = deploy.create_state_machine(
+            config.workflow.state_machine_name, definition, states_role)
+        if self.bulk:
+            from workflow.bulk import bulk_definition_json, bulk_state_machine_name
+
+            self.bulk_state_machine_arn = deploy.create_state_machine(
+                bulk_state_machine_name(config), bulk_definition_json(config), states_role)
+
+    def run_bulk(self, prefix_url: str, batch_size: int | None = None,
+                 tolerated_failure_percentage: float | None = None,
+                 concurrency: int | None = None, progress: bool = True):
+        """One execution of the bulk state machine over every object under prefix_url
+        (objects of the local object store, put into moto's S3 first): a BulkRun."""
+        from workflow.bulk import run_bulk_execution, stage_prefix
+
+        if not self.bulk:
+            raise SconesError("this LocalWorkflow was started without bulk=True")
+        stage_prefix(self.config, prefix_url, self._staging)
+        self._staging.create_bucket(Bucket=self.config.aws.bucket)
+        run = run_bulk_execution(
+            self.config, self._executions, self.bulk_state_machine_arn, self.s3, prefix_url,
+            batch_size=batch_size, tolerated_failure_percentage=tolerated_failure_percentage,
+            concurrency=concurrency, progress=progress, poll_interval=LOCAL_POLL_INTERVAL_S,
+            ended=self.aws.ended_executions)
+        self._keep_bulk_results(run)
+        return run
+
+    def _keep_bulk_results(self, run) -> None:
+        """The run's manifest, results and summary, from moto's S3 (gone when the run
+        ends) into the workspace's object store, at the same s3:// URLs as on AWS."""
+        if not run.results_url:
+            return
+        store = backend_for(self.config).object_store()
+        bucket, prefix = split_s3_url(run.results_url)
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix):
+            for item in page.get("Contents", []):
+                body = self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                store.write_bytes(f"s3://{bucket}/{item['Key']}", body)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:
@@ -423,11 +487,23 @@ class LocalWorkflow:
             ended=self.aws.ended_executions, give_up_after_s=LOCAL_GIVE_UP_AFTER_S)
 
 
-def _create_role(iam, arn: str | None, service: str) -> str:
+def _create_role(deploy, arn: str | None, service: str) -> str:
     """The configured role, created in moto (Lambda refuses a role that does not exist)."""
     name = (arn or f"scones-local-{service}").rpartition("/")[2]
-    return iam.create_role(RoleName=name,
-                           AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"]
+    return deploy.create_role(name, json.dumps(TRUST_POLICY))
+
+
+class _LazyClient:
+    """A boto3 client made at its first use."""
+
+    def __init__(self, service: str, region: str):
+        self._service, self._region, self._client = service, region, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            import boto3
+            self._client = boto3.client(self._service, region_name=self._region)
+        return getattr(self._client, name)
 
 
 # --------------------------------------------------------------------------- AWS
@@ -488,13 +564,18 @@ def write_csv(results: Sequence[ImageResult], out) -> None:
 
 
 def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
-                 concurrency: int | None = None, progress: bool = True) -> list[ImageResult]:
+                 concurrency: int | None = None, progress: bool = True,
+                 keep_endpoint_s: float | None = None) -> list[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
-    and the local endpoint, or the deployed state machine on AWS."""
+    and the local endpoint, or the deployed state machine on AWS.
+
+    keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
+    running in the background for that many idle seconds (0: reuse only)."""
     backend = backend_for(config)
     if model_version is not None and backend.pick(local=False, aws=True):
         raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
                           "endpoint serves the deployed version (`scones endpoint deploy`)")
     engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
-    kwargs = backend.pick(local={"model_version": model_version}, aws={})
+    kwargs = backend.pick(local={"model_version": model_version,
+                                 "keep_endpoint_s": keep_endpoint_s}, aws={})
     return engine(config, images, concurrency=concurrency, progress=progress, **kwargs)

@@ -31,6 +31,11 @@ def _build(out_dir: Path, keys=None) -> dict[str, Path]:
 
 
 def cmd_definition(args, config) -> int:
+    if args.bulk:
+        from workflow.bulk import bulk_definition_json
+
+        print(bulk_definition_json(config))
+        return 0
     from workflow.definition import workflow_definition_json
 
     print(workflow_definition_json(config))
@@ -85,6 +90,8 @@ def register(subparsers) -> None:
     parser = workflow.add_parser(
         "definition", parents=[common_options()],
         help="print the state machine definition (ASL JSON) as deployed")
+    parser.add_argument("--bulk", action="store_true",
+                        help="the bulk workflow's (Distributed Map over a prefix) instead")
     parser.set_defaults(func=cmd_definition)
     parser = workflow.add_parser(
         "deploy", parents=[common_options()],
@@ -94,7 +101,8 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_deploy)
     run = workflow.add_parser(
         "run", parents=[common_options()],
-        help="classify images with the inference workflow (one execution per image)",
+        help="classify images with the inference workflow (one execution per image; "
+             "--prefix: one bulk execution in batches)",
         description="Classify images with the inference workflow: serialize -> classify "
                     "(SageMaker endpoint) -> filter (confidence threshold). Locally the "
                     "same ASL runs in moto's Step Functions engine against the local endpoint.")
@@ -107,7 +115,17 @@ def register(subparsers) -> None:
                      help="(local) serve this registered model version instead of the "
                           "deployed one")
     run.add_argument("--concurrency", type=int, metavar="N",
-                     help="executions running at once (default: workflow.max_concurrency)")
+                     help="executions running at once (default: workflow.max_concurrency); "
+                          "with --prefix, batches at once")
+    run.add_argument("--endpoint-idle-minutes", type=float, default=10.0, metavar="MIN",
+                     help="(local) use the running local endpoint, or leave the one this run "
+                          "starts running in the background until idle this long (default "
+                          "10; 0: use a running one only, never leave one)")
+    run.add_argument("--batch-size", type=int, metavar="N",
+                     help="(--prefix) images per batch of the bulk workflow (default 256)")
+    run.add_argument("--tolerated-failures", type=float, metavar="PERCENT",
+                     help="(--prefix) failed batches tolerated before the bulk run fails "
+                          "(default 5)")
     output = run.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="one JSON object per image per line on stdout")
@@ -126,10 +144,26 @@ def register(subparsers) -> None:
 def run_command(args, config) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise SconesError(f"--concurrency must be at least 1, got {args.concurrency}")
-    images = images_from_options(config, image=args.image, images=args.images, s3=args.s3,
-                                 prefix=args.prefix)
-    results = run_workflow(config, images, model_version=args.model_version,
-                           concurrency=args.concurrency)
+    if (args.batch_size is not None or args.tolerated_failures is not None) and not args.prefix:
+        raise SconesError("--batch-size and --tolerated-failures apply to --prefix (the bulk "
+                          "workflow) only")
+    if args.endpoint_idle_minutes < 0:
+        raise SconesError(f"--endpoint-idle-minutes must be 0 or more, got "
+                          f"{args.endpoint_idle_minutes:g}")
+    keep_endpoint_s = 60.0 * args.endpoint_idle_minutes
+    bulk = None
+    if args.prefix:  # one execution of the bulk workflow (workflow/bulk.py)
+        from workflow.bulk import run_bulk
+
+        bulk = run_bulk(config, args.prefix, batch_size=args.batch_size,
+                        tolerated_failure_percentage=args.tolerated_failures,
+                        concurrency=args.concurrency, model_version=args.model_version,
+                        keep_endpoint_s=keep_endpoint_s)
+        results = bulk.results
+    else:
+        images = images_from_options(config, image=args.image, images=args.images, s3=args.s3)
+        results = run_workflow(config, images, model_version=args.model_version,
+                               concurrency=args.concurrency, keep_endpoint_s=keep_endpoint_s)
     if args.json:
         for result in results:
             print(json.dumps(result.to_dict()))
@@ -140,4 +174,11 @@ def run_command(args, config) -> int:
             print(result.line())
         print()
         print(summary(results))
+    if bulk is not None:
+        from workflow.bulk import bulk_summary_lines
+
+        for line in bulk_summary_lines(bulk):
+            print(line, file=sys.stderr if args.json or args.csv else sys.stdout)
+        if bulk.status != "SUCCEEDED":
+            return 1
     return 1 if any(r.failed_otherwise for r in results) else 0

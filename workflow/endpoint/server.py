@@ -35,6 +35,7 @@ from scones.backend import LOCAL_ACCOUNT_ID, backend_for
 from scones.config import Config
 from scones.endpoint_state import EndpointStateFile
 from scones.errors import SconesError
+from workflow.endpoint.batch import BatchRequestError, invoke_batch, is_batch
 from workflow.endpoint.capture import DataCaptureWriter, default_capture_config
 from workflow.endpoint.model_archive import (DEFAULT_ACCEPT, ModelChoice, ServedModel,
                                              choose_from_registry, load_model_archive)
@@ -151,6 +152,8 @@ class EndpointService:
     def invoke(self, body: bytes, content_type: str, accept: str,
                inference_id: str | None = None) -> tuple[bytes, str]:
         serving = self.current()
+        if is_batch(content_type):  # the bulk workflow's many-images request (batch.py)
+            return self._invoke_batch(serving, body)
         try:
             output, output_type = serving.model.invoke(body, content_type, accept)
         except Exception as exc:
@@ -165,6 +168,18 @@ class EndpointService:
                                     package_arn=serving.model.package_arn,
                                     stage=serving.state.get("Stage"))
         return output, output_type
+
+    def _invoke_batch(self, serving: _Serving, body: bytes) -> tuple[bytes, str]:
+        def capture(image: bytes, content_type: str, output: bytes, output_type: str) -> None:
+            self.capture_writer.capture(serving.capture_config, image, content_type, output,
+                                        output_type)
+        try:
+            return invoke_batch(serving.model, body, capture)
+        except BatchRequestError as exc:
+            raise InvocationError(exc.status_code, str(exc)) from None
+        except Exception as exc:
+            LOG.exception("endpoint %s: batch invocation failed", self.endpoint_name)
+            raise InvocationError(500, f"{type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
