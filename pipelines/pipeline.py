@@ -22,6 +22,7 @@ from typing import Any, Callable
 from scones.config import Config, load_config
 from scones.errors import SconesError
 from scones.backend import backend_for
+from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY
 from scones.sdk import pipeline_session, sagemaker_sdk
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -36,7 +37,6 @@ MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profi
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
-CONFIDENCE_THRESHOLD_PROPERTY = "ConfidenceThreshold"  # CustomerMetadataProperties key
 CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image"]
 
 # Parsed from train.py's per-epoch line, e.g.

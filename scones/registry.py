@@ -21,6 +21,9 @@ from scones.storage import LocalObjectStore, S3ObjectStore
 from scones.workspace import Workspace
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
+# CustomerMetadataProperties key of the confidence threshold train.py chose for a version
+# (registered by the pipeline, handed to the workflow's filter by deployment).
+CONFIDENCE_THRESHOLD_PROPERTY = "ConfidenceThreshold"
 APPROVAL_STATUSES = (APPROVED, REJECTED, PENDING)
 # Where evaluate.py puts the test-split accuracy inside evaluation.json (the pipeline's
 # condition reads the same path).

@@ -3,6 +3,7 @@ Step Functions engine, the Lambdas from their built zips, the real local endpoin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -245,3 +246,29 @@ def test_background_endpoint_stops_itself_when_idle(tmp_path, small_model_tar):
             break
         time.sleep(0.2)
     assert pid == started.pid and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
+        tmp_path, sample_data_dir, small_model_tar):
+    """The threshold train.py chose travels with the version (CustomerMetadataProperties)
+    and deployment hands it to the filter; workflow.confidence_threshold is the override."""
+    from conftest import register_model
+    from workflow.deployment import deploy_model_package, with_model_threshold
+    from workflow.run import ImageSource, run_workflow
+
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
+                                   "workflow.confidence_threshold": 0.0})
+    register_model(config, small_model_tar, ModelApprovalStatus="Approved",
+                   CustomerMetadataProperties={"ConfidenceThreshold": "0.99999"})
+    deploy_model_package(config, 1, stage="prod")
+    assert with_model_threshold(config).workflow.confidence_threshold == 0.99999
+    images = [ImageSource(label=str(p), path=p) for p in real_images(sample_data_dir, 2)]
+
+    strict = run_workflow(config, images, progress=False)
+    assert [r.error for r in strict] == ["ThresholdConfidenceNotMet"] * 4  # 0.99999 applied
+
+    override = config.replace(workflow=dataclasses.replace(config.workflow,
+                                                           use_model_threshold=False))
+    assert with_model_threshold(override).workflow.confidence_threshold == 0.0
+    assert [r.status for r in run_workflow(override, images, progress=False)] == \
+        ["SUCCEEDED"] * 4

@@ -18,6 +18,7 @@ from scones.backend import Backend, backend_for
 from scones.config import STAGES, Config
 from scones.endpoint_state import EndpointStateFile, StageTestRecords, deployment_lock
 from scones.errors import SconesError
+from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY
 
 NOT_DEPLOYED = "NotDeployed"
 
@@ -294,6 +295,34 @@ def serving(config: Config, stage: str, backend: Backend | None = None) -> dict 
     if status.get("ModelPackageVersion") is None:
         return None
     return backend.registry().describe(status["ModelPackageVersion"])
+
+
+def model_threshold(package: dict | None) -> float | None:
+    """The confidence threshold a registered version carries, None if it has none."""
+    raw = ((package or {}).get("CustomerMetadataProperties") or {}).get(
+        CONFIDENCE_THRESHOLD_PROPERTY)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value <= 1 else None
+
+
+def with_model_threshold(config: Config, backend: Backend | None = None) -> Config:
+    """The config whose workflow.confidence_threshold is the one of the version the
+    workflow's endpoint serves (so retraining never silently changes what the threshold
+    means), unless workflow.use_model_threshold is false or the version carries none."""
+    if not config.workflow.use_model_threshold:
+        return config
+    import dataclasses
+
+    stage = next((name for name in ("prod", "staging")
+                  if config.stage_endpoint_name(name) == config.workflow.endpoint_name), "prod")
+    threshold = model_threshold(serving(config, stage, backend))
+    if threshold is None:
+        return config
+    return config.replace(workflow=dataclasses.replace(config.workflow,
+                                                       confidence_threshold=threshold))
 
 
 def run_stage_test(config: Config, stage: str = "staging", backend: Backend | None = None,

@@ -571,10 +571,14 @@ def run_workflow(config: Config, images: Sequence[ImageSource], model_version: i
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
     running in the background for that many idle seconds (0: reuse only)."""
+    from workflow.deployment import with_model_threshold
+
     backend = backend_for(config)
     if model_version is not None and backend.pick(local=False, aws=True):
         raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
                           "endpoint serves the deployed version (`scones endpoint deploy`)")
+    if model_version is None:  # the deployed version's own threshold for its filter
+        config = with_model_threshold(config, backend)
     engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
     kwargs = backend.pick(local={"model_version": model_version,
                                  "keep_endpoint_s": keep_endpoint_s}, aws={})

@@ -51,6 +51,11 @@ def cmd_deploy(args, config) -> int:
 
     from workflow.definition import lambda_functions
     from workflow.deploy import deploy_workflow
+    from workflow.deployment import with_model_threshold
+
+    # The filter's threshold is the one of the version prod serves now (re-deploy the
+    # workflow after promoting a version that carries another).
+    config = with_model_threshold(config, backend)
 
     functions = lambda_functions(config)
     with tempfile.TemporaryDirectory(prefix="scones-lambdas-") as tmp:
