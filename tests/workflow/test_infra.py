@@ -19,7 +19,7 @@ from workflow.bulk import bulk_definition_json
 from workflow.infra import (DEPLOY_FUNCTION_KEY, TEMPLATE_PATH, cloudformation_template,
                             template_json, unscoped_resources, wildcard_actions)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import copy_image_subset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PAUSE_HOOK = """
     import os, sys, time
     script = os.environ.get("SCONES_TEST_PAUSE_SCRIPT")

@@ -23,7 +23,7 @@ from conftest import copy_image_subset, register_model, run_job
 from scones.config import load_config
 from scones.storage import LocalObjectStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("bicycle", "motorcycle")
 BASELINE_URL = "s3://scones-local/baselines/1"
 EVALUATION_URL = "s3://scones-local/evaluations/1/evaluation.json"

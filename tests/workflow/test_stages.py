@@ -24,7 +24,7 @@ from workflow.deployment import (DeploymentRolledBack, HealthCheckFailed, Promot
                                  approve_and_deploy, deploy_model_package, endpoint_status,
                                  promote, reject_and_report, run_stage_test)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "scones-delivery-vehicles"
 
 # fails every inference after the first: passes the health check, fails while baking

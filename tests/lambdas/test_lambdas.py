@@ -28,7 +28,7 @@ from photos import png_padded_to, real_image_path, upscaled_photo
 
 BUCKET = "scones-test-images"
 CLASSES = ("bicycle", "motorcycle")
-EVENTS_DIR = Path(__file__).resolve().parent / "events"
+EVENTS_DIR = Path(__file__).resolve().parents[1] / "events"
 
 
 def load_event(name: str):

@@ -30,7 +30,7 @@ from scones.infra.project_template import (BUILDSPEC, LAMBDA_RUNTIME, PIPELINE_A
                                            resolve_conditions, template_json)
 from workflow.definition import check_definition, workflow_definition_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 CHECKOV = REPO / ".venv-tools" / "bin" / "checkov"
 PROJECT_TAG_KEYS = {"sagemaker:project-name", "sagemaker:project-id"}

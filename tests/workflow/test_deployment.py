@@ -21,7 +21,7 @@ from workflow.deployment import (DeploymentError,
 from scones.endpoint_state import EndpointStateFile
 from conftest import register_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GROUP = "scones-delivery-vehicles"
 ENDPOINT = "scones-delivery-vehicles"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.3-cpu-py311"

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import copy_image_subset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def scones(workspace: Path, *args: str, data: Path | None = None) -> subprocess.CompletedProcess:

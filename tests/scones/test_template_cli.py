@@ -14,7 +14,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROJECT = {"SAGEMAKER_PROJECT_NAME": "bikes", "SAGEMAKER_PROJECT_ID": "p-abc123",
            "SAGEMAKER_PROJECT_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:project/bikes",

@@ -22,7 +22,7 @@ from workflow.run import summary
 from scones.endpoint_state import EndpointStateFile
 from workflow.run import ImageSource, images_from_options, run_workflow_locally
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {"Image", "Status", "PredictedLabel", "Confidence", "Inferences",
                "MeetsThreshold", "Verdict", "Error", "Cause", "Seconds"}
 

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 from scones.config import load_config
 from workflow.deployment import endpoint_status
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "retrain_and_approve.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "retrain_and_approve.ipynb"
 
 
 def _with_parameters(notebook, **values):

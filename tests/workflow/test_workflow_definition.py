@@ -23,7 +23,7 @@ from workflow.definition import (CLASSIFY_STATE, ERROR_FAIL_STATE, FILTER_STATE,
                                  TRANSIENT_LAMBDA_ERRORS, WRAP_STATES_ERROR_STATE,
                                  WorkflowDefinitionError, check_definition, lambda_functions)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_KEYS = ("serialize_image_data", "classify_image", "filter_inferences")
 
 

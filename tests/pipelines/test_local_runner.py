@@ -1,6 +1,6 @@
 """The local runner: expressions, ordering and branches on small hand-written definitions,
 then the real pipeline definition end to end (the Fail branch; the register branch runs in
-tests/test_cli_pipeline.py through the CLI)."""
+tests/scones/test_cli_pipeline.py through the CLI)."""
 from __future__ import annotations
 
 import io

@@ -16,7 +16,7 @@ from PIL import Image
 from scones.config import load_config
 from workflow.monitoring import MonitoringError, build_report, parse_since
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NOW = datetime(2026, 11, 24, 23, 0, 0, tzinfo=timezone.utc)
 

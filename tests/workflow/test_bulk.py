@@ -24,7 +24,7 @@ from workflow.run import LocalWorkflow
 
 from test_local_workflow import deploy_locally
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ASL_VALIDATOR = REPO_ROOT / ".tools" / "node_modules" / ".bin" / "asl-validator"
 BAD_FILES = {"zz-notes.txt": "InvalidImage", "zz-empty.png": "InvalidImage",
              "zz-truncated.png": "InvalidImage", "zz-truncated.jpg": "EndpointError"}
