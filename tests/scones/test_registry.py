@@ -50,10 +50,7 @@ def local_registry(local_config):
 
 
 @pytest.fixture
-def sagemaker_registry(tmp_path, monkeypatch):
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(name, value)
+def sagemaker_registry(aws_credentials, tmp_path, monkeypatch):
     import boto3
     from moto import mock_aws
 

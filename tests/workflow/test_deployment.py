@@ -33,7 +33,7 @@ UPDATES: list[dict] = []          # UpdateEndpoint requests the stub received
 FIRING_ALARMS: dict[str, str] = {}  # endpoint name -> the alarm that fires during its update
 
 @pytest.fixture
-def aws(monkeypatch):
+def aws(aws_credentials, monkeypatch):
     """moto's SageMaker, plus UpdateEndpoint, which moto 5.2.5 lacks: it repoints the endpoint
     at the new config as SageMaker does once the update completes."""
     from moto.core.responses import ActionResult
@@ -65,9 +65,6 @@ def aws(monkeypatch):
     monkeypatch.setattr(SageMakerResponse, "update_endpoint", update_endpoint, raising=False)
     UPDATES.clear()
     FIRING_ALARMS.clear()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setattr(lam, "_sagemaker_client", None)  # the handler makes one under moto
     with mock_aws():

@@ -145,13 +145,10 @@ def test_no_records_is_a_clear_error(config, tmp_path):
         not list((config.local.workspace / "reports").iterdir())
 
 
-def test_reads_s3_on_aws(tmp_path, monkeypatch):
+def test_reads_s3_on_aws(aws_credentials, tmp_path, monkeypatch):
     import boto3
     from moto import mock_aws
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
     config = load_config("aws", overrides={
         "aws.role_arn": "arn:aws:iam::123456789012:role/x", "aws.bucket": "scones-bucket",
         "data.input_url": "s3://scones-bucket/data", "local.workspace": str(tmp_path / "ws")})

@@ -19,7 +19,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from PIL import Image, ImageOps
 
-from conftest import copy_image_subset, register_model, run_job
+from conftest import register_model, run_job
 from scones.config import load_config
 from scones.storage import LocalObjectStore
 

@@ -267,7 +267,7 @@ def test_resource_partition_comes_from_the_config_not_the_ambient_session(monkey
     (ROUTE_ERROR_STATE, "States.Timeout", "WorkflowError"),
     (THRESHOLD_FAIL_STATE, "ThresholdConfidenceNotMet", "ThresholdConfidenceNotMet"),
 ])
-def test_failure_states_report_the_caught_error_in_moto(asl, monkeypatch, target, caught_error,
+def test_failure_states_report_the_caught_error_in_moto(aws_credentials, asl, monkeypatch, target, caught_error,
                                                         expected_error):
     """Our failure states, as written in the ASL, run by moto's Step Functions interpreter
     after a state that hands them what a Catch does: {"Error", "Cause"}. A States.* name
@@ -277,9 +277,6 @@ def test_failure_states_report_the_caught_error_in_moto(asl, monkeypatch, target
     import boto3
     from moto import mock_aws
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
     cause = json.dumps({"errorMessage": "s3://b/k.png: details", "errorType": caught_error})
     failure_states = {name: state for name, state in asl["States"].items()
                       if name not in (SERIALIZE_STATE, CLASSIFY_STATE, FILTER_STATE)}
