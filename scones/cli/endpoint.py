@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -193,11 +194,17 @@ def serve_command(args, config: Config) -> int:
         "`scones endpoint serve` runs the local endpoint; on AWS the endpoint is SageMaker's "
         "(`scones endpoint status --env aws`)")
     from workflow.endpoint import start_endpoint
+    from workflow.endpoint.background import register_running, unregister_running
 
     if args.stage != "prod":  # the local server serves config.workflow.endpoint_name
         config = config.replace(workflow=dataclasses.replace(
             config.workflow, endpoint_name=config.stage_endpoint_name(args.stage)))
     endpoint = start_endpoint(config, port=args.port, model_version=args.model_version)
+    # `workflow run` finds and reuses this endpoint instead of starting its own; a pinned
+    # --model-version is not what the workflow would serve, so that one is not offered.
+    offered = args.model_version is None
+    if offered:
+        register_running(config, endpoint.url, os.getpid(), "serve")
     try:
         model = endpoint.model
         print(f"endpoint {endpoint.endpoint_name} serving model version "
@@ -211,4 +218,6 @@ def serve_command(args, config: Config) -> int:
         print("stopped", file=sys.stderr)
         return 0
     finally:
+        if offered:
+            unregister_running(config, os.getpid())
         endpoint.stop()
