@@ -4,10 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # checkov's own pins conflict with ours (constraints.txt): it lives in a venv of its own,
-# used only by tests/test_project_template.py. Its version is the one pinned in constraints.txt.
+# used only by tests/scones/infra/test_project_template.py. Its version is the one pinned in constraints.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
-# asl-validator (npm) checks the bulk workflow's Distributed Map ASL (tests/test_bulk.py);
+# asl-validator (npm) checks the bulk workflow's Distributed Map ASL (tests/workflow/test_bulk.py);
 # pinned here, installed into .tools/ (node 20 + npm on the machine).
 ASL_VALIDATOR_VERSION := 4.0.0
 NODE_TOOLS_STAMP := .tools/.asl-validator-$(ASL_VALIDATOR_VERSION)
@@ -47,6 +47,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_lambdas.py
 	$(BIN)/python benchmarks/bench_photos.py
 	$(BIN)/python benchmarks/bench_decode_memory.py
+	$(BIN)/python benchmarks/bench_endpoint_memory.py
+	$(BIN)/python benchmarks/bench_definition.py
+	$(BIN)/python benchmarks/bench_bulk.py
+	$(BIN)/python benchmarks/bench_calibration.py
+	$(BIN)/python benchmarks/monitor_run.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .tools .scones build *.egg-info

@@ -56,8 +56,8 @@ class PipelineConfig:
     processing_instance_type: str = "ml.m5.large"
     training_instance_type: str = "ml.m5.xlarge"
     inference_instance_type: str = "ml.m5.large"
-    framework_version: str = "2.5.1"
-    py_version: str = "py311"
+    framework_version: str = "2.6.0"
+    py_version: str = "py312"
     cache_steps: bool = True             # CacheConfig on Preprocess and Train
     cache_expire_after: str = "P30D"     # ISO 8601 duration: how old a reusable run may be
 
