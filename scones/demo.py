@@ -42,6 +42,7 @@ class DemoResult:
     clean_violations: int
     drift_violations: int
     retraining_execution: str | None
+    retraining_reason: str
     plots: dict[str, Path]
 
 
@@ -167,6 +168,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         report_path=report.markdown_path, seconds=round(time.monotonic() - started, 1),
         clean_violations=len(clean.violations), drift_violations=len(drifted.violations),
         retraining_execution=retraining.get("ExecutionId"),
+        retraining_reason=retraining["Reason"],
         plots={**plots, **{f"monitoring, {name.replace('_', ' ')}": path
                           for name, path in report.plots.items()}})
     return result

@@ -24,9 +24,9 @@ def demo_command(args, config) -> int:
           f"{result.correct}/{result.images} images correct, {result.met_threshold} met the "
           f"confidence threshold, {result.below_threshold} below it, {result.failed} failed.")
     print(f"Monitoring loop: {result.clean_violations} violation(s) on the demo's traffic, "
-          f"{result.drift_violations} on the darkened batch; retraining "
-          + (f"execution {result.retraining_execution}." if result.retraining_execution
-             else "held back by the cool-down (monitoring.retrain_cooldown_hours)."))
+          f"{result.drift_violations} on the darkened batch; "
+          + (f"retraining execution {result.retraining_execution}."
+             if result.retraining_execution else f"{result.retraining_reason}."))
     for title, path in result.plots.items():
         print(f"  {title}: {path}")
     print(f"Monitoring report: {result.report_path}")

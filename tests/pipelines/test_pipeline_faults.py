@@ -171,7 +171,8 @@ def test_sigkill_in_a_step_ends_failed_and_retry_completes_it(lab, script, step,
     result = json.loads(retried.stdout)
     assert result["ExecutionId"] == execution_id and result["Status"] == "Succeeded"
     assert [s["Name"] for s in result["Steps"]] == [
-        "Preprocess", "Train", "Evaluate", "CheckAccuracy", "Register-RegisterModel"]
+        "Preprocess", "Train", "Evaluate", "Baseline", "CheckAccuracy",
+        "Register-RegisterModel"]
     # the steps that had succeeded were reused, not run again
     for name in done_before:
         assert f"▶ {name} " not in retried.stderr
