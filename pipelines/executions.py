@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scones.errors import SconesError
+from scones.processes import pid_runs, process_start_time
 from scones.workspace import Workspace
 
 # The runner refreshes its heartbeat this often; a run whose owner cannot be checked by its
@@ -69,26 +70,6 @@ class ExecutionNotFoundError(SconesError):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def process_start_time(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), which tells a live
-    runner from an unrelated process that reuses its pid; None where /proc is not there."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[19]
-
-
-def _pid_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ExecutionStore:
@@ -265,7 +246,7 @@ class ExecutionStore:
             return process_start_time(pid) == started
         if started is not None and Path("/proc/self/stat").exists():
             return False  # /proc works here, and the pid is gone
-        return _pid_runs(pid) and heartbeat_fresh
+        return pid_runs(pid) and heartbeat_fresh
 
 
 def _execution(row: sqlite3.Row, steps: list[dict]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scones.config import Config
+from scones.processes import pid_runs
 from scones.errors import SconesError
 
 RUNNING_FOLDER = "run"
@@ -69,16 +70,6 @@ def unregister_running(config: Config, pid: int, endpoint_name: str | None = Non
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pings(url: str, timeout: float = PING_TIMEOUT_S) -> bool:
     import urllib.error
     import urllib.request
@@ -101,7 +92,7 @@ def find_running(config: Config, endpoint_name: str | None = None) -> RunningEnd
                                    str(record.get("EndpointName", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _alive(endpoint.pid) and _pings(endpoint.url):
+    if pid_runs(endpoint.pid) and _pings(endpoint.url):
         return endpoint
     unregister_running(config, endpoint.pid, endpoint_name)
     return None
