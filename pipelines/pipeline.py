@@ -22,7 +22,7 @@ from typing import Any, Callable
 from scones.config import Config, load_config
 from scones.errors import SconesError
 from scones.backend import backend_for
-from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY
+from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY, TEST_DATA_PROPERTY
 from scones.sdk import pipeline_session, sagemaker_sdk
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -277,7 +277,11 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             customer_metadata_properties={
                 CONFIDENCE_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
                     step_name=step_evaluate.name, property_file=evaluation_report,
-                    json_path=THRESHOLD_JSON_PATH)])},
+                    json_path=THRESHOLD_JSON_PATH)]),
+                # The held-back images this version was judged on (the staging test uses
+                # them). A property, not a path built from the execution id: a cached
+                # Preprocess lives in the execution that computed it.
+                TEST_DATA_PROPERTY: split_output("test")},
         ),
     )
     step_fail = FailStep(

@@ -24,6 +24,8 @@ APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 # CustomerMetadataProperties key of the confidence threshold train.py chose for a version
 # (registered by the pipeline, handed to the workflow's filter by deployment).
 CONFIDENCE_THRESHOLD_PROPERTY = "ConfidenceThreshold"
+# CustomerMetadataProperties key of the S3 prefix of the test split a version was judged on.
+TEST_DATA_PROPERTY = "TestDataUrl"
 APPROVAL_STATUSES = (APPROVED, REJECTED, PENDING)
 # Where evaluate.py puts the test-split accuracy inside evaluation.json (the pipeline's
 # condition reads the same path).

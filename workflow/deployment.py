@@ -18,7 +18,7 @@ from scones.backend import Backend, backend_for
 from scones.config import STAGES, Config
 from scones.endpoint_state import EndpointStateFile, StageTestRecords, deployment_lock
 from scones.errors import SconesError
-from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY
+from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY, TEST_DATA_PROPERTY
 
 NOT_DEPLOYED = "NotDeployed"
 
@@ -160,13 +160,17 @@ def held_back_images(config: Config, package: dict, limit: int,
 
     from scones.registry import evaluation_url
 
+    recorded = (package.get("CustomerMetadataProperties") or {}).get(TEST_DATA_PROPERTY)
     url = evaluation_url(package) or ""
-    if "/Evaluate/" not in url:
+    if recorded:
+        split_url = recorded.rstrip("/") + "/data.npz"
+    elif "/Evaluate/" in url:  # versions registered before TestDataUrl was recorded
+        split_url = url.split("/Evaluate/")[0] + "/Preprocess/output/test/data.npz"
+    else:
         raise DeploymentError(
             f"version {package.get('ModelPackageVersion')} has no evaluation in its "
             "ModelMetrics, so the pipeline execution (and its test split) that built it is "
             "unknown: register versions with `scones pipeline run`")
-    split_url = url.split("/Evaluate/")[0] + "/Preprocess/output/test/data.npz"
     backend = backend or backend_for(config)
     try:
         data = np.load(io.BytesIO(backend.object_store().read_bytes(split_url)))
