@@ -272,3 +272,34 @@ def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
     assert with_model_threshold(override).workflow.confidence_threshold == 0.0
     assert [r.status for r in run_workflow(override, images, progress=False)] == \
         ["SUCCEEDED"] * 4
+
+
+def test_real_photos_go_through_the_local_engine_by_reference(tmp_path, sample_data_dir,
+                                                              small_model_tar):
+    """A phone-sized JPEG and a 1024x768 PNG (over the state's size limit, so they travel by
+    reference) are classified through the same state machine, Lambdas and endpoint; an image
+    over SageMaker's 6 MB payload is a named error, not a crash."""
+    from photos import png_padded_to, real_image_path, upscaled_photo
+
+    from workflow.run import ImageSource, run_workflow
+
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
+                                   "workflow.confidence_threshold": 0.0})
+    deploy_locally(config, small_model_tar)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    jpeg = upscaled_photo(real_image_path(sample_data_dir, "bicycle"), (4000, 3000), "JPEG",
+                          folder)
+    png = upscaled_photo(real_image_path(sample_data_dir, "motorcycle"), (1024, 768), "PNG",
+                         folder)
+    huge = folder / "huge.png"
+    huge.write_bytes(png_padded_to(png.read_bytes(), 6 * 1024 * 1024 + 1))
+    results = {Path(r.image).name: r for r in run_workflow(
+        config, [ImageSource(label=str(p), path=p) for p in (jpeg, png, huge)],
+        progress=False)}
+    for photo in (jpeg, png):
+        result = results[photo.name]
+        assert result.status == "SUCCEEDED", (result.error, result.cause)
+        assert result.predicted_label in config.classes and len(result.inferences) == 2
+    assert results["huge.png"].error == "ImageTooLarge"
+    assert "6" in results["huge.png"].cause  # names the limit
