@@ -42,7 +42,10 @@ class TimeAxis:
         span = self.end - self.start
         pad = max(span * 0.04, timedelta(seconds=0.5))
         if self.in_seconds:
-            ax.set_xlim(-pad.total_seconds(), (span + pad).total_seconds())
+            # Capture times are whole seconds: traffic within one second still gets an axis
+            # that starts at 0 and spans that second, never negative seconds.
+            right = max(span.total_seconds(), 1.0)
+            ax.set_xlim(-0.04 * right, 1.04 * right)
             ax.set_xlabel(f"seconds since {self.start:%Y-%m-%d %H:%M:%S} UTC")
             return
         ax.set_xlim(self.start - pad, self.end + pad)
