@@ -170,7 +170,9 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         retraining_execution=retraining.get("ExecutionId"),
         retraining_reason=retraining["Reason"],
         plots={**plots, **{f"monitoring, {name.replace('_', ' ')}": path
-                          for name, path in report.plots.items()}})
+                          for name, path in report.plots.items()},
+               **{f"drifted batch, {name.replace('_', ' ')}": path
+                  for name, path in drifted.plots.items()}})
     return result
 
 
@@ -187,6 +189,9 @@ def execution_plots(config: Config, execution) -> dict[str, Path]:
                                     "confusion_matrix.png")
     if matrix.is_file():
         plots["confusion matrix"] = matrix
+    reliability = matrix.with_name("reliability_diagram.png")
+    if reliability.is_file():
+        plots["reliability diagram"] = reliability
     return plots
 
 
