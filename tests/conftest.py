@@ -6,6 +6,7 @@ model dir the way SageMaker does. It is built once per test session.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -141,3 +142,17 @@ def run_scones():
                               env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
                                    **(env or {})}, timeout=timeout)
     return run
+
+
+@pytest.fixture(scope="session")
+def served_model(small_model_tar, tmp_path_factory):
+    """(the artifact's own code/inference.py as a module, its model_fn model): the small
+    model served as SageMaker's container serves it. Shared by the whole session."""
+    extracted = tmp_path_factory.mktemp("served-artifact")
+    with tarfile.open(small_model_tar) as tar:
+        tar.extractall(extracted, filter="data")
+    spec = importlib.util.spec_from_file_location("artifact_inference_under_test",
+                                                  extracted / "code" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.model_fn(str(extracted))

@@ -4,10 +4,8 @@ behind it). Recorded events live in tests/events/*.json."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
-import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -373,19 +371,6 @@ def test_access_denied_says_the_image_may_be_missing_or_unreadable(aws_env, runt
         assert "s3://scones-test-images/incoming/gone.jpg" in message
         assert "may not exist" in message and "s3:ListBucket" in message
         assert "s3:GetObject" in message
-
-
-@pytest.fixture(scope="module")
-def served_model(small_model_tar, tmp_path_factory):
-    """(inference.py from a real small model's artifact, its model_fn model)."""
-    extracted = tmp_path_factory.mktemp("lambdas-artifact")
-    with tarfile.open(small_model_tar) as tar:
-        tar.extractall(extracted, filter="data")
-    spec = importlib.util.spec_from_file_location("lambdas_test_inference",
-                                                  extracted / "code" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, module.model_fn(str(extracted))
 
 
 def model_runtime_handler(module, model):

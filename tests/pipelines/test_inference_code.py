@@ -14,19 +14,6 @@ from photos import png_padded_to, png_with_header, real_image_path, upscaled_pho
 
 
 @pytest.fixture(scope="module")
-def served(small_model_tar, tmp_path_factory):
-    """(inference module from the artifact's code/, model_fn's model)."""
-    extracted = tmp_path_factory.mktemp("served-artifact")
-    with tarfile.open(small_model_tar) as tar:
-        tar.extractall(extracted, filter="data")
-    spec = importlib.util.spec_from_file_location("artifact_inference_under_test",
-                                                  extracted / "code" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, module.model_fn(str(extracted))
-
-
-@pytest.fixture(scope="module")
 def real_png(sample_data_dir) -> bytes:
     return (sample_data_dir / "motorcycle" / sorted(p.name for p in (sample_data_dir / "motorcycle").iterdir())[0]).read_bytes()
 
@@ -41,16 +28,16 @@ def serve(module, model, body, content_type, accept="application/json"):
     return json.loads(module.output_fn(module.predict_fn(module.input_fn(body, content_type), model), accept))
 
 
-def test_real_png_gives_class_probabilities(served, real_png):
-    module, model = served
+def test_real_png_gives_class_probabilities(served_model, real_png):
+    module, model = served_model
     assert Image.open(io.BytesIO(real_png)).mode == "RGBA"  # the shared data's mode
     probabilities = serve(module, model, real_png, "image/png")
     assert len(probabilities) == 2 == len(model.class_names)
     assert all(0.0 <= p <= 1.0 for p in probabilities) and sum(probabilities) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_same_answer_for_every_image_content_type_and_batch_path(served, real_png):
-    module, model = served
+def test_same_answer_for_every_image_content_type_and_batch_path(served_model, real_png):
+    module, model = served_model
     rgb = Image.open(io.BytesIO(real_png)).convert("RGB")
     png = serve(module, model, real_png, "image/png")
     assert serve(module, model, real_png, "application/x-image") == png
@@ -63,25 +50,25 @@ def test_same_answer_for_every_image_content_type_and_batch_path(served, real_pn
     assert len(jpeg) == 2 and sum(jpeg) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_large_grey_jpeg_is_resized(served, real_png):
-    module, model = served
+def test_large_grey_jpeg_is_resized(served_model, real_png):
+    module, model = served_model
     big_grey = Image.open(io.BytesIO(real_png)).convert("L").resize((300, 200))
     decoded = module.input_fn(encode(big_grey, "JPEG"), "image/jpeg")
     assert decoded.shape == (32, 32, 3) and decoded.dtype == np.uint8
     assert len(serve(module, model, encode(big_grey, "JPEG"), "image/jpeg")) == 2
 
 
-def test_predictions_follow_the_image(served, sample_data_dir):
+def test_predictions_follow_the_image(served_model, sample_data_dir):
     """Different real images get different probabilities: the model looks at the pixels."""
-    module, model = served
+    module, model = served_model
     files = sorted((sample_data_dir / "bicycle").iterdir())[:5] + sorted((sample_data_dir / "motorcycle").iterdir())[:5]
     answers = {tuple(serve(module, model, f.read_bytes(), "image/png")) for f in files}
     assert len(answers) > 1
 
 
 @pytest.mark.parametrize("body", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n truncated"])
-def test_undecodable_body_is_a_400(served, body):
-    module, model = served
+def test_undecodable_body_is_a_400(served_model, body):
+    module, model = served_model
     with pytest.raises(module.InvalidInputError) as caught:
         module.input_fn(body, "image/png")
     assert caught.value.status_code == 400
@@ -90,16 +77,16 @@ def test_undecodable_body_is_a_400(served, body):
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "text/csv", None])
-def test_unsupported_content_type_is_a_415(served, real_png, content_type):
-    module, _ = served
+def test_unsupported_content_type_is_a_415(served_model, real_png, content_type):
+    module, _ = served_model
     with pytest.raises(module.InvalidInputError) as caught:
         module.input_fn(real_png, content_type)
     assert caught.value.status_code == 415
     assert "image/png" in str(caught.value)  # says what to send instead
 
 
-def test_unsupported_accept_is_a_406(served, real_png):
-    module, model = served
+def test_unsupported_accept_is_a_406(served_model, real_png):
+    module, model = served_model
     prediction = module.predict_fn(module.input_fn(real_png, "image/png"), model)
     assert json.loads(module.output_fn(prediction, "*/*")) == json.loads(module.output_fn(prediction, None))
     with pytest.raises(module.InvalidInputError) as caught:
@@ -107,8 +94,8 @@ def test_unsupported_accept_is_a_406(served, real_png):
     assert caught.value.status_code == 406
 
 
-def test_model_fn_names_a_missing_file(served, tmp_path):
-    module, _ = served
+def test_model_fn_names_a_missing_file(served_model, tmp_path):
+    module, _ = served_model
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         module.model_fn(str(tmp_path))
 
@@ -119,14 +106,14 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_serving_decodes_images_exactly_as_preprocess_did(served, jobs_dir, real_png):
-    # preprocess.py ships as a single file, so the decoder is written twice; a served image
+def test_serving_decodes_images_exactly_as_preprocess_did(served_model, jobs_dir, real_png):
+    # preprocess.py ships as a single file, so the decoder is written twice; a served_model image
     # decoded differently from a training image would be silent train/serve skew.
     spec = importlib.util.spec_from_file_location("preprocess_under_test",
                                                   jobs_dir / "preprocess.py")
     preprocess = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preprocess)
-    inference, _ = served
+    inference, _ = served_model
     rgba = Image.open(io.BytesIO(real_png))
     palette = rgba.convert("RGB").quantize(16)
     palette.info["transparency"] = 0
@@ -149,9 +136,9 @@ def test_serving_decodes_images_exactly_as_preprocess_did(served, jobs_dir, real
     ("bicycle", (4000, 3000), "JPEG"),
     ("motorcycle", (1024, 768), "PNG"),
 ])
-def test_photos_get_the_class_of_their_32x32_original(served, sample_data_dir, tmp_path,
+def test_photos_get_the_class_of_their_32x32_original(served_model, sample_data_dir, tmp_path,
                                                       class_name, size, fmt):
-    module, model = served
+    module, model = served_model
     source = real_image_path(sample_data_dir, class_name)
     photo = upscaled_photo(source, size, fmt, tmp_path).read_bytes()
     decoded = module.input_fn(photo, f"image/{fmt.lower()}")
@@ -169,10 +156,10 @@ def test_photos_get_the_class_of_their_32x32_original(served, sample_data_dir, t
         assert np.argmax(probabilities) == np.argmax(expected)
 
 
-def test_a_large_jpeg_is_decoded_reduced(served, real_png, monkeypatch):
+def test_a_large_jpeg_is_decoded_reduced(served_model, real_png, monkeypatch):
     """A 48 MP JPEG (a phone's full-resolution photo) is over the 40 MP full-decode limit
     but accepted: it is decoded at 1/8 scale, never materialised at full size."""
-    module, _ = served
+    module, _ = served_model
     photo = encode(Image.open(io.BytesIO(real_png)).convert("L").resize((8000, 6000)), "JPEG")
     full_size_loads = []
     original_load = ImageFile.ImageFile.load
@@ -186,8 +173,8 @@ def test_a_large_jpeg_is_decoded_reduced(served, real_png, monkeypatch):
     assert not full_size_loads
 
 
-def test_a_body_over_6_mb_is_a_413_naming_the_limit(served, real_png):
-    module, _ = served
+def test_a_body_over_6_mb_is_a_413_naming_the_limit(served_model, real_png):
+    module, _ = served_model
     body = png_padded_to(real_png, module.MAX_REQUEST_BODY_BYTES + 1)
     with pytest.raises(module.InvalidInputError) as caught:
         module.input_fn(body, "image/png")
@@ -201,17 +188,17 @@ def test_a_body_over_6_mb_is_a_413_naming_the_limit(served, real_png):
     (50000, 50000, "over the pixel limit (40 MP"),    # Pillow's own bomb error, caught
     (7000, 7000, "7000x7000 (49.0 MP), over the 40 MP limit"),
 ])
-def test_an_image_over_the_pixel_limit_is_a_413_from_its_header(served, width, height,
+def test_an_image_over_the_pixel_limit_is_a_413_from_its_header(served_model, width, height,
                                                                 fragment):
-    module, _ = served
+    module, _ = served_model
     with pytest.raises(module.InvalidInputError) as caught:
         module.input_fn(png_with_header(width, height), "image/png")
     assert caught.value.status_code == 413
     assert fragment in str(caught.value)
 
 
-def test_bytes_after_the_images_end_are_a_400(served, real_png):
-    module, _ = served
+def test_bytes_after_the_images_end_are_a_400(served_model, real_png):
+    module, _ = served_model
     jpeg = encode(Image.open(io.BytesIO(real_png)).convert("RGB").resize((640, 480)), "JPEG")
     for body, fmt in ((real_png + b"#!/bin/sh\n", "PNG"), (jpeg + b"\0" * 5000, "JPEG"),
                       (jpeg + jpeg, "JPEG")):
@@ -225,10 +212,10 @@ def test_bytes_after_the_images_end_are_a_400(served, real_png):
     assert module.input_fn(with_thumbnail, "image/jpeg").shape == (32, 32, 3)
 
 
-def test_a_camera_mpo_is_one_image_with_its_declared_pictures(served, real_png):
+def test_a_camera_mpo_is_one_image_with_its_declared_pictures(served_model, real_png):
     """Phones write JPEGs with more pictures declared in an MP index (depth maps, HDR gain
     maps) after the first one's end marker: those are part of the image, not appended."""
-    module, model = served
+    module, model = served_model
     photo = Image.open(io.BytesIO(real_png)).convert("RGB").resize((640, 480))
     mpo = encode(photo, "MPO", save_all=True, append_images=[photo.resize((320, 240))])
     assert Image.open(io.BytesIO(mpo)).format == "MPO"
@@ -253,8 +240,8 @@ def _exif_with_thumbnail(jpeg: bytes) -> bytes:
     return b"Exif\x00\x00" + body
 
 
-def test_other_image_formats_are_refused_before_any_parser_runs(served, real_png):
-    module, _ = served
+def test_other_image_formats_are_refused_before_any_parser_runs(served_model, real_png):
+    module, _ = served_model
     for fmt in ("GIF", "BMP", "TIFF"):
         with pytest.raises(module.InvalidInputError) as caught:
             module.input_fn(encode(Image.open(io.BytesIO(real_png)).convert("RGB"), fmt),
@@ -269,10 +256,10 @@ def test_the_decoding_block_is_the_same_text_in_both_files(jobs_dir):
         return text[start:text.index("# --- end of the image decoding block", start)]
     assert block("inference.py") == block("preprocess.py")
 
-def test_predict_applies_the_artifact_temperature(served, small_model_tar, sample_data_dir, tmp_path):
+def test_predict_applies_the_artifact_temperature(served_model, small_model_tar, sample_data_dir, tmp_path):
     """predict_batch divides the logits by model_config.json's temperature before the softmax:
     the same weights with another temperature in the artifact give exactly those probabilities."""
-    module, model = served
+    module, model = served_model
     config = model.config
     assert config["temperature"] > 0 and config["temperature"] != 1.0  # fitted, not a default
     images = np.stack([np.asarray(Image.open(f).convert("RGB"))
@@ -299,8 +286,8 @@ def test_predict_applies_the_artifact_temperature(served, small_model_tar, sampl
     assert not np.allclose(hot, served_probabilities, atol=1e-4)
 
 
-def test_artifact_without_temperature_serves_the_plain_softmax(served, small_model_tar, tmp_path):
-    module, model = served
+def test_artifact_without_temperature_serves_the_plain_softmax(served_model, small_model_tar, tmp_path):
+    module, model = served_model
     old = tmp_path / "artifact"
     with tarfile.open(small_model_tar) as tar:
         tar.extractall(old, filter="data")
