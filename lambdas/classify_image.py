@@ -40,6 +40,31 @@ def read_referenced_image(image_ref: dict, s3_client, where: str) -> bytes:
     return image
 
 
+def invoke_endpoint(runtime_client, endpoint_name: str, content_type: str, body: bytes,
+                    what: str) -> bytes:
+    """InvokeEndpoint's answer body; EndpointThrottled (retried by the state machine) or
+    EndpointError naming the endpoint, `what` was sent and what came back otherwise."""
+    try:
+        response = runtime_client.invoke_endpoint(
+            EndpointName=endpoint_name, ContentType=content_type,
+            Accept="application/json", Body=body)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        original = exc.response.get("OriginalStatusCode")
+        detail = (f"endpoint {endpoint_name!r} answered {code or 'an error'}"
+                  f" (HTTP {status}{f', model status {original}' if original else ''}) "
+                  f"for {what}: {error.get('Message', exc)}")
+        if code in _THROTTLED_CODES or status == 429:
+            raise EndpointThrottled(detail) from None
+        raise EndpointError(detail) from None
+    except BotoCoreError as exc:  # connection refused, timeouts: nothing came back
+        raise EndpointError(f"endpoint {endpoint_name!r} could not be reached for "
+                            f"{what}: {exc}") from None
+    return response["Body"].read()
+
+
 def classify(event: dict, runtime_client, endpoint_name: str,
              class_names: tuple[str, ...] | None = None, s3_client=None) -> dict:
     """The event with inferences from InvokeEndpoint (plain, unwrapped).
@@ -60,25 +85,7 @@ def classify(event: dict, runtime_client, endpoint_name: str,
         raise ImageTooLarge(f"{where} is {len(image)} bytes, over InvokeEndpoint's "
                             f"{events.MAX_INVOKE_ENDPOINT_BODY_BYTES}-byte body limit")
     content_type = events.image_content_type(image, where)
-    try:
-        response = runtime_client.invoke_endpoint(
-            EndpointName=endpoint_name, ContentType=content_type,
-            Accept="application/json", Body=image)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        original = exc.response.get("OriginalStatusCode")
-        detail = (f"endpoint {endpoint_name!r} answered {code or 'an error'}"
-                  f" (HTTP {status}{f', model status {original}' if original else ''}) "
-                  f"for {where}: {error.get('Message', exc)}")
-        if code in _THROTTLED_CODES or status == 429:
-            raise EndpointThrottled(detail) from None
-        raise EndpointError(detail) from None
-    except BotoCoreError as exc:  # connection refused, timeouts: nothing came back
-        raise EndpointError(f"endpoint {endpoint_name!r} could not be reached for "
-                            f"{where}: {exc}") from None
-    raw = response["Body"].read()
+    raw = invoke_endpoint(runtime_client, endpoint_name, content_type, image, where)
     try:
         scores = json.loads(raw)
     except ValueError:

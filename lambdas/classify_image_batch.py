@@ -31,13 +31,13 @@ import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from lambdas import events, settings
+from lambdas.classify_image import invoke_endpoint
 from lambdas.clients import aws_client
-from lambdas.errors import (EndpointError, EndpointThrottled, ImageNotFound, ImageNotReadable,
-                            ImageTooLarge, InvalidEvent, InvalidImage, ThresholdConfidenceNotMet,
-                            WorkflowLambdaError)
+from lambdas.errors import (EndpointError, ImageNotFound, ImageNotReadable, ImageTooLarge,
+                            InvalidEvent, ThresholdConfidenceNotMet, WorkflowLambdaError)
 from lambdas.filter_inferences import filter_inference
 
 BATCH_CONTENT_TYPE = "application/x-scones-image-batch+json"
@@ -45,8 +45,6 @@ BATCH_CONTENT_TYPE = "application/x-scones-image-batch+json"
 MAX_REQUEST_BYTES = events.MAX_INVOKE_ENDPOINT_BODY_BYTES - 64 * 1024
 READ_THREADS = 16   # S3 GETs of one batch in parallel (network-bound on AWS)
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
-_THROTTLED_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException",
-                    "ModelNotReadyException", "ServiceUnavailable"}
 
 
 def check_batch(event) -> dict:
@@ -112,33 +110,19 @@ def invoke_batch(runtime_client, endpoint_name: str, images: list[bytes], where:
     """One InvokeEndpoint call for several images: their predictions, in order."""
     body = json.dumps({"images": [base64.b64encode(d).decode("ascii") for d in images]},
                       separators=(",", ":")).encode("ascii")
-    try:
-        response = runtime_client.invoke_endpoint(
-            EndpointName=endpoint_name, ContentType=BATCH_CONTENT_TYPE,
-            Accept="application/json", Body=body)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        detail = (f"endpoint {endpoint_name!r} answered {code or 'an error'} (HTTP {status}) "
-                  f"for a batch of {len(images)} images of {where}: "
-                  f"{error.get('Message', exc)}")
-        if code in _THROTTLED_CODES or status == 429:
-            raise EndpointThrottled(detail) from None
-        raise EndpointError(detail) from None
-    except BotoCoreError as exc:
-        raise EndpointError(f"endpoint {endpoint_name!r} could not be reached for a batch "
-                            f"of {len(images)} images of {where}: {exc}") from None
-    raw = response["Body"].read()
+    raw = invoke_endpoint(runtime_client, endpoint_name, BATCH_CONTENT_TYPE, body,
+                          f"a batch of {len(images)} images of {where}")
     try:
         predictions = json.loads(raw)["predictions"]
     except (ValueError, KeyError, TypeError):
-        raise EndpointError(f"endpoint {endpoint_name!r} answered a batch with {raw[:200]!r}; "
-                            f"expected {{\"predictions\": [...]}} ({BATCH_CONTENT_TYPE})") \
-            from None
+        # The answer's bytes are not echoed: say how much came back instead.
+        raise EndpointError(f"endpoint {endpoint_name!r} answered a batch with {len(raw)} "
+                            f"bytes; expected {{\"predictions\": [...]}} "
+                            f"({BATCH_CONTENT_TYPE})") from None
     if not isinstance(predictions, list) or len(predictions) != len(images):
-        raise EndpointError(f"endpoint {endpoint_name!r} answered {len(predictions)} "
-                            f"predictions for {len(images)} images")
+        count = len(predictions) if isinstance(predictions, list) else "no list of"
+        raise EndpointError(f"endpoint {endpoint_name!r} answered {count} predictions for "
+                            f"{len(images)} images")
     return predictions
 
 
