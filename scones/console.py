@@ -53,7 +53,3 @@ def progress_bar(done: int, total: int, width: int = 30, label: str = "") -> Non
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
-
-def say(line: str) -> None:
-    """A progress or status line for people, on stderr."""
-    print(line, file=sys.stderr, flush=True)
