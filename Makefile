@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # checkov's own pins conflict with ours (constraints.txt): it lives in a venv of its own,
-# used only by tests/scones/infra/test_project_template.py. Its version is the one pinned in constraints.txt.
+# used only by tests/infra/test_project_template.py. Its version is the one pinned in constraints.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 # asl-validator (npm) checks the bulk workflow's Distributed Map ASL (tests/workflow/test_bulk.py);

@@ -8,14 +8,15 @@ setup(
     description="SageMaker Pipeline + Step Functions workflow for the Scones Unlimited "
     "bicycle/motorcycle classifier, runnable locally with no AWS account",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["scones", "scones.*", "pipelines", "pipelines.*",
-                                    "workflow", "workflow.*", "lambdas", "lambdas.*"])
+    packages=find_packages(include=["app", "app.*", "infra", "infra.*", "scones", "scones.*",
+                                    "pipelines", "pipelines.*", "workflow", "workflow.*",
+                                    "lambdas", "lambdas.*"])
     + ["scones.configs"],
     # The configuration layers and the job scripts ship inside the wheel: an installed
     # `scones` needs no source tree (configs/ becomes the package data scones/configs/).
     package_dir={"scones.configs": "configs"},
     package_data={"scones.configs": ["*.yaml"], "pipelines": ["jobs/*.py"],
-                  "workflow": ["*.json"], "scones.infra": ["*.json"]},
+                  "infra": ["*.json"]},
     install_requires=[
         "sagemaker>=2.250,<3",
         "stepfunctions==2.3.0",
@@ -37,9 +38,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "scones=scones.cli.main:main",
-            "run-pipeline=scones.cli.run_pipeline:main",
-            "get-pipeline-definition=scones.cli.get_pipeline_definition:main",
+            "scones=app.cli.main:main",
+            "run-pipeline=app.cli.run_pipeline:main",
+            "get-pipeline-definition=app.cli.get_pipeline_definition:main",
         ]
     },
 )

@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from lambdas.build import build_lambda_zips  # noqa: E402
-from scones.cli.common import format_table  # noqa: E402
+from app.cli.common import format_table  # noqa: E402
 
 TIMER = ("import time, importlib, sys; t = time.perf_counter(); importlib.import_module(sys.argv[1]); "
          "print(time.perf_counter() - t)")

@@ -64,7 +64,7 @@ def main() -> int:
             data = subset(data, tmp / "images", config.classes, args.per_class)
         settings = ["--set", f"local.workspace={tmp / 'ws'}", "--set", f"data.input_url={data}",
                     "--set", f"training.epochs={epochs}"]
-        command = [sys.executable, "-m", "scones.cli.main", "pipeline", "run", "--json",
+        command = [sys.executable, "-m", "app.cli.main", "pipeline", "run", "--json",
                    "--param", "AccuracyThreshold=0", *settings]
         total, run = timed(command, cwd=REPO_ROOT, env=env)
         result = json.loads(run.stdout)

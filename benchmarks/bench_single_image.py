@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
-from workflow.endpoint.background import find_running  # noqa: E402
+from scones.local.endpoint.background import find_running  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
 
@@ -63,7 +63,7 @@ def main() -> int:
         "ModelPackageVersion": 1, "LocalModelData": str(args.model_tar.resolve()),
         "DataCaptureConfig": {"EnableCapture": False}}))
     image = sorted(SAMPLE_DATA.glob("*/*.png"))[0]
-    base = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--image", str(image),
+    base = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--image", str(image),
             "--json", "--set", f"local.workspace={workspace}"]
 
     timed(base + ["--endpoint-idle-minutes", "0"])   # warm-up: fills the ASL cache

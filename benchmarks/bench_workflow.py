@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scones.console import format_table  # noqa: E402
 from scones.config import load_config  # noqa: E402
-from workflow.endpoint import load_model_archive  # noqa: E402
+from scones.local.endpoint import load_model_archive  # noqa: E402
 from workflow.run import ImageSource, LocalWorkflow  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
@@ -89,14 +89,14 @@ def main() -> int:
     t0 = time.perf_counter()
     with LocalWorkflow(config, model_tar=args.model_tar) as workflow:
         setup_s = time.perf_counter() - t0
-        model_tar = workflow.endpoint.started_serving.tar_path
+        model_tar = scones.local.endpoint.started_serving.tar_path
         runs = []
         for _ in range(max(1, args.repeat)):
             start, cpu_start = time.perf_counter(), time.process_time()
-            endpoint_cpu_start = process_cpu_seconds(workflow.endpoint.pid)
+            endpoint_cpu_start = process_cpu_seconds(scones.local.endpoint.pid)
             results = workflow.run(sources, concurrency=args.concurrency, progress=False)
             runs.append((results, time.perf_counter() - start, time.process_time() - cpu_start,
-                         process_cpu_seconds(workflow.endpoint.pid) - endpoint_cpu_start))
+                         process_cpu_seconds(scones.local.endpoint.pid) - endpoint_cpu_start))
     results, wall, cpu, endpoint_cpu = runs[-1]
     failed = [r for r in results if r.status != "SUCCEEDED"]
     if failed:

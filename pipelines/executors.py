@@ -17,8 +17,8 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
-from pipelines.local_runner.runner import RETRYABLE as RETRYABLE_STATUSES
-from pipelines.local_runner.runner import ExecutionNotRetryableError
+from scones.local.pipeline_runner.runner import RETRYABLE as RETRYABLE_STATUSES
+from scones.local.pipeline_runner.runner import ExecutionNotRetryableError
 from pipelines.parameters import check_parameters
 from scones.backend import Backend
 from scones.errors import SconesError
@@ -27,7 +27,7 @@ StepCallback = Callable[[dict], None]
 
 
 class LocalPipelineExecutor:
-    """Runs the definition JSON step by step on this machine (pipelines.local_runner)."""
+    """Runs the definition JSON step by step on this machine (scones.local.pipeline_runner)."""
 
     def __init__(self, backend: Backend):
         self.backend = backend
@@ -35,8 +35,8 @@ class LocalPipelineExecutor:
 
     def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
             wait: bool = True, progress: bool = True, **_aws_only: Any) -> dict:
-        from pipelines.local_runner import run_pipeline_locally
-        from pipelines.local_runner.transfer import local_source, refuse_folder_holding
+        from scones.local.pipeline_runner import run_pipeline_locally
+        from scones.local.pipeline_runner.transfer import local_source, refuse_folder_holding
         from pipelines.pipeline import pipeline_definition
 
         checked = check_parameters(self.config, parameters)
@@ -51,12 +51,12 @@ class LocalPipelineExecutor:
         return result.to_dict()
 
     def retry(self, execution_id: str, wait: bool = True, progress: bool = True) -> dict:
-        from pipelines.local_runner import retry_pipeline_locally
+        from scones.local.pipeline_runner import retry_pipeline_locally
 
         return retry_pipeline_locally(execution_id, self.config, progress=progress).to_dict()
 
     def executions(self, limit: int | None = None) -> list[dict]:
-        from pipelines.executions import ExecutionStore
+        from scones.local.pipeline_runner.executions import ExecutionStore
 
         return ExecutionStore(self.backend.workspace).list(limit)
 

@@ -100,7 +100,7 @@ class LocalBackend(Backend):
         return LocalRegistry(self.config, self.workspace, self.object_store(), self.account_id)
 
     def sagemaker(self):
-        from scones.control_plane import LocalSageMakerControlPlane
+        from scones.local.control_plane import LocalSageMakerControlPlane
 
         return LocalSageMakerControlPlane(self.config, self.workspace, self.registry(),
                                           self.account_id)

@@ -23,7 +23,7 @@ CONFIG_DIR = (_SOURCE_TREE / "configs" if (_SOURCE_TREE / "setup.py").is_file()
               else Path(__file__).resolve().parent / "configs")
 ENVIRONMENTS = ("local", "aws")
 DATA_CAPTURE_PREFIX = "datacapture"
-STAGES = ("staging", "prod")  # the order a version goes through (scones/infra/deploy_flow)
+STAGES = ("staging", "prod")  # the order a version goes through (infra/deploy_state_machine)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class MonitoringConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One deployment stage (as scones/infra/deploy_flow.py's per-stage parameters)."""
+    """One deployment stage (as infra/deploy_state_machine.py's per-stage parameters)."""
     endpoint_name: str | None = None     # default: staging <endpoint>-staging, prod <endpoint>
     instance_type: str = "ml.m5.large"
     instance_count: int = 1

@@ -137,7 +137,7 @@ def run_scones():
     def run(*args, workspace: Path | None = None, cwd: Path | None = None,
             timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         extra = ["--set", f"local.workspace={workspace}"] if workspace is not None else []
-        return subprocess.run([sys.executable, "-m", "scones.cli.main", *args, *extra],
+        return subprocess.run([sys.executable, "-m", "app.cli.main", *args, *extra],
                               capture_output=True, text=True, cwd=cwd or REPO_ROOT,
                               env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
                                    **(env or {})}, timeout=timeout)

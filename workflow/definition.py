@@ -21,7 +21,7 @@ from typing import Callable
 from scones.config import Config
 from scones.errors import SconesError
 from scones.sdk import stepfunctions_sdk
-from workflow.deployment import deploy_lambda_environment
+from workflow.stages import deploy_lambda_environment
 
 # State names: the execution history and the local runner refer to these.
 SERIALIZE_STATE = "SerializeImageData"

@@ -2,8 +2,8 @@
 
 The SAME state machine definition that goes to AWS (workflow.definition, the SDK's ASL)
 and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions engine
-(workflow.moto_engine); the classify Lambda reaches the local SageMaker endpoint
-(workflow.endpoint, in a child process of its own) over HTTP. One execution per image, a
+(scones.local.stepfunctions_engine); the classify Lambda reaches the local SageMaker endpoint
+(scones.local.endpoint, in a child process of its own) over HTTP. One execution per image, a
 bounded number at a time.
 
 `run_executions` and `result_from_execution` speak only the Step Functions API, so the
@@ -342,7 +342,7 @@ def run_workflow_locally(config: Config, images: Sequence[ImageSource],
     """Classify each image with one execution of the inference workflow, all local.
 
     model_version / model_tar pin the model the local endpoint serves (default: the
-    deployed one, see workflow.endpoint).
+    deployed one, see scones.local.endpoint).
     """
     if not images:
         raise SconesError("no images to classify")
@@ -387,7 +387,7 @@ class LocalWorkflow:
     def _start(self) -> None:
         from lambdas.build import build_lambda_zips
         from workflow.definition import lambda_functions, workflow_definition_json
-        from workflow.moto_engine import (DirectDeploy, DirectExecutions, DirectStaging,
+        from scones.local.stepfunctions_engine import (DirectDeploy, DirectExecutions, DirectStaging,
                                           check_moto_version, local_aws)
 
         config = self.config
@@ -403,7 +403,7 @@ class LocalWorkflow:
         pinned = self.model_version is not None or self.model_tar is not None
         if self.endpoint_url is None and not pinned and (self.reuse_endpoint
                                                          or self.keep_endpoint_s):
-            from workflow.endpoint.background import find_running, start_background
+            from scones.local.endpoint.background import find_running, start_background
 
             running = find_running(config) if self.reuse_endpoint else None
             if running is not None and self.progress:
@@ -414,7 +414,7 @@ class LocalWorkflow:
             if running is not None:
                 self.endpoint_url = running.url
         if self.endpoint_url is None:
-            from workflow.endpoint import EndpointProcess
+            from scones.local.endpoint import EndpointProcess
 
             self.endpoint = self._stack.enter_context(EndpointProcess(
                 config, model_version=self.model_version, model_tar=self.model_tar))
@@ -571,7 +571,7 @@ def run_workflow(config: Config, images: Sequence[ImageSource], model_version: i
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
     running in the background for that many idle seconds (0: reuse only)."""
-    from workflow.deployment import with_model_threshold
+    from workflow.stages import with_model_threshold
 
     backend = backend_for(config)
     if model_version is not None and backend.pick(local=False, aws=True):

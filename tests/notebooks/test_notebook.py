@@ -9,7 +9,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from scones.config import load_config
-from workflow.deployment import endpoint_status
+from workflow.stages import endpoint_status
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "retrain_and_approve.ipynb"
 

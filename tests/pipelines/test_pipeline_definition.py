@@ -109,14 +109,14 @@ def test_get_pipeline_definition_cli_writes_the_same_definition(tmp_path, local_
     out = tmp_path / "definition.json"
     kwargs = json.dumps({"pipeline_name": "scones-cli-test"})
     proc = subprocess.run(
-        [sys.executable, "-m", "scones.cli.get_pipeline_definition", "--env", "local",
+        [sys.executable, "-m", "app.cli.get_pipeline_definition", "--env", "local",
          "--kwargs", kwargs, "-f", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "INFO" not in proc.stderr
     written = json.loads(out.read_text())
     assert [s["Name"] for s in written["Steps"]][0] == "Preprocess"
     proc = subprocess.run(
-        [sys.executable, "-m", "scones.cli.get_pipeline_definition", "--env", "local",
+        [sys.executable, "-m", "app.cli.get_pipeline_definition", "--env", "local",
          "--kwargs", "{not json"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --kwargs is not valid JSON")
 

@@ -47,7 +47,7 @@ def env(hook_dir: Path | None = None, pause: str | None = None) -> dict:
 
 
 def scones(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600, env=env())
 
 
@@ -80,7 +80,7 @@ def start_paused_run(lab, script: str, *params: str):
     executions = lab["workspace"] / "executions"
     before = set(executions.iterdir()) if executions.exists() else set()
     runner = subprocess.Popen(
-        [sys.executable, "-m", "scones.cli.main", "pipeline", "run", "--json",
+        [sys.executable, "-m", "app.cli.main", "pipeline", "run", "--json",
          "--param", "AccuracyThreshold=0", *params,
          *settings(lab["workspace"], lab["data"], cache=False)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -164,7 +164,7 @@ def test_sigkill_in_a_step_ends_failed_and_retry_completes_it(lab, script, step,
     assert not [p for p in log.parent.rglob("*") if p.suffix in (".png", ".npz", ".gz")]
 
     retried = subprocess.run(
-        [sys.executable, "-m", "scones.cli.main", "pipeline", "retry", execution_id, "--json",
+        [sys.executable, "-m", "app.cli.main", "pipeline", "retry", execution_id, "--json",
          *settings(lab["workspace"], lab["data"], False)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env())
     assert retried.returncode == 0, retried.stderr[-3000:]

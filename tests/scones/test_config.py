@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from scones.cli.main import parse_overrides
+from app.cli.main import parse_overrides
 from scones.config import CONFIG_DIR, ConfigError, load_config
 
 

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_import_contracts_are_kept():
-    """.importlinter: pipelines and workflow independent, the core below them, lambdas
-    standalone. A broken contract names the import chain."""
+    """.importlinter: the layers contract (app > infra > pipelines | workflow > scones > lambdas),
+    the twin behind the seam, lambdas standalone. A broken contract names the import chain."""
     done = subprocess.run([str(Path(sys.executable).with_name("lint-imports")),
                            "--config", str(REPO / ".importlinter")],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -41,7 +41,7 @@ def test_wheel_carries_configs_and_job_scripts(wheel):
             "scones/configs/aws.yaml"} <= names
     assert {f"pipelines/jobs/{job}.py" for job in ("preprocess", "train", "evaluate",
                                                    "inference", "scones_net")} <= names
-    assert "workflow/cloudformation.json" in names
+    assert "infra/workflow-stack.json" in names
     assert not any(name.startswith(("tests/", "configs/")) for name in names)
 
 

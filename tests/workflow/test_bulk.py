@@ -19,7 +19,7 @@ from scones.config import load_config
 from scones.storage import LocalObjectStore
 from workflow.bulk import (BATCH_STATE, MAP_STATE, THRESHOLD_EXCEEDED_ERROR,
                            bulk_definition_json)
-from workflow.endpoint import EndpointProcess
+from scones.local.endpoint import EndpointProcess
 from workflow.run import LocalWorkflow
 
 from test_local_workflow import deploy_locally
@@ -209,7 +209,7 @@ def test_cli_prefix_runs_one_bulk_execution_and_prints_every_image(bulk_config,
 
     config = bulk_config
     expected = stage_images(config, sample_data_dir, 10, "s3://incoming/cli/")
-    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--prefix",
+    command = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--prefix",
                "s3://incoming/cli/", "--json", "--batch-size", "7",
                "--set", f"local.workspace={config.local.workspace}",
                "--set", "workflow.confidence_threshold=0.54",

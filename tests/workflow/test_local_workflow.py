@@ -19,7 +19,7 @@ from scones.config import load_config
 from scones.errors import SconesError
 from scones.storage import LocalObjectStore
 from workflow.run import summary
-from scones.endpoint_state import EndpointStateFile
+from scones.local.endpoint_state import EndpointStateFile
 from workflow.run import ImageSource, images_from_options, run_workflow_locally
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_cli_json_lines_report_threshold_not_met_with_inferences(tmp_path, sampl
     for path in real_images(sample_data_dir, 2):
         (folder / path.name).write_bytes(path.read_bytes())
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--images", str(folder),
+    command = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--images", str(folder),
                "--json", "--set", f"local.workspace={workspace}",
                "--set", "workflow.confidence_threshold=0.9999",
                "--endpoint-idle-minutes", "0"]  # leave no endpoint running after the test
@@ -195,13 +195,13 @@ def test_cli_leaves_an_endpoint_in_the_background_and_the_next_run_reuses_it(
     import signal
     import time
 
-    from workflow.endpoint.background import find_running, running_file
+    from scones.local.endpoint.background import find_running, running_file
 
     workspace = tmp_path / "ws"
     config = load_config("local", {"local.workspace": str(workspace)})
     deploy_locally(config, small_model_tar)
     image = real_images(sample_data_dir, 1)[0]
-    command = [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--image", str(image),
+    command = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--image", str(image),
                "--json", "--set", f"local.workspace={workspace}", "--endpoint-idle-minutes", "2"]
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
     try:
@@ -229,7 +229,7 @@ def test_cli_leaves_an_endpoint_in_the_background_and_the_next_run_reuses_it(
 def test_background_endpoint_stops_itself_when_idle(tmp_path, small_model_tar):
     import time
 
-    from workflow.endpoint.background import find_running, running_file, start_background
+    from scones.local.endpoint.background import find_running, running_file, start_background
 
     config = load_config("local", {"local.workspace": str(tmp_path / "ws")})
     deploy_locally(config, small_model_tar)
@@ -253,7 +253,7 @@ def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
     """The threshold train.py chose travels with the version (CustomerMetadataProperties)
     and deployment hands it to the filter; workflow.confidence_threshold is the override."""
     from conftest import register_model
-    from workflow.deployment import deploy_model_package, with_model_threshold
+    from workflow.stages import deploy_model_package, with_model_threshold
     from workflow.run import ImageSource, run_workflow
 
     config = load_config("local", {"local.workspace": str(tmp_path / "ws"),

@@ -168,7 +168,7 @@ def test_reads_s3_on_aws(aws_credentials, tmp_path, monkeypatch):
 def test_cli_report(config, tmp_path):
     source = _write_capture(tmp_path / "capture")
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    base = [sys.executable, "-m", "scones.cli.main", "monitor", "report",
+    base = [sys.executable, "-m", "app.cli.main", "monitor", "report",
             "--set", f"local.workspace={config.local.workspace}"]
     done = subprocess.run(base + ["--source", str(source), "--json"], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
@@ -191,8 +191,8 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
     import urllib.request
 
     from conftest import register_model
-    from workflow.deployment import deploy_model_package
-    from workflow.endpoint import start_endpoint
+    from workflow.stages import deploy_model_package
+    from scones.local.endpoint import start_endpoint
 
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
     register_model(config, small_model_tar, url="s3://scones-local/models/1/model.tar.gz",

@@ -68,7 +68,7 @@ def register_with_baseline(config, model_tar: Path, baseline: dict) -> dict:
 
 @pytest.fixture
 def deployed(tmp_path, small_model_tar, baseline, small_image_folder):
-    from workflow.deployment import deploy_model_package
+    from workflow.stages import deploy_model_package
 
     config = load_config("local", overrides={
         "local.workspace": str(tmp_path / "ws"),
@@ -122,7 +122,7 @@ def scones(config, *args) -> subprocess.CompletedProcess:
                 "--set", "training.epochs=1", "--set", "training.batch_size=16",
                 # any model a 1-epoch retraining gives registers (the branch under test)
                 "--set", "pipeline.accuracy_threshold=0"]
-    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args, *settings],
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args, *settings],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
 
@@ -133,7 +133,7 @@ def violated(result) -> set[str]:
 
 def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retraining_once(
         deployed, sample_data_dir):
-    from workflow.endpoint import EndpointProcess
+    from scones.local.endpoint import EndpointProcess
     from workflow.monitoring.check import MonitorState, run_monitor
 
     config = deployed
@@ -201,7 +201,7 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
 def test_labels_merged_by_inference_id_give_the_accuracy_computed_by_hand(deployed,
                                                                           sample_data_dir,
                                                                           tmp_path):
-    from workflow.endpoint import EndpointProcess
+    from scones.local.endpoint import EndpointProcess
     from workflow.monitoring.check import run_monitor, wilson_interval
 
     config = deployed.replace(monitoring=dataclasses.replace(deployed.monitoring, min_labels=10))
@@ -243,7 +243,7 @@ def test_labels_merged_by_inference_id_give_the_accuracy_computed_by_hand(deploy
 
 def test_malformed_capture_lines_are_counted_listed_and_never_in_the_figures(deployed,
                                                                               sample_data_dir):
-    from workflow.endpoint import EndpointProcess
+    from scones.local.endpoint import EndpointProcess
     from workflow.monitoring.check import run_monitor
 
     config = deployed
@@ -309,7 +309,7 @@ def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, monkeypatch):
 
 def test_accuracy_significantly_below_the_registered_one_is_a_quality_violation(
         deployed, sample_data_dir, tmp_path):
-    from workflow.endpoint import EndpointProcess
+    from scones.local.endpoint import EndpointProcess
     from workflow.monitoring.check import QUALITY_CHECK, ingest_labels, run_monitor
 
     config = deployed.replace(monitoring=dataclasses.replace(deployed.monitoring, min_labels=20))

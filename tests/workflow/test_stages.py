@@ -19,8 +19,8 @@ import pytest
 from conftest import register_model
 from scones.backend import backend_for
 from scones.config import load_config
-from scones.endpoint_state import EndpointStateFile
-from workflow.deployment import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
+from scones.local.endpoint_state import EndpointStateFile
+from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
                                  approve_and_deploy, deploy_model_package, endpoint_status,
                                  promote, reject_and_report, run_stage_test)
 
@@ -85,7 +85,7 @@ def staged(tmp_path, small_model_tar, small_training_run):
 
 def _scones(*args, workspace, extra=()):
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args,
                            "--set", f"local.workspace={workspace}", *extra],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 

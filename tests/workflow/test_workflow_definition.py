@@ -232,7 +232,7 @@ def test_build_refuses_imports_the_lambda_runtime_lacks(tmp_path):
 
 def _scones(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "scones.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
 
 

@@ -56,7 +56,7 @@ def test_the_cli_refuses_the_link_and_uploads_nothing(config, folder, tmp_path):
     outside.write_bytes(SECRET)
     (folder / "passwords.png").symlink_to(outside)
     result = subprocess.run(
-        [sys.executable, "-m", "scones.cli.main", "workflow", "run", "--images", str(folder),
+        [sys.executable, "-m", "app.cli.main", "workflow", "run", "--images", str(folder),
          "--set", f"local.workspace={config.local.workspace}"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -96,7 +96,7 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 def default_source(config: Config) -> str:
     """Where the endpoint captures to: the deployed endpoint's destination when known."""
-    from workflow.deployment import endpoint_status
+    from workflow.stages import endpoint_status
 
     status = endpoint_status(config)
     destination = ((status.get("DataCaptureConfig") or {}).get("DestinationS3Uri")

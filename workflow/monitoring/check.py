@@ -24,7 +24,7 @@ from typing import Any
 
 from scones.backend import backend_for
 from scones.config import Config
-from scones.endpoint_state import EndpointStateFile
+from scones.local.endpoint_state import EndpointStateFile
 from scones.errors import SconesError
 from scones.workspace import Workspace
 from workflow.monitoring import (CaptureRecord, Malformed, MonitoringError, _report_dir,
@@ -160,7 +160,7 @@ def _serving_version(config: Config) -> int | None:
     """The version records without a modelVersion are taken to come from: SageMaker's own
     capture (on AWS) does not say, so the endpoint's current version, else the newest
     Approved one."""
-    from workflow.deployment import endpoint_status
+    from workflow.stages import endpoint_status
 
     try:
         version = endpoint_status(config).get("ModelPackageVersion")

@@ -1,0 +1,139 @@
+"""`scones`: one CLI over the project's library functions.
+
+Each command group is a module of app/cli/ with `register(subparsers)` (COMMAND_MODULES). This file only parses, loads the configuration once, and turns
+user-facing errors into one line on stderr with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+import yaml
+
+from scones import __version__
+from app.cli import demo, endpoint, infra, monitor, pipeline, registry, workflow
+from app.cli.common import configure_logging, run_guarded
+from scones.config import AWS_SETTINGS, load_config
+from scones.errors import ConfigError
+
+# Every command group, imported directly: a module that fails to import is an error, never
+# a command that silently vanishes.
+COMMAND_MODULES = (
+    pipeline,   # scones pipeline definition|run|executions
+    registry,   # scones registry list|show|approve|reject
+    workflow,   # scones workflow definition|deploy|run, scones lambdas build
+    endpoint,   # scones endpoint deploy|status|serve
+    monitor,    # scones monitor report
+    infra,      # scones infra template
+    demo,       # scones demo
+)
+
+
+# What each command needs of the aws environment's settings (scones.config.AWS_SETTINGS);
+# a command not listed needs none of them (e.g. `registry list`: only credentials).
+# Missing ones are reported together, before anything is done.
+_ALL_AWS = tuple(AWS_SETTINGS)
+AWS_NEEDS = {
+    ("pipeline", "definition"): _ALL_AWS,
+    ("pipeline", "run"): _ALL_AWS,
+    ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
+    ("workflow", "run"): ("aws.bucket",),
+    ("workflow", "deploy"): ("aws.role_arn", "aws.bucket"),  # the deploy Lambda's settings
+    ("monitor", "report"): ("aws.bucket",),
+}
+
+
+def command_path(args) -> tuple[str, ...]:
+    """('registry', 'list') for `scones registry list ...`."""
+    path = (args.command,)
+    sub = getattr(args, f"{args.command}_command", None)
+    return path + ((sub,) if sub else ())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scones",
+        description="Scones Unlimited delivery-vehicle classifier: model build, approval, "
+                    "inference workflow and monitoring, locally or on AWS.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=5")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); "
+                              f"quote it to mean a string: --set '{key.strip()}=\"{value}\"'"
+                              ) from None
+    return overrides
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the subcommand that was named (e.g. `scones pipeline run`)."""
+    while parser._subparsers is not None:
+        action = next(a for a in parser._subparsers._group_actions
+                      if isinstance(a, argparse._SubParsersAction))
+        chosen = getattr(args, action.dest, None)
+        if chosen not in action.choices:
+            break
+        parser = action.choices[chosen]
+    return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args, unknown: list[str]) -> None:
+    """A mistyped flag is reported by the subcommand it was given to, with a suggestion."""
+    leaf = _leaf_parser(parser, args)
+    options = [o for a in leaf._actions for o in a.option_strings]
+    hints = []
+    for item in unknown:
+        flag = item.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("-") else []
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    leaf.error(f"unrecognized arguments: {' '.join(unknown)}"
+               + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unrecognized(parser, args, unknown)
+    loaded = []
+
+    def body() -> int:
+        config = load_config(getattr(args, "env", "local"),
+                             overrides=parse_overrides(getattr(args, "overrides", [])),
+                             extra_files=tuple(getattr(args, "config", [])),
+                             aws_needs=AWS_NEEDS.get(command_path(args), ()))
+        loaded.append(config)
+        return args.func(args, config)
+
+    # The config, once loaded, lets AWS errors name the region and role in use.
+    return run_guarded(body, config=_LazyConfig(loaded))
+
+
+class _LazyConfig:
+    """The config body() loaded, if it got that far (None's attributes otherwise)."""
+
+    def __init__(self, loaded: list):
+        self._loaded = loaded
+
+    def __getattr__(self, name: str):
+        return getattr(self._loaded[0], name) if self._loaded else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

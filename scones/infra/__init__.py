@@ -1,2 +1,0 @@
-"""AWS infrastructure as CloudFormation: the SageMaker Project template (project_template),
-its deploy state machine (deploy_flow) and the upload bundle it references (package)."""
