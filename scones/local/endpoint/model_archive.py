@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scones.backend import backend_for
 from scones.config import Config
 from scones.errors import SconesError
+from scones.local.resources import LocalResources
 
 # What SageMaker's inference toolkit answers when the caller accepts anything.
 DEFAULT_ACCEPT = "application/json"
@@ -116,7 +116,7 @@ class ModelChoice:
 
 def choose_from_registry(config: Config, model_version: int | None = None) -> ModelChoice:
     """The explicit version, else the newest Approved, else the newest registered one."""
-    registry = backend_for(config).registry()
+    registry = LocalResources(config).registry()
     if model_version is not None:
         package = registry.describe(model_version)
         source = f"model version {model_version} (chosen explicitly)"

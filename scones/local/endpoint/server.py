@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME
-from scones.backend import LOCAL_ACCOUNT_ID, backend_for
 from scones.config import Config
 from scones.local.endpoint_state import EndpointStateFile
 from scones.errors import SconesError
+from scones.local.resources import LOCAL_ACCOUNT_ID, LocalResources
 from scones.local.endpoint.batch import BatchRequestError, invoke_batch, is_batch
 from scones.local.endpoint.capture import DataCaptureWriter, default_capture_config
 from scones.local.endpoint.model_archive import (DEFAULT_ACCEPT, ModelChoice, ServedModel,
@@ -90,10 +90,10 @@ class EndpointService:
                  model_version: int | None = None, model_tar: Path | None = None):
         self.config = config
         self.endpoint_name = endpoint_name or config.workflow.endpoint_name
-        backend = backend_for(config)
-        self.state_file = EndpointStateFile(backend.workspace, self.endpoint_name)
+        resources = LocalResources(config)
+        self.state_file = EndpointStateFile(resources.workspace, self.endpoint_name)
         self.state_path = self.state_file.path
-        self.capture_writer = DataCaptureWriter(backend.object_store(), self.endpoint_name)
+        self.capture_writer = DataCaptureWriter(resources.object_store(), self.endpoint_name)
         self._lock = threading.Lock()
         self._pinned: ModelChoice | None = None
         if model_tar is not None:
