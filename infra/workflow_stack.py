@@ -82,8 +82,7 @@ def cloudformation_template(config: Config) -> dict:
                            f"data capture goes to {DATA_CAPTURE_PREFIX}/",
             "AllowedPattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
             # A local config's bucket is no real bucket: no default then.
-            **backend_for(config).pick(
-                local={}, aws={"Default": config.aws.bucket} if config.aws.bucket else {})},
+            **({"Default": bucket} if (bucket := backend_for(config).real_bucket) else {})},
         "CodeBucket": {
             "Type": "String", "Default": "",
             "Description": "Bucket holding the Lambda zips (`scones lambdas build`); "

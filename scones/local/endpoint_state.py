@@ -141,8 +141,8 @@ class StageTestRecords:
                                      f"({exc}); delete the file and test again") from None
         return records if isinstance(records, dict) else {}
 
-    def result(self, package_arn: str, stage: str) -> dict | None:
-        return (self.read().get(package_arn) or {}).get(stage)
+    def result(self, package: dict, stage: str) -> dict | None:
+        return (self.read().get(package["ModelPackageArn"]) or {}).get(stage)
 
     def record(self, package_arn: str, stage: str, result: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from scones.errors import SconesError
 from scones.storage import LocalObjectStore
 from workflow.run import summary
 from scones.local.endpoint_state import EndpointStateFile
-from workflow.run import ImageSource, images_from_options, run_workflow_locally
+from workflow.run import ImageSource, images_from_options, run_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {"Image", "Status", "PredictedLabel", "Confidence", "Inferences",
@@ -71,7 +71,7 @@ def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample
     sources.append(ImageSource(label="s3://incoming/missing.png",
                                s3_url="s3://incoming/missing.png"))
 
-    results = {r.image: r for r in run_workflow_locally(config, sources, progress=False)}
+    results = {r.image: r for r in run_images(config, sources, progress=False)}
 
     assert len(results) == len(good) + 5
     for path in good:

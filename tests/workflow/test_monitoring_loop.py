@@ -296,7 +296,7 @@ def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, monkeypatch):
             "data.input_url": "s3://b/data"})
         from datetime import datetime, timezone
 
-        emit_metrics(config, MonitorState(config), summary, datetime.now(timezone.utc))
+        emit_metrics(config, summary, datetime.now(timezone.utc))
         client = boto3.client("cloudwatch", region_name=config.aws.region)
         listed = client.list_metrics(Namespace=config.monitoring.metrics_namespace)["Metrics"]
     names = {m["MetricName"] for m in listed}

@@ -20,9 +20,10 @@ from conftest import register_model
 from scones.backend import backend_for
 from scones.config import load_config
 from scones.local.endpoint_state import EndpointStateFile
+from workflow.stage_test import run_stage_test
 from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
-                                 approve_and_deploy, deploy_model_package, endpoint_status,
-                                 promote, reject_and_report, run_stage_test)
+                             approve_and_deploy, deploy_model_package, endpoint_status,
+                             promote, reject_and_report)
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "scones-delivery-vehicles"
