@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lambdas import deploy_approved_model as deploy_logic
 from scones.backend import Backend, backend_for
@@ -32,7 +32,8 @@ class PromotionRefused(DeploymentError):
 
 
 def deploy_model_package(config: Config, version: int | str,
-                         backend: Backend | None = None, stage: str = "prod") -> dict:
+                         backend: Backend | None = None, stage: str = "prod",
+                         unless: Callable[[], dict | None] | None = None) -> dict:
     """Deploy registered version `version` to the stage's endpoint (prod:
     config.workflow.endpoint_name, what the inference workflow calls).
 
@@ -44,6 +45,9 @@ def deploy_model_package(config: Config, version: int | str,
     then it is watched for deployment.<stage>.bake_seconds and rolled back if its error
     rate crosses max_error_rate (DeploymentRolledBack).
     Returns the Lambda's result (Action created|updated|none, names, ModelPackageVersion...).
+    unless(): asked under the deployment's lock, before anything else; a dict it returns
+    is the answer instead (nothing deployed). A check of what the endpoint serves belongs
+    there: made before the lock it could be stale by the time the deployment runs.
     """
     backend = backend or backend_for(config)
     client = backend.sagemaker()
@@ -56,6 +60,9 @@ def deploy_model_package(config: Config, version: int | str,
             f"deployed (approve it with `scones registry approve {version}`)")
     settings = deploy_settings(config, stage)
     with backend.deployment_guard(stage, settings.endpoint_name) as guard:
+        skipped = unless() if unless is not None else None
+        if skipped is not None:
+            return skipped
         try:
             guard.before_switch(package)
             result = deploy_logic.deploy_model_package(client, settings,
@@ -158,21 +165,25 @@ def approve_and_deploy(config: Config, version: int | str, description: str | No
     package, changed = registry.approve(version, description)
     if not changed:
         return package, changed, None
+    number = package["ModelPackageVersion"]
 
-    def deploy_to_staging() -> dict:
+    def staging_is_newer() -> dict | None:
+        # asked under staging's deployment lock: a concurrent approval of a newer
+        # version has finished deploying by then, and is seen
         current = serving(config, "staging", backend)
-        number = package["ModelPackageVersion"]
         if current and current["ModelPackageVersion"] > number and not deploy_older:
             return {
                 "Action": "skipped", "Stage": "staging",
-                "Reason": f"staging serves version {current['ModelPackageVersion']}, newer "
-                          f"than {number}: not rolled back (approve with --deploy, or "
-                          f"`scones endpoint deploy --stage staging --version {number}`)"}
-        return deploy_model_package(config, number, backend, stage="staging")
+                "Reason": f"staging serves version {current['ModelPackageVersion']}, "
+                          f"newer than {number}: not rolled back (approve with --deploy, "
+                          f"or `scones endpoint deploy --stage staging --version {number}`)"}
+        return None
 
     # On AWS the EventBridge rule hands the approval to the deploy state machine / Lambda;
     # locally there is no event bus, so the backend deploys it now.
-    return package, changed, backend.deliver_approval(deploy_to_staging)
+    return package, changed, backend.deliver_approval(
+        lambda: deploy_model_package(config, number, backend, stage="staging",
+                                     unless=staging_is_newer))
 
 
 def reject_and_report(config: Config, version: int | str, description: str,
