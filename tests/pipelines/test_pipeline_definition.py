@@ -137,10 +137,17 @@ def test_upsert_and_start_on_moto_is_idempotent(aws_config):
     first = executor.run(parameters={"Epochs": 3})
     second = executor.run()
     sm = boto_session.client("sagemaker")
-    for result in (first, second):  # what we report is what SageMaker (here moto) says
-        assert result["Status"] == sm.describe_pipeline_execution(
-            PipelineExecutionArn=result["ExecutionArn"])["PipelineExecutionStatus"]
+    pipeline_arn = sm.describe_pipeline(PipelineName=aws_config.pipeline.name)["PipelineArn"]
+    for result in (first, second):  # each a started execution of the one pipeline
+        assert result["ExecutionArn"].startswith(f"{pipeline_arn}/execution/")
+        assert result["ExecutionId"] == result["ExecutionArn"].rpartition("/")[2]
+        assert result["Status"] == "Succeeded"  # moto's executions end at once
     assert first["ExecutionArn"] != second["ExecutionArn"]
+    # the parameters went to the execution they were given for, and only to it
+    given = {arn: sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)[
+        "PipelineParameters"] for arn in (first["ExecutionArn"], second["ExecutionArn"])}
+    assert given[first["ExecutionArn"]] == [{"Name": "Epochs", "Value": "3"}]
+    assert given[second["ExecutionArn"]] == []
     pipelines = sm.list_pipelines()["PipelineSummaries"]
     assert [p["PipelineName"] for p in pipelines] == [aws_config.pipeline.name]
     stored = json.loads(sm.describe_pipeline(PipelineName=aws_config.pipeline.name)

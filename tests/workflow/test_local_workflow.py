@@ -252,7 +252,7 @@ def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
         tmp_path, sample_data_dir, small_model_tar):
     """The threshold train.py chose travels with the version (CustomerMetadataProperties)
     and deployment hands it to the filter; workflow.confidence_threshold is the override."""
-    from conftest import register_model
+    from helpers import register_model
     from workflow.stages import deploy_model_package, with_model_threshold
     from workflow.run import ImageSource, run_workflow
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import register_model
+from helpers import register_model, scones
 from scones.backend import backend_for
 from scones.config import load_config
 from scones.local.endpoint_state import EndpointStateFile
@@ -85,10 +85,7 @@ def staged(tmp_path, small_model_tar, small_training_run):
 
 
 def _scones(*args, workspace, extra=()):
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args,
-                           "--set", f"local.workspace={workspace}", *extra],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return scones(*args, *extra, workspace=workspace, timeout=300)
 
 
 def test_approve_test_promote_through_the_cli(staged):

@@ -93,9 +93,7 @@ def _wait(describe, arn: str) -> dict:
     raise AssertionError(f"execution {arn} still running")
 
 
-def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(aws_credentials):
     with local_aws(REGION) as aws:
         sfn = boto3.client("stepfunctions", region_name=REGION)
         arn = _machine(sfn, boto3.client("iam", region_name=REGION),
@@ -119,9 +117,7 @@ def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(monke
         assert set(aws.ended_executions(timeout=1)) >= {ok["executionArn"]}
 
 
-def test_direct_staging_puts_what_boto3_reads_back_and_errors_like_boto3(monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+def test_direct_staging_puts_what_boto3_reads_back_and_errors_like_boto3(aws_credentials):
     with local_aws(REGION):
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket="staging-probe")
