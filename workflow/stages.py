@@ -9,15 +9,15 @@ file that the local endpoint server watches and serves from).
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 from lambdas import deploy_approved_model as deploy_logic
 from scones.backend import Backend, backend_for
 from scones.config import STAGES, Config
-from scones.deploy_settings import deploy_lambda_environment, deploy_settings
-from scones.errors import (DeploymentError, DeploymentRolledBack, HealthCheckFailed,
-                           SconesError)
+from scones.deploy_settings import deploy_lambda_environment, deploy_settings  # noqa: F401
+from scones.errors import (DeploymentError, DeploymentRolledBack,  # noqa: F401
+                           HealthCheckFailed, SconesError)
 from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY
 
 NOT_DEPLOYED = "NotDeployed"
