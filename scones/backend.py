@@ -29,6 +29,7 @@ so they hide no import circle.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -116,6 +117,15 @@ class Backend:
         """A context manager yielding the sagemaker PipelineSession definitions build on."""
         raise NotImplementedError
 
+    def pipeline_definition(self, build: Callable[[Any], Any],
+                            cache_key: str | None = None) -> dict:
+        """The definition JSON of the pipeline build(session) makes on this backend's
+        pipeline session. cache_key: a hash of everything it depends on; the local backend
+        then reuses the one it built for that key while the code it uploaded is still in
+        the object store (AWS always builds: the upload to S3 is part of it)."""
+        with self.pipeline_session() as session:
+            return json.loads(build(session).definition())
+
     def pipeline_executor(self):
         """What runs pipeline definitions: run(factory, parameters, ...), retry(id),
         executions(limit) (see pipelines.executors for the answers' shape)."""
@@ -190,6 +200,14 @@ class LocalBackend(Backend):
         from scones.local.pipeline_runner.executor import local_pipeline_session  # start-up
 
         return local_pipeline_session(self.config)
+
+    def pipeline_definition(self, build: Callable[[Any], Any],
+                            cache_key: str | None = None) -> dict:
+        if cache_key is None:
+            return super().pipeline_definition(build)
+        from scones.local.pipeline_runner.executor import cached_pipeline_definition  # start-up
+
+        return cached_pipeline_definition(self.config, cache_key, build)
 
     def pipeline_executor(self):
         from scones.local.pipeline_runner.executor import LocalPipelineExecutor  # start-up

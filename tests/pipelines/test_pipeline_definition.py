@@ -175,3 +175,31 @@ def test_object_store_reads_and_lists_s3_as_the_local_store_does(tmp_path):
     for store in (local, remote):
         assert store.list_urls("s3://scones-b/in/") == ["s3://scones-b/in/a.png", "s3://scones-b/in/sub/b.png"]
         assert store.read_bytes("s3://scones-b/in/sub/b.png") == b"in/sub/b.png"
+
+
+def test_the_local_definition_is_kept_while_its_key_and_uploads_are_the_same(
+        local_config, definition, monkeypatch):
+    """`scones pipeline definition` a second time needs neither the SDK nor moto: the
+    definition built for the same key is reused, while the code it points at is there."""
+    import dataclasses
+
+    from scones.local.pipeline_runner import executor
+
+    def built_again(*args, **kwargs):
+        raise AssertionError("the definition was built again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(executor, "local_pipeline_session", built_again)
+        assert pipeline_definition(local_config) == definition
+    kept = json.loads(next((local_config.local.workspace / "cache" / "pipeline-definitions")
+                           .glob("*.json")).read_text())
+    store = backend_for(local_config).object_store()
+    assert kept["Uploads"] and all(store.exists(url) for url in kept["Uploads"])
+    # an upload gone from the object store: built (and uploaded) again, the same definition
+    store.path_for(kept["Uploads"][0]).unlink()
+    assert pipeline_definition(local_config) == definition
+    assert store.exists(kept["Uploads"][0])
+    # another config value: another key, never the kept definition
+    other = local_config.replace(training=dataclasses.replace(
+        local_config.training, epochs=local_config.training.epochs + 1))
+    assert pipeline_definition(other) != definition

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Any, Callable, Iterator, Mapping
 
@@ -57,11 +58,43 @@ class LocalPipelineExecutor:
         return ExecutionStore(self.resources.workspace).list(limit)
 
 
+DEFINITION_CACHE_FOLDER = "cache/pipeline-definitions"
+
+
+def cached_pipeline_definition(config: Config, key: str, build: Callable[[Any], Any]) -> dict:
+    """build(session)'s definition, kept under <workspace>/cache/pipeline-definitions/<key>.json
+    with the URLs of the code the SDK uploaded for it: reused while the key (a hash of all it
+    depends on) is the same and every upload is still in the object store, so `scones
+    pipeline definition` then needs neither the SDK nor moto. An unreadable or unwritable
+    cache only means building it again."""
+    resources = LocalResources(config)
+    store = resources.object_store()
+    path = resources.workspace.root / DEFINITION_CACHE_FOLDER / f"{key}.json"
+    try:
+        kept = json.loads(path.read_text())
+        if isinstance(kept.get("Definition"), dict) and all(
+                store.exists(url) for url in kept["Uploads"]):
+            return kept["Definition"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    uploads: list[str] = []
+    with local_pipeline_session(config, uploads) as session:
+        definition = json.loads(build(session).definition())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"Definition": definition, "Uploads": uploads}))
+        tmp.replace(path)  # never a half-written definition under the final name
+    except OSError:
+        pass
+    return definition
+
+
 @contextlib.contextmanager
-def local_pipeline_session(config: Config) -> Iterator[Any]:
+def local_pipeline_session(config: Config, uploads: list[str] | None = None) -> Iterator[Any]:
     """Build exactly as for AWS, against moto's S3, then copy what the SDK uploaded
     (job code, sourcedir.tar.gz) into the workspace's object store, so every s3:// URL
-    in the definition resolves to a local file."""
+    in the definition resolves to a local file. uploads: given, the copied URLs are added."""
     sagemaker_sdk()
     import boto3  # lazily, with moto: both take seconds to import and only builds need them
     from moto import mock_aws
@@ -78,3 +111,5 @@ def local_pipeline_session(config: Config) -> Iterator[Any]:
         uploaded = S3ObjectStore(s3)
         for url in uploaded.list_urls(f"s3://{config.aws.bucket}/"):
             store.write_bytes(url, uploaded.read_bytes(url))
+            if uploads is not None:
+                uploads.append(url)
