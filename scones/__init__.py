@@ -1,6 +1,7 @@
-"""scones-mlops core: what the model build (pipelines/), the inference workflow (workflow/)
-and the command line share — typed config, errors, the workspace, the object store, the model
-registry, the local/AWS backend seam, console output — and, at the top, the CLIs and the demo."""
+"""scones-mlops core: what the model build (pipelines/), the inference workflow (workflow/),
+the AWS resources (infra/) and the front door (app/) share — typed config, errors, the
+workspace, the object store, the model registry, console output — and the local/AWS seam
+(backend.py), behind which the Docker-free twin (scones.local) lives."""
 from importlib.metadata import PackageNotFoundError, version as _version
 
 try:
