@@ -1,7 +1,7 @@
 """Who runs a pipeline definition: the local runner on this machine, or SageMaker Pipelines.
 
 `pipeline_executor(backend)` hands out the one of the backend (`backend.pipeline_executor()`:
-scones.local.pipeline_runner.executor or scones.sagemaker_pipelines) behind one front; both
+scones.local.pipeline_runner.pipelines_api or scones.sagemaker_pipelines) behind one front; both
 take the same definition (`pipeline_definition(config)`, built by `factory`, default
 pipelines.pipeline.get_pipeline) and parameters and answer in the same shape:
 

@@ -13,9 +13,9 @@ boto3's clients where AWS has one, so the layers above deploy and run the same w
 | stage-test verdicts         | a file beside the endpoints                 | model package metadata  |
 | an approval's deployment    | done at once (no event bus)                 | EventBridge rule's job  |
 | pipeline session (SDK)      | on moto's S3; uploads copied to the store   | a real one              |
-| pipeline executor           | local.pipeline_runner.executor              | scones.sagemaker_pipelines |
+| pipeline executor           | local.pipeline_runner.pipelines_api         | sagemaker_pipelines     |
 | inference workflow runtime  | moto's Step Functions, in-process Lambdas,  | the deployed state      |
-|                             | the local endpoint (local.workflow_runtime) | machines                |
+|                             | the local endpoint (local.state_machines)   | machines                |
 | the endpoint server         | local.endpoint (`scones endpoint serve`)    | refused: SageMaker's    |
 | boto3 clients               | cloudwatch only (metrics.jsonl); others are | boto3, configured region|
 |                             | refused: nothing local talks to AWS         |                         |
@@ -38,7 +38,7 @@ from scones.config import LAMBDA_RUNTIME, Config, account_of
 from scones.errors import SconesError
 from scones.local.cloudwatch import LocalCloudWatch
 from scones.local.control_plane import LocalSageMakerControlPlane
-from scones.local.endpoint_state import StageTestRecords
+from scones.local.deployment_state import StageTestRecords
 from scones.local.resources import LOCAL_ACCOUNT_ID, LocalResources
 from scones.registry import LocalRegistry, ModelPackageStageTests, SageMakerRegistry
 from scones.sagemaker_pipelines import SageMakerPipelineExecutor
@@ -197,7 +197,7 @@ class LocalBackend(Backend):
                            "talks to AWS (use --env aws for that)")
 
     def pipeline_session(self) -> contextlib.AbstractContextManager:
-        from scones.local.pipeline_runner.executor import local_pipeline_session  # start-up
+        from scones.local.pipeline_runner.pipelines_api import local_pipeline_session  # start-up
 
         return local_pipeline_session(self.config)
 
@@ -205,19 +205,19 @@ class LocalBackend(Backend):
                             cache_key: str | None = None) -> dict:
         if cache_key is None:
             return super().pipeline_definition(build)
-        from scones.local.pipeline_runner.executor import cached_pipeline_definition  # start-up
+        from scones.local.pipeline_runner.pipelines_api import cached_pipeline_definition  # start-up
 
         return cached_pipeline_definition(self.config, cache_key, build)
 
     def pipeline_executor(self):
-        from scones.local.pipeline_runner.executor import LocalPipelineExecutor  # start-up
+        from scones.local.pipeline_runner.pipelines_api import LocalPipelineExecutor  # start-up
 
         return LocalPipelineExecutor(self.config)
 
     def workflow_runtime(self, machines, functions, *, model_version=None, model_tar=None,
                          endpoint_url=None, reuse_endpoint=False, keep_endpoint_s=None,
                          progress=False):
-        from scones.local.workflow_runtime import LocalWorkflowRuntime  # start-up time
+        from scones.local.state_machines import LocalWorkflowRuntime  # start-up time
 
         return LocalWorkflowRuntime(
             self.config, machines, functions, model_version=model_version,
@@ -322,7 +322,7 @@ class AwsBackend(Backend):
 
 class AwsWorkflowRuntime:
     """The state machines deployed on AWS (the stack or `scones workflow deploy`), in the
-    shape of scones.local.workflow_runtime.LocalWorkflowRuntime. The workflow reads S3
+    shape of scones.local.state_machines.LocalWorkflowRuntime. The workflow reads S3
     itself, so nothing is brought over."""
 
     poll_interval = AWS_POLL_INTERVAL_S

@@ -1,6 +1,6 @@
 """SageMaker Pipelines as a pipeline executor: what `scones.backend.AwsBackend.
-pipeline_executor()` hands out (the local twin's counterpart is scones.local.pipeline_runner.
-executor). It upserts the pipeline the factory builds, starts (and optionally follows) an
+pipeline_executor()` hands out (the local twin's counterpart is
+scones.local.pipeline_runner.pipelines_api). It upserts the pipeline the factory builds, starts (and optionally follows) an
 execution, retries one, lists them; answers in the shape pipelines.executors documents.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 from scones.config import Config
 from scones.errors import DeploymentError, DeploymentRolledBack, HealthCheckFailed
 from scones.local.endpoint.model_archive import load_model_archive
-from scones.local.endpoint_state import EndpointStateFile, deployment_lock
+from scones.local.deployment_state import EndpointStateFile, deployment_lock
 from scones.local.resources import LocalResources
 from scones.test_split import held_back_images, png_bytes
 

@@ -15,7 +15,7 @@ with no AWS account and no Docker:
   HTTP: that URL is a moto passthrough and AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME points at it.
 
 The engine and the Lambdas run in one process under one GIL (the endpoint has its own,
-see scones/local/workflow_runtime.py), so their CPU per image is the workflow's throughput.
+see scones/local/state_machines.py), so their CPU per image is the workflow's throughput.
 Speed patches, each keeping moto's answers (see each class): the ASL parsed once per
 definition (CreateStateMachine's validation included) and each JSONPath once; boto3
 clients reused; S3's URL table and response method lists computed once per run;

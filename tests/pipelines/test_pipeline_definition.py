@@ -183,7 +183,7 @@ def test_the_local_definition_is_kept_while_its_key_and_uploads_are_the_same(
     definition built for the same key is reused, while the code it points at is there."""
     import dataclasses
 
-    from scones.local.pipeline_runner import executor
+    from scones.local.pipeline_runner import pipelines_api as executor
 
     def built_again(*args, **kwargs):
         raise AssertionError("the definition was built again")

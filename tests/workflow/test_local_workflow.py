@@ -19,7 +19,7 @@ from scones.config import load_config
 from scones.errors import SconesError
 from scones.storage import LocalObjectStore
 from workflow.run import summary
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from workflow.run import ImageSource, images_from_options, run_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import pytest
 from helpers import register_model, scones
 from scones.backend import backend_for
 from scones.config import load_config
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from workflow.stage_test import run_stage_test
 from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
                              approve_and_deploy, deploy_model_package, endpoint_status,

@@ -15,7 +15,7 @@ from scones.errors import RegistryError
 from scones.backend import backend_for
 from workflow.stages import (DeploymentError,
                                  deploy_model_package, endpoint_status)
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from helpers import register_model, scones
 
 GROUP = "scones-delivery-vehicles"

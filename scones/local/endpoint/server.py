@@ -3,7 +3,7 @@
 /endpoints/{name}/invocations), so a plain boto3 `sagemaker-runtime` client reaches it
 through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:PORT.
 
-Which model it serves: the endpoint state file (scones.local.endpoint_state; re-read whenever it
+Which model it serves: the endpoint state file (scones.local.deployment_state; re-read whenever it
 changes), else the registry's newest Approved version, else - before any approval - the
 newest registered one.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME
 from scones.config import Config
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from scones.errors import SconesError
 from scones.local.resources import LOCAL_ACCOUNT_ID, LocalResources
 from scones.local.endpoint.batch import BatchRequestError, invoke_batch, is_batch

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from scones.config import load_config
 from scones.errors import SconesError
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from scones.local.endpoint import start_endpoint
 from helpers import register_model, scones
 

@@ -1,4 +1,5 @@
-"""The local runner as a pipeline executor: what `scones.backend.LocalBackend.
+"""The local runner behind the executor API SageMaker Pipelines has (run, retry, executions):
+what `scones.backend.LocalBackend.
 pipeline_executor()` hands out (SageMaker's counterpart is scones.sagemaker_pipelines).
 It builds the definition exactly as for SageMaker, on a PipelineSession whose S3 is moto's
 (what the SDK uploads is copied into the workspace's object store), then runs it step by step

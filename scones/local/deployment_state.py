@@ -1,5 +1,6 @@
-"""The local endpoint's state file, <workspace>/endpoints/<name>.json: the one reader and
-writer. The local SageMaker control plane writes it on every deployment; the local endpoint
+"""The state of the local deployments: each endpoint's state file,
+<workspace>/endpoints/<name>.json (the one reader and writer), the deployment lock and the
+stage-test records. The local SageMaker control plane writes it on every deployment; the local endpoint
 server reads it (and re-reads it whenever it changes) to know what to serve.
 
 LocalModelData (the model.tar.gz served) is stored relative to the workspace and handed to
