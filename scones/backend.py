@@ -131,7 +131,8 @@ class Backend:
         executions(limit) (see pipelines.executors for the answers' shape)."""
         raise NotImplementedError
 
-    def workflow_runtime(self, machines: Sequence[StateMachine], functions: Sequence[Any],
+    def workflow_runtime(self, machines: Sequence[StateMachine],
+                         functions: Callable[[], Sequence[Any]],
                          *, model_version: int | None = None, model_tar=None,
                          endpoint_url: str | None = None, reuse_endpoint: bool = False,
                          keep_endpoint_s: float | None = None, progress: bool = False):
@@ -142,7 +143,8 @@ class Backend:
         which executions ended) and `give_up_after_s` for run_executions; and
         `ensure_bucket`, `import_object`, `import_prefix`, `export_prefix`, which bring
         the object store's objects to the S3 the workflow reads, and what it wrote back.
-        functions: the Lambdas the machines call (workflow.definition.LambdaFunction)."""
+        functions(): the Lambdas the machines call (workflow.definition.LambdaFunction),
+        asked for when they are deployed (never on AWS, where they are deployed already)."""
         raise NotImplementedError
 
     def deployment_guard(self, stage: str, endpoint_name: str):

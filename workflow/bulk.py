@@ -393,9 +393,11 @@ def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
     """Every image under prefix_url through ONE execution of the bulk state machine: in
     moto's engine with the local endpoint, or the deployed one on AWS."""
     split_s3_url(prefix_url)  # a malformed URL is a StorageError naming it
+    # the answering version's registered threshold, as one image or a folder gets it
     with BulkWorkflow(config, model_version=model_version,
                       reuse_endpoint=keep_endpoint_s is not None,
-                      keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
+                      keep_endpoint_s=keep_endpoint_s or None, progress=progress,
+                      model_threshold=True) as workflow:
         return workflow.run_bulk(prefix_url, batch_size=batch_size,
                                  tolerated_failure_percentage=tolerated_failure_percentage,
                                  concurrency=concurrency, progress=progress)

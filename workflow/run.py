@@ -312,12 +312,6 @@ def _seconds(start: Any, stop: Any) -> float | None:
 # --------------------------------------------------------------------------- running
 
 
-def workflow_machines(config: Config) -> list[StateMachine]:
-    return [StateMachine(config.workflow.state_machine_name,
-                         lambda: workflow_definition_json(config),
-                         "deploy it with `scones workflow deploy --env aws`")]
-
-
 class Workflow:
     """The inference workflow ready to run on the config's backend, set up once and run
     many times (`with Workflow(config) as wf: wf.run(images)`).
@@ -326,20 +320,29 @@ class Workflow:
     deployed one, see scones.local.endpoint; refused on AWS, whose endpoint serves the
     deployed version); endpoint_url: a running endpoint to use instead of starting one.
     Unpinned runs may use the endpoint recorded as running (reuse_endpoint), or leave one
-    running in the background for keep_endpoint_s idle seconds."""
+    running in the background for keep_endpoint_s idle seconds. model_threshold: the
+    filter's threshold is the one registered with the answering version
+    (workflow.stages.with_model_threshold), decided after the backend has accepted the
+    rest, before anything is deployed."""
 
     def __init__(self, config: Config, model_version: int | None = None,
                  model_tar: Path | None = None, endpoint_url: str | None = None,
                  reuse_endpoint: bool = False, keep_endpoint_s: float | None = None,
-                 progress: bool = False):
+                 progress: bool = False, model_threshold: bool = False):
         self.config = config
-        self.runtime = backend_for(config).workflow_runtime(
-            self.machines(), self.functions(), model_version=model_version,
+        backend = backend_for(config)
+        # machines' definitions and the functions are made when deployed, from self.config
+        self.runtime = backend.workflow_runtime(
+            self.machines(), self.functions, model_version=model_version,
             model_tar=model_tar, endpoint_url=endpoint_url, reuse_endpoint=reuse_endpoint,
             keep_endpoint_s=keep_endpoint_s, progress=progress)
+        if model_threshold:
+            self.config = with_model_threshold(config, backend, model_version)
 
     def machines(self) -> list[StateMachine]:
-        return workflow_machines(self.config)
+        return [StateMachine(self.config.workflow.state_machine_name,
+                             lambda: workflow_definition_json(self.config),
+                             "deploy it with `scones workflow deploy --env aws`")]
 
     def functions(self) -> list:
         return [f for f in lambda_functions(self.config).values() if f.in_workflow]
@@ -368,14 +371,16 @@ class Workflow:
 def run_images(config: Config, images: Sequence[ImageSource],
                model_version: int | None = None, concurrency: int | None = None,
                progress: bool = True, model_tar: Path | None = None,
-               keep_endpoint_s: float | None = None) -> list[ImageResult]:
-    """Classify each image with one execution of the inference workflow, the confidence
-    threshold as configured (run_workflow takes the served version's)."""
+               keep_endpoint_s: float | None = None,
+               model_threshold: bool = False) -> list[ImageResult]:
+    """Classify each image with one execution of the inference workflow; the confidence
+    threshold as configured, or (model_threshold) the answering version's."""
     if not images:
         raise SconesError("no images to classify")
     with Workflow(config, model_version=model_version, model_tar=model_tar,
                   reuse_endpoint=keep_endpoint_s is not None,
-                  keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
+                  keep_endpoint_s=keep_endpoint_s or None, progress=progress,
+                  model_threshold=model_threshold) as workflow:
         return workflow.run(images, concurrency=concurrency, progress=progress)
 
 
@@ -418,7 +423,6 @@ def run_workflow(config: Config, images: Sequence[ImageSource], model_version: i
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
     running in the background for that many idle seconds (0: reuse only)."""
-    if model_version is None:  # the deployed version's own threshold for its filter
-        config = with_model_threshold(config)
     return run_images(config, images, model_version=model_version, concurrency=concurrency,
-                      progress=progress, keep_endpoint_s=keep_endpoint_s)
+                      progress=progress, keep_endpoint_s=keep_endpoint_s,
+                      model_threshold=True)

@@ -37,13 +37,14 @@ class LocalWorkflowRuntime:
     poll_interval = LOCAL_POLL_INTERVAL_S
     give_up_after_s: float | None = LOCAL_GIVE_UP_AFTER_S
 
-    def __init__(self, config: Config, machines: Sequence[Any], functions: Sequence[Any],
+    def __init__(self, config: Config, machines: Sequence[Any],
+                 functions: Callable[[], Sequence[Any]],
                  model_version: int | None = None, model_tar=None,
                  endpoint_url: str | None = None, reuse_endpoint: bool = False,
                  keep_endpoint_s: float | None = None, progress: bool = False):
         self.config = config
         self.machines = list(machines)
-        self.functions = list(functions)
+        self.functions = functions  # made when deployed
         self.model_version = model_version
         self.model_tar = model_tar
         self.endpoint_url = endpoint_url  # a running endpoint to use instead of starting one
@@ -74,7 +75,8 @@ class LocalWorkflowRuntime:
         check_moto_version()
         region = config.aws.region
         zip_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="scones-zips-"))
-        zips = build_lambda_zips(zip_dir, keys=[f.key for f in self.functions])
+        functions = list(self.functions())
+        zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
         # Its own process: the model and its HTTP server then take no GIL time from the
         # engine and the Lambdas, which share this one (~42% of it when in process).
         pinned = self.model_version is not None or self.model_tar is not None
@@ -97,13 +99,13 @@ class LocalWorkflowRuntime:
         deploy = DirectDeploy(region)
         lambda_role = _create_role(deploy, config.aws.lambda_role_arn, "lambda")
         states_role = _create_role(deploy, config.aws.states_role_arn, "states")
-        for function in self.functions:
+        for function in functions:
             deploy.create_function(
                 FunctionName=function.name, Runtime=LAMBDA_RUNTIME, Role=lambda_role,
                 Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
                 Timeout=function.timeout, MemorySize=function.memory_size,
                 Environment={"Variables": function.environment})
-        aws.lambdas.pin_environment([f.environment for f in self.functions])
+        aws.lambdas.pin_environment([f.environment for f in functions])
         # boto3 clients are made on first use only: each loads its service model.
         self.s3 = _LazyClient("s3", region)
         self.staging = DirectStaging(self.s3, region)
