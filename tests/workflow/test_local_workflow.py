@@ -311,7 +311,7 @@ def test_every_path_applies_the_same_registered_threshold(tmp_path, sample_data_
     """One image, a folder, a prefix (bulk), the staging endpoint and a named
     --model-version: on the same images, the same verdicts, all by the threshold registered
     with the version that answers (not workflow.confidence_threshold)."""
-    from conftest import register_model
+    from helpers import register_model
     from workflow.bulk import run_bulk
     from workflow.run import run_workflow
     from workflow.stages import deploy_model_package, with_model_threshold
