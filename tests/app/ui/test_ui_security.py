@@ -35,7 +35,7 @@ def request(studio, method: str, path: str, body: bytes | None = None,
     host, port = studio.host.split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     sent = {"Host": studio.host, **(headers or {})}
-    if cookie:
+    if cookie and "Cookie" not in sent:
         sent["Cookie"] = f"scones_ui_token={studio.token}"
     connection.request(method, path, body=body, headers=sent)
     response = connection.getresponse()
@@ -45,7 +45,7 @@ def request(studio, method: str, path: str, body: bytes | None = None,
 
 
 def csrf(studio) -> str:
-    _, page = request(studio, "GET", "/registry")
+    _, page = request(studio, "GET", "/try")
     return re.search(rb'name="csrf_token" value="([0-9a-f]+)"', page).group(1).decode()
 
 
@@ -87,15 +87,14 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(studio):
                           {**headers, "Origin": "http://evil.example"})
     assert response.status == 403
     assert not (studio.workspace / "ui" / "runs").exists()  # no run was started
-    # with it, the action runs: here the parameter check refuses Epochs=0 by name
-    response, _ = request(studio, "POST", "/pipelines/run",
-                          b"Epochs=0&csrf_token=" + token, headers)
+    # with it, the action runs: here the registry answers that there is no version 1
+    response, _ = request(studio, "POST", "/registry/1/approve",
+                          b"description=x&csrf_token=" + token, headers)
     assert response.status == 303
     flash_cookie = response.getheader("Set-Cookie").split(";")[0]
     _, page = request(studio, "GET", "/registry",
                       headers={"Cookie": f"scones_ui_token={studio.token}; {flash_cookie}"})
-    assert b"Epochs" in page and b"flash error" in page
-    assert not (studio.workspace / "ui" / "runs").exists()
+    assert b"has no version 1" in page and b"flash error" in page
 
 
 def test_the_host_header_is_checked_against_dns_rebinding(studio):
@@ -118,6 +117,8 @@ def test_the_host_header_is_checked_against_dns_rebinding(studio):
 ])
 def test_artifact_paths_outside_the_workspace_are_refused(studio, path):
     response, body = request(studio, "GET", path)
+    if response.status in (301, 308):  # werkzeug merges the slashes: follow it
+        response, body = request(studio, "GET", response.getheader("Location"))
     assert response.status in (403, 404), path
     assert b"not for the browser" not in body and b"root:" not in body
     assert b"SQLite" not in body
@@ -153,7 +154,7 @@ def test_uploads_over_the_endpoint_limits_are_refused_by_name(studio):
         if b"try-results" in page:
             break
         time.sleep(0.2)
-    assert page.count(b"UploadRefused") == 2
+    assert page.count(b"<b>UploadRefused</b>") == 2
     assert b"larger than 6 MB" in page and b"more than 40 megapixels" in page
     # the upload's bytes are never echoed back
     assert files["big.png"][:64] not in page
