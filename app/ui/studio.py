@@ -281,7 +281,7 @@ def version_details(backend: Backend, version: int | str) -> dict:
     evaluation = _read_json(backend, evaluation_url(package)) or {}
     binary = evaluation.get("binary_classification_metrics") or {}
     metrics = {name: (value or {}).get("value") for name, value in binary.items()
-               if isinstance(value, dict) and "value" in value}
+               if isinstance(value, dict) and "value" in value and name != "accuracy"}
     return {"package": package, "summary": version_summary(backend, package, evaluation),
             "metrics": metrics, "baseline": baseline_table(backend, package)}
 
@@ -386,11 +386,11 @@ def drift_figures(points: list[dict], bands: dict) -> list[dict]:
             band = (bands.get(version) or {}).get(name)
             if mine and band:
                 low, mid, high = band
-                start, end = mine[0]["Time"], mine[-1]["Time"]
+                start, end = _padded(mine[0]["Time"], mine[-1]["Time"])
                 fig.add_trace(go.Scatter(
                     x=[start, end, end, start], y=[low, low, high, high], fill="toself",
-                    fillcolor=colours[n % 3], line={"width": 0}, hoverinfo="skip",
-                    name=f"v{version} baseline 5-95%"))
+                    mode="lines", fillcolor=colours[n % 3], line={"width": 0},
+                    hoverinfo="skip", name=f"v{version} baseline 5-95%"))
                 fig.add_trace(go.Scatter(x=[start, end], y=[mid, mid], mode="lines",
                                          line={"dash": "dot", "width": 1},
                                          name=f"v{version} baseline median"))
@@ -405,6 +405,16 @@ def drift_figures(points: list[dict], bands: dict) -> list[dict]:
                           xaxis={"type": "date"}, legend={"font": {"size": 10}})
         figures.append({"id": f"drift-{name}", "figure": _plain(fig)})
     return figures
+
+
+def _padded(start: str, end: str) -> tuple[str, str]:
+    """A version's time span widened a little (a burst of traffic in one second still shows
+    its band), as ISO times."""
+    from datetime import datetime, timedelta
+
+    first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    pad = max((last - first) * 0.05, timedelta(seconds=30))
+    return (first - pad).isoformat(), (last + pad).isoformat()
 
 
 def run_figures(runs: list[dict]) -> list[dict]:
