@@ -37,7 +37,10 @@ setup(
         "plotly",
     ],
     extras_require={
-        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "selenium"],
+        # parliament: the IAM proof (tests/infra/test_iam_proof.py) checks every action
+        # name in the templates' policies against IAM's own list with it
+        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
+                 "selenium"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lambdas import deploy_approved_model as deploy_logic
 from scones.backend import Backend, backend_for
@@ -85,7 +85,8 @@ class PromotionRefused(DeploymentError):
 
 
 def deploy_model_package(config: Config, version: int | str,
-                         backend: Backend | None = None, stage: str = "prod") -> dict:
+                         backend: Backend | None = None, stage: str = "prod",
+                         unless: Callable[[], dict | None] | None = None) -> dict:
     """Deploy registered version `version` to the stage's endpoint (prod:
     config.workflow.endpoint_name, what the inference workflow calls).
 
@@ -97,6 +98,9 @@ def deploy_model_package(config: Config, version: int | str,
     then it is watched for deployment.<stage>.bake_seconds and rolled back if its error
     rate crosses max_error_rate (DeploymentRolledBack).
     Returns the Lambda's result (Action created|updated|none, names, ModelPackageVersion...).
+    unless(): asked under the deployment's lock, before anything else; a dict it returns
+    is the answer instead (nothing deployed). A check of what the endpoint serves belongs
+    there: made before the lock it could be stale by the time the deployment runs.
     """
     backend = backend or backend_for(config)
     client = backend.sagemaker()
@@ -112,6 +116,9 @@ def deploy_model_package(config: Config, version: int | str,
     lock = (deployment_lock(backend.workspace, settings.endpoint_name) if local
             else contextlib.nullcontext())
     with lock:
+        skipped = unless() if unless is not None else None
+        if skipped is not None:
+            return skipped
         try:
             if local:
                 state_file = EndpointStateFile(backend.workspace, settings.endpoint_name)
@@ -454,15 +461,22 @@ def approve_and_deploy(config: Config, version: int | str, description: str | No
     # On AWS the EventBridge rule hands the approval to the deploy state machine / Lambda;
     # locally there is no event bus, so the approval deploys here.
     if changed and backend.pick(local=True, aws=False):
-        current = serving(config, "staging", backend)
         number = package["ModelPackageVersion"]
-        if current and current["ModelPackageVersion"] > number and not deploy_older:
-            return package, changed, {
-                "Action": "skipped", "Stage": "staging",
-                "Reason": f"staging serves version {current['ModelPackageVersion']}, newer "
-                          f"than {number}: not rolled back (approve with --deploy, or "
-                          f"`scones endpoint deploy --stage staging --version {number}`)"}
-        deployment = deploy_model_package(config, number, backend, stage="staging")
+
+        def staging_is_newer() -> dict | None:
+            # asked under staging's deployment lock: a concurrent approval of a newer
+            # version has finished deploying by then, and is seen
+            current = serving(config, "staging", backend)
+            if current and current["ModelPackageVersion"] > number and not deploy_older:
+                return {
+                    "Action": "skipped", "Stage": "staging",
+                    "Reason": f"staging serves version {current['ModelPackageVersion']}, "
+                              f"newer than {number}: not rolled back (approve with --deploy, "
+                              f"or `scones endpoint deploy --stage staging --version {number}`)"}
+            return None
+
+        deployment = deploy_model_package(config, number, backend, stage="staging",
+                                          unless=staging_is_newer)
     return package, changed, deployment
 
 
