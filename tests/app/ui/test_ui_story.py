@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
@@ -34,7 +35,10 @@ def story(tmp_path_factory, sample_data_dir):
 
 
 def wait(browser, seconds: float = 30):
-    return WebDriverWait(browser, seconds, poll_frequency=0.5)
+    """Polls; the pages replace their live parts (polling, refresh) under the finder's feet."""
+    return WebDriverWait(browser, seconds, poll_frequency=0.5,
+                         ignored_exceptions=(NoSuchElementException,
+                                             StaleElementReferenceException))
 
 
 def flashes(browser) -> str:
@@ -169,3 +173,65 @@ def test_the_monitoring_page_draws_the_drift_chart(story, browser, shoot):
     assert "v1 traffic" in legend and "baseline 5-95%" in legend
     assert browser.find_elements(By.CSS_SELECTOR, "#monitoring-runs tr")[1:]
     shoot(browser, "monitoring")
+
+
+def _newest_execution(browser) -> str | None:
+    rows = browser.find_elements(By.CSS_SELECTOR, "#executions tr[data-execution]")
+    return rows[0].get_attribute("data-execution") if rows else None
+
+
+def _start_run(browser, studio, data, epochs: str) -> str | None:
+    browser.get(f"{studio.url}/pipelines")
+    before = _newest_execution(browser)
+    for name, value in (("InputDataUrl", str(data)), ("Epochs", epochs),
+                        ("AccuracyThreshold", "0")):
+        field = browser.find_element(By.ID, f"param-{name}")
+        field.clear()
+        field.send_keys(value)
+    browser.find_element(By.ID, "start-run").click()
+    assert "pipeline run started" in flashes(browser)
+    return before
+
+
+def test_a_second_run_reuses_the_cache_and_two_versions_compare(story, browser, shoot):
+    studio, data = story
+    before = _start_run(browser, studio, data, "2")
+    wait(browser, 600).until(lambda b: _newest_execution(b) not in (None, before)
+                             and _finished(b))
+    assert browser.find_element(By.ID, "chosen-status").text == "Succeeded"
+    boxes = {g.get_attribute("data-step"): g.get_attribute("data-status")
+             for g in browser.find_elements(By.CSS_SELECTOR, "#pipeline-graph g.step")}
+    # the unchanged steps came from the first run, drawn as cached
+    assert boxes["Preprocess"] == "Cached" and boxes["Train"] == "Cached", boxes
+    assert boxes["Evaluate"] == "Succeeded"
+    shoot(browser, "pipelines-cached")
+    browser.get(f"{studio.url}/registry")
+    browser.find_element(By.ID, "compare").click()
+    assert "Version 1 vs 2" in browser.find_element(By.TAG_NAME, "h1").text
+    images = browser.find_elements(By.CSS_SELECTOR, "#comparison img")
+    assert len(images) == 6
+    wait(browser).until(lambda b: all(b.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", i) > 100 for i in images))
+    shoot(browser, "compare")
+
+
+def test_a_running_execution_is_stopped_from_the_page(story, browser, shoot):
+    studio, data = story
+    before = _start_run(browser, studio, data, "400")
+
+    def training(b):
+        newest = _newest_execution(b)
+        if newest in (None, before):
+            return False
+        boxes = {g.get_attribute("data-step"): g.get_attribute("data-status")
+                 for g in b.find_elements(By.CSS_SELECTOR, "#pipeline-graph g.step")}
+        return boxes.get("Train") == "Executing" and newest
+
+    execution = wait(browser, 300).until(training)
+    stop = f"#executions tr[data-execution='{execution}'] button.danger"
+    wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, stop).click() or True)
+    assert "stop requested" in flashes(browser)
+    row = f"#executions tr[data-execution='{execution}']"
+    wait(browser, 120).until(lambda b: "Stopped" in b.find_element(By.CSS_SELECTOR, row).text)
+    # a stopped run offers Retry (from its failed step, reusing what succeeded)
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} button").text == "Retry"
