@@ -319,17 +319,28 @@ def model_threshold(package: dict | None) -> float | None:
     return value if 0 <= value <= 1 else None
 
 
-def with_model_threshold(config: Config, backend: Backend | None = None) -> Config:
-    """The config whose workflow.confidence_threshold is the one of the version the
-    workflow's endpoint serves (so retraining never silently changes what the threshold
-    means), unless workflow.use_model_threshold is false or the version carries none."""
+def with_model_threshold(config: Config, backend: Backend | None = None,
+                         model_version: int | str | None = None) -> Config:
+    """THE threshold decision, for every path that filters (one image, a folder, a prefix,
+    the staging test, a named --model-version; `workflow deploy` on AWS): the config whose
+    workflow.confidence_threshold is the one registered with the version that answers -
+    `model_version` when one is named, else the version the workflow's endpoint serves -
+    so the threshold always means what train.py chose it for (training.target_precision).
+    The configured threshold is used instead only when set as the override
+    (workflow.use_model_threshold: false), or when the version carries none."""
     if not config.workflow.use_model_threshold:
         return config
     import dataclasses
 
-    stage = next((name for name in ("prod", "staging")
-                  if config.stage_endpoint_name(name) == config.workflow.endpoint_name), "prod")
-    threshold = model_threshold(serving(config, stage, backend))
+    backend = backend or backend_for(config)
+    if model_version is not None:
+        package = backend.registry().describe(model_version)
+    else:
+        stage = next((name for name in ("prod", "staging")
+                      if config.stage_endpoint_name(name) == config.workflow.endpoint_name),
+                     "prod")
+        package = serving(config, stage, backend)
+    threshold = model_threshold(package)
     if threshold is None:
         return config
     return config.replace(workflow=dataclasses.replace(config.workflow,
