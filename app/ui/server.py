@@ -13,6 +13,7 @@ every action is a POST that calls the function the CLI calls:
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 import threading
@@ -90,6 +91,10 @@ def create_app(config: Config, guard: Guard, config_args: list[str]) -> Flask:
                 definition.update(build(config))
             return definition
 
+    # pandas is imported here, once, before the definition's thread imports the SDK (which
+    # imports pandas too): plotly looks pandas up lazily, and a page drawn while that thread
+    # is half-way through importing it would find a partly initialised module.
+    _quietly(lambda: importlib.import_module("pandas"))
     threading.Thread(target=lambda: _quietly(pipeline_definition), daemon=True).start()
 
     def executor():
