@@ -40,6 +40,11 @@ class PipelineExecutor:
     def retry(self, execution_id: str, **options: Any) -> dict:
         return self.executor.retry(execution_id, **options)
 
+    def stop(self, execution_id: str) -> bool:
+        """StopPipelineExecution (locally: the runner records it Stopped); False if the
+        execution is no longer running."""
+        return self.executor.stop(execution_id)
+
     def executions(self, limit: int | None = None) -> list[dict]:
         return self.executor.executions(limit)
 

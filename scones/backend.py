@@ -139,8 +139,9 @@ class Backend:
         """A context manager: the state machines ready to run, as a runtime with
         `stepfunctions` (StartExecution, DescribeExecution, GetExecutionHistory),
         `s3` (reads) and `staging` (CreateBucket, PutObject) shaped as boto3's clients;
-        `state_machine_arn(name)`; `poll_interval`, `ended` (None, or a callable saying
-        which executions ended) and `give_up_after_s` for run_executions; and
+        `state_machine_arn(name)`; `poll_interval` (`long_poll_interval` for one long
+        execution), `ended` (None, or a callable saying which executions ended) and
+        `give_up_after_s` for run_executions; and
         `ensure_bucket`, `import_object`, `import_prefix`, `export_prefix`, which bring
         the object store's objects to the S3 the workflow reads, and what it wrote back.
         functions(): the Lambdas the machines call (workflow.definition.LambdaFunction),
@@ -328,6 +329,7 @@ class AwsWorkflowRuntime:
     itself, so nothing is brought over."""
 
     poll_interval = AWS_POLL_INTERVAL_S
+    long_poll_interval = 2.0  # one execution that runs for minutes (a bulk run)
     ended = None
     give_up_after_s = None
 

@@ -54,6 +54,18 @@ class SageMakerPipelineExecutor:
                                         ClientRequestToken=str(uuid.uuid4()))
         return self._follow(client, arn, wait, progress)
 
+    def stop(self, execution_id: str) -> bool:
+        """StopPipelineExecution; False if it is no longer Executing."""
+        client = self.backend.client("sagemaker")
+        arn = self._execution_arn(client, execution_id)
+        status = client.describe_pipeline_execution(
+            PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        if status != "Executing":
+            return False
+        client.stop_pipeline_execution(PipelineExecutionArn=arn,
+                                       ClientRequestToken=str(uuid.uuid4()))
+        return True
+
     def _execution_arn(self, client, execution_id: str) -> str:
         if execution_id.startswith("arn:"):
             return execution_id

@@ -34,7 +34,7 @@ class LocalWorkflowRuntime:
     """moto with the state machines and their Lambdas deployed, the endpoint running:
     entered once, run many times."""
 
-    poll_interval = LOCAL_POLL_INTERVAL_S
+    poll_interval = long_poll_interval = LOCAL_POLL_INTERVAL_S
     give_up_after_s: float | None = LOCAL_GIVE_UP_AFTER_S
 
     def __init__(self, config: Config, machines: Sequence[Any],

@@ -55,6 +55,10 @@ class LocalPipelineExecutor:
     def retry(self, execution_id: str, wait: bool = True, progress: bool = True) -> dict:
         return retry_pipeline_locally(execution_id, self.config, progress=progress).to_dict()
 
+    def stop(self, execution_id: str) -> bool:
+        """Stop a running execution (its runner records it Stopped); False if not running."""
+        return ExecutionStore(self.resources.workspace).stop(execution_id)
+
     def executions(self, limit: int | None = None) -> list[dict]:
         return ExecutionStore(self.resources.workspace).list(limit)
 
