@@ -8,7 +8,7 @@ its statistics.json/constraints.json are registered with the package (DriftCheck
 ModelMetrics' ModelDataQuality), so each version carries its own baseline.
 
 `get_pipeline(config, sagemaker_session)` is a plain factory. The same definition JSON runs on
-SageMaker (`upsert_and_start`) and on this machine (`local_definition` + scones.local.pipeline_runner).
+SageMaker and on this machine (scones.local.pipeline_runner): pipelines.executors runs it.
 Building it needs S3, because the SDK uploads the job code: on AWS that is the real bucket;
 locally it is moto's, and the uploaded objects are copied into the workspace's object store so
 every s3:// URL in the definition resolves there.
