@@ -28,6 +28,7 @@ LOCAL_POLL_INTERVAL_S = 0.5
 # Beyond the state machine's own TimeoutSeconds (600): moto should have ended it by then.
 LOCAL_GIVE_UP_AFTER_S = 660.0
 TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
+LAMBDA_CODE_CACHE = "cache/lambda-code"  # each zip's files, by its hash, across runs
 
 
 class LocalWorkflowRuntime:
@@ -54,7 +55,9 @@ class LocalWorkflowRuntime:
         self.reuse_endpoint = reuse_endpoint
         self.keep_endpoint_s = keep_endpoint_s
         self.progress = progress
-        self.store = LocalResources(config).object_store()
+        resources = LocalResources(config)
+        self.workspace = resources.workspace
+        self.store = resources.object_store()
         self.state_machine_arns: dict[str, str] = {}
         self._made_buckets: set[str] = set()
         self._stack = contextlib.ExitStack()
@@ -94,7 +97,8 @@ class LocalWorkflowRuntime:
             self.endpoint = self._stack.enter_context(EndpointProcess(
                 config, model_version=self.model_version, model_tar=self.model_tar))
             self.endpoint_url = self.endpoint.url
-        aws = self._stack.enter_context(local_aws(region, self.endpoint_url))
+        aws = self._stack.enter_context(local_aws(
+            region, self.endpoint_url, code_cache=self.workspace.root / LAMBDA_CODE_CACHE))
         self.ended: Callable[[float], list[str]] | None = aws.ended_executions
         deploy = DirectDeploy(region)
         lambda_role = _create_role(deploy, config.aws.lambda_role_arn, "lambda")
