@@ -44,6 +44,9 @@ from scones.local.endpoint.model_archive import (InvocationError, ModelChoice, S
 from scones.local.endpoint_state import EndpointStateFile
 
 LOG = logging.getLogger("scones.endpoint")
+# "Task queue depth is N": requests waiting for one of the workers, as designed under a
+# burst; not a warning a person serving the endpoint can act on.
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 # SageMaker's limit on an invocation's payload; a bigger body is refused (413) unread.
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -388,11 +391,12 @@ class LocalEndpoint:
         return len(self._server.active_channels)
 
     def stop(self) -> None:
+        # The workers first (a finishing one wakes the loop through its trigger), then the
+        # loop: closing every descriptor of it from its own thread ends it.
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         if self._thread.is_alive():
-            # Closing every descriptor of the loop from its own thread ends the loop.
             self._server.trigger.pull_trigger(lambda: _close_all(self._server))
             self._thread.join(timeout=10)
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         self.service.close()
 
     def __enter__(self) -> "LocalEndpoint":
