@@ -16,7 +16,7 @@ setup(
     # `scones` needs no source tree (configs/ becomes the package data scones/configs/).
     package_dir={"scones.configs": "configs"},
     package_data={"scones.configs": ["*.yaml"], "pipelines": ["jobs/*.py"],
-                  "infra": ["*.json"]},
+                  "infra": ["*.json"], "app.ui": ["templates/*.html", "static/*"]},
     install_requires=[
         "sagemaker>=2.250,<3",
         "stepfunctions==2.3.0",
@@ -31,16 +31,20 @@ setup(
         # The local endpoint: waitress is its HTTP server; sagemaker-inference is the
         # toolkit SageMaker's PyTorch container serves inference.py with (its Transformer),
         # so the local endpoint answers exactly what the container would.
-        "waitress==3.0.2",
+        "waitress==3.0.2",   # also the local Studio's (`scones ui`)
         "sagemaker-inference==1.10.1",
         # moto is the local engine (S3 for the SDK's code uploads, Step Functions'
         # interpreter), not only a test tool.
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
+        # the local Studio (`scones ui`): Flask pages on waitress, plotly charts offline
+        "flask",
+        "plotly",
     ],
     extras_require={
         # parliament: the IAM proof (tests/infra/test_iam_proof.py) checks every action
         # name in the templates' policies against IAM's own list with it
-        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament"],
+        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
+                 "selenium"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={
