@@ -160,7 +160,7 @@ def test_an_uploaded_photo_shows_its_label_and_confidence(story, browser, shoot)
         assert row.find_element(By.CSS_SELECTOR, ".label").text in ("bicycle", "motorcycle")
         assert 0.5 <= float(row.find_element(By.CSS_SELECTOR, ".confidence").text) <= 1.0
     refused = rows["notes.png"].text
-    assert "Error" in refused and "these are notes" not in refused, refused
+    assert "InvalidImage" in refused and "these are notes" not in refused, refused
     shoot(browser, "try-it")
 
 
