@@ -514,7 +514,8 @@ def test_a_corrupt_state_files_advice_works(config, small_model_tar):
                        r"`scones endpoint deploy --version N`", failed.stderr)
     assert advice, failed.stderr
     subprocess.run(shlex.split(advice.group(1)), check=True)
-    deployed = scones("endpoint", "deploy", "--version", "1")
+    deployed = scones("endpoint", "deploy", "--version", "1", workspace=config.local.workspace,
+                      timeout=120)
     assert deployed.returncode == 0, deployed.stderr
     assert EndpointStateFile.of(config).read()["ModelPackageVersion"] == 1
     assert list(state.parent.glob("*.broken"))  # kept for a look
