@@ -113,3 +113,18 @@ def test_pipelines_page_reads_sagemaker_pipelines(aws_studio):
     live = client.get("/pipelines/live").get_data(as_text=True)
     assert execution_id in live
 
+
+
+def test_endpoints_and_monitoring_pages_read_the_account(aws_studio):
+    config, backend, client, _ = aws_studio
+    _register(config, backend, "exec-one", 0.81)
+    backend.registry().approve(1, "for the endpoints page")
+    page = client.get("/endpoints").get_data(as_text=True)
+    for stage, name in (("staging", "scones-delivery-vehicles-staging"),
+                        ("prod", "scones-delivery-vehicles")):
+        card = page.split(f'id="endpoint-{stage}"', 1)[1].split('class="card"', 1)[0]
+        assert "NotDeployed" in card and name in card
+    assert '<option value="1">version 1</option>' in page  # what a rollback may choose
+    monitoring = client.get("/monitoring")
+    assert monitoring.status_code == 200
+    assert "No monitoring run yet" in monitoring.get_data(as_text=True)
