@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from scones.backend import LAMBDA_RUNTIME, backend_for
 from scones.config import Config
@@ -333,6 +333,21 @@ def _seconds(start: Any, stop: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- local
+
+
+@contextlib.contextmanager
+def local_endpoint(config: Config, endpoint_name: str, model_version: int | None = None,
+                   model_tar: Path | None = None) -> Iterator[str]:
+    """A local endpoint process for endpoint_name (its data capture included), serving what
+    its state file names, or the given version / archive; yields its URL once it answers
+    /ping. What deployments probe: the request path traffic takes, not the model alone."""
+    from scones.local.endpoint import EndpointProcess
+
+    with EndpointProcess(config, model_version=model_version, model_tar=model_tar,
+                         endpoint_name=endpoint_name) as endpoint:
+        yield endpoint.url
+
+
 
 
 def run_workflow_locally(config: Config, images: Sequence[ImageSource],

@@ -16,11 +16,17 @@ from typing import Any, Callable
 from lambdas import deploy_approved_model as deploy_logic
 from scones.backend import Backend, backend_for
 from scones.config import STAGES, Config
-from scones.local.endpoint_state import EndpointStateFile, StageTestRecords, deployment_lock
+from scones.local.endpoint_state import (BakeRecord, EndpointStateFile, StageTestRecords,
+                                         deployment_lock)
 from scones.errors import SconesError
+from scones.workspace import Workspace
 from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY, TEST_DATA_PROPERTY
+from workflow.run import local_endpoint
 
 NOT_DEPLOYED = "NotDeployed"
+# The inferenceId of a deployment's own probes (health check, bake): they go through the
+# endpoint's real request path, capture included; monitoring leaves them out of traffic.
+PROBE_INFERENCE_ID_PREFIX = "scones-deployment-probe-"
 
 
 class DeploymentError(SconesError):
@@ -122,9 +128,17 @@ def deploy_model_package(config: Config, version: int | str,
         try:
             if local:
                 state_file = EndpointStateFile(backend.workspace, settings.endpoint_name)
+                bake_record = BakeRecord(backend.workspace, settings.endpoint_name)
                 previous = state_file.read()
+                unfinished = bake_record.read()  # we hold the lock: its baker is gone
+                if unfinished is not None:
+                    if (unfinished.get("ModelPackageArn") == package["ModelPackageArn"]
+                            == (previous or {}).get("ModelPackageArn")):
+                        return _resume_bake(config, stage, package, unfinished, state_file,
+                                            bake_record)
+                    bake_record.clear()  # superseded: another version is being deployed
                 if (previous or {}).get("ModelPackageArn") != package["ModelPackageArn"]:
-                    health_check(config, package)
+                    health_check(config, package, settings.endpoint_name)
             result = deploy_logic.deploy_model_package(client, settings,
                                                        package["ModelPackageArn"])
         except deploy_logic.DeploymentError as exc:
@@ -139,9 +153,41 @@ def deploy_model_package(config: Config, version: int | str,
         result["Stage"] = stage
         bake_seconds = config.stage(stage).bake_seconds
         if local and result["Action"] != "none" and bake_seconds > 0:
-            bake(config, stage, package, previous, state_file)
+            bake_record.start(stage, package, previous, bake_seconds)
+            try:
+                bake(config, stage, package, previous, state_file)
+            except DeploymentRolledBack:
+                bake_record.clear()  # finished: by the rollback
+                raise
+            # any other way out (Ctrl-C, a crash, SIGKILL) leaves the record: unfinished
+            bake_record.clear()
             result["BakedSeconds"] = bake_seconds
     return result
+
+
+def _resume_bake(config: Config, stage: str, package: dict, unfinished: dict,
+                 state_file: EndpointStateFile, bake_record: BakeRecord) -> dict:
+    """Bake again, from the start, a version whose bake was cut short (its process
+    killed): it passes, or it is rolled back to the deployment recorded before it."""
+    bake_seconds = config.stage(stage).bake_seconds
+    previous = unfinished.get("Previous")
+    bake_record.start(stage, package, previous, bake_seconds)
+    try:
+        if bake_seconds > 0:
+            bake(config, stage, package, previous, state_file)
+    except DeploymentRolledBack:
+        bake_record.clear()
+        raise
+    bake_record.clear()
+    current = state_file.read() or {}
+    return {"Action": "resumed", "Stage": stage, "EndpointName": state_file.endpoint_name,
+            "ModelPackageVersion": package.get("ModelPackageVersion"),
+            "ModelPackageArn": package.get("ModelPackageArn"),
+            "EndpointConfigName": current.get("EndpointConfigName"),
+            "DataCaptureConfig": current.get("DataCaptureConfig"),
+            "ResumedBake": {k: unfinished.get(k) for k in ("StartedAt", "Pid",
+                                                            "PreviousVersion")},
+            "BakedSeconds": bake_seconds}
 
 
 def _image_bytes(image) -> bytes:
@@ -207,36 +253,58 @@ def _probe_image(config: Config, package: dict) -> bytes:
         raise
 
 
-def health_check(config: Config, package: dict) -> None:
-    """What SageMaker does before a new variant takes traffic: the model loads through its
-    own inference code (the container's /ping answers) and answers one real image with the
-    classes' probabilities. HealthCheckFailed, naming the reason, otherwise."""
-    from pathlib import Path
+def _probe(url: str, image: bytes, purpose: str, n: int) -> tuple[int, str]:
+    """POST the image to /invocations as traffic does: (HTTP status, answer or message)."""
+    import urllib.error
+    import urllib.request
 
-    from scones.local.endpoint.model_archive import load_model_archive
+    request = urllib.request.Request(
+        f"{url}/invocations", data=image, method="POST",
+        headers={"Content-Type": "image/png", "Accept": "application/json",
+                 "X-Amzn-SageMaker-Inference-Id": f"{PROBE_INFERENCE_ID_PREFIX}{purpose}-{n}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        try:
+            body = json.loads(body).get("message") or body
+        except (ValueError, AttributeError):
+            pass
+        return exc.code, body
+    except OSError as exc:  # refused, reset, timed out: the endpoint did not answer
+        return 0, f"{type(exc).__name__}: {exc}"
+
+
+def health_check(config: Config, package: dict, endpoint_name: str) -> None:
+    """What SageMaker does before a new variant takes traffic, through the request path
+    traffic takes: an endpoint process for endpoint_name loads the version through its own
+    inference code, answers /ping, and answers one real image on /invocations (data
+    capture included) with the classes' probabilities. HealthCheckFailed, naming the
+    reason, otherwise."""
+    from pathlib import Path
 
     version = package.get("ModelPackageVersion")
     tar = Path(package.get("LocalModelData") or "")
     what = f"version {version} ({package.get('ModelDataUrl')})"
+    image = _probe_image(config, package)
     try:
-        model = load_model_archive(tar, version=version,
-                                   package_arn=package.get("ModelPackageArn"),
-                                   source="health check")
-    except Exception as exc:
+        with local_endpoint(config, endpoint_name, model_version=version,
+                            model_tar=tar) as url:
+            status, answer = _probe(url, image, "health-check", 0)
+    except SconesError as exc:
         raise HealthCheckFailed(f"{what} failed its health check, nothing was switched: the "
                                 f"model does not load ({_reason(exc)})") from None
     try:
-        body, _ = model.invoke(_probe_image(config, package), "image/png", "application/json")
-        answer = json.loads(body)
-        if not (isinstance(answer, list) and len(answer) == len(config.classes)):
-            raise ValueError(f"expected {len(config.classes)} probabilities, got {answer!r}"[:200])
-    except DeploymentError:
-        raise
-    except Exception as exc:
+        if status != 200:
+            raise ValueError(f"HTTP {status} from /invocations: {answer}")
+        probabilities = json.loads(answer)
+        if not (isinstance(probabilities, list) and len(probabilities) == len(config.classes)):
+            raise ValueError(f"expected {len(config.classes)} probabilities, got "
+                             f"{probabilities!r}"[:200])
+    except ValueError as exc:
         raise HealthCheckFailed(f"{what} failed its health check, nothing was switched: it "
                                 f"does not answer an image ({_reason(exc)})") from None
-    finally:
-        model.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -245,38 +313,35 @@ def _reason(exc: BaseException) -> str:
 
 def bake(config: Config, stage: str, package: dict, previous: dict | None,
          state_file: EndpointStateFile) -> None:
-    """Watch the new model for bake_seconds: probe it (its inference code on a real image,
-    as the endpoint serves it) every bake_probe_interval_seconds; if errors / probes
-    crosses max_error_rate, put the previous deployment back (AutoRollbackConfiguration's
-    alarm on AWS) and raise DeploymentRolledBack. Nothing to roll back to on a first
-    deployment: it is then reported, the model left serving."""
+    """Watch the new model for bake_seconds through the endpoint's real request path: an
+    endpoint process serving what the state file now names (its data capture included)
+    gets a real image on /invocations every bake_probe_interval_seconds; an answer other
+    than 200 is an error. If errors / probes crosses max_error_rate, put the previous
+    deployment back (AutoRollbackConfiguration's alarm on AWS) and raise
+    DeploymentRolledBack. Nothing to roll back to on a first deployment: it is then
+    reported, the model left serving."""
     import time
-    from pathlib import Path
-
-    from scones.local.endpoint.model_archive import load_model_archive
 
     settings = config.stage(stage)
     image = _probe_image(config, package)
-    model = load_model_archive(Path(package["LocalModelData"]),
-                               version=package.get("ModelPackageVersion"), source="bake")
     probes = errors = 0
     last_error = None
     deadline = time.monotonic() + settings.bake_seconds
     try:
-        while True:
-            probes += 1
-            try:
-                model.invoke(image, "image/png", "application/json")
-            except Exception as exc:
-                errors += 1
-                last_error = _reason(exc)
-            if errors / probes > settings.max_error_rate and probes >= 2:
-                break
-            if time.monotonic() + settings.bake_probe_interval_seconds > deadline:
-                return
-            time.sleep(settings.bake_probe_interval_seconds)
-    finally:
-        model.close()
+        with local_endpoint(config, state_file.endpoint_name) as url:
+            while True:
+                probes += 1
+                status, answer = _probe(url, image, "bake", probes)
+                if status != 200:
+                    errors += 1
+                    last_error = f"HTTP {status}: {' '.join(answer.split())[:300]}"
+                if errors / probes > settings.max_error_rate and probes >= 2:
+                    break
+                if time.monotonic() + settings.bake_probe_interval_seconds > deadline:
+                    return
+                time.sleep(settings.bake_probe_interval_seconds)
+    except SconesError as exc:  # the endpoint would not even start on the new model
+        probes, errors, last_error = max(probes, 1), max(probes, 1), _reason(exc)
     version = package.get("ModelPackageVersion")
     alarm = (f"error rate {errors}/{probes} crossed the alarm's limit "
              f"{settings.max_error_rate:.0%} while baking (last error: {last_error})")
@@ -557,6 +622,11 @@ def endpoint_status(config: Config, backend: Backend | None = None,
     result.update({k: endpoint[k] for k in ("LocalModelData", "History", "StateFile",
                                             "LastRollback")
                    if k in endpoint})
+    if "StateFile" in endpoint:  # the local control plane: its bakes are recorded beside it
+        unfinished = BakeRecord(Workspace(config.local.workspace), name).unfinished()
+        if unfinished is not None:
+            result["UnfinishedBake"] = {k: unfinished.get(k) for k in (
+                "ModelPackageVersion", "PreviousVersion", "StartedAt", "BakeSeconds", "Pid")}
     try:
         endpoint_config = client.describe_endpoint_config(
             EndpointConfigName=endpoint["EndpointConfigName"])

@@ -35,6 +35,7 @@ from workflow.monitoring import (CaptureRecord, Malformed, MonitoringError, _rep
                                  default_source, iter_capture_files, parse_capture_lines,
                                  parse_since)
 from workflow.monitoring import profile
+from workflow.stages import PROBE_INFERENCE_ID_PREFIX
 
 DRIFT_CHECK, QUALITY_CHECK = "baseline_drift_check", "model_quality_check"
 VIOLATIONS_METRIC = "Violations"
@@ -573,6 +574,9 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     def check_batch(found: list[CaptureRecord]) -> list[CaptureRecord]:
         """A batch of new records: profiled and recorded now, then kept without their
         request bytes, so a run's memory follows the features, not the images."""
+        # a deployment's own probes (health check, bake) are not traffic
+        found = [r for r in found
+                 if not (r.inference_id or "").startswith(PROBE_INFERENCE_ID_PREFIX)]
         if since_time is not None:
             found = [r for r in found if r.inference_time >= since_time]
         if stage is not None:
