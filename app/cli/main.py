@@ -12,7 +12,7 @@ import sys
 import yaml
 
 from scones import __version__
-from app.cli import demo, endpoint, infra, monitor, pipeline, registry, workflow
+from app.cli import demo, endpoint, infra, monitor, pipeline, registry, ui, workflow
 from app.cli.common import configure_logging, run_guarded
 from scones.config import AWS_SETTINGS, load_config
 from scones.errors import ConfigError
@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     monitor,    # scones monitor report
     infra,      # scones infra template
     demo,       # scones demo
+    ui,         # scones ui (the local Studio)
 )
 
 
