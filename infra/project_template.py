@@ -18,9 +18,15 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   processing job on the prod endpoint's capture; its Violations metric has a
                   CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
                   (EventBridge). The alarm fires once per episode: that is the cool-down.
-    inference     the three workflow Lambdas and the inference state machine (the same ASL
-                  as infra/workflow_stack.py), created once their zips are uploaded
-                  (infra.package) and LambdaCodeBucket is set.
+    inference     the inference workflow (three Lambdas, its state machine, the new-image
+                  rule) and the bulk workflow (three Lambdas, a Distributed Map), from the
+                  Lambda table and the ASL the local engine runs; created once their zips
+                  are uploaded (infra.package) and LambdaCodeBucket is set. The deploy state
+                  machine sets each promoted version's own threshold on them.
+
+This template is the one source of the project's AWS resources: `scones infra deploy` and
+`scones workflow deploy` create or update its stack (infra/stack.py); there is no other
+path to AWS.
     plus          the artifact bucket, the SageMaker execution role, least-privilege roles
                   (no "*" action), the model package group, alarms and notifications.
 

@@ -423,7 +423,7 @@ def _run_bulk_on_aws(config: Config, backend, prefix_url: str, batch_size, toler
         sfn.describe_state_machine(stateMachineArn=machine_arn)
     except sfn.exceptions.StateMachineDoesNotExist:
         raise SconesError(f"state machine {machine_arn} does not exist: create the stack "
-                          "(`scones infra template`, infra/workflow-stack.json)") from None
+                          "(`scones infra deploy --env aws`)") from None
     return run_bulk_execution(config, sfn, machine_arn, backend.client("s3"), prefix_url,
                               batch_size=batch_size, tolerated_failure_percentage=tolerated,
                               concurrency=concurrency, progress=progress, poll_interval=2.0)

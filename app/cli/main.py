@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     workflow,   # scones workflow definition|deploy|run, scones lambdas build
     endpoint,   # scones endpoint deploy|status|serve
     monitor,    # scones monitor report
-    infra,      # scones infra template
+    infra,      # scones infra template|package|deploy
     demo,       # scones demo
     ui,         # scones ui (the local Studio)
 )
@@ -40,7 +40,8 @@ AWS_NEEDS = {
     ("pipeline", "run"): _ALL_AWS,
     ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
     ("workflow", "run"): ("aws.bucket",),
-    ("workflow", "deploy"): ("aws.role_arn", "aws.bucket"),  # the deploy Lambda's settings
+    ("workflow", "deploy"): ("aws.bucket",),  # where the stack's bundle is uploaded
+    ("infra", "deploy"): ("aws.bucket",),
     ("monitor", "report"): ("aws.bucket",),
 }
 
