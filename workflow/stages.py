@@ -326,9 +326,10 @@ def bake(config: Config, stage: str, package: dict, previous: dict | None,
     image = _probe_image(config, package)
     probes = errors = 0
     last_error = None
-    deadline = time.monotonic() + settings.bake_seconds
     try:
         with local_endpoint(config, state_file.endpoint_name) as url:
+            # the bake lasts bake_seconds of probing, not of starting the endpoint process
+            deadline = time.monotonic() + settings.bake_seconds
             while True:
                 probes += 1
                 status, answer = _probe(url, image, "bake", probes)
