@@ -208,6 +208,9 @@ class Resolved:
                         return self.attribute(*token.split(".", 1))
                     return str(self.ref(token))
                 return re.sub(r"\$\{([^}]+)\}", substitute, text)
+            if fn == "Fn::FindInMap":
+                mapping, first, second = (self.value(a) for a in args)
+                return self.template["Mappings"][mapping][first][second]
             if fn == "Fn::Join":
                 separator, items = args
                 return separator.join(str(x) for x in self.value(items))

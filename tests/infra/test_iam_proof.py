@@ -240,6 +240,15 @@ def command_calls(resolved: Resolved) -> list[Call]:
             ("s3:ListBucket", objects),
             ("s3:PutObject", f"{objects}/monitoring/reports/run-1/summary.json"),
             ("cloudwatch:PutMetricData", "*"))
+    images = resolved.template["Mappings"]["FrameworkImageAccounts"][REGION]
+    declare("SageMakerExecutionRole",
+            "the training and processing jobs and the deployed model pull the framework's "
+            "images (ECR, the region's Deep Learning Containers account)",
+            *[(a, f"arn:aws:ecr:{REGION}:{images[scope.capitalize()]}:repository/pytorch-{scope}")
+              for scope in ("training", "inference")
+              for a in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchCheckLayerAvailability")],
+            ("ecr:GetAuthorizationToken", "*"))
     declare("SageMakerExecutionRole",
             "SageMaker Pipelines' default experiment config: an experiment per pipeline, a "
             "trial per execution (kept deliberately: Studio's Experiments view lists runs)",
