@@ -148,10 +148,18 @@ def _status(args, config) -> int:
     backend = backend_for(config)
     statuses = [endpoint_status(config, backend, stage) for stage in
                 ([args.stage] if args.stage else STAGES)]
+    from scones.local.endpoint import read_capture_drops
+    from scones.workspace import Workspace
+
     for status in statuses:
         if status.get("ModelPackageArn") and status.get("ModelPackageVersion") is not None:
             package = backend.registry().describe(status["ModelPackageVersion"])
             status["StagingTest"] = stage_test_result(config, backend, package, "staging")
+        # capture records the endpoint could not write: dropped, predictions answered
+        drops = read_capture_drops(Workspace(config.local.workspace), status["EndpointName"])
+        if drops.get("DroppedCaptureRecords"):
+            status["DroppedCaptureRecords"] = drops["DroppedCaptureRecords"]
+            status["CaptureLastError"] = drops.get("LastError")
     if args.json:
         print(json.dumps(statuses if not args.stage else statuses[0], default=str))
         return 0
@@ -183,7 +191,8 @@ def _print_status(status: dict) -> None:
               f"rolling back to version {bake['PreviousVersion']} if it fails")
     dropped = status.get("DroppedCaptureRecords")
     if dropped:
-        print(f"  data capture: {dropped} record(s) dropped (predictions were answered)")
+        print(f"  data capture: {dropped} record(s) dropped, predictions still answered "
+              f"(last error: {status.get('CaptureLastError')})")
     test = status.get("StagingTest")
     if test:
         print(f"  staging test: {'passed' if test.get('Passed') else 'FAILED'} (accuracy "

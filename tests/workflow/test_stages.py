@@ -353,6 +353,12 @@ def test_a_deployment_never_reports_healthy_an_endpoint_whose_requests_fail(stag
     image = sorted((sample_data_dir / "bicycle").glob("*.png"))[0].read_bytes()
     with EndpointProcess(config) as endpoint:
         assert _post_image(endpoint.url, image) == 200
+    # the records capture could not write are counted, and status says so
+    status = json.loads(_scones("endpoint", "status", "--stage", "prod", "--json",
+                                workspace=config.local.workspace).stdout)
+    assert status["DroppedCaptureRecords"] >= 1
+    shown = _scones("endpoint", "status", "--stage", "prod", workspace=config.local.workspace)
+    assert "record(s) dropped, predictions still answered" in shown.stdout
 
 
 def test_a_bake_killed_midway_is_shown_and_the_next_promote_resumes_it(staged):
