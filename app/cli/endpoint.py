@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -113,7 +112,7 @@ def print_deployment(result: dict) -> None:
 
 
 def _test(args, config) -> int:
-    from workflow.stages import run_stage_test
+    from workflow.stage_test import run_stage_test
 
     result = run_stage_test(config, args.stage, progress=not args.json)
     if args.json:
@@ -148,18 +147,10 @@ def _status(args, config) -> int:
     backend = backend_for(config)
     statuses = [endpoint_status(config, backend, stage) for stage in
                 ([args.stage] if args.stage else STAGES)]
-    from scones.local.endpoint import read_capture_drops
-    from scones.workspace import Workspace
-
     for status in statuses:
         if status.get("ModelPackageArn") and status.get("ModelPackageVersion") is not None:
             package = backend.registry().describe(status["ModelPackageVersion"])
             status["StagingTest"] = stage_test_result(config, backend, package, "staging")
-        # capture records the endpoint could not write: dropped, predictions answered
-        drops = read_capture_drops(Workspace(config.local.workspace), status["EndpointName"])
-        if drops.get("DroppedCaptureRecords"):
-            status["DroppedCaptureRecords"] = drops["DroppedCaptureRecords"]
-            status["CaptureLastError"] = drops.get("LastError")
     if args.json:
         print(json.dumps(statuses if not args.stage else statuses[0], default=str))
         return 0
@@ -217,34 +208,20 @@ def _print_status(status: dict) -> None:
 
 
 def serve_command(args, config: Config) -> int:
-    backend_for(config).require_local(
-        "`scones endpoint serve` runs the local endpoint; on AWS the endpoint is SageMaker's "
-        "(`scones endpoint status --env aws`)")
-    from scones.local.endpoint import start_endpoint
-    from scones.local.endpoint.background import register_running, unregister_running
-
     if args.stage != "prod":  # the local server serves config.workflow.endpoint_name
         config = config.replace(workflow=dataclasses.replace(
             config.workflow, endpoint_name=config.stage_endpoint_name(args.stage)))
-    endpoint = start_endpoint(config, port=args.port, model_version=args.model_version)
-    # `workflow run` finds and reuses this endpoint instead of starting its own; a pinned
-    # --model-version is not what the workflow would serve, so that one is not offered.
-    offered = args.model_version is None
-    if offered:
-        register_running(config, endpoint.url, os.getpid(), "serve")
-    try:
+    with backend_for(config).serve_endpoint(port=args.port,
+                                            model_version=args.model_version) as endpoint:
         model = endpoint.model
         print(f"endpoint {endpoint.endpoint_name} serving model version "
               f"{model.version if model.version is not None else '?'} ({model.source}) at "
               f"{endpoint.url}", flush=True)
         print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
               f"Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 0
-    finally:
-        if offered:
-            unregister_running(config, os.getpid())
-        endpoint.stop()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+            return 0

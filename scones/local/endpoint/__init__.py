@@ -12,7 +12,6 @@ Which model it serves: the endpoint state file <workspace>/endpoints/<name>.json
 newest Approved version, else - before any approval - the newest registered one.
 Sampled invocations are captured in SageMaker's data-capture JSON Lines layout.
 """
-from scones.local.endpoint.capture import read_capture_drops
 from scones.local.endpoint.model_archive import (ClassNamesMismatch, InvocationError,
                                                  ModelLoadError, ServedModel,
                                                  load_model_archive)
@@ -20,5 +19,4 @@ from scones.local.endpoint.process import EndpointProcess
 from scones.local.endpoint.server import LocalEndpoint, start_endpoint
 
 __all__ = ["ClassNamesMismatch", "EndpointProcess", "InvocationError", "LocalEndpoint",
-           "ModelLoadError", "ServedModel", "load_model_archive", "read_capture_drops",
-           "start_endpoint"]
+           "ModelLoadError", "ServedModel", "load_model_archive", "start_endpoint"]

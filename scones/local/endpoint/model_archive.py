@@ -22,9 +22,9 @@ from typing import Any, Sequence
 from sagemaker_inference import environment as toolkit_environment
 from sagemaker_inference.transformer import Transformer
 
-from scones.backend import backend_for
 from scones.config import Config
 from scones.errors import SconesError
+from scones.local.resources import LocalResources
 
 LOG = logging.getLogger("scones.endpoint")
 _IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
@@ -228,7 +228,7 @@ class ModelChoice:
 
 def choose_from_registry(config: Config, model_version: int | None = None) -> ModelChoice:
     """The explicit version, else the newest Approved, else the newest registered one."""
-    registry = backend_for(config).registry()
+    registry = LocalResources(config).registry()
     if model_version is not None:
         package = registry.describe(model_version)
         source = f"model version {model_version} (chosen explicitly)"
