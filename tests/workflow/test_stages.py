@@ -25,6 +25,9 @@ from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionR
                              approve_and_deploy, deploy_model_package, endpoint_status,
                              promote, reject_and_report)
 
+# Each test takes tens of seconds: deployments with health checks and bakes, staging tests.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "scones-delivery-vehicles"
 
