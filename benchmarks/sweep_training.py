@@ -135,8 +135,10 @@ def sweep(data: Path, seeds: range, configs: list[tuple[str, Path, list[str]]],
           parallel: int = 1, cores_per_run: int = 2) -> list[dict]:
     """Every config on every split (seed), interleaved so load changes hit them alike."""
     slots: Queue = Queue()
+    available = os.cpu_count() or 1
     for i in range(parallel):
-        cores = ",".join(str(cores_per_run * i + c) for c in range(cores_per_run))
+        # More slots than cores (a busy shared box): slots share cores round-robin.
+        cores = ",".join(str((cores_per_run * i + c) % available) for c in range(cores_per_run))
         slots.put(cores if parallel > 1 or cores_per_run != 2 else None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
