@@ -18,9 +18,15 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   processing job on the prod endpoint's capture; its Violations metric has a
                   CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
                   (EventBridge). The alarm fires once per episode: that is the cool-down.
-    inference     the three workflow Lambdas and the inference state machine (the same ASL
-                  as infra/workflow_stack.py), created once their zips are uploaded
-                  (infra.package) and LambdaCodeBucket is set.
+    inference     the inference workflow (three Lambdas, its state machine, the new-image
+                  rule) and the bulk workflow (three Lambdas, a Distributed Map), from the
+                  Lambda table and the ASL the local engine runs; created once their zips
+                  are uploaded (infra.package) and LambdaCodeBucket is set. The deploy state
+                  machine sets each promoted version's own threshold on them.
+
+This template is the one source of the project's AWS resources: `scones infra deploy` and
+`scones workflow deploy` create or update its stack (infra/stack.py); there is no other
+path to AWS.
     plus          the artifact bucket, the SageMaker execution role, least-privilege roles
                   (no "*" action), the model package group, alarms and notifications.
 
@@ -40,8 +46,10 @@ from pathlib import Path
 
 from scones.backend import LAMBDA_RUNTIME
 from scones.config import Config
+from scones.sdk import sagemaker_sdk
 from infra import deploy_state_machine
 from infra.deploy_state_machine import STAGES, VARIANT_NAME, alarm_names, endpoint_name
+from workflow.bulk import RESULTS_PREFIX, bulk_definition_json
 from workflow.definition import lambda_functions, workflow_definition_json
 
 TEMPLATE_PATH = Path(__file__).with_name("sagemaker-project.json")
@@ -216,15 +224,21 @@ def _parameters(config: Config) -> dict:
                                             "bucket start the inference workflow"),
         "StagingTestCommand": text(
             "scones endpoint test --stage staging --env aws "
-            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME",
+            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME "
+            "--set aws.region=$AWS_REGION --set aws.bucket=$ARTIFACT_BUCKET "
+            "--set pipeline.model_package_group=$MODEL_PACKAGE_GROUP "
+            "--set workflow.state_machine_name=$STATE_MACHINE_NAME "
+            "--set workflow.endpoint_name=$PROD_ENDPOINT_NAME",
             "Command of the staging test stage (run in the project's code; must exit "
             "non-zero when the staging endpoint fails its checks)"),
         "NotificationEmail": text("", "Who is asked to promote to prod and told of failed "
                                       "deployments; empty: subscribe to the topic yourself"),
         "ApprovalTimeoutSeconds": number(604800, "How long a version waits for promotion",
                                          60, 31536000),
-        "TrafficStepPercent": number(10, "Canary size, or linear step, in % of capacity",
-                                     1, 100),
+        "TrafficStepPercent": number(10, "Canary size, or linear step, in % of capacity "
+                                         "(SageMaker: canary at most 50 %, linear steps "
+                                         "10-50 %); a stage of 1 instance shifts all at "
+                                         "once, then bakes for TrafficWaitSeconds", 10, 50),
         "TrafficWaitSeconds": number(600, "Baking time between traffic shifts", 0, 3600),
         "BakeSeconds": number(600, "Wait before the old fleet is terminated", 0, 3600),
         "LatencyAlarmMicroseconds": number(500000, "ModelLatency (average, microseconds) "
@@ -270,6 +284,8 @@ def _conditions() -> dict:
     for stage in STAGES:
         cap = stage.capitalize()
         conditions[f"{cap}Canary"] = {"Fn::Equals": [_ref(f"{cap}TrafficRouting"), "CANARY"]}
+        # one instance: no canary or linear step SageMaker accepts (deployment_config)
+        conditions[f"{cap}ShiftsAllAtOnce"] = {"Fn::Equals": [_ref(f"{cap}InstanceCount"), "1"]}
     return conditions
 
 
@@ -321,6 +337,37 @@ def _storage(resources: dict) -> None:
                        "Tags": _project_tags()}}
 
 
+FRAMEWORK = "pytorch"
+IMAGE_MAPPING = "FrameworkImageAccounts"
+
+
+def framework_image_accounts(config: Config) -> dict[str, dict[str, str]]:
+    """{region: {"Training": account, "Inference": account}} of the framework's images for
+    pipeline.framework_version, from the SageMaker SDK's own image_uris data: the Deep
+    Learning Containers account differs by region (763104351884 is only most of them)."""
+    frameworks = sagemaker_sdk().image_uris.config_for_framework(FRAMEWORK)
+    accounts: dict[str, dict[str, str]] = {}
+    for scope in ("training", "inference"):
+        versions = frameworks[scope]["versions"]
+        version = frameworks[scope].get("version_aliases", {}).get(
+            config.pipeline.framework_version, config.pipeline.framework_version)
+        for region, account in versions[version]["registries"].items():
+            accounts.setdefault(region, {})[scope.capitalize()] = account
+    return {region: a for region, a in sorted(accounts.items()) if len(a) == 2}
+
+
+def _image_account(scope: str) -> dict:
+    return {"Fn::FindInMap": [IMAGE_MAPPING, _ref("AWS::Region"), scope]}
+
+
+def framework_image_uri(config: Config, scope: str) -> dict:
+    """The framework's CPU image for the stack's region (as image_uris.retrieve names it)."""
+    pc = config.pipeline
+    return {"Fn::Sub": [
+        f"${{Account}}.dkr.ecr.${{AWS::Region}}.${{AWS::URLSuffix}}/{FRAMEWORK}-{scope.lower()}:"
+        f"{pc.framework_version}-cpu-{pc.py_version}", {"Account": _image_account(scope)}]}
+
+
 def _sagemaker_execution_role(resources: dict) -> None:
     group = f"model-package/{PIPELINE_NAME}"
     resources["SageMakerExecutionRole"] = _role(
@@ -337,8 +384,11 @@ def _sagemaker_execution_role(resources: dict) -> None:
             _statement("PullFrameworkImages", [
                 "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
                 "ecr:GetDownloadUrlForLayer"],
-                # the AWS Deep Learning Containers account (most regions)
-                _sub(f"{ARN}:ecr:${{AWS::Region}}:763104351884:repository/pytorch-*")),
+                # the framework's repositories in the region's Deep Learning Containers
+                # account (FrameworkImageAccounts, from the SDK's image_uris)
+                [{"Fn::Sub": [f"{ARN}:ecr:${{AWS::Region}}:${{Account}}:repository/"
+                              f"{FRAMEWORK}-{scope.lower()}", {"Account": _image_account(scope)}]}
+                 for scope in ("Training", "Inference")]),
             _statement("JobLogs", ["logs:CreateLogGroup", "logs:CreateLogStream",
                                    "logs:DescribeLogStreams", "logs:PutLogEvents"],
                        _sub(f"{ARN}:logs:{REGION_ACCOUNT}:log-group:/aws/sagemaker/*")),
@@ -352,6 +402,16 @@ def _sagemaker_execution_role(resources: dict) -> None:
                 "sagemaker:StopTrainingJob"], [
                 # SageMaker Pipelines names the jobs it starts itself (pipelines-<id>-...)
                 _sagemaker_arn("processing-job/*"), _sagemaker_arn("training-job/*")]),
+            # Kept deliberately: SageMaker Pipelines' default experiment config (an
+            # experiment named after the pipeline, a trial per execution) is what Studio's
+            # Experiments view lists; the pipeline's jobs join it as trial components.
+            _statement("PipelineExperiments", [
+                "sagemaker:AddTags", "sagemaker:AssociateTrialComponent",
+                "sagemaker:CreateExperiment", "sagemaker:CreateTrial",
+                "sagemaker:DescribeExperiment", "sagemaker:DescribeTrial"], [
+                _sagemaker_arn(f"experiment/{PIPELINE_NAME}"),
+                _sagemaker_arn("experiment-trial/*"),
+                _sagemaker_arn("experiment-trial-component/*")]),
             _statement("RegisterModelVersions", [
                 "sagemaker:AddTags", "sagemaker:CreateModelPackage",
                 "sagemaker:DescribeModelPackage", "sagemaker:DescribeModelPackageGroup",
@@ -564,8 +624,9 @@ def _monitoring_job_request(config: Config) -> str:
         f"s3://${{ArtifactBucket}}/datacapture/prod/{prod}/ --out /opt/ml/processing/report "
         + " ".join(f"--set {key}={value}" for key, value in settings.items()))
     pc = config.pipeline
-    image = (f"763104351884.dkr.ecr.${{AWS::Region}}.amazonaws.com/pytorch-training:"
-             f"{pc.framework_version}-cpu-{pc.py_version}")
+    # the training image of the stack's region (its account from FrameworkImageAccounts)
+    image = (f"${{TrainingImageAccount}}.dkr.ecr.${{AWS::Region}}.${{AWS::URLSuffix}}/"
+             f"{FRAMEWORK}-training:{pc.framework_version}-cpu-{pc.py_version}")
     request = {
         # the schedule's execution id makes every run's name (and report folder) unique
         "ProcessingJobName": "monitor-<aws.scheduler.execution-id>",
@@ -609,7 +670,15 @@ def _monitoring(resources: dict, config: Config) -> None:
                                                         config.monitoring.metrics_namespace}}),
                            # ListModelPackages has no resource-level permissions
                            _statement("FindModelVersions", ["sagemaker:ListModelPackages"],
-                                      "*")]}}}
+                                      "*"),
+                           # capture records carry no model version: the job asks prod
+                           # which version it serves, for that version's baseline
+                           _statement("WhichVersionProdServes", [
+                               "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                               "sagemaker:DescribeModel"], [
+                               _sagemaker_arn("endpoint/${SageMakerProjectName}-prod"),
+                               _sagemaker_arn("endpoint-config/${SageMakerProjectName}-prod-v*"),
+                               _sagemaker_arn("model/${SageMakerProjectName}-prod-v*")])]}}}
     resources["MonitoringJobSchedule"] = {
         "Type": "AWS::Scheduler::Schedule", "Condition": "HasMonitoringSchedule",
         "Properties": {
@@ -621,7 +690,9 @@ def _monitoring(resources: dict, config: Config) -> None:
             "FlexibleTimeWindow": {"Mode": "OFF"},
             "Target": {"Arn": "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob",
                        "RoleArn": _arn("MonitoringScheduleRole"),
-                       "Input": _sub(_monitoring_job_request(config)),
+                       "Input": {"Fn::Sub": [
+                           _monitoring_job_request(config),
+                           {"TrainingImageAccount": _image_account("Training")}]},
                        "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
                                        "MaximumRetryAttempts": 3},
                        "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}}}
@@ -698,7 +769,9 @@ def _notifications(resources: dict) -> None:
                            "Principal": {"Service": "events.amazonaws.com"},
                            "Action": "sqs:SendMessage", "Resource": _arn("DeadLetterQueue"),
                            "Condition": {"ArnEquals": {"aws:SourceArn": [
-                               _arn("ModelApprovedRule"), _arn("NewDataRule")]}}}]}}}
+                               _arn("ModelApprovedRule"), _arn("NewDataRule"),
+                               _if("HasMonitoringSchedule",
+                                   _arn("DriftAlarmRetrainRule"))]}}}]}}}
     resources["DeadLetterAlarm"] = {
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
@@ -745,7 +818,7 @@ def _endpoint_alarms(resources: dict) -> None:
                 "TreatMissingData": "notBreaching", "Tags": _project_tags()}}
 
 
-def _model_deploy(resources: dict) -> None:
+def _model_deploy(resources: dict, config: Config) -> None:
     resources["StagingTestLogGroup"] = _log_group(
         _sub("/aws/codebuild/${SageMakerProjectName}-staging-test"))
     staging_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-staging")
@@ -761,8 +834,27 @@ def _model_deploy(resources: dict) -> None:
             _kms_statement(["kms:Decrypt"]),
             _statement("CallStaging", ["sagemaker:DescribeEndpoint",
                                        "sagemaker:InvokeEndpoint"], staging_endpoint),
-            _statement("ReadVersion", ["sagemaker:DescribeModelPackage"],
+            # which version staging serves: its config's model names the package
+            _statement("WhichVersionServes", ["sagemaker:DescribeEndpointConfig",
+                                              "sagemaker:DescribeModel"], [
+                _sagemaker_arn(f"{kind}/${{SageMakerProjectName}}-staging-v*")
+                for kind in ("endpoint-config", "model")]),
+            # the test's result is recorded with the version (CustomerMetadataProperties)
+            _statement("ReadAndRecordVersion", ["sagemaker:DescribeModelPackage",
+                                                "sagemaker:UpdateModelPackage"],
                        _sagemaker_arn(f"model-package/{PIPELINE_NAME}/*")),
+            # ListModelPackages has no resource-level permissions
+            _statement("FindVersions", ["sagemaker:ListModelPackages"], "*"),
+            # the test images go through the inference workflow, as production's do
+            _statement("StageTestImages", ["s3:PutObject"], _bucket_objects("workflow-input/")),
+            _if("DeployWorkflow", _statement(
+                "RunInferenceWorkflow", ["states:DescribeStateMachine",
+                                         "states:StartExecution"],
+                _ref("InferenceStateMachine"))),
+            _if("DeployWorkflow", _statement(
+                "FollowInferenceRuns", ["states:DescribeExecution"],
+                _sub(f"{ARN}:states:{REGION_ACCOUNT}:execution:"
+                     "${SageMakerProjectName}-inference:*"))),
         ])
     resources["StagingTestProject"] = {
         "Type": "AWS::CodeBuild::Project",
@@ -782,8 +874,16 @@ def _model_deploy(resources: dict) -> None:
                            "      python: 3.11\n    commands:\n"
                            "      - pip install -c constraints.txt .\n"
                            "  build:\n    commands:\n      - ${StagingTestCommand}\n")},
-            "Environment": {"Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",
-                            "Image": CODEBUILD_IMAGE},
+            "Environment": {
+                "Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",
+                "Image": CODEBUILD_IMAGE,
+                # the project's names, for StagingTestCommand's --set (the config's
+                # defaults are not this project's)
+                "EnvironmentVariables": [{"Name": k, "Value": v, "Type": "PLAINTEXT"} for k, v in {
+                    "ARTIFACT_BUCKET": _ref("ArtifactBucket"),
+                    "MODEL_PACKAGE_GROUP": _sub(PIPELINE_NAME),
+                    "STATE_MACHINE_NAME": _sub("${SageMakerProjectName}-inference"),
+                    "PROD_ENDPOINT_NAME": endpoint_name("prod")}.items()]},
             "EncryptionKey": _if("HasKmsKey", _ref("KmsKeyArn")),
             "LogsConfig": {"CloudWatchLogs": {"Status": "ENABLED",
                                               "GroupName": _ref("StagingTestLogGroup")}},
@@ -822,10 +922,28 @@ def _model_deploy(resources: dict) -> None:
                        _sub(f"{ARN}:events:{REGION_ACCOUNT}:rule/"
                             "StepFunctionsGetEventsForCodeBuildStartBuildRule")),
             _statement("AskForPromotion", ["sns:Publish"], _ref("NotificationTopic")),
+            # the promoted version's own confidence threshold, into the Lambdas applying it
+            *[_if("DeployWorkflow", _statement(
+                "ApplyPromotedThreshold", ["lambda:UpdateFunctionConfiguration"],
+                [_sub(f"{ARN}:lambda:{REGION_ACCOUNT}:function:" + name["Fn::Sub"])
+                 for name, _ in threshold_functions(config)]))][:len(threshold_functions(config))],
             _statement("Autoscaling", ["application-autoscaling:PutScalingPolicy",
                                        "application-autoscaling:RegisterScalableTarget"],
                        _sub(f"{ARN}:application-autoscaling:{REGION_ACCOUNT}:"
                             "scalable-target/*")),
+            # Application Auto Scaling acts on a SageMaker variant as the caller: it reads
+            # the endpoint and its config, sets the variant's capacity and manages the
+            # target-tracking alarms (AWS: "Application Auto Scaling IAM permissions for
+            # SageMaker"). The alarms are named TargetTracking-endpoint/<endpoint>/...
+            _statement("AutoscalingActsOnVariants", [
+                "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                "sagemaker:UpdateEndpointWeightsAndCapacities"],
+                endpoints + per_stage[1::2]),
+            _statement("AutoscalingAlarms", ["cloudwatch:DeleteAlarms",
+                                             "cloudwatch:DescribeAlarms",
+                                             "cloudwatch:PutMetricAlarm"],
+                       [_sub(f"{ARN}:cloudwatch:{REGION_ACCOUNT}:alarm:TargetTracking-"
+                             f"endpoint/${{SageMakerProjectName}}-{s}/*") for s in STAGES]),
             _statement("AutoscalingServiceRole", ["iam:CreateServiceLinkedRole"],
                        _sub(f"{ARN}:iam::${{AWS::AccountId}}:role/aws-service-role/"
                             "sagemaker.application-autoscaling.amazonaws.com/"
@@ -844,7 +962,8 @@ def _model_deploy(resources: dict) -> None:
             "StateMachineName": _sub("${SageMakerProjectName}-deploy"),
             "StateMachineType": "STANDARD",  # waits for endpoint updates, days for approval
             "RoleArn": _arn("DeployStateMachineRole"),
-            "Definition": deploy_state_machine.deploy_definition(),
+            "Definition": deploy_state_machine.deploy_definition(
+                threshold_functions(config)),
             "Tags": _project_tags()}}
     resources["DeployFailedAlarm"] = {
         "Type": "AWS::CloudWatch::Alarm",
@@ -881,68 +1000,46 @@ def _model_deploy(resources: dict) -> None:
                 "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
 
 
-def _inference_workflow(resources: dict, config: Config) -> None:
-    """The three workflow Lambdas and the inference state machine, as infra/workflow_stack.py
-    builds them, named after the project and pointed at the prod endpoint."""
+def _workflow_functions(config: Config) -> tuple[Config, dict]:
+    """The Lambda table (workflow.definition.lambda_functions) with a sentinel prefix that
+    the template replaces by the project's name; {key: function} of the inference and bulk
+    workflows' functions."""
     sentinel_config = config.replace(workflow=dataclasses.replace(
         config.workflow, lambda_prefix=_FUNCTION_PREFIX_SENTINEL))
-    functions = {k: f for k, f in lambda_functions(sentinel_config).items() if f.in_workflow}
-    sentinel_names = {f.name: f for f in functions.values()}
+    functions = {k: f for k, f in lambda_functions(sentinel_config).items()
+                 if f.in_workflow or f.in_bulk}
+    return sentinel_config, functions
 
-    def project_name(function) -> dict:
-        return _sub(PROJECT + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL))
 
-    def logical(key: str, suffix: str) -> str:
-        return "".join(part.capitalize() for part in key.split("_")) + suffix
+def _function_name(function) -> dict:
+    return _sub(PROJECT + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL))
 
-    prod_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-prod")
-    for function in functions.values():
-        resources[logical(function.key, "LogGroup")] = _log_group(
-            _sub("/aws/lambda/" + PROJECT
-                 + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL)), "DeployWorkflow")
-    log_groups = [logical(f.key, "LogGroup") for f in functions.values()]
-    resources["WorkflowLambdaRole"] = _role(
-        ["lambda.amazonaws.com"],
-        "The inference workflow's Lambdas: read images, invoke the prod endpoint, log", [
-            _statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
-                       [_sub(f"${{{g}.Arn}}:*") for g in log_groups]),
-            _statement("ReadImages", ["s3:GetObject"], _bucket_objects()),
-            # without ListBucket S3 answers a missing key with 403, not 404: the workflow
-            # would report ImageNotReadable where the truth is ImageNotFound
-            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
-            _kms_statement(["kms:Decrypt"]),
-            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
-        ], condition="DeployWorkflow")
-    function_ids = {}
-    for function in functions.values():
-        function_id = function_ids[function.key] = logical(function.key, "Function")
-        environment = dict(function.environment)
-        if "ENDPOINT_NAME" in environment:
-            environment["ENDPOINT_NAME"] = endpoint_name("prod")
-        resources[function_id] = {
-            "Type": "AWS::Lambda::Function", "Condition": "DeployWorkflow",
-            "DependsOn": [logical(function.key, "LogGroup")],
-            "Metadata": _checkov_skips(
-                ("CKV_AWS_116", "invoked synchronously by Step Functions, which catches "
-                                "and reports every failure: a DLQ would never receive"),
-                ("CKV_AWS_117", "calls only S3 and SageMaker's public endpoints; a VPC "
-                                "would add NAT cost for no isolation gain"),
-                ("CKV_AWS_115", "concurrency is bounded by the workflow's Map "
-                                "(workflow.max_concurrency)"),
-                ("CKV_AWS_173", "the environment holds names and thresholds, no secrets")),
-            "Properties": {
-                "FunctionName": project_name(function),
-                "Description": function.description,
-                "Runtime": LAMBDA_RUNTIME,
-                "Handler": function.handler,
-                "Role": _arn("WorkflowLambdaRole"),
-                "Code": {"S3Bucket": _ref("LambdaCodeBucket"),
-                         "S3Key": _sub(f"${{LambdaCodeKeyPrefix}}{function.key}.zip")},
-                "Timeout": function.timeout, "MemorySize": function.memory_size,
-                "Environment": {"Variables": environment},
-                "Tags": _project_tags()}}
 
-    definition = json.loads(workflow_definition_json(sentinel_config))
+def _logical(key: str, suffix: str) -> str:
+    return "".join(part.capitalize() for part in key.split("_")) + suffix
+
+
+def _function_environment(function) -> dict:
+    """The function's environment in the project: the endpoint it calls is prod's."""
+    environment = dict(function.environment)
+    if "ENDPOINT_NAME" in environment:
+        environment["ENDPOINT_NAME"] = endpoint_name("prod")
+    return environment
+
+
+def threshold_functions(config: Config) -> list[tuple[dict, dict]]:
+    """(FunctionName, Environment.Variables) of each Lambda that applies the confidence
+    threshold: the deploy state machine sets the promoted version's own threshold there
+    (UpdateFunctionConfiguration replaces the whole environment, hence all of it)."""
+    if not config.workflow.use_model_threshold:
+        return []
+    _, functions = _workflow_functions(config)
+    return [(_function_name(f), _function_environment(f)) for f in functions.values()
+            if "CONFIDENCE_THRESHOLD" in f.environment]
+
+
+def _asl_for_project(definition_json: str, sentinel_names: dict) -> dict:
+    definition = json.loads(definition_json)
 
     def rename(node):  # the SDK's ASL names functions; name them after the project
         if isinstance(node, dict):
@@ -950,18 +1047,94 @@ def _inference_workflow(resources: dict, config: Config) -> None:
         if isinstance(node, list):
             return [rename(v) for v in node]
         if isinstance(node, str) and node in sentinel_names:
-            return project_name(sentinel_names[node])
+            return _function_name(sentinel_names[node])
         return node
 
     definition = rename(definition)
     if _FUNCTION_PREFIX_SENTINEL in json.dumps(definition):
         raise AssertionError("a function name in the workflow ASL was not renamed")
-    invoke = []
-    for function_id in function_ids.values():
-        invoke += [_arn(function_id), _sub(f"${{{function_id}.Arn}}:*")]
+    return definition
+
+
+def _inference_workflow(resources: dict, config: Config) -> None:
+    """The inference workflow (three Lambdas, its state machine, the new-image rule) and
+    the bulk workflow (three Lambdas, its Distributed Map state machine), from the same
+    table and ASL the local engine runs, named after the project and pointed at prod."""
+    sentinel_config, functions = _workflow_functions(config)
+    sentinel_names = {f.name: f for f in functions.values()}
+    inference = [f for f in functions.values() if f.in_workflow]
+    bulk = [f for f in functions.values() if f.in_bulk]
+
+    prod_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-prod")
+    for function in functions.values():
+        resources[_logical(function.key, "LogGroup")] = _log_group(
+            _sub("/aws/lambda/" + PROJECT
+                 + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL)), "DeployWorkflow")
+
+    def log_statement(group):
+        return _statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                          [_sub(f"${{{_logical(f.key, 'LogGroup')}.Arn}}:*") for f in group])
+
+    resources["WorkflowLambdaRole"] = _role(
+        ["lambda.amazonaws.com"],
+        "The inference workflow's Lambdas: read images, invoke the prod endpoint, log", [
+            log_statement(inference),
+            _statement("ReadImages", ["s3:GetObject"], _bucket_objects()),
+            # without ListBucket S3 answers a missing key with 403, not 404: the workflow
+            # would report ImageNotReadable where the truth is ImageNotFound
+            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
+            _kms_statement(["kms:Decrypt"]),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+        ], condition="DeployWorkflow")
+    bulk_results = _bucket_objects(f"{RESULTS_PREFIX}/")
+    resources["BulkLambdaRole"] = _role(
+        ["lambda.amazonaws.com"],
+        "The bulk workflow's Lambdas: list and read images, write run results, invoke the "
+        "prod endpoint, log", [
+            log_statement(bulk),
+            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
+            _statement("ReadImagesAndResults", ["s3:GetObject"], _bucket_objects()),
+            _statement("WriteRunResults", ["s3:PutObject"], bulk_results),
+            _kms_statement(["kms:Decrypt", "kms:GenerateDataKey"]),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+        ], condition="DeployWorkflow")
+    function_ids = {}
+    for function in functions.values():
+        function_id = function_ids[function.key] = _logical(function.key, "Function")
+        resources[function_id] = {
+            "Type": "AWS::Lambda::Function", "Condition": "DeployWorkflow",
+            "DependsOn": [_logical(function.key, "LogGroup")],
+            "Metadata": _checkov_skips(
+                ("CKV_AWS_116", "invoked synchronously by Step Functions, which catches "
+                                "and reports every failure: a DLQ would never receive"),
+                ("CKV_AWS_117", "calls only S3 and SageMaker's public endpoints; a VPC "
+                                "would add NAT cost for no isolation gain"),
+                ("CKV_AWS_115", "concurrency is bounded by the workflows' Map "
+                                "concurrency (workflow.max_concurrency)"),
+                ("CKV_AWS_173", "the environment holds names and thresholds, no secrets")),
+            "Properties": {
+                "FunctionName": _function_name(function),
+                "Description": function.description,
+                "Runtime": LAMBDA_RUNTIME,
+                "Handler": function.handler,
+                "Role": _arn("BulkLambdaRole" if function.in_bulk else "WorkflowLambdaRole"),
+                "Code": {"S3Bucket": _ref("LambdaCodeBucket"),
+                         "S3Key": _sub(f"${{LambdaCodeKeyPrefix}}{function.key}.zip")},
+                "Timeout": function.timeout, "MemorySize": function.memory_size,
+                "Environment": {"Variables": _function_environment(function)},
+                "Tags": _project_tags()}}
+
+    def invoke_targets(group):
+        targets = []
+        for function in group:
+            function_id = function_ids[function.key]
+            targets += [_arn(function_id), _sub(f"${{{function_id}.Arn}}:*")]
+        return targets
+
     resources["InferenceStateMachineRole"] = _role(
         ["states.amazonaws.com"], "The inference state machine: invoke its three Lambdas", [
-            _statement("InvokeWorkflowLambdas", ["lambda:InvokeFunction"], invoke)],
+            _statement("InvokeWorkflowLambdas", ["lambda:InvokeFunction"],
+                       invoke_targets(inference))],
         condition="DeployWorkflow")
     resources["InferenceStateMachine"] = {
         "Type": "AWS::StepFunctions::StateMachine", "Condition": "DeployWorkflow",
@@ -973,8 +1146,43 @@ def _inference_workflow(resources: dict, config: Config) -> None:
             "StateMachineName": _sub("${SageMakerProjectName}-inference"),
             "StateMachineType": "STANDARD",
             "RoleArn": _arn("InferenceStateMachineRole"),
-            "Definition": definition,  # the SDK's ASL, as the local engine runs it
+            # the SDK's ASL, as the local engine runs it
+            "Definition": _asl_for_project(workflow_definition_json(sentinel_config),
+                                           sentinel_names),
             "Tags": _project_tags()}}
+
+    bulk_name = "${SageMakerProjectName}-inference-bulk"
+    resources["BulkStateMachineRole"] = _role(
+        ["states.amazonaws.com"],
+        "The bulk state machine: invoke its Lambdas, run its Distributed Map's children, "
+        "read its manifest and write its results", [
+            _statement("InvokeBulkLambdas", ["lambda:InvokeFunction"], invoke_targets(bulk)),
+            # a Distributed Map runs its children as executions of this same state machine
+            _statement("RunChildExecutions", ["states:StartExecution"],
+                       _sub(f"{ARN}:states:{REGION_ACCOUNT}:stateMachine:{bulk_name}")),
+            _statement("ManageChildExecutions", ["states:DescribeExecution",
+                                                 "states:StopExecution"],
+                       _sub(f"{ARN}:states:{REGION_ACCOUNT}:execution:{bulk_name}/*")),
+            # ItemReader reads the manifest; ResultWriter writes the Map's result files
+            _statement("ReadManifestWriteResults", [
+                "s3:AbortMultipartUpload", "s3:GetObject", "s3:ListMultipartUploadParts",
+                "s3:PutObject"], bulk_results),
+            _kms_statement(["kms:Decrypt", "kms:GenerateDataKey"]),
+        ], condition="DeployWorkflow")
+    resources["BulkStateMachine"] = {
+        "Type": "AWS::StepFunctions::StateMachine", "Condition": "DeployWorkflow",
+        "Metadata": _checkov_skips(
+            ("CKV_AWS_284", "X-Ray would need xray:PutTraceSegments on '*'"),
+            ("CKV_AWS_285", "execution logging needs logs:*LogDelivery on '*'; each "
+                            "run's summary.json and result files are in the bucket")),
+        "Properties": {
+            "StateMachineName": _sub(bulk_name),
+            "StateMachineType": "STANDARD",
+            "RoleArn": _arn("BulkStateMachineRole"),
+            "Definition": _asl_for_project(bulk_definition_json(sentinel_config),
+                                           sentinel_names),
+            "Tags": _project_tags()}}
+
     resources["NewImageRuleRole"] = _role(
         ["events.amazonaws.com"], "A new image starts the inference workflow", [
             _statement("StartInference", ["states:StartExecution"],
@@ -1009,7 +1217,7 @@ def project_template(config: Config) -> dict:
     _monitoring(resources, config)
     _notifications(resources)
     _endpoint_alarms(resources)
-    _model_deploy(resources)
+    _model_deploy(resources, config)
     _inference_workflow(resources, config)
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -1052,6 +1260,7 @@ def project_template(config: Config) -> dict:
                 if "Default" in p},
         },
         "Parameters": _parameters(config),
+        "Mappings": {IMAGE_MAPPING: framework_image_accounts(config)},
         "Conditions": _conditions(),
         "Resources": resources,
         "Outputs": {
@@ -1065,6 +1274,9 @@ def project_template(config: Config) -> dict:
             "DeployStateMachineArn": {"Value": _ref("DeployStateMachine")},
             "StagingEndpointName": {"Value": endpoint_name("staging")},
             "ProdEndpointName": {"Value": endpoint_name("prod")},
+            "BulkStateMachineArn": {"Condition": "DeployWorkflow",
+                                    "Value": _ref("BulkStateMachine"),
+                                    "Description": "scones workflow run --env aws --prefix"},
             "InferenceStateMachineArn": {"Condition": "DeployWorkflow",
                                          "Value": _ref("InferenceStateMachine")},
             "WorkflowLambdaRoleArn": {"Condition": "DeployWorkflow",

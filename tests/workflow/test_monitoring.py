@@ -221,3 +221,119 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
     assert s["class_distribution"]["motorcycle"]["count"] == predicted.count(1)
     under = sum(max(a) < config.workflow.confidence_threshold for a in answers)
     assert s["under_threshold"] == under
+
+
+def test_capture_records_dated_in_the_future_are_reported_not_counted(config, tmp_path):
+    source = _write_capture(tmp_path / "capture")
+    later = source / "scones-delivery-vehicles" / "AllTraffic" / "2026" / "11" / "24" / "22"
+    (later / "59-00-000-cccc.jsonl").write_text("\n".join([
+        _record([0.9, 0.1], "2026-11-24T22:59:00Z"),   # a minute before now: counted
+        _record([0.2, 0.8], "2026-11-25T09:00:00Z"),   # ten hours ahead: refused
+        _record([0.3, 0.7], "2027-11-24T23:00:00Z"),   # a year ahead: refused
+    ]) + "\n")
+    s = build_report(config, source=str(source), now=NOW).summary
+    assert (s["records"], s["malformed"]) == (6, 5)
+    future = [m for m in s["malformed_lines"] if "in the future" in m["reason"]]
+    assert [m["line"] for m in future] == [2, 3]
+    assert s["last_inference"] == "2026-11-24T22:59:00+00:00"
+
+
+def test_monitor_run_refuses_capture_records_dated_in_the_future(config, tmp_path):
+    from workflow.monitoring.check import run_monitor
+
+    source = tmp_path / "capture" / "scones-delivery-vehicles" / "AllTraffic"
+    source.mkdir(parents=True)
+    (source / "x.jsonl").write_text("\n".join([
+        _record([0.9, 0.1], "2026-11-24T22:00:00Z"),
+        _record([0.2, 0.8], "2026-11-26T22:00:00Z")]) + "\n")
+    summary = run_monitor(config, source=str(tmp_path / "capture"), now=NOW).summary
+    assert (summary["Records"], summary["Malformed"]) == (1, 1)
+    assert "in the future" in summary["MalformedLines"][0]["Reason"]
+    assert summary["LastInference"] == "2026-11-24T22:00:00+00:00"
+
+
+@pytest.mark.parametrize("content", ["Image,Label\nx.png,bicycle\n", "\x89PNG\r\n\x1a\n\0\0",
+                                     ""])
+def test_monitor_label_on_a_file_that_is_not_json_lines_is_a_named_error(config, tmp_path,
+                                                                        content):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(content, errors="surrogateescape")
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "monitor", "label", str(labels),
+         "--set", f"local.workspace={config.local.workspace}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    assert done.returncode != 0, done.stdout
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert "labels.csv" in done.stderr and "groundTruthData" in done.stderr
+    assert not (config.local.workspace / "monitoring").exists() or not list(
+        (config.local.workspace / "monitoring").rglob("labels.jsonl"))
+
+
+def _labelled_capture(folder: Path, first: int, count: int) -> list[str]:
+    """count capture records with inferenceIds q-<n>, in an hour folder of their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, ids = [], []
+    for n in range(first, first + count):
+        record = json.loads(_record([0.9, 0.1] if n % 3 else [0.2, 0.8],
+                                    f"2026-11-24T21:{n % 60:02d}:00Z"))
+        record["eventMetadata"]["inferenceId"] = f"q-{n}"
+        ids.append(f"q-{n}")
+        lines.append(json.dumps(record))
+    (folder / f"{first:05d}.jsonl").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def test_each_monitor_run_reads_only_new_capture_never_the_whole_history(config, tmp_path):
+    """The checked predictions are kept indexed by their merge keys: a later run (and a
+    label) costs what it adds, not what came before. Ground truth still merges."""
+    from workflow.monitoring.check import MonitorState, ingest_labels, run_monitor
+
+    source = tmp_path / "capture" / "scones-delivery-vehicles" / "AllTraffic"
+    first = _labelled_capture(source, 0, 300)
+    run_monitor(config, source=str(tmp_path / "capture"), now=NOW)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"groundTruthData": {"data": "bicycle"},
+                                          "eventMetadata": {"eventId": i}}) + "\n"
+                              for i in first[:30]))
+    assert ingest_labels(config, str(labels))["Merged"] == 30
+    second = _labelled_capture(source, 300, 50)
+
+    opened: list[str] = []
+    listening = [True]
+
+    def audit(event, args):  # audit hooks stay for the process: this one goes quiet
+        if listening[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.fsdecode(args[0]))
+
+    sys.addaudithook(audit)
+    try:
+        result = run_monitor(config, source=str(tmp_path / "capture"), now=NOW)
+    finally:
+        listening[0] = False
+    assert result.summary["Records"] == len(second)
+    state_folder = MonitorState(config).folder
+    history = [p for p in opened if Path(p).parent == state_folder and p.endswith(".jsonl")
+               and "metrics" not in p]
+    assert not history, history
+    (quality,) = result.summary["Quality"]
+    # q-<n> with n % 3 == 0 was predicted motorcycle; labelled bicycle
+    assert quality["Records"] == 30
+    assert quality["Correct"] == sum(1 for n in range(30) if n % 3)
+
+
+def test_an_earlier_workspaces_json_lines_are_imported_once(config):
+    from workflow.monitoring.check import MonitorState, merged_predictions
+
+    state = MonitorState(config)
+    state.folder.mkdir(parents=True)
+    state.predictions_file.write_text("".join(json.dumps(
+        {"EventId": f"e{n}", "InferenceId": f"i{n}", "Time": "2026-11-24T21:00:00+00:00",
+         "ModelVersion": 1, "Stage": "prod", "Confidence": 0.9, "Predicted": "bicycle"}) + "\n"
+        for n in range(5)))
+    state.labels_file.write_text(json.dumps({"Id": "i1", "Label": "motorcycle"}) + "\n"
+                                 + json.dumps({"Id": "e3", "Label": "bicycle"}) + "\n"
+                                 + json.dumps({"Id": "i1", "Label": "bicycle"}) + "\n")
+    merged = merged_predictions(state)
+    assert [(m["EventId"], m["Label"]) for m in merged] == [("e1", "bicycle"), ("e3", "bicycle")]
+    assert not state.predictions_file.exists() and merged_predictions(state) == merged
