@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
 from scones.config import Config, load_config
 from scones.errors import SconesError
 from scones.backend import backend_for
@@ -37,7 +38,9 @@ MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profi
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
-CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image"]
+# What the model's inference.py answers (its SUPPORTED_CONTENT_TYPES, a test keeps them
+# equal): images, and the bulk workflow's batch of images.
+CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image", BATCH_CONTENT_TYPE]
 
 # Parsed from train.py's per-epoch line, e.g.
 # "epoch 3/30 train_loss=0.4123 train_accuracy=0.8125 validation_loss=0.3912 validation_accuracy=0.8400"
@@ -91,7 +94,8 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     from sagemaker.model import Model
     from sagemaker.drift_check_baselines import DriftCheckBaselines
     from sagemaker.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
+    from sagemaker.processing import (FrameworkProcessor, ProcessingInput, ProcessingOutput,
+                                      ScriptProcessor)
     from sagemaker.pytorch import PyTorch
     from sagemaker.inputs import TrainingInput
     from sagemaker.workflow.condition_step import ConditionStep
@@ -146,11 +150,18 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             instance_type=processing_instance_type, instance_count=1,
             base_job_name=f"{job_prefix}-{job}", tags=tags, sagemaker_session=session)
 
+    # Preprocess ships the jobs folder as its source_dir (as Train does), so preprocess.py
+    # imports the one decoder (image_decoding.py) that inference.py serves with.
+    preprocessor = FrameworkProcessor(
+        estimator_cls=PyTorch, framework_version=pc.framework_version,
+        py_version=pc.py_version, image_uri=processing_image, command=["python3"],
+        role=role, instance_type=processing_instance_type, instance_count=1,
+        base_job_name=f"{job_prefix}-preprocess", tags=tags, sagemaker_session=session)
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
         cache_config=cache,
-        step_args=processor("preprocess").run(
-            code=str(JOBS_DIR / "preprocess.py"),
+        step_args=preprocessor.run(
+            code="preprocess.py", source_dir=str(JOBS_DIR),
             inputs=[ProcessingInput(source=input_data_url,
                                     destination="/opt/ml/processing/input/data")],
             outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/{split}")

@@ -145,8 +145,13 @@ class StepExecutors:
             if source.get("S3DataType", "S3Prefix") != "S3Prefix":
                 raise StepFailed(f"step {name}: input {item.get('InputName')} has S3DataType "
                                  f"{source['S3DataType']}; only S3Prefix runs locally")
-            self.transfer.fetch(to_text(source["S3Uri"]),
-                                step.input_copy(map_path(source["LocalPath"], step_dir)))
+            target = step.input_copy(map_path(source["LocalPath"], step_dir))
+            self.transfer.fetch(to_text(source["S3Uri"]), target)
+            if item.get("InputName") == "entrypoint":
+                # A source_dir job's runproc.sh (FrameworkProcessor) cds into its /opt/ml
+                # code folder: that path, too, moves into the step's folder.
+                for script in target.glob("*.sh"):
+                    script.write_text(map_text(script.read_text(), step_dir))
         outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
         for item in outputs:
             map_path(item["S3Output"]["LocalPath"], step_dir).mkdir(parents=True, exist_ok=True)
