@@ -2,18 +2,14 @@
 short training so the suite stays fast. Each stage's output must be there, and the run must
 leave a registered+approved version, a deployment and a monitoring report behind."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 
+from helpers import scones
 
-def scones(*args, workspace, timeout=600):
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args, "--set", f"local.workspace={workspace}"],
-        capture_output=True, text=True, timeout=timeout, env=env)
+# Each test takes tens of seconds: the demo: a whole pipeline, deployments and workflows, twice.
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sample_data_dir):
@@ -49,7 +45,9 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
 
     second = scones("demo", *quick, workspace=workspace)
     assert second.returncode == 0, second.stderr[-3000:]
-    report2 = Path(second.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
+    report2 = Path(next(line for line in second.stdout.splitlines()
+                        if line.startswith("Monitoring report: "))
+                   .removeprefix("Monitoring report: "))
     assert report2 != report and report.is_file() and report2.is_file()
 
     # the second drift is within the cool-down: no second retraining run

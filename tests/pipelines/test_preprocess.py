@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_job
+from helpers import run_job
 from photos import png_with_header
 
 FINE_LABEL_NAMES = ["apple", "bicycle", "bus", "motorcycle", "tractor"]  # a stand-in for the 100

@@ -16,9 +16,9 @@ from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME, data_capture_config
 from scones.config import Config
+from scones.deploy_settings import deploy_settings
 from scones.storage import LocalObjectStore, split_s3_url
 from scones.workspace import Workspace
-from workflow.stages import deploy_settings
 
 
 def default_capture_config(config: Config) -> dict:

@@ -3,7 +3,7 @@
 /endpoints/{name}/invocations), so a plain boto3 `sagemaker-runtime` client reaches it
 through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:PORT.
 
-Which model it serves: the endpoint state file (scones.local.endpoint_state; re-read whenever it
+Which model it serves: the endpoint state file (scones.local.deployment_state; re-read whenever it
 changes), else the registry's newest Approved version, else - before any approval - the
 newest registered one. Every request goes through the model archive's own inference.py under
 sagemaker-inference's Transformer (model_archive.py), as in SageMaker's container.
@@ -33,15 +33,15 @@ from waitress.server import create_server
 from waitress.task import ErrorTask, WSGITask
 
 from lambdas.deploy_approved_model import VARIANT_NAME
-from scones.backend import LOCAL_ACCOUNT_ID, backend_for
 from scones.config import Config
 from scones.errors import SconesError
+from scones.local.deployment_state import EndpointStateFile
 from scones.local.endpoint.batch import is_batch, per_image_records
 from scones.local.endpoint.capture import (CaptureDrops, DataCaptureWriter,
                                            default_capture_config)
 from scones.local.endpoint.model_archive import (InvocationError, ModelChoice, ServedModel,
                                                  choose_from_registry, load_model_archive)
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.resources import LOCAL_ACCOUNT_ID, LocalResources
 
 LOG = logging.getLogger("scones.endpoint")
 # "Task queue depth is N": requests waiting for one of the workers, as designed under a
@@ -85,11 +85,11 @@ class EndpointService:
                  model_version: int | None = None, model_tar: Path | None = None):
         self.config = config
         self.endpoint_name = endpoint_name or config.workflow.endpoint_name
-        backend = backend_for(config)
-        self.state_file = EndpointStateFile(backend.workspace, self.endpoint_name)
+        resources = LocalResources(config)
+        self.state_file = EndpointStateFile(resources.workspace, self.endpoint_name)
         self.state_path = self.state_file.path
-        self.capture_writer = DataCaptureWriter(backend.object_store(), self.endpoint_name)
-        self.capture_drops = CaptureDrops(backend.workspace, self.endpoint_name)
+        self.capture_writer = DataCaptureWriter(resources.object_store(), self.endpoint_name)
+        self.capture_drops = CaptureDrops(resources.workspace, self.endpoint_name)
         self._lock = threading.Lock()
         self._pinned: ModelChoice | None = None
         if model_tar is not None:

@@ -18,9 +18,9 @@ from botocore.exceptions import ClientError
 
 from scones.config import load_config
 from scones.errors import SconesError
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from scones.local.endpoint import start_endpoint
-from conftest import register_model
+from helpers import register_model, scones
 
 # A second model whose code is ALSO named inference.py: both must live in one process.
 CONSTANT_MODEL_CODE = '''
@@ -507,18 +507,15 @@ def test_a_corrupt_state_files_advice_works(config, small_model_tar):
     state.parent.mkdir(parents=True)
     state.write_text('{"EndpointName": "scones-endpoint", "Model')  # a torn write
 
-    def scones(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "app.cli.main", *args, "--set",
-                               f"local.workspace={config.local.workspace}"],
-                              capture_output=True, text=True, timeout=120)
-
-    failed = scones("endpoint", "deploy", "--version", "1")
+    failed = scones("endpoint", "deploy", "--version", "1", workspace=config.local.workspace,
+                    timeout=120)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     advice = re.search(r"move it aside \(`(mv [^`]+)`\), then deploy again with "
                        r"`scones endpoint deploy --version N`", failed.stderr)
     assert advice, failed.stderr
     subprocess.run(shlex.split(advice.group(1)), check=True)
-    deployed = scones("endpoint", "deploy", "--version", "1")
+    deployed = scones("endpoint", "deploy", "--version", "1", workspace=config.local.workspace,
+                      timeout=120)
     assert deployed.returncode == 0, deployed.stderr
     assert EndpointStateFile.of(config).read()["ModelPackageVersion"] == 1
     assert list(state.parent.glob("*.broken"))  # kept for a look
