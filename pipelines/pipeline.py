@@ -19,10 +19,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from scones.config import Config, load_config
+from scones.config import AWS_SETTINGS, Config, load_config
 from scones.errors import SconesError
 from scones.backend import backend_for
-from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY, TEST_DATA_PROPERTY
+from scones.registry import (CONFIDENCE_THRESHOLD_PROPERTY, DATA_SNAPSHOT_PROPERTY,
+                             OOD_THRESHOLD_PROPERTY, PARENT_SNAPSHOT_PROPERTY,
+                             TEST_DATA_PROPERTY)
+from scones.snapshots import newest_snapshot, snapshot_source
 from scones.sdk import pipeline_session, sagemaker_sdk
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -37,6 +40,9 @@ MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profi
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
+OOD_THRESHOLD_JSON_PATH = "custom_metrics.out_of_distribution.ood_threshold"
+PREPROCESS_REPORT = "PreprocessReport"
+PARENT_SNAPSHOT_JSON_PATH = "snapshot.parent"
 CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image"]
 
 # Parsed from train.py's per-epoch line, e.g.
@@ -72,7 +78,10 @@ def config_from_template_kwargs(env: str = "aws", tags: list[dict] | None = None
     overrides = {TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()}
     if tags:
         overrides["pipeline.tags"] = _tag_mapping(tags)
-    return load_config(env, overrides=overrides)
+    # Without input_data_url (the AWS templates pass none) the newest data snapshot in the
+    # bucket is the input (training_data_url), so the config need not name one.
+    return load_config(env, overrides=overrides,
+                       aws_needs=tuple(k for k in AWS_SETTINGS if k != "data.input_url"))
 
 
 def _tag_mapping(tags: Any) -> dict[str, str]:
@@ -117,7 +126,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     job_prefix = pc.base_job_prefix or config.project
     tags = pc.resource_tags() or None
 
-    input_data_url = ParameterString("InputDataUrl", default_value=config.data.input_url)
+    input_data_url = ParameterString("InputDataUrl", default_value=training_data_url(config))
     processing_instance_type = ParameterString("ProcessingInstanceType",
                                                default_value=pc.processing_instance_type)
     training_instance_type = ParameterString("TrainingInstanceType",
@@ -146,9 +155,12 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             instance_type=processing_instance_type, instance_count=1,
             base_job_name=f"{job_prefix}-{job}", tags=tags, sagemaker_session=session)
 
+    preprocess_report = PropertyFile(name=PREPROCESS_REPORT, output_name="report",
+                                     path="report.json")
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
         cache_config=cache,
+        property_files=[preprocess_report],
         step_args=processor("preprocess").run(
             code=str(JOBS_DIR / "preprocess.py"),
             inputs=[ProcessingInput(source=input_data_url,
@@ -278,10 +290,21 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
                 CONFIDENCE_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
                     step_name=step_evaluate.name, property_file=evaluation_report,
                     json_path=THRESHOLD_JSON_PATH)]),
+                # Its "not a vehicle" threshold (train.py, on validation), for the record: the
+                # endpoint answers with the artifact's own, which the filter applies.
+                OOD_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
+                    step_name=step_evaluate.name, property_file=evaluation_report,
+                    json_path=OOD_THRESHOLD_JSON_PATH)]),
                 # The held-back images this version was judged on (the staging test uses
                 # them). A property, not a path built from the execution id: a cached
                 # Preprocess lives in the execution that computed it.
-                TEST_DATA_PROPERTY: split_output("test")},
+                TEST_DATA_PROPERTY: split_output("test"),
+                # Lineage: the data snapshot this version learnt from, and the one that
+                # snapshot extends (from Preprocess's report: the manifest says).
+                DATA_SNAPSHOT_PROPERTY: input_data_url,
+                PARENT_SNAPSHOT_PROPERTY: Join(on="", values=[JsonGet(
+                    step_name=step_preprocess.name, property_file=preprocess_report,
+                    json_path=PARENT_SNAPSHOT_JSON_PATH)])},
         ),
     )
     step_fail = FailStep(
@@ -306,6 +329,23 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         # <base_job_prefix>-preprocess-<time>... instead of pipelines-<random>-Preprocess-...
         pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
     )
+
+
+def training_data_url(config: Config) -> str:
+    """InputDataUrl's default, a data snapshot wherever the data's place allows, so the URL
+    changes with the data (SageMaker's step cache keys on it, not on the data behind it).
+
+    data.input_url unset (the SageMaker project templates pass no input URL): the newest
+    snapshot in the project's bucket, or SnapshotError saying how to make one. A local folder:
+    its snapshot in the bucket (made once; the same files give the same snapshot). An s3://
+    URL: as given - a snapshot URL, or a plain prefix by explicit choice (then the cache keys
+    on the prefix: make it a snapshot with `scones data snapshot s3://PREFIX`)."""
+    url = config.data.input_url
+    if not url:
+        return newest_snapshot(backend_for(config).object_store(), config.aws.bucket).url
+    if "://" in url:
+        return url
+    return snapshot_source(backend_for(config).object_store(), config.aws.bucket, url).url
 
 
 def pipeline_definition(config: Config, factory: Callable | None = None) -> dict:

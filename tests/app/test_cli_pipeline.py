@@ -73,6 +73,10 @@ def test_registered_version_is_pending_with_its_model_on_disk(ran):
     # the threshold train.py chose on validation travels with the version
     threshold = float(package["CustomerMetadataProperties"]["ConfidenceThreshold"])
     assert 0.5 <= threshold <= 1
+    # lineage: the data snapshot it learnt from (the folder, snapshotted) and its parent
+    properties = package["CustomerMetadataProperties"]
+    assert properties["DataSnapshotUrl"].startswith("s3://scones-local/data/snapshots/")
+    assert properties["ParentDataSnapshotUrl"] == "none"
     human = scones(workspace, "registry", "list")
     assert "PendingManualApproval" in human.stdout and human.returncode == 0
 
