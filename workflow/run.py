@@ -72,7 +72,7 @@ class ImageResult:
         if self.status == "SUCCEEDED":
             return "met"
         if self.meets_threshold is False:
-            return "below threshold"
+            return "not a vehicle" if self.error == "NotAVehicle" else "below threshold"
         return self.error or self.status
 
     def to_dict(self) -> dict:
@@ -272,7 +272,7 @@ def result_from_execution(label: str, description: dict, classes: Sequence[str],
     """One image's result from DescribeExecution (and, when the classify step's
     inferences are not in the output or the Cause, from the execution history)."""
     from lambdas.errors import ThresholdConfidenceNotMet
-    from workflow.definition import CLASSIFY_STATE, THRESHOLD_ERROR
+    from workflow.definition import CLASSIFY_STATE, NOT_A_VEHICLE_ERROR, THRESHOLD_ERROR
 
     status = description["status"]
     seconds = _seconds(description.get("startDate"), description.get("stopDate"))
@@ -285,7 +285,7 @@ def result_from_execution(label: str, description: dict, classes: Sequence[str],
         result.predicted_label = output.get("predicted_label")
         result.meets_threshold = bool(output.get("meets_threshold", True))
         return result
-    if result.error == THRESHOLD_ERROR:
+    if result.error in (THRESHOLD_ERROR, NOT_A_VEHICLE_ERROR):  # the filter's verdicts
         result.meets_threshold = False
         details = ThresholdConfidenceNotMet.details_from_message(result.cause or "")
         if details:

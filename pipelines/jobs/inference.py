@@ -123,7 +123,9 @@ def model_fn(model_dir: str) -> ServedModel:
     state = torch.load(weights_path, map_location=device, weights_only=True)
     net.load_state_dict(state)
     net = net.to(device=device, memory_format=torch.channels_last).eval()
-    return ServedModel(net, config, device, scones_net)
+    served = ServedModel(net, config, device, scones_net)
+    served.ood = load_ood_reference(model_dir, config)
+    return served
 
 
 # --- image decoding: this block is identical in inference.py and preprocess.py ---------
@@ -330,18 +332,180 @@ def predict_batch(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarr
     return probabilities_from_logits(tta_logits(model, images_uint8_nhwc), model.temperature)
 
 
-def predict_fn(input_data: np.ndarray, model: ServedModel) -> np.ndarray:
-    """One decoded image (H x W x 3) -> its class probabilities; a batch -> N x classes."""
+# --- out of distribution: "not a vehicle" ------------------------------------------------
+# A picture unlike every training picture (noise, a flat colour, a texture, a scrambled or
+# smeared photo) still gets two probabilities that sum to 1, often a confident one. Its
+# out-of-distribution score says how unlike it is: the Mahalanobis distance of its
+# description (the network's penultimate features, mean over the image and its mirror, next
+# to a few image statistics the network is blind to: contrast, gradient energy, colour) from
+# the training pictures' (one shared covariance, shrunk towards its diagonal). train.py fits
+# the reference on the training split and picks the threshold on validation: the score that
+# OOD_TARGET_FALSE_REJECTION of real validation photos exceed (ood_reference.npz and
+# model_config.json's "ood_threshold"). The verbose answer carries both; the workflow's
+# filter refuses a picture over its version's threshold as NotAVehicle.
+OOD_REFERENCE_FILE = "ood_reference.npz"
+OOD_TARGET_FALSE_REJECTION = 0.02
+VERBOSE_PARAMETER = "verbose"
+
+
+def _last_linear(net: torch.nn.Module) -> torch.nn.Module:
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise ValueError("the network has no final linear layer to take features before")
+    return layers[-1]
+
+
+def image_statistics(images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    """N x 32 x 32 x 3 uint8 -> N x 8: luma mean and std, gradient energy at full and half
+    resolution, saturation mean and std, colour spread, share of near-flat 4 x 4 blocks."""
+    rgb = np.asarray(images_uint8_nhwc, dtype=np.float32) / 255.0
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    def gradient(image):
+        return (np.abs(np.diff(image, axis=1)).mean(axis=(1, 2))
+                + np.abs(np.diff(image, axis=2)).mean(axis=(1, 2)))
+    n, h, w = luma.shape
+    half = luma.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    blocks = luma.reshape(n, h // 4, 4, w // 4, 4).std(axis=(2, 4))
+    saturation = rgb.max(axis=3) - rgb.min(axis=3)
+    return np.stack([luma.mean(axis=(1, 2)), luma.std(axis=(1, 2)), np.log(gradient(luma) + 1e-3),
+                     np.log(gradient(half) + 1e-3), saturation.mean(axis=(1, 2)),
+                     saturation.std(axis=(1, 2)), rgb.std(axis=(1, 2)).mean(axis=1),
+                     (blocks < 0.01).mean(axis=(1, 2))], axis=1)
+
+
+def ood_features(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    """N x (penultimate features + image statistics) of decoded images."""
+    images = np.asarray(images_uint8_nhwc)
+    images = images[None] if images.ndim == 3 else images
+    captured: list[torch.Tensor] = []
+    hook = _last_linear(model.net).register_forward_pre_hook(
+        lambda module, inputs: captured.append(inputs[0].detach()))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), BATCH_SIZE):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
+                x = model._normalise(batch.to(model.device), model.mean, model.std)
+                model.net(x)
+                model.net(x.flip(3))
+    finally:
+        hook.remove()
+    if not captured:
+        return np.zeros((0, 0), dtype=np.float64)
+    pairs = [(captured[i] + captured[i + 1]) / 2 for i in range(0, len(captured), 2)]
+    features = torch.cat(pairs).float().cpu().numpy().astype(np.float64)
+    return np.concatenate([features, image_statistics(images).astype(np.float64)], axis=1)
+
+
+def fit_out_of_distribution(model: ServedModel, train_images: np.ndarray,
+                            validation_images: np.ndarray, model_dir,
+                            target_false_rejection: float = OOD_TARGET_FALSE_REJECTION) -> dict:
+    """Fit the reference on the training pictures (written to model_dir/ood_reference.npz)
+    and choose the threshold on validation; returns the keys for model_config.json."""
+    features = ood_features(model, train_images)
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0) + 1e-6
+    standard = (features - mean) / scale
+    covariance = np.cov(standard, rowvar=False)
+    shrink = min(1.0, 0.1 + covariance.shape[0] / len(standard))
+    covariance = (1 - shrink) * covariance + shrink * np.diag(np.diag(covariance))
+    precision = np.linalg.inv(covariance + 1e-3 * np.eye(len(covariance)))
+    reference = {"mean": mean, "scale": scale, "precision": precision}
+    np.savez(Path(model_dir) / OOD_REFERENCE_FILE, **reference)
+    scores = _mahalanobis(ood_features(model, validation_images), reference)
+    threshold = float(np.quantile(scores, 1.0 - target_false_rejection))
+    return {"ood_threshold": threshold, "ood_selection": {
+        "method": "Mahalanobis distance of penultimate features + image statistics from the "
+                  "training split (shared covariance, shrunk to its diagonal)",
+        "rule": f"the validation score {target_false_rejection:.0%} of real photos exceed",
+        "target_false_rejection": target_false_rejection,
+        "validation_false_rejection": float(np.mean(scores > threshold)),
+        "validation_images": int(len(scores)), "shrinkage": float(shrink)}}
+
+
+def _mahalanobis(features: np.ndarray, reference: dict) -> np.ndarray:
+    delta = (features - reference["mean"]) / reference["scale"]
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, reference["precision"], delta),
+                              0.0))
+
+
+def load_ood_reference(model_dir, config: dict) -> dict | None:
+    """The artifact's reference and threshold; None for artifacts made before it existed."""
+    path = Path(model_dir) / OOD_REFERENCE_FILE
+    if not path.is_file() or config.get("ood_threshold") is None:
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        reference = {key: stored[key] for key in ("mean", "scale", "precision")}
+    reference["threshold"] = float(config["ood_threshold"])
+    return reference
+
+
+def ood_scores(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray | None:
+    """Out-of-distribution scores of decoded images; None when the artifact has no reference."""
+    reference = getattr(model, "ood", None)
+    if reference is None:
+        return None
+    return _mahalanobis(ood_features(model, images_uint8_nhwc), reference)
+
+
+class Prediction:
+    """predict_fn's answer: the class probabilities (what np.asarray gives, so a caller that
+    wants only them is unchanged) and, where the artifact has a reference, each image's
+    out-of-distribution score with the version's threshold."""
+
+    def __init__(self, probabilities: np.ndarray, ood_scores: np.ndarray | None,
+                 ood_threshold: float | None):
+        self.probabilities = probabilities
+        self.ood_scores = ood_scores
+        self.ood_threshold = ood_threshold
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.probabilities, dtype=dtype)
+
+    def __getitem__(self, index):
+        return self.probabilities[index]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+
+def predict_fn(input_data: np.ndarray, model: ServedModel) -> Prediction:
+    """One decoded image (H x W x 3) -> its class probabilities; a batch -> N x classes
+    (np.asarray of the answer); with the out-of-distribution scores beside them."""
     probabilities = predict_batch(model, input_data)
-    return probabilities[0] if np.asarray(input_data).ndim == 3 else probabilities
+    scores = ood_scores(model, input_data)
+    threshold = None if scores is None else model.ood["threshold"]
+    if np.asarray(input_data).ndim == 3:
+        return Prediction(probabilities[0], None if scores is None else scores[0], threshold)
+    return Prediction(probabilities, scores, threshold)
+
+
+def _is_verbose(accept: str | None) -> bool:
+    """`application/json; verbose=true` (SageMaker's built-in algorithms' way to ask for more
+    than the scores)."""
+    for parameter in (accept or "").split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == VERBOSE_PARAMETER:
+            return value.strip().strip('"').lower() in ("true", "1", "yes")
+    return False
 
 
 def output_fn(prediction, accept: str | None = JSON_CONTENT_TYPE) -> str:
+    """JSON class probabilities in class order; with `verbose=true` in the accept type, an
+    object {"probabilities", "ood_score", "ood_threshold"} (the score and the version's
+    threshold: null for an artifact without a reference)."""
     media_type = _media_type(accept)
     if media_type not in ("", "*/*", JSON_CONTENT_TYPE):
         raise InvalidInputError(f"unsupported accept type {accept!r}: this model answers "
                                 f"{JSON_CONTENT_TYPE}", 406)
-    return json.dumps(np.asarray(prediction, dtype=float).round(6).tolist())
+    probabilities = np.asarray(prediction, dtype=float).round(6).tolist()
+    if not _is_verbose(accept):
+        return json.dumps(probabilities)
+    scores = getattr(prediction, "ood_scores", None)
+    threshold = getattr(prediction, "ood_threshold", None)
+    return json.dumps({"probabilities": probabilities,
+                       "ood_score": None if scores is None else np.round(
+                           np.asarray(scores, dtype=float), 4).tolist(),
+                       "ood_threshold": None if threshold is None else round(threshold, 4)})
 
 
 if __name__ == "__main__":
