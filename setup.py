@@ -33,7 +33,9 @@ setup(
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
     ],
     extras_require={
-        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel"],
+        # parliament: the IAM proof (tests/infra/test_iam_proof.py) checks every action
+        # name in the templates' policies against IAM's own list with it
+        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

@@ -34,6 +34,22 @@ VARIANT_NAME = "AllTraffic"  # as lambdas/deploy_approved_model.py: one variant 
 CAPTURE_JSON_CONTENT_TYPES = ["application/json"]
 BUSY_STATES = ["Creating", "Updating", "SystemUpdating", "RollingBack"]
 POLL_SECONDS = 60
+# Errors worth trying again (the aws-sdk integration names them <Service>.<Error>Exception):
+# throttling and the service's own trouble. Anything else (AccessDenied, a validation
+# error, a missing resource) fails the execution at once, not hours later. "Update in
+# progress" is read from the endpoint's status instead (see <Stage>UpdateRefused).
+TRANSIENT_ERRORS = ["SageMaker.ThrottlingException", "SageMaker.ServiceUnavailableException",
+                    "SageMaker.InternalFailureException", "SageMaker.InternalServerException",
+                    "ApplicationAutoScaling.ConcurrentUpdateException",
+                    "ApplicationAutoScaling.InternalServiceException",
+                    "ApplicationAutoScaling.ThrottlingException",
+                    "States.Timeout"]
+# 5 + 10 + 20 + 40 + 80 s: at most about 2.5 minutes of retrying
+RETRY_TRANSIENT = [{"ErrorEquals": TRANSIENT_ERRORS, "IntervalSeconds": 5, "MaxAttempts": 5,
+                    "BackoffRate": 2.0}]
+# SageMaker's TrafficRoutingConfig: a canary of at most 50 % of the variant's instances, linear
+# steps of 10-50 %. Below this many instances neither fits: all at once, then baking.
+MIN_INSTANCES_FOR_SHIFTING = 2
 SAGEMAKER = "arn:aws:states:::aws-sdk:sagemaker"
 AUTOSCALING = "arn:aws:states:::aws-sdk:applicationautoscaling"
 
@@ -96,15 +112,18 @@ def _settings_state(next_state: str) -> dict:
 
 def deployment_config(stage: str) -> dict:
     """Blue/green with canary or linear traffic shifting (the stage's TrafficRouting
-    parameter) and auto-rollback when either of the stage's alarms fires."""
+    parameter) where the stage's instance count allows it (MIN_INSTANCES_FOR_SHIFTING);
+    all at once with baking below; auto-rollback when either of the stage's alarms fires."""
     cap = _cap(stage)
     step = {"Type": "CAPACITY_PERCENT", "Value.$": "$.settings.TrafficStepPercent"}
+    wait = "$.settings.TrafficWaitSeconds"
     routing = {"Fn::If": [
-        f"{cap}Canary",
-        {"Type": "CANARY", "CanarySize": step,
-         "WaitIntervalInSeconds.$": "$.settings.TrafficWaitSeconds"},
-        {"Type": "LINEAR", "LinearStepSize": step,
-         "WaitIntervalInSeconds.$": "$.settings.TrafficWaitSeconds"}]}
+        f"{cap}ShiftsAllAtOnce",
+        {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds.$": wait},
+        {"Fn::If": [
+            f"{cap}Canary",
+            {"Type": "CANARY", "CanarySize": step, "WaitIntervalInSeconds.$": wait},
+            {"Type": "LINEAR", "LinearStepSize": step, "WaitIntervalInSeconds.$": wait}]}]}
     return {
         "BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": routing,
@@ -126,8 +145,7 @@ def _stage_states(stage: str, after: str) -> dict[str, dict]:
     cap = _cap(stage)
     s = f"$.settings.{stage}"
     here = f"$.{stage}"
-    retry_api = [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 5,
-                  "MaxAttempts": 3, "BackoffRate": 2.0}]
+    retry_api = RETRY_TRANSIENT
     return {
         f"{cap}Describe": {
             "Type": "Task", "Resource": f"{SAGEMAKER}:describeEndpoint",
@@ -150,8 +168,11 @@ def _stage_states(stage: str, after: str) -> dict[str, dict]:
                          "Next": f"{cap}WaitWhileBusy"}],
             "Default": f"{cap}ConfigExists"},
         f"{cap}AlreadyServing": {
-            "Type": "Succeed",
-            "Comment": f"{stage} already serves this version (a duplicate event): no-op"},
+            # Not the end: a version that failed its staging test or the manual approval
+            # is approved again to take it on; it goes to the test and the approval again.
+            "Type": "Pass", "Next": after,
+            "Comment": f"{stage} already serves this version: nothing to deploy here, "
+                       "go on from there"},
         f"{cap}EndpointFailed": {
             "Type": "Fail", "Error": "EndpointFailed",
             "Cause": f"the {stage} endpoint is Failed; delete it, then redrive this execution"},
@@ -214,17 +235,34 @@ def _stage_states(stage: str, after: str) -> dict[str, dict]:
                            "EndpointConfigName.$": f"{s}.ResourceName",
                            "DeploymentConfig": deployment_config(stage),
                            "Tags": _tags()},
-            "ResultPath": None, "Next": f"{cap}WaitForRollout"},
+            "ResultPath": None, "Retry": retry_api, "Next": f"{cap}WaitForRollout"},
         f"{cap}UpdateEndpoint": {
             "Type": "Task", "Resource": f"{SAGEMAKER}:updateEndpoint",
             "Parameters": {"EndpointName.$": f"{s}.EndpointName",
                            "EndpointConfigName.$": f"{s}.ResourceName",
                            "DeploymentConfig": deployment_config(stage)},
-            "ResultPath": None,
-            # another execution may have started an update since our check: wait it out
-            "Retry": [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": POLL_SECONDS,
-                       "MaxAttempts": 20, "BackoffRate": 1.2}],
+            "ResultPath": None, "Retry": retry_api,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": f"{here}.updateError",
+                       "Next": f"{cap}UpdateRefused"}],
             "Next": f"{cap}WaitForRollout"},
+        # Refused: if another update started since our check ("in progress"), the endpoint
+        # is busy now and the approval waits for it; otherwise the refusal is permanent.
+        f"{cap}UpdateRefused": {
+            "Type": "Task", "Resource": f"{SAGEMAKER}:describeEndpoint",
+            "Parameters": {"EndpointName.$": f"{s}.EndpointName"},
+            "ResultSelector": {"Status.$": "$.EndpointStatus"},
+            "ResultPath": f"{here}.afterRefusal", "Retry": retry_api,
+            "Next": f"{cap}UpdateRefusedCheck"},
+        f"{cap}UpdateRefusedCheck": {
+            "Type": "Choice",
+            "Choices": [{"Or": [{"Variable": f"{here}.afterRefusal.Status", "StringEquals": b}
+                                for b in BUSY_STATES], "Next": f"{cap}WaitWhileBusy"}],
+            "Default": f"{cap}UpdateFailed"},
+        f"{cap}UpdateFailed": {
+            "Type": "Fail", "Error": "UpdateEndpointRefused",
+            "CausePath": f"{here}.updateError.Cause",
+            "Comment": f"UpdateEndpoint refused {stage} for good (access, validation, a "
+                       "missing resource): SageMaker's own message is the cause"},
         f"{cap}WaitForRollout": {"Type": "Wait", "Seconds": POLL_SECONDS,
                                  "Next": f"{cap}RolloutStatus"},
         f"{cap}RolloutStatus": {
@@ -285,8 +323,7 @@ def deploy_definition() -> dict:
                                "Version.$": "$.ModelPackageVersion",
                                "Status.$": "$.ModelApprovalStatus"},
             "ResultPath": "$.package",
-            "Retry": [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 5,
-                       "MaxAttempts": 3, "BackoffRate": 2.0}],
+            "Retry": RETRY_TRANSIENT,
             "Next": "ApprovalCheck"},
         # events can arrive late or twice: act on the package's state now, not the event's
         "ApprovalCheck": {

@@ -4,10 +4,14 @@ build, the template, and a CloudFormation parameter file pointing the stack at t
 
     out_dir/lambdas/<function key>.zip   -> s3://<bucket>/lambdas/<digest>/<key>.zip
     out_dir/source.zip                   -> s3://<bucket>/<SourceObjectKey>   (S3 source)
-    out_dir/sagemaker-project.json         the template
-    out_dir/parameters.json                [{"ParameterKey", "ParameterValue"}, ...] for
-                                           `aws cloudformation create-stack/update-stack
-                                           --parameters file://parameters.json`
+    out_dir/sagemaker-project.json       -> s3://<bucket>/templates/<digest>/sagemaker-project.json
+                                           the template: larger than the 51,200 bytes
+                                           --template-body takes, so it goes by
+                                           --template-url (template_url in package.json)
+    out_dir/parameters.json                [{"ParameterKey", "ParameterValue"}, ...] naming
+                                           every parameter without a default, for
+                                           `aws cloudformation create-stack --template-url
+                                           ... --parameters file://parameters.json`
     out_dir/uploads.json                   {"s3://bucket/key": "local path"}
 
 The Lambda key prefix holds a digest of the zips: CloudFormation updates a function only
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import zipfile
 from dataclasses import dataclass, field
@@ -36,12 +41,18 @@ class PackagingError(SconesError):
     """The upload bundle cannot be built (bad Lambda, no bucket, not a git work tree)."""
 
 
+# CloudFormation's limits (CreateStack): a template in the request body, or by URL from S3
+TEMPLATE_BODY_LIMIT = 51_200
+TEMPLATE_URL_LIMIT = 1_000_000
+
+
 @dataclass(frozen=True)
 class Package:
     out_dir: Path
     bucket: str
     parameters: dict[str, str]
     uploads: dict[str, Path] = field(default_factory=dict)  # s3:// URL -> local file
+    template_url: str = ""  # https:// URL of the uploaded template (--template-url)
 
 
 def workflow_function_keys(config: Config) -> list[str]:
@@ -87,15 +98,30 @@ def source_zip(out_path: Path, root: Path = PROJECT_ROOT) -> Path:
 
 def package(config: Config, out_dir: Path | str, bucket: str | None = None,
             source_object_key: str = "source/scones-mlops.zip",
-            with_source: bool = True) -> Package:
+            with_source: bool = True, project_name: str = "", project_id: str = ""
+            ) -> Package:
     """Build everything the stack references into out_dir and write the parameter file.
 
-    bucket: where the zips go (the stack's ArtifactBucket once it exists, or any bucket the
-    deploying account can read); default config.aws.bucket."""
+    bucket: where the zips and the template go (any bucket the deploying account can read);
+    default config.aws.bucket. project_name, project_id: the SageMakerProjectName and
+    SageMakerProjectId parameters (no defaults: Studio fills them in; a stack created by
+    hand names them here)."""
     bucket = bucket or config.aws.bucket
     if not bucket:
         raise PackagingError("no bucket to upload to: pass one (the stack's "
                              "ArtifactBucketName output) or set aws.bucket")
+    template = project_template(config)
+    given = {"SageMakerProjectName": project_name, "SageMakerProjectId": project_id}
+    missing = [name for name, p in template["Parameters"].items()
+               if "Default" not in p and not given.get(name)]
+    if missing:
+        raise PackagingError(f"the template's parameters {', '.join(missing)} have no "
+                             "default: give them (--project-name, --project-id)")
+    for name, value in given.items():
+        pattern = template["Parameters"][name].get("AllowedPattern")
+        if pattern and not re.fullmatch(pattern, value):
+            raise PackagingError(f"{name} {value!r} does not match {pattern} "
+                                 f"({template['Parameters'][name].get('ConstraintDescription', '')})")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PackagingError(f"{out_dir}: exists and is not a folder")
@@ -105,17 +131,28 @@ def package(config: Config, out_dir: Path | str, bucket: str | None = None,
         raise PackagingError(str(exc)) from None
     prefix = f"lambdas/{_digest(list(zips.values()))}/"
     uploads = {f"s3://{bucket}/{prefix}{key}.zip": path for key, path in zips.items()}
-    parameters = {"LambdaCodeBucket": bucket, "LambdaCodeKeyPrefix": prefix}
+    parameters = {**given, "LambdaCodeBucket": bucket, "LambdaCodeKeyPrefix": prefix}
     if with_source:
         uploads[f"s3://{bucket}/{source_object_key}"] = source_zip(out_dir / "source.zip")
         parameters["SourceObjectKey"] = source_object_key
-    (out_dir / TEMPLATE_PATH.name).write_text(template_json(config))
+    template_path = out_dir / TEMPLATE_PATH.name
+    template_path.write_text(template_json(config))
+    size = template_path.stat().st_size
+    if size > TEMPLATE_URL_LIMIT:
+        raise PackagingError(f"the template is {size} bytes; CloudFormation takes at most "
+                             f"{TEMPLATE_URL_LIMIT} from S3")
+    template_key = f"templates/{_digest([template_path])}/{TEMPLATE_PATH.name}"
+    uploads[f"s3://{bucket}/{template_key}"] = template_path
+    template_url = f"https://{bucket}.s3.{config.aws.region}.amazonaws.com/{template_key}"
     (out_dir / "parameters.json").write_text(json.dumps(
         [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         indent=2) + "\n")
     (out_dir / "uploads.json").write_text(json.dumps(
         {url: str(path) for url, path in uploads.items()}, indent=2) + "\n")
-    return Package(out_dir=out_dir, bucket=bucket, parameters=parameters, uploads=uploads)
+    (out_dir / "package.json").write_text(json.dumps(
+        {"template_url": template_url, "template_bytes": size}, indent=2) + "\n")
+    return Package(out_dir=out_dir, bucket=bucket, parameters=parameters, uploads=uploads,
+                   template_url=template_url)
 
 
 def upload(result: Package, s3_client) -> list[str]:

@@ -216,15 +216,21 @@ def _parameters(config: Config) -> dict:
                                             "bucket start the inference workflow"),
         "StagingTestCommand": text(
             "scones endpoint test --stage staging --env aws "
-            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME",
+            "--set deployment.staging.endpoint_name=$ENDPOINT_NAME "
+            "--set aws.region=$AWS_REGION --set aws.bucket=$ARTIFACT_BUCKET "
+            "--set pipeline.model_package_group=$MODEL_PACKAGE_GROUP "
+            "--set workflow.state_machine_name=$STATE_MACHINE_NAME "
+            "--set workflow.endpoint_name=$PROD_ENDPOINT_NAME",
             "Command of the staging test stage (run in the project's code; must exit "
             "non-zero when the staging endpoint fails its checks)"),
         "NotificationEmail": text("", "Who is asked to promote to prod and told of failed "
                                       "deployments; empty: subscribe to the topic yourself"),
         "ApprovalTimeoutSeconds": number(604800, "How long a version waits for promotion",
                                          60, 31536000),
-        "TrafficStepPercent": number(10, "Canary size, or linear step, in % of capacity",
-                                     1, 100),
+        "TrafficStepPercent": number(10, "Canary size, or linear step, in % of capacity "
+                                         "(SageMaker: canary at most 50 %, linear steps "
+                                         "10-50 %); a stage of 1 instance shifts all at "
+                                         "once, then bakes for TrafficWaitSeconds", 10, 50),
         "TrafficWaitSeconds": number(600, "Baking time between traffic shifts", 0, 3600),
         "BakeSeconds": number(600, "Wait before the old fleet is terminated", 0, 3600),
         "LatencyAlarmMicroseconds": number(500000, "ModelLatency (average, microseconds) "
@@ -270,6 +276,8 @@ def _conditions() -> dict:
     for stage in STAGES:
         cap = stage.capitalize()
         conditions[f"{cap}Canary"] = {"Fn::Equals": [_ref(f"{cap}TrafficRouting"), "CANARY"]}
+        # one instance: no canary or linear step SageMaker accepts (deployment_config)
+        conditions[f"{cap}ShiftsAllAtOnce"] = {"Fn::Equals": [_ref(f"{cap}InstanceCount"), "1"]}
     return conditions
 
 
@@ -352,6 +360,16 @@ def _sagemaker_execution_role(resources: dict) -> None:
                 "sagemaker:StopTrainingJob"], [
                 # SageMaker Pipelines names the jobs it starts itself (pipelines-<id>-...)
                 _sagemaker_arn("processing-job/*"), _sagemaker_arn("training-job/*")]),
+            # Kept deliberately: SageMaker Pipelines' default experiment config (an
+            # experiment named after the pipeline, a trial per execution) is what Studio's
+            # Experiments view lists; the pipeline's jobs join it as trial components.
+            _statement("PipelineExperiments", [
+                "sagemaker:AddTags", "sagemaker:AssociateTrialComponent",
+                "sagemaker:CreateExperiment", "sagemaker:CreateTrial",
+                "sagemaker:DescribeExperiment", "sagemaker:DescribeTrial"], [
+                _sagemaker_arn(f"experiment/{PIPELINE_NAME}"),
+                _sagemaker_arn("experiment-trial/*"),
+                _sagemaker_arn("experiment-trial-component/*")]),
             _statement("RegisterModelVersions", [
                 "sagemaker:AddTags", "sagemaker:CreateModelPackage",
                 "sagemaker:DescribeModelPackage", "sagemaker:DescribeModelPackageGroup",
@@ -609,7 +627,15 @@ def _monitoring(resources: dict, config: Config) -> None:
                                                         config.monitoring.metrics_namespace}}),
                            # ListModelPackages has no resource-level permissions
                            _statement("FindModelVersions", ["sagemaker:ListModelPackages"],
-                                      "*")]}}}
+                                      "*"),
+                           # capture records carry no model version: the job asks prod
+                           # which version it serves, for that version's baseline
+                           _statement("WhichVersionProdServes", [
+                               "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                               "sagemaker:DescribeModel"], [
+                               _sagemaker_arn("endpoint/${SageMakerProjectName}-prod"),
+                               _sagemaker_arn("endpoint-config/${SageMakerProjectName}-prod-v*"),
+                               _sagemaker_arn("model/${SageMakerProjectName}-prod-v*")])]}}}
     resources["MonitoringJobSchedule"] = {
         "Type": "AWS::Scheduler::Schedule", "Condition": "HasMonitoringSchedule",
         "Properties": {
@@ -698,7 +724,9 @@ def _notifications(resources: dict) -> None:
                            "Principal": {"Service": "events.amazonaws.com"},
                            "Action": "sqs:SendMessage", "Resource": _arn("DeadLetterQueue"),
                            "Condition": {"ArnEquals": {"aws:SourceArn": [
-                               _arn("ModelApprovedRule"), _arn("NewDataRule")]}}}]}}}
+                               _arn("ModelApprovedRule"), _arn("NewDataRule"),
+                               _if("HasMonitoringSchedule",
+                                   _arn("DriftAlarmRetrainRule"))]}}}]}}}
     resources["DeadLetterAlarm"] = {
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
@@ -761,8 +789,27 @@ def _model_deploy(resources: dict) -> None:
             _kms_statement(["kms:Decrypt"]),
             _statement("CallStaging", ["sagemaker:DescribeEndpoint",
                                        "sagemaker:InvokeEndpoint"], staging_endpoint),
-            _statement("ReadVersion", ["sagemaker:DescribeModelPackage"],
+            # which version staging serves: its config's model names the package
+            _statement("WhichVersionServes", ["sagemaker:DescribeEndpointConfig",
+                                              "sagemaker:DescribeModel"], [
+                _sagemaker_arn(f"{kind}/${{SageMakerProjectName}}-staging-v*")
+                for kind in ("endpoint-config", "model")]),
+            # the test's result is recorded with the version (CustomerMetadataProperties)
+            _statement("ReadAndRecordVersion", ["sagemaker:DescribeModelPackage",
+                                                "sagemaker:UpdateModelPackage"],
                        _sagemaker_arn(f"model-package/{PIPELINE_NAME}/*")),
+            # ListModelPackages has no resource-level permissions
+            _statement("FindVersions", ["sagemaker:ListModelPackages"], "*"),
+            # the test images go through the inference workflow, as production's do
+            _statement("StageTestImages", ["s3:PutObject"], _bucket_objects("workflow-input/")),
+            _if("DeployWorkflow", _statement(
+                "RunInferenceWorkflow", ["states:DescribeStateMachine",
+                                         "states:StartExecution"],
+                _ref("InferenceStateMachine"))),
+            _if("DeployWorkflow", _statement(
+                "FollowInferenceRuns", ["states:DescribeExecution"],
+                _sub(f"{ARN}:states:{REGION_ACCOUNT}:execution:"
+                     "${SageMakerProjectName}-inference:*"))),
         ])
     resources["StagingTestProject"] = {
         "Type": "AWS::CodeBuild::Project",
@@ -782,8 +829,16 @@ def _model_deploy(resources: dict) -> None:
                            "      python: 3.11\n    commands:\n"
                            "      - pip install -c constraints.txt .\n"
                            "  build:\n    commands:\n      - ${StagingTestCommand}\n")},
-            "Environment": {"Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",
-                            "Image": CODEBUILD_IMAGE},
+            "Environment": {
+                "Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",
+                "Image": CODEBUILD_IMAGE,
+                # the project's names, for StagingTestCommand's --set (the config's
+                # defaults are not this project's)
+                "EnvironmentVariables": [{"Name": k, "Value": v, "Type": "PLAINTEXT"} for k, v in {
+                    "ARTIFACT_BUCKET": _ref("ArtifactBucket"),
+                    "MODEL_PACKAGE_GROUP": _sub(PIPELINE_NAME),
+                    "STATE_MACHINE_NAME": _sub("${SageMakerProjectName}-inference"),
+                    "PROD_ENDPOINT_NAME": endpoint_name("prod")}.items()]},
             "EncryptionKey": _if("HasKmsKey", _ref("KmsKeyArn")),
             "LogsConfig": {"CloudWatchLogs": {"Status": "ENABLED",
                                               "GroupName": _ref("StagingTestLogGroup")}},
@@ -826,6 +881,19 @@ def _model_deploy(resources: dict) -> None:
                                        "application-autoscaling:RegisterScalableTarget"],
                        _sub(f"{ARN}:application-autoscaling:{REGION_ACCOUNT}:"
                             "scalable-target/*")),
+            # Application Auto Scaling acts on a SageMaker variant as the caller: it reads
+            # the endpoint and its config, sets the variant's capacity and manages the
+            # target-tracking alarms (AWS: "Application Auto Scaling IAM permissions for
+            # SageMaker"). The alarms are named TargetTracking-endpoint/<endpoint>/...
+            _statement("AutoscalingActsOnVariants", [
+                "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                "sagemaker:UpdateEndpointWeightsAndCapacities"],
+                endpoints + per_stage[1::2]),
+            _statement("AutoscalingAlarms", ["cloudwatch:DeleteAlarms",
+                                             "cloudwatch:DescribeAlarms",
+                                             "cloudwatch:PutMetricAlarm"],
+                       [_sub(f"{ARN}:cloudwatch:{REGION_ACCOUNT}:alarm:TargetTracking-"
+                             f"endpoint/${{SageMakerProjectName}}-{s}/*") for s in STAGES]),
             _statement("AutoscalingServiceRole", ["iam:CreateServiceLinkedRole"],
                        _sub(f"{ARN}:iam::${{AWS::AccountId}}:role/aws-service-role/"
                             "sagemaker.application-autoscaling.amazonaws.com/"

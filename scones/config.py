@@ -331,6 +331,10 @@ def _coerce(hint: Any, value: Any, key: str, origin: dict, root: Path) -> Any:
     if hint is Path:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key} must be a path string, got {value!r}")
+        if not value.strip():
+            # '' would be the project root itself (registry.sqlite among the sources)
+            raise ConfigError(f"{where}: {key} must not be empty: name a folder (e.g. "
+                              f".scones) or leave the key out for its default")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (root / path).resolve()
     if hint is bool:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from scones.config import Config
 from workflow.definition import (THROTTLED_ERROR, aws_partition, check_definition,
                                  lambda_functions, lambda_task_state)
+from workflow.stages import with_model_threshold
 
 PLAN_STATE = "PlanBatches"
 MAP_STATE = "ClassifyBatches"
@@ -389,10 +390,12 @@ def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
 
     split_s3_url(prefix_url)  # a malformed URL is a StorageError naming it
     backend = backend_for(config)
+    if backend.pick(local=False, aws=True) and model_version is not None:
+        raise SconesError("--model-version chooses the local endpoint's model; on AWS "
+                          "the endpoint serves the deployed version")
+    # the answering version's registered threshold, as one image or a folder gets it
+    config = with_model_threshold(config, backend, model_version)
     if backend.pick(local=False, aws=True):
-        if model_version is not None:
-            raise SconesError("--model-version chooses the local endpoint's model; on AWS "
-                              "the endpoint serves the deployed version")
         return _run_bulk_on_aws(config, backend, prefix_url, batch_size,
                                 tolerated_failure_percentage, concurrency, progress)
     if not backend.object_store().list_urls(prefix_url):

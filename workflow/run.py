@@ -577,8 +577,9 @@ def run_workflow(config: Config, images: Sequence[ImageSource], model_version: i
     if model_version is not None and backend.pick(local=False, aws=True):
         raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
                           "endpoint serves the deployed version (`scones endpoint deploy`)")
-    if model_version is None:  # the deployed version's own threshold for its filter
-        config = with_model_threshold(config, backend)
+    # the answering version's own threshold for the filter (the named one, else the
+    # deployed one): the same decision as every other path makes
+    config = with_model_threshold(config, backend, model_version)
     engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
     kwargs = backend.pick(local={"model_version": model_version,
                                  "keep_endpoint_s": keep_endpoint_s}, aws={})

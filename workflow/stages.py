@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from lambdas import deploy_approved_model as deploy_logic
 from scones.backend import Backend, backend_for
@@ -85,7 +85,8 @@ class PromotionRefused(DeploymentError):
 
 
 def deploy_model_package(config: Config, version: int | str,
-                         backend: Backend | None = None, stage: str = "prod") -> dict:
+                         backend: Backend | None = None, stage: str = "prod",
+                         unless: Callable[[], dict | None] | None = None) -> dict:
     """Deploy registered version `version` to the stage's endpoint (prod:
     config.workflow.endpoint_name, what the inference workflow calls).
 
@@ -97,6 +98,9 @@ def deploy_model_package(config: Config, version: int | str,
     then it is watched for deployment.<stage>.bake_seconds and rolled back if its error
     rate crosses max_error_rate (DeploymentRolledBack).
     Returns the Lambda's result (Action created|updated|none, names, ModelPackageVersion...).
+    unless(): asked under the deployment's lock, before anything else; a dict it returns
+    is the answer instead (nothing deployed). A check of what the endpoint serves belongs
+    there: made before the lock it could be stale by the time the deployment runs.
     """
     backend = backend or backend_for(config)
     client = backend.sagemaker()
@@ -112,6 +116,9 @@ def deploy_model_package(config: Config, version: int | str,
     lock = (deployment_lock(backend.workspace, settings.endpoint_name) if local
             else contextlib.nullcontext())
     with lock:
+        skipped = unless() if unless is not None else None
+        if skipped is not None:
+            return skipped
         try:
             if local:
                 state_file = EndpointStateFile(backend.workspace, settings.endpoint_name)
@@ -312,17 +319,28 @@ def model_threshold(package: dict | None) -> float | None:
     return value if 0 <= value <= 1 else None
 
 
-def with_model_threshold(config: Config, backend: Backend | None = None) -> Config:
-    """The config whose workflow.confidence_threshold is the one of the version the
-    workflow's endpoint serves (so retraining never silently changes what the threshold
-    means), unless workflow.use_model_threshold is false or the version carries none."""
+def with_model_threshold(config: Config, backend: Backend | None = None,
+                         model_version: int | str | None = None) -> Config:
+    """THE threshold decision, for every path that filters (one image, a folder, a prefix,
+    the staging test, a named --model-version; `workflow deploy` on AWS): the config whose
+    workflow.confidence_threshold is the one registered with the version that answers -
+    `model_version` when one is named, else the version the workflow's endpoint serves -
+    so the threshold always means what train.py chose it for (training.target_precision).
+    The configured threshold is used instead only when set as the override
+    (workflow.use_model_threshold: false), or when the version carries none."""
     if not config.workflow.use_model_threshold:
         return config
     import dataclasses
 
-    stage = next((name for name in ("prod", "staging")
-                  if config.stage_endpoint_name(name) == config.workflow.endpoint_name), "prod")
-    threshold = model_threshold(serving(config, stage, backend))
+    backend = backend or backend_for(config)
+    if model_version is not None:
+        package = backend.registry().describe(model_version)
+    else:
+        stage = next((name for name in ("prod", "staging")
+                      if config.stage_endpoint_name(name) == config.workflow.endpoint_name),
+                     "prod")
+        package = serving(config, stage, backend)
+    threshold = model_threshold(package)
     if threshold is None:
         return config
     return config.replace(workflow=dataclasses.replace(config.workflow,
@@ -454,15 +472,22 @@ def approve_and_deploy(config: Config, version: int | str, description: str | No
     # On AWS the EventBridge rule hands the approval to the deploy state machine / Lambda;
     # locally there is no event bus, so the approval deploys here.
     if changed and backend.pick(local=True, aws=False):
-        current = serving(config, "staging", backend)
         number = package["ModelPackageVersion"]
-        if current and current["ModelPackageVersion"] > number and not deploy_older:
-            return package, changed, {
-                "Action": "skipped", "Stage": "staging",
-                "Reason": f"staging serves version {current['ModelPackageVersion']}, newer "
-                          f"than {number}: not rolled back (approve with --deploy, or "
-                          f"`scones endpoint deploy --stage staging --version {number}`)"}
-        deployment = deploy_model_package(config, number, backend, stage="staging")
+
+        def staging_is_newer() -> dict | None:
+            # asked under staging's deployment lock: a concurrent approval of a newer
+            # version has finished deploying by then, and is seen
+            current = serving(config, "staging", backend)
+            if current and current["ModelPackageVersion"] > number and not deploy_older:
+                return {
+                    "Action": "skipped", "Stage": "staging",
+                    "Reason": f"staging serves version {current['ModelPackageVersion']}, "
+                              f"newer than {number}: not rolled back (approve with --deploy, "
+                              f"or `scones endpoint deploy --stage staging --version {number}`)"}
+            return None
+
+        deployment = deploy_model_package(config, number, backend, stage="staging",
+                                          unless=staging_is_newer)
     return package, changed, deployment
 
 

@@ -30,17 +30,20 @@ from infra.project_template import (BUILDSPEC, LAMBDA_RUNTIME, PIPELINE_ARN,
                                            resolve_conditions, template_json)
 from workflow.definition import check_definition, workflow_definition_json
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 CHECKOV = REPO / ".venv-tools" / "bin" / "checkov"
 PROJECT_TAG_KEYS = {"sagemaker:project-name", "sagemaker:project-id"}
 ALL_CONDITIONS_ON = {"HasKmsKey": True, "UseCodeConnection": True, "UseS3Source": False,
                      "HasNewDataMarker": True, "RetrainOnScheduleEnabled": True,
                      "RetrainOnNewDataEnabled": True, "StagingCanary": True,
-                     "ProdCanary": True}
+                     "ProdCanary": True, "DeployWorkflow": True,
+                     "HasMonitoringSchedule": True, "StagingShiftsAllAtOnce": False,
+                     "ProdShiftsAllAtOnce": False}
 DEFAULTS = {"HasKmsKey": False, "UseCodeConnection": False, "UseS3Source": True,
             "HasNewDataMarker": True, "RetrainOnScheduleEnabled": False,
-            "RetrainOnNewDataEnabled": False, "StagingCanary": False, "ProdCanary": True}
+            "RetrainOnNewDataEnabled": False, "StagingCanary": False, "ProdCanary": True,
+            "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False}
 
 
 @pytest.fixture(scope="module")
@@ -313,12 +316,14 @@ def test_deploy_goes_staging_test_approval_prod_with_guardrails(template):
     assert states["ManualApproval"]["Resource"].endswith(":sns:publish.waitForTaskToken")
     assert states["ManualApproval"]["Next"] == "ProdDescribe"
     assert states["ProdPutScalingPolicy"]["Next"] == "DeployedToProd"
-    # a duplicate event: staging already on this version's config ends the execution
+    # staging already on this version's config: nothing to deploy, on to its test (a
+    # version that failed its test or the approval can be approved again)
     assert states["StagingAlreadyServingCheck"]["Choices"][0] == {
         "Variable": "$.staging.endpoint.ConfigName",
         "StringEqualsPath": "$.settings.staging.ResourceName",
         "Next": "StagingAlreadyServing"}
-    assert states["StagingAlreadyServing"]["Type"] == "Succeed"
+    assert states["StagingAlreadyServing"] == {**states["StagingAlreadyServing"],
+                                               "Type": "Pass", "Next": "StagingTest"}
     # an approval during an update waits for it
     assert states["StagingWaitWhileBusy"]["Next"] == "StagingDescribe"
 
@@ -328,7 +333,9 @@ def test_deploy_goes_staging_test_approval_prod_with_guardrails(template):
         cap = stage.capitalize()
         for state in (f"{cap}CreateEndpoint", f"{cap}UpdateEndpoint"):
             config = states[state]["Parameters"]["DeploymentConfig"]
-            resolved = resolve_conditions(config, {"StagingCanary": False, "ProdCanary": True})
+            resolved = resolve_conditions(config, {"StagingCanary": False, "ProdCanary": True,
+                                                   "StagingShiftsAllAtOnce": False,
+                                                   "ProdShiftsAllAtOnce": False})
             traffic = resolved["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
             assert traffic["Type"] == routing
             assert traffic[{"CANARY": "CanarySize", "LINEAR": "LinearStepSize"}[routing]] == {
@@ -385,7 +392,8 @@ def test_workflow_lambdas_and_state_machine_are_workflow_infras(template, config
 
 
 def test_package_builds_the_zips_the_template_references_and_uploads_them(config, tmp_path):
-    result = package(config, tmp_path / "bundle", bucket="project-bucket")
+    result = package(config, tmp_path / "bundle", bucket="project-bucket",
+                     project_name="bikes", project_id="p-1234")
     parameters = json.loads((tmp_path / "bundle" / "parameters.json").read_text())
     values = {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
     assert values["LambdaCodeBucket"] == "project-bucket"
@@ -395,6 +403,24 @@ def test_package_builds_the_zips_the_template_references_and_uploads_them(config
     assert keys == ["classify_image", "filter_inferences", "serialize_image_data"]
     expected = {f"s3://project-bucket/{prefix}{k}.zip" for k in keys}
     expected.add("s3://project-bucket/source/scones-mlops.zip")
+    # CloudFormation's rules for the README's road: the template is over the 51,200 bytes
+    # of --template-body, so it goes to S3 (--template-url, at most 1 MB), and the
+    # parameter file names every parameter without a default
+    template_file = tmp_path / "bundle" / "sagemaker-project.json"
+    assert 51_200 < template_file.stat().st_size < 1_000_000
+    template_url, = [u for u in result.uploads if u.endswith("/sagemaker-project.json")]
+    assert re.fullmatch(r"s3://project-bucket/templates/[0-9a-f]{16}/sagemaker-project.json",
+                        template_url)
+    assert result.template_url == template_url.replace(
+        "s3://project-bucket/", "https://project-bucket.s3.us-east-1.amazonaws.com/")
+    expected.add(template_url)
+    no_default = {n for n, p in project_template(config)["Parameters"].items()
+                  if "Default" not in p}
+    assert no_default == {"SageMakerProjectName", "SageMakerProjectId"}
+    assert no_default <= set(values)
+    assert (values["SageMakerProjectName"], values["SageMakerProjectId"]) == ("bikes", "p-1234")
+    with pytest.raises(PackagingError, match="SageMakerProjectId"):
+        package(config, tmp_path / "no-id", bucket="project-bucket", project_name="bikes")
     assert set(result.uploads) == expected
     assert json.loads((tmp_path / "bundle" / "uploads.json").read_text()).keys() == expected
     source = zipfile.ZipFile(result.uploads["s3://project-bucket/source/scones-mlops.zip"])
@@ -402,7 +428,8 @@ def test_package_builds_the_zips_the_template_references_and_uploads_them(config
     assert {BUILDSPEC, "setup.py", "constraints.txt", "pipelines/pipeline.py"} <= names
     assert not any(n.startswith((".venv", ".scones")) for n in names)
     # the same sources give the same prefix: an unchanged stack is a no-op update
-    again = package(config, tmp_path / "again", bucket="project-bucket", with_source=False)
+    again = package(config, tmp_path / "again", bucket="project-bucket", with_source=False,
+                    project_name="bikes", project_id="p-1234")
     assert again.parameters["LambdaCodeKeyPrefix"] == prefix
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
@@ -412,7 +439,7 @@ def test_package_builds_the_zips_the_template_references_and_uploads_them(config
     assert listed == {url.removeprefix("s3://project-bucket/") for url in expected}
     no_bucket = config.replace(aws=dataclasses.replace(config.aws, bucket=None))
     with pytest.raises(PackagingError, match="no bucket"):
-        package(no_bucket, tmp_path / "none")
+        package(no_bucket, tmp_path / "none", project_name="bikes", project_id="p-1234")
     assert not (tmp_path / "none").exists()  # refused before anything was written
 
 
@@ -557,7 +584,8 @@ class _Deployer:
 
         definition = _resolve(
             template["Resources"]["DeployStateMachine"]["Properties"]["Definition"],
-            template, {"HasKmsKey": False, "StagingCanary": False, "ProdCanary": True})
+            template, {"HasKmsKey": False, "StagingCanary": False, "ProdCanary": True,
+                       "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False})
         for state in definition["States"].values():
             if state["Type"] == "Wait":
                 state["Seconds"] = 0
@@ -653,16 +681,20 @@ class _Deployer:
             time.sleep(0.05)
 
     def approval_token(self) -> dict:
+        return self.approval_tokens(1)[0]
+
+    def approval_tokens(self, count: int) -> list[dict]:
         messages = self.sqs.receive_message(QueueUrl=self.queue, WaitTimeSeconds=0,
                                             MaxNumberOfMessages=10).get("Messages", [])
-        assert len(messages) == 1, messages
-        return json.loads(messages[0]["Body"])
+        assert len(messages) == count, messages
+        return [json.loads(m["Body"]) for m in messages]
 
     def serving(self, stage: str) -> str:
         return self.sagemaker.describe_endpoint(EndpointName=f"bikes-{stage}")[
             "EndpointConfigName"]
 
 
+@pytest.mark.slow
 def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
     with _Deployer(template) as aws:
         v1 = aws.approved_version()
@@ -680,20 +712,27 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
             "ScalableTargets"]
         assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-staging/variant/AllTraffic"]
 
-        # a duplicate event while the first waits for approval: a no-op
-        duplicate = aws.settle(aws.start(v1), to_end=True)
-        assert duplicate["status"] == "SUCCEEDED"
-        assert duplicate["entered"][-1] == "StagingAlreadyServing"
+        # a second event for v1 while the first waits for approval (a duplicate, or an
+        # approval made again): staging is not touched again, the version goes on to its
+        # test and asks for promotion again
+        duplicate = aws.settle(aws.start(v1))
+        assert duplicate["status"] == "RUNNING"
+        assert "StagingAlreadyServing" in duplicate["entered"]
+        assert not {"StagingCreateEndpoint", "StagingUpdateEndpoint"} & set(duplicate["entered"])
 
-        message = aws.approval_token()
-        assert message["modelPackageArn"] == v1
+        messages = aws.approval_tokens(2)
+        assert {m["modelPackageArn"] for m in messages} == {v1}
         with pytest.raises(aws.sfn.exceptions.ClientError, match="NotInProd|Could not find"):
             aws.serving("prod")
-        aws.sfn.send_task_success(taskToken=message["taskToken"], output="{}")
-        done = aws.settle(first["executionArn"], to_end=True)
-        assert done["status"] == "SUCCEEDED", done
-        assert done["entered"][-1] == "DeployedToProd"
+        for message in messages:  # whichever is approved first deploys; the other finds it done
+            aws.sfn.send_task_success(taskToken=message["taskToken"], output="{}")
+            time.sleep(0.5)
+        for execution in (first["executionArn"], duplicate["executionArn"]):
+            done = aws.settle(execution, to_end=True)
+            assert done["status"] == "SUCCEEDED", done
+            assert done["entered"][-1] == "DeployedToProd"
         assert aws.serving("prod") == "bikes-prod-v1"
+        assert [u["EndpointName"] for u in aws.updates] == []   # created once, never updated
 
         # v2: staging is updated blue/green (linear); prod's canary trips an alarm
         v2 = aws.approved_version()
@@ -720,6 +759,7 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         assert aws.serving("prod") == "bikes-prod-v1"   # still the version that worked
 
 
+@pytest.mark.slow
 def test_deploy_state_machine_stops_at_a_failed_staging_test_or_a_refusal(template):
     with _Deployer(template, staging_test_passes=False) as aws:
         failed = aws.settle(aws.start(aws.approved_version()), to_end=True)
@@ -734,3 +774,27 @@ def test_deploy_state_machine_stops_at_a_failed_staging_test_or_a_refusal(templa
         assert refused["status"] == "FAILED" and refused["error"] == "PromotionRefused"
         with pytest.raises(aws.sfn.exceptions.ClientError):
             aws.serving("prod")
+        # approved again: the version staging still serves is tested and offered again
+        again = aws.settle(aws.start(aws.sagemaker.list_model_packages(
+            ModelPackageGroupName="bikes-p-abc123")["ModelPackageSummaryList"][0][
+                "ModelPackageArn"]))
+        assert again["status"] == "RUNNING" and "StagingAlreadyServing" in again["entered"]
+        aws.sfn.send_task_success(taskToken=aws.approval_token()["taskToken"], output="{}")
+        done = aws.settle(again["executionArn"], to_end=True)
+        assert done["status"] == "SUCCEEDED" and aws.serving("prod") == "bikes-prod-v1"
+
+
+def test_infra_package_is_a_command(run_scones, tmp_path):
+    out = tmp_path / "bundle"
+    result = run_scones("infra", "package", "--out", str(out), "--bucket", "project-bucket",
+                        "--project-name", "bikes", "--project-id", "p-1234", "--no-source")
+    assert result.returncode == 0, result.stderr
+    parameters = {p["ParameterKey"]: p["ParameterValue"]
+                  for p in json.loads((out / "parameters.json").read_text())}
+    assert parameters["SageMakerProjectName"] == "bikes"
+    template_url = json.loads((out / "package.json").read_text())["template_url"]
+    assert template_url in result.stdout
+    missing = run_scones("infra", "package", "--out", str(tmp_path / "x"), "--bucket", "b",
+                         "--project-name", "Bikes!", "--project-id", "p-1")
+    assert missing.returncode != 0
+    assert "SageMakerProjectName" in missing.stderr and "Traceback" not in missing.stderr

@@ -62,3 +62,9 @@ def test_semantic_checks_and_cli_overrides():
         parse_overrides(["training.epochs"])
     with pytest.raises(ConfigError, match="unknown environment 'prod'"):
         load_config("prod")
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_workspace_is_a_config_error_not_the_project_root(value):
+    with pytest.raises(ConfigError, match=r"local\.workspace must not be empty"):
+        load_config(overrides={"local.workspace": value})

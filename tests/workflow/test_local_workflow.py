@@ -337,3 +337,74 @@ def test_noise_is_refused_by_name_as_not_a_vehicle_and_real_photos_are_not(
     assert [r.error for r in results[:4]] == ["NotAVehicle"] * 4, [r.cause for r in results]
     assert all("is not a bicycle or a motorcycle" in r.cause for r in results[:4])
     assert [r.status for r in results[4:]] == ["SUCCEEDED"] * 4, [r.cause for r in results[4:]]
+
+
+@pytest.mark.slow
+def test_every_path_applies_the_same_registered_threshold(tmp_path, sample_data_dir,
+                                                          small_model_tar):
+    """One image, a folder, a prefix (bulk), the staging endpoint and a named
+    --model-version: on the same images, the same verdicts, all by the threshold registered
+    with the version that answers (not workflow.confidence_threshold)."""
+    from conftest import register_model
+    from workflow.bulk import run_bulk
+    from workflow.run import run_workflow
+    from workflow.stages import deploy_model_package, with_model_threshold
+
+    images = real_images(sample_data_dir, 4)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in images:
+        (folder / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws")})
+    override = config.replace(workflow=dataclasses.replace(
+        config.workflow, confidence_threshold=0.0, use_model_threshold=False))
+    deploy_locally(override, small_model_tar)
+    probe = run_workflow(override, images_from_options(override, images=str(folder)),
+                         progress=False)
+    confidence = {Path(r.image).name: r.confidence for r in probe}
+    ranked = sorted(confidence.values())
+    # a registered threshold that splits these images, and a configured one that would not
+    registered = round((ranked[3] + ranked[4]) / 2, 6)
+    configured = round(ranked[0] / 2, 6)
+    expected = {name: ("met" if c >= registered else "below threshold")
+                for name, c in confidence.items()}
+    assert set(expected.values()) == {"met", "below threshold"}
+
+    config = config.replace(workflow=dataclasses.replace(config.workflow,
+                                                         confidence_threshold=configured))
+    EndpointStateFile.of(config).path.unlink()
+    register_model(config, small_model_tar, ModelApprovalStatus="Approved",
+                   CustomerMetadataProperties={"ConfidenceThreshold": str(registered)})
+    register_model(config, small_model_tar, ModelApprovalStatus="Approved",
+                   CustomerMetadataProperties={"ConfidenceThreshold": "0.2"})
+    deploy_model_package(config, 1, stage="prod")
+    deploy_model_package(config, 1, stage="staging")
+    store = LocalObjectStore(config.local.workspace / "s3")
+    for path in sorted(folder.iterdir()):
+        store.write_bytes(f"s3://incoming/same/{path.name}", path.read_bytes())
+
+    def verdicts(results) -> dict[str, str]:
+        return {Path(r.image).name: r.verdict for r in results}
+
+    staging = config.replace(workflow=dataclasses.replace(
+        config.workflow, endpoint_name=config.stage_endpoint_name("staging")))
+    one = {}
+    for path in sorted(folder.iterdir())[:2]:
+        one.update(verdicts(run_workflow(config, images_from_options(config, image=str(path)),
+                                         progress=False)))
+    paths = {
+        "image": one,
+        "folder": verdicts(run_workflow(config, images_from_options(config, images=str(folder)),
+                                        progress=False)),
+        "prefix": verdicts(run_bulk(config, "s3://incoming/same/", progress=False).results),
+        "staging": verdicts(run_workflow(staging, images_from_options(staging,
+                                                                      images=str(folder)),
+                                         progress=False)),
+        "model_version": verdicts(run_workflow(config, images_from_options(
+            config, images=str(folder)), model_version=1, progress=False)),
+    }
+    for name, found in paths.items():
+        assert found == {k: expected[k] for k in found}, name
+    # a named version's own threshold, not the deployed one's
+    assert with_model_threshold(config, model_version=2).workflow.confidence_threshold == 0.2
+    assert with_model_threshold(config).workflow.confidence_threshold == registered

@@ -255,3 +255,50 @@ def test_the_monitor_profiles_the_image_exactly_as_the_endpoint_decodes_it(sampl
         for data in forms:
             decoded, _, _, _ = profile.decode_for_model(data)
             assert np.array_equal(decoded, serving.decode_image(data)), path.name
+
+
+def test_capture_records_dated_in_the_future_are_reported_not_counted(config, tmp_path):
+    source = _write_capture(tmp_path / "capture")
+    later = source / "scones-delivery-vehicles" / "AllTraffic" / "2026" / "11" / "24" / "22"
+    (later / "59-00-000-cccc.jsonl").write_text("\n".join([
+        _record([0.9, 0.1], "2026-11-24T22:59:00Z"),   # a minute before now: counted
+        _record([0.2, 0.8], "2026-11-25T09:00:00Z"),   # ten hours ahead: refused
+        _record([0.3, 0.7], "2027-11-24T23:00:00Z"),   # a year ahead: refused
+    ]) + "\n")
+    s = build_report(config, source=str(source), now=NOW).summary
+    assert (s["records"], s["malformed"]) == (6, 5)
+    future = [m for m in s["malformed_lines"] if "in the future" in m["reason"]]
+    assert [m["line"] for m in future] == [2, 3]
+    assert s["last_inference"] == "2026-11-24T22:59:00+00:00"
+
+
+def test_monitor_run_refuses_capture_records_dated_in_the_future(config, tmp_path):
+    from workflow.monitoring.check import run_monitor
+
+    source = tmp_path / "capture" / "scones-delivery-vehicles" / "AllTraffic"
+    source.mkdir(parents=True)
+    (source / "x.jsonl").write_text("\n".join([
+        _record([0.9, 0.1], "2026-11-24T22:00:00Z"),
+        _record([0.2, 0.8], "2026-11-26T22:00:00Z")]) + "\n")
+    summary = run_monitor(config, source=str(tmp_path / "capture"), now=NOW).summary
+    assert (summary["Records"], summary["Malformed"]) == (1, 1)
+    assert "in the future" in summary["MalformedLines"][0]["Reason"]
+    assert summary["LastInference"] == "2026-11-24T22:00:00+00:00"
+
+
+@pytest.mark.parametrize("content", ["Image,Label\nx.png,bicycle\n", "\x89PNG\r\n\x1a\n\0\0",
+                                     ""])
+def test_monitor_label_on_a_file_that_is_not_json_lines_is_a_named_error(config, tmp_path,
+                                                                        content):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(content, errors="surrogateescape")
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "monitor", "label", str(labels),
+         "--set", f"local.workspace={config.local.workspace}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    assert done.returncode != 0, done.stdout
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert "labels.csv" in done.stderr and "groundTruthData" in done.stderr
+    assert not (config.local.workspace / "monitoring").exists() or not list(
+        (config.local.workspace / "monitoring").rglob("labels.jsonl"))

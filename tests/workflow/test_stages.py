@@ -252,3 +252,49 @@ def test_reject_and_approve_say_what_they_do_to_the_endpoints(staged):
     _, _, deployment = approve_and_deploy(config, 1, "really", deploy_older=True)
     assert deployment["ModelPackageVersion"] == 1
     assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 1
+
+
+def _holds_lock(path: Path) -> bool:
+    """Whether another process holds the flock on path now."""
+    import fcntl
+
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_two_approvals_at_once_leave_staging_on_the_newer_version(staged):
+    """`registry approve 2 & registry approve 1`: the older approval's "is staging newer?"
+    check must see the newer deployment, not race it (both are real processes)."""
+    config, registry, _, _ = staged
+    workspace = config.local.workspace
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+
+    def approve(version: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", "registry", "approve", str(version),
+             "--set", f"local.workspace={workspace}",
+             "--set", "deployment.staging.bake_seconds=4",
+             "--set", "deployment.staging.bake_probe_interval_seconds=0.5"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+    lock = workspace / "endpoints" / ".scones-delivery-vehicles-staging.deploy.lock"
+    newer = approve(2)
+    deadline = time.monotonic() + 120
+    while not _holds_lock(lock):  # version 2 is being deployed (health check, bake)
+        assert newer.poll() is None and time.monotonic() < deadline, newer.communicate()
+        time.sleep(0.05)
+    older = approve(1)
+    out_newer, err_newer = newer.communicate(timeout=300)
+    out_older, err_older = older.communicate(timeout=300)
+    assert newer.returncode == 0, err_newer
+    assert older.returncode == 0, err_older
+    assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 2
+    assert "staging serves version 2, newer than 1" in out_older + err_older
+    assert registry.describe(1)["ModelApprovalStatus"] == "Approved"

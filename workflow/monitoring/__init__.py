@@ -26,6 +26,7 @@ from scones.workspace import Workspace
 
 QUANTILES = (5, 25, 50, 75, 95)
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax sums stray by ~1e-7; a bug strays by more
+CLOCK_SKEW = timedelta(minutes=5)  # hosts' clocks may disagree this much, no more
 MALFORMED_LISTED = 50  # malformed lines named in the report; the count is always complete
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -134,17 +135,30 @@ def _hour_ends_before(name: str, since: datetime) -> bool:
     return hour + timedelta(hours=1) <= since
 
 
-def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: int = 1
+def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: int = 1,
+                        now: datetime | None = None
                         ) -> tuple[list[CaptureRecord], list[Malformed]]:
+    """The records of a capture file's lines, and the malformed ones. A record dated after
+    `now` (beyond CLOCK_SKEW) is malformed: no endpoint answered it yet, and counted it
+    would sit in every later window and skew the per-hour figures."""
     records, malformed = [], []
+    latest = (now or datetime.now(timezone.utc)) + CLOCK_SKEW
     lines = content.decode("utf-8", errors="replace").splitlines()
     for number, raw in enumerate(lines, first_line):
         if not raw.strip():
             continue
         try:
-            records.append(_parse_record(raw, n_classes, name, number))
+            record = _parse_record(raw, n_classes, name, number)
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             malformed.append(Malformed(name, number, str(exc)))
+            continue
+        if record.inference_time > latest:
+            malformed.append(Malformed(name, number, (
+                f"eventMetadata.inferenceTime {record.inference_time.isoformat()} is in the "
+                f"future (now {latest - CLOCK_SKEW:%Y-%m-%dT%H:%M:%SZ}): a wrong clock on the "
+                "capturing host? not counted")))
+            continue
+        records.append(record)
     return records, malformed
 
 
@@ -263,7 +277,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
     files = 0
     for name, content in iter_capture_files(config, source, since_time):
         files += 1
-        found, bad = parse_capture_lines(name, content, len(config.classes))
+        found, bad = parse_capture_lines(name, content, len(config.classes), now=now)
         records += found
         malformed += bad
     if since_time is not None:

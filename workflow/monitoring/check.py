@@ -113,7 +113,8 @@ class MonitorState:
 
 # --- reading capture since the last run --------------------------------------------------------
 
-def read_new_capture(config: Config, source: str, position: dict, since: datetime | None
+def read_new_capture(config: Config, source: str, position: dict, since: datetime | None,
+                     now: datetime | None = None
                      ) -> tuple[list[CaptureRecord], list[Malformed], dict, int]:
     """Records appended since `position` (or, with since, every record from then on), the
     malformed lines among them, the new position and the number of files read."""
@@ -132,7 +133,7 @@ def read_new_capture(config: Config, source: str, position: dict, since: datetim
         files += 1
         first_line = content.count(b"\n", 0, start) + 1
         found, bad = parse_capture_lines(name, content[start:end], len(config.classes),
-                                         first_line)
+                                         first_line, now=now)
         records += found
         malformed += bad
         offsets[name] = end
@@ -351,6 +352,10 @@ def merged_predictions(state: MonitorState) -> list[dict]:
 
 # --- ground truth -------------------------------------------------------------------------------
 
+class LabelsNotJsonLinesError(MonitoringError):
+    """`monitor label` given something that holds no groundTruthData JSON line."""
+
+
 def ingest_labels(config: Config, source: str) -> dict:
     """Read SageMaker groundTruthData JSON Lines (a file, folder or s3:// prefix):
 
@@ -374,6 +379,15 @@ def ingest_labels(config: Config, source: str) -> dict:
                 malformed.append({"File": name, "Line": number, "Reason": str(exc)[:200]})
     if not files:
         raise MonitoringError(f"no *.jsonl ground-truth files under {source}")
+    if not rows:
+        # nothing to ingest: a CSV, an image, an empty file... is not "0 labels, all fine"
+        first = (f"; e.g. {malformed[0]['File']} line {malformed[0]['Line']}: "
+                 f"{malformed[0]['Reason']}" if malformed else " (no lines)")
+        raise LabelsNotJsonLinesError(
+            f"{source}: no ground-truth record in {files} file(s), {len(malformed)} "
+            f"unreadable line(s){first}. Expected JSON Lines, one record per line: "
+            '{"groundTruthData": {"data": "<class>", "encoding": "CSV"}, "eventMetadata": '
+            '{"eventId": "<inferenceId>"}, "eventVersion": "0"}')
     state.append(state.labels_file, rows)
     merged = merged_predictions(state)
     by_version: dict = {}
@@ -430,7 +444,7 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     if position.get("Source", source) != source:
         position = {}  # offsets belong to another capture source
     records, malformed, new_position, files = read_new_capture(config, source, position,
-                                                               since_time)
+                                                               since_time, now)
     if stage is not None:
         records = [r for r in records if r.stage == stage]
     by_version: dict[int | None, list[CaptureRecord]] = {}

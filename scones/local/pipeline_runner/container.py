@@ -192,13 +192,20 @@ def run_job(step: str, command: list[str], env: dict[str, str], cwd: Path, step_
         except OSError as exc:
             raise StepFailed(f"step {step}: cannot start {command[0]}: {exc}") from None
         finished = False
+        log_error = None
         try:
             if on_start:
                 on_start(process.pid)
             for line in process.stdout:
-                log.write(line)
-                log.flush()
                 tail.append(line.rstrip("\n"))
+                if log_error is None:
+                    try:
+                        log.write(line)
+                        log.flush()
+                    except OSError as exc:
+                        # A full disk: the log stops, the job's own words do not (they are
+                        # the reason it failed, likely the same full disk).
+                        log_error = exc
                 on_line(line.rstrip())
             # Wait for the job without reaping it, so its group id cannot be reused before
             # the group's leftovers (processes the job started) are killed below.
@@ -209,7 +216,33 @@ def run_job(step: str, command: list[str], env: dict[str, str], cwd: Path, step_
             _kill_group(process, grace=0 if finished else STOP_GRACE_S)
             process.stdout.close()
         code = process.returncode
+        if log_error is not None:
+            try:
+                log.close()  # its unwritten buffer would raise again on the way out
+            except OSError:
+                pass
     if code != 0:
         lines = "\n".join(tail)
-        raise StepFailed(f"step {step} exited with code {code}; last lines of {log_path}:"
-                         f"\n{lines}")
+        error = last_error_line(tail)
+        raise StepFailed(f"step {step} exited with code {code}"
+                         + (f": {error}" if error else "")
+                         + f"; last lines of {log_path}:\n{lines}")
+
+
+# "OSError: [Errno 28] ...", "torch.OutOfMemoryError: ...", "error: ..." (argparse, our jobs)
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)"
+                         r"(?::.*)?|error:.*|fatal:.*)$")
+_NOT_THE_ERROR = ("Traceback (most recent call last):", "During handling of the above",
+                  "The above exception was the direct cause", "Exception ignored in")
+
+
+def last_error_line(lines) -> str | None:
+    """The job's last real error line: the final exception of a traceback (chained ones
+    included), or an `error: ...` line; never the traceback header or a frame."""
+    for line in reversed(list(lines)):
+        text = line.strip()
+        if not text or text.startswith(_NOT_THE_ERROR) or line[:1].isspace():
+            continue
+        if _ERROR_LINE.match(text):
+            return text[:300]
+    return None

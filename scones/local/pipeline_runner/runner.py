@@ -11,6 +11,7 @@ its failed step (a retry), with the record kept as it goes.
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import signal
@@ -26,14 +27,15 @@ from scones.local.pipeline_runner.expressions import Context, resolve
 from scones.local.pipeline_runner.cache import cache_key
 from scones.local.pipeline_runner.container import StepFailed, safe_name
 from scones.local.pipeline_runner.plan import PlannedStep, plan, resolve_parameters
-from scones.local.pipeline_runner.steps import (StepExecutors, StepRun, StepScope, outputs_exist,
-                                          remove_input_copies)
+from scones.local.pipeline_runner.steps import (StepExecutors, StepRun, StepScope, outputs_digest,
+                                                remove_input_copies)
 from scones.local.pipeline_runner.transfer import Transfer
 from scones.backend import LocalBackend
 from scones.config import Config
 from scones.errors import PipelineExecutionError, SconesError
 
 RETRYABLE = ("Failed", "Stopped")
+_log = logging.getLogger(__name__)
 
 
 class ExecutionStopped(KeyboardInterrupt):
@@ -265,13 +267,13 @@ class _Runner:
         start = time.monotonic()
         outcome = None
         reason = None
-        key = source_arn = None
+        key = source_arn = source_digest = None
         try:
             arguments = None if kind == "Condition" else resolve(
                 spec.get("Arguments", {}), self.ctx, f"step {name}")
             if planned.cache_expiry is not None:
                 key = cache_key(kind, arguments, self.transfer.digest)
-                source_arn = self._from_cache(planned, key)
+                source_arn, source_digest = self._from_cache(planned, key)
             if source_arn is None:
                 step_dir.mkdir(parents=True, exist_ok=True)
                 outcome = self.executors.run(kind, spec, arguments, step)
@@ -294,6 +296,11 @@ class _Runner:
         if status == "Succeeded":
             properties = {"Properties": self.ctx.steps.get(name, {}),
                           "PropertyFiles": self.ctx.property_files.get(name, {})}
+            if key is not None:
+                # what a later cache hit checks the outputs against (see _from_cache)
+                properties["OutputDigest"] = (
+                    source_digest if source_arn else
+                    outputs_digest(kind, properties["Properties"], self.store))
         self.records.step_finished(self.execution_id, name, status, seconds, reason,
                                    properties, key if status == "Succeeded" else None,
                                    source_arn)
@@ -305,22 +312,36 @@ class _Runner:
                           str(log_path) if log_path and not source_arn else None,
                           source_arn), outcome
 
-    def _from_cache(self, planned: PlannedStep, key: str) -> str | None:
+    def _from_cache(self, planned: PlannedStep, key: str) -> tuple[str | None, str | None]:
         """Reuse the newest earlier Succeeded run of this step with the same key within
-        ExpireAfter whose outputs are still there; its execution ARN, or None (a miss)."""
+        ExpireAfter whose outputs are still there and still hash to the content hash
+        recorded with the entry; (its execution ARN, that hash), or (None, None): a miss.
+        Outputs changed since (a model.tar.gz damaged on disk) are a logged miss: the step
+        runs again instead of every later run failing on them."""
+        kind = planned.spec["Type"]
         for entry in self.records.find_cached(self.pipeline_name, planned.name, key,
                                               planned.cache_expiry):
             if entry["ExecutionArn"] == self.execution_arn:
                 continue
             stored = entry["Properties"]
-            if not outputs_exist(planned.spec["Type"], stored.get("Properties", {}),
-                                 self.store):
+            recorded = stored.get("OutputDigest")
+            found = outputs_digest(kind, stored.get("Properties", {}), self.store)
+            if found is None:
+                continue  # outputs gone: an ordinary miss
+            if found != recorded:
+                why = ("its outputs changed on disk since (content hash mismatch)" if recorded
+                       else "it recorded no content hash of its outputs")
+                message = (f"{planned.name}: cache miss: the entry of execution "
+                           f"{entry['ExecutionArn'].rpartition('/')[2]} is not reused, {why}; "
+                           "running the step again")
+                _log.warning(message)
+                self.say(f"  {message}")
                 continue
             self.ctx.steps[planned.name] = stored.get("Properties", {})
             self.ctx.property_files[planned.name] = stored.get("PropertyFiles", {})
             # a hit of a hit names the run that made the outputs, as SageMaker does
-            return entry["CacheSourceArn"] or entry["ExecutionArn"]
-        return None
+            return entry["CacheSourceArn"] or entry["ExecutionArn"], recorded
+        return None, None
 
 
 class _Heartbeat:

@@ -14,6 +14,8 @@ Each executor gets the step's arguments already resolved and leaves the step's p
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import shutil
 import sys
@@ -240,13 +242,36 @@ class StepExecutors:
             self.scope.say(f"  {name} metric {metric['MetricName']} = {metric['Value']}")
 
 
-def outputs_exist(kind: str, properties: dict, store) -> bool:
-    """Whether a cached step's outputs are still in the object store."""
+def output_urls(kind: str, properties: dict) -> list[str] | None:
+    """The URLs a step's outputs were written to (None when its properties lack one)."""
     if kind == "Training":
         url = (properties.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-        return isinstance(url, str) and store.exists(url)
+        return [url] if isinstance(url, str) else None
+    urls = []
     for item in (properties.get("ProcessingOutputConfig") or {}).get("Outputs", []):
         url = (item.get("S3Output") or {}).get("S3Uri")
-        if not isinstance(url, str) or not store.list_urls(url):
-            return False
-    return True
+        if not isinstance(url, str):
+            return None
+        urls.append(url)
+    return urls
+
+
+def outputs_digest(kind: str, properties: dict, store) -> str | None:
+    """One content hash of every object a step's outputs hold (names and raw bytes): what
+    a cache entry records, so outputs damaged on disk since are not reused. None when an
+    output is missing."""
+    urls = output_urls(kind, properties)
+    if urls is None:
+        return None
+    digest = hashlib.sha256()
+    for url in urls:
+        objects = [url] if kind == "Training" else store.list_urls(url)
+        if not objects or not all(store.exists(u) for u in objects):
+            return None
+        prefix = url.rstrip("/")
+        for object_url in sorted(objects):
+            digest.update(f"{url}\0{object_url[len(prefix):]}\0".encode())
+            with open(store.path_for(object_url), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()

@@ -583,3 +583,69 @@ def test_a_run_whose_owner_is_gone_is_marked_failed_and_a_live_one_is_not(config
     assert listed["reused"]["Status"] == "Failed"
     assert f"runner process {os.getpid()} ended without finishing (killed?) between steps" in \
         listed["reused"]["FailureReason"]
+
+
+def test_a_corrupted_cached_output_is_a_logged_miss_and_the_step_runs_again(config, store,
+                                                                             capsys):
+    definition = cached_definition(store)
+    first = run_pipeline_locally(definition, config, progress=False)
+    (output,) = store.list_urls(f"s3://{BUCKET}/test/{first.execution_id}/Count/output/count")
+    store.path_for(output).write_bytes(b"damaged on disk")  # same name, other bytes
+
+    second = run_pipeline_locally(definition, config, progress=True)
+    assert count_hit(second) is None  # not reused: the step ran again
+    assert (config.local.workspace / "executions" / second.execution_id / "Count"
+            / "log.txt").is_file()
+    said = capsys.readouterr().err
+    assert "cache miss" in said and "content hash" in said and first.execution_id in said
+    # the new run's outputs are whole, and they are what the next run reuses
+    third = run_pipeline_locally(definition, config, progress=False)
+    assert count_hit(third) == second.execution_arn
+
+
+def _tmpfs(folder, size: str):
+    """A tiny real file system (a full disk within reach); skipped where mounting is not
+    allowed (not root)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    return folder
+
+
+def test_a_full_disk_during_a_job_records_the_last_real_error_line(tmp_path):
+    """The job fills the disk its log is on: the recorded reason names the job's own last
+    error (OSError ... No space left on device), not the traceback header it got cut at."""
+    import subprocess
+    import sys
+
+    from scones.local.pipeline_runner.container import StepFailed, run_job
+
+    disk = _tmpfs(tmp_path / "disk", "256k")
+    try:
+        script = textwrap.dedent("""
+            import os, sys
+            for epoch in range(3):
+                print(f"epoch {epoch} loss 0.5", flush=True)
+            def save(path):
+                with open(path, "wb") as out:
+                    while True:
+                        out.write(b"x" * 65536)
+                        out.flush()
+            save(os.path.join(sys.argv[1], "model.pt"))
+        """)
+        step_dir = disk / "Train"
+        step_dir.mkdir()
+        with pytest.raises(StepFailed) as failed:
+            run_job("Train", [sys.executable, "-c", script, str(step_dir)], {}, tmp_path,
+                    step_dir, step_dir / "log.txt", on_line=lambda line: None)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    reason = str(failed.value)
+    first_line = reason.splitlines()[0]
+    assert "OSError: [Errno 28] No space left on device" in first_line, reason
+    assert first_line.startswith("step Train exited with code 1")
+    assert "epoch 2 loss 0.5" in reason  # the tail is still there, below it

@@ -1,0 +1,84 @@
+"""The deploy state machine and the project stack's wiring, read as CloudFormation resolves
+them for given parameters (iam_proof.Resolved): retries, re-approval, traffic shifting that
+SageMaker accepts for the instance count, the dead-letter queue's senders."""
+from __future__ import annotations
+
+import pytest
+
+from iam_proof import Resolved
+from infra.deploy_state_machine import STAGES
+from infra.project_template import project_template
+from scones.config import load_config
+
+PARAMETERS = {"SageMakerProjectName": "scones-team1", "SageMakerProjectId": "p-a1b2c3d4e5f6"}
+PERMANENT = ["SageMaker.AccessDeniedException", "SageMaker.ValidationException",
+             "SageMaker.ResourceNotFoundException", "States.TaskFailed", "States.ALL"]
+
+
+@pytest.fixture(scope="module")
+def template():
+    return project_template(load_config("local"))
+
+
+def _definition(template, **parameters) -> dict:
+    resolved = Resolved(template, {**PARAMETERS, **parameters})
+    return resolved.properties("DeployStateMachine")["Definition"]
+
+
+def test_permanent_errors_are_never_retried_and_retries_end_within_minutes(template):
+    states = _definition(template)["States"]
+    retried = 0
+    for name, state in states.items():
+        for retrier in state.get("Retry", []):
+            assert not set(retrier["ErrorEquals"]) & set(PERMANENT), name
+            interval, rate = retrier["IntervalSeconds"], retrier.get("BackoffRate", 2.0)
+            total = sum(interval * rate ** i for i in range(retrier["MaxAttempts"]))
+            assert total <= 300, f"{name} retries for {total:.0f} s"
+            retried += 1
+    assert retried >= 10
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_refused_update_waits_only_while_the_endpoint_is_busy(template, stage):
+    states = _definition(template)["States"]
+    cap = stage.capitalize()
+    catch, = states[f"{cap}UpdateEndpoint"]["Catch"]
+    assert catch["ErrorEquals"] == ["States.ALL"]
+    check = states[states[catch["Next"]]["Next"]]
+    assert check["Type"] == "Choice"
+    assert check["Choices"][0]["Next"] == f"{cap}WaitWhileBusy"   # "in progress": wait
+    failed = states[check["Default"]]
+    assert failed["Type"] == "Fail"                                 # anything else: at once
+    assert failed["CausePath"].endswith("updateError.Cause")
+
+
+def test_a_version_already_on_staging_goes_on_to_the_test_and_the_approval(template):
+    """Approving again a version whose staging test or manual approval failed takes it on."""
+    states = _definition(template)["States"]
+    assert states["StagingAlreadyServing"]["Type"] == "Pass"
+    assert states["StagingAlreadyServing"]["Next"] == "StagingTest"
+    assert states["ProdAlreadyServing"]["Next"] == "DeployedToProd"
+
+
+@pytest.mark.parametrize("count, routing, expected", [
+    ("1", "CANARY", "ALL_AT_ONCE"), ("1", "LINEAR", "ALL_AT_ONCE"),
+    ("2", "CANARY", "CANARY"), ("4", "LINEAR", "LINEAR")])
+def test_traffic_shifting_fits_the_instance_count(template, count, routing, expected):
+    states = _definition(template, ProdInstanceCount=count, ProdTrafficRouting=routing)["States"]
+    for state in ("ProdCreateEndpoint", "ProdUpdateEndpoint"):
+        policy = states[state]["Parameters"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+        config = policy["TrafficRoutingConfiguration"]
+        assert config["Type"] == expected
+        assert config["WaitIntervalInSeconds.$"]            # baking, then the old fleet goes
+        assert "TerminationWaitInSeconds.$" in policy
+    step = template["Parameters"]["TrafficStepPercent"]
+    assert (step["MinValue"], step["MaxValue"]) == (10, 50)
+
+
+def test_every_rule_and_schedule_with_the_dead_letter_queue_may_send_to_it(template):
+    resolved = Resolved(template, {**PARAMETERS, "MonitoringSchedule": "rate(1 hour)"})
+    policy = resolved.properties("DeadLetterQueuePolicy")["PolicyDocument"]
+    allowed = set(policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"])
+    for logical, properties in resolved.of_type("AWS::Events::Rule").items():
+        if any("DeadLetterConfig" in t for t in properties["Targets"]):
+            assert resolved.attribute(logical, "Arn") in allowed, logical
