@@ -55,7 +55,8 @@ def prepare(work: Path, epochs: int = 15, seed: int = 42) -> dict:
     baseline_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(baseline_dir / "data.npz", images=images[baseline],
                         labels=labels[baseline], filenames=names[baseline])
-    serving = load_module("bench_serving_inference", model_dir / "code" / "inference.py")
+    # this tree's serving code (what the next artifact ships), on the trained weights
+    serving = load_module("bench_serving_inference", JOBS / "inference.py")
     return {"model_dir": model_dir, "processed": processed, "serving": serving,
             "model": serving.model_fn(str(model_dir)), "baseline_dir": baseline_dir,
             "traffic_files": [DATA / str(n) for n in names[traffic]],
