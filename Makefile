@@ -13,7 +13,7 @@ ASL_VALIDATOR_VERSION := 4.0.0
 NODE_TOOLS_STAMP := .tools/.asl-validator-$(ASL_VALIDATOR_VERSION)
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 
-.PHONY: install tools demo test bench clean
+.PHONY: install tools browser demo test bench clean
 
 install: $(STAMP)
 
@@ -38,7 +38,17 @@ $(TOOLS_STAMP): constraints.txt
 demo: install
 	$(BIN)/scones demo
 
-test: install tools
+# The Studio's browser tests (tests/app/ui) drive Debian's chromium through chromium-driver:
+# installed from Debian's packages when missing (CI runs as root), never downloaded at run time.
+browser:
+	@test -x /usr/bin/chromedriver || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "the Studio's browser tests need chromium + chromium-driver: sudo apt-get install chromium chromium-driver"; \
+	  fi; }
+
+test: install tools browser
 	$(BIN)/python -m pytest -q tests
 
 bench: install

@@ -16,7 +16,7 @@ setup(
     # `scones` needs no source tree (configs/ becomes the package data scones/configs/).
     package_dir={"scones.configs": "configs"},
     package_data={"scones.configs": ["*.yaml"], "pipelines": ["jobs/*.py"],
-                  "infra": ["*.json"]},
+                  "infra": ["*.json"], "app.ui": ["templates/*.html", "static/*"]},
     install_requires=[
         "sagemaker>=2.250,<3",
         "stepfunctions==2.3.0",
@@ -31,11 +31,16 @@ setup(
         # moto is the local engine (S3 for the SDK's code uploads, Step Functions'
         # interpreter), not only a test tool.
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
+        # the local Studio (`scones ui`): Flask pages on waitress, plotly charts offline
+        "flask",
+        "waitress",
+        "plotly",
     ],
     extras_require={
         # parliament: the IAM proof (tests/infra/test_iam_proof.py) checks every action
         # name in the templates' policies against IAM's own list with it
-        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament"],
+        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
+                 "selenium"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

@@ -226,3 +226,11 @@ def execution_plots(config: Config, execution) -> dict[str, Path]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def studio_command(config: Config) -> str:
+    """The command that opens all of the above in the browser (the local Studio)."""
+    workspace = Path(config.local.workspace).resolve()
+    default = (Path.cwd() / ".scones").resolve()
+    return ".venv/bin/scones ui" + ("" if workspace == default
+                                    else f" --set local.workspace={workspace}")

@@ -57,6 +57,14 @@ STATE_DESCRIBE_PACKAGE = "DescribePackage"
 STATE_STAGING_TEST = "StagingTest"
 STATE_MANUAL_APPROVAL = "ManualApproval"
 STATE_DEPLOYED = "DeployedToProd"
+STATE_READ_THRESHOLD = "ProdReadThreshold"
+LAMBDA = "arn:aws:states:::aws-sdk:lambda"
+THRESHOLD_PROPERTY = "ConfidenceThreshold"  # scones.registry.CONFIDENCE_THRESHOLD_PROPERTY
+# UpdateFunctionConfiguration while a previous update is in flight: ResourceConflict
+RETRY_LAMBDA_UPDATE = [{"ErrorEquals": ["Lambda.ResourceConflictException",
+                                        "Lambda.TooManyRequestsException",
+                                        "Lambda.ServiceException"],
+                        "IntervalSeconds": 5, "MaxAttempts": 5, "BackoffRate": 2.0}]
 
 
 def _sub(text: str) -> dict:
@@ -312,9 +320,47 @@ def _stage_states(stage: str, after: str) -> dict[str, dict]:
     }
 
 
-def deploy_definition() -> dict:
+def _if_workflow(then, otherwise=None):
+    return {"Fn::If": ["DeployWorkflow", then,
+                       {"Ref": "AWS::NoValue"} if otherwise is None else otherwise]}
+
+
+def _threshold_states(functions: list[tuple[Any, dict]]) -> dict[str, dict]:
+    """Once prod serves the version: its own confidence threshold (the registry's
+    CustomerMetadataProperties.ConfidenceThreshold) into each Lambda that applies one, so
+    the filter means what that version was tuned for. `functions`: (FunctionName, its whole
+    Environment.Variables); a version without a threshold leaves them as they are."""
+    names = [f"ProdApplyThreshold{n}" for n in range(1, len(functions) + 1)]
+    states: dict[str, dict] = {
+        STATE_READ_THRESHOLD: {
+            "Type": "Task", "Resource": f"{SAGEMAKER}:describeModelPackage",
+            "Parameters": {"ModelPackageName.$": "$.package.Arn"},
+            # the whole description: a ResultSelector naming CustomerMetadataProperties
+            # would fail the execution (States.Runtime) for a version without any
+            "ResultPath": "$.promoted", "Retry": RETRY_TRANSIENT,
+            "Next": "ProdHasThreshold"},
+        "ProdHasThreshold": {
+            "Type": "Choice",
+            "Choices": [{"Variable": f"$.promoted.CustomerMetadataProperties.{THRESHOLD_PROPERTY}",
+                         "IsPresent": True, "Next": names[0]}],
+            "Default": STATE_DEPLOYED},
+    }
+    for n, (name, environment) in enumerate(functions):
+        variables = {k: v for k, v in environment.items() if k != "CONFIDENCE_THRESHOLD"}
+        variables["CONFIDENCE_THRESHOLD.$"] = f"$.promoted.CustomerMetadataProperties.{THRESHOLD_PROPERTY}"
+        states[names[n]] = {
+            "Type": "Task", "Resource": f"{LAMBDA}:updateFunctionConfiguration",
+            "Parameters": {"FunctionName": name, "Environment": {"Variables": variables}},
+            "ResultPath": None, "Retry": RETRY_LAMBDA_UPDATE,
+            "Next": names[n + 1] if n + 1 < len(names) else STATE_DEPLOYED}
+    return states
+
+
+def deploy_definition(threshold_functions: list[tuple[Any, dict]] = ()) -> dict:
     """The deploy state machine's ASL. Input: the EventBridge "SageMaker Model Package
-    State Change" event, or by hand {"detail": {"ModelPackageArn": "arn:..."}}."""
+    State Change" event, or by hand {"detail": {"ModelPackageArn": "arn:..."}}.
+    threshold_functions: see _threshold_states (only with the inference workflow, whose
+    Lambdas exist under the template's DeployWorkflow condition)."""
     states: dict[str, dict] = {
         STATE_DESCRIBE_PACKAGE: {
             "Type": "Task", "Resource": f"{SAGEMAKER}:describeModelPackage",
@@ -377,7 +423,12 @@ def deploy_definition() -> dict:
     states["PromotionRefused"] = {
         "Type": "Fail", "Error": "PromotionRefused",
         "Cause": "rejected, or not approved before ApprovalTimeoutSeconds: prod unchanged"}
-    states.update(_stage_states("prod", STATE_DEPLOYED))
+    after_prod = (_if_workflow(STATE_READ_THRESHOLD, STATE_DEPLOYED) if threshold_functions
+                  else STATE_DEPLOYED)
+    states.update(_stage_states("prod", after_prod))
+    if threshold_functions:
+        states.update({name: _if_workflow(state)
+                       for name, state in _threshold_states(list(threshold_functions)).items()})
     states[STATE_DEPLOYED] = {"Type": "Succeed"}
     return {"Comment": "Approved model package -> staging -> test -> manual approval -> prod "
                        "(blue/green, canary or linear, alarm auto-rollback)",

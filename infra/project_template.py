@@ -18,9 +18,15 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   processing job on the prod endpoint's capture; its Violations metric has a
                   CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
                   (EventBridge). The alarm fires once per episode: that is the cool-down.
-    inference     the three workflow Lambdas and the inference state machine (the same ASL
-                  as infra/workflow_stack.py), created once their zips are uploaded
-                  (infra.package) and LambdaCodeBucket is set.
+    inference     the inference workflow (three Lambdas, its state machine, the new-image
+                  rule) and the bulk workflow (three Lambdas, a Distributed Map), from the
+                  Lambda table and the ASL the local engine runs; created once their zips
+                  are uploaded (infra.package) and LambdaCodeBucket is set. The deploy state
+                  machine sets each promoted version's own threshold on them.
+
+This template is the one source of the project's AWS resources: `scones infra deploy` and
+`scones workflow deploy` create or update its stack (infra/stack.py); there is no other
+path to AWS.
     plus          the artifact bucket, the SageMaker execution role, least-privilege roles
                   (no "*" action), the model package group, alarms and notifications.
 
@@ -42,6 +48,7 @@ from scones.backend import LAMBDA_RUNTIME
 from scones.config import Config
 from infra import deploy_state_machine
 from infra.deploy_state_machine import STAGES, VARIANT_NAME, alarm_names, endpoint_name
+from workflow.bulk import RESULTS_PREFIX, bulk_definition_json
 from workflow.definition import lambda_functions, workflow_definition_json
 
 TEMPLATE_PATH = Path(__file__).with_name("sagemaker-project.json")
@@ -773,7 +780,7 @@ def _endpoint_alarms(resources: dict) -> None:
                 "TreatMissingData": "notBreaching", "Tags": _project_tags()}}
 
 
-def _model_deploy(resources: dict) -> None:
+def _model_deploy(resources: dict, config: Config) -> None:
     resources["StagingTestLogGroup"] = _log_group(
         _sub("/aws/codebuild/${SageMakerProjectName}-staging-test"))
     staging_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-staging")
@@ -877,6 +884,11 @@ def _model_deploy(resources: dict) -> None:
                        _sub(f"{ARN}:events:{REGION_ACCOUNT}:rule/"
                             "StepFunctionsGetEventsForCodeBuildStartBuildRule")),
             _statement("AskForPromotion", ["sns:Publish"], _ref("NotificationTopic")),
+            # the promoted version's own confidence threshold, into the Lambdas applying it
+            *[_if("DeployWorkflow", _statement(
+                "ApplyPromotedThreshold", ["lambda:UpdateFunctionConfiguration"],
+                [_sub(f"{ARN}:lambda:{REGION_ACCOUNT}:function:" + name["Fn::Sub"])
+                 for name, _ in threshold_functions(config)]))][:len(threshold_functions(config))],
             _statement("Autoscaling", ["application-autoscaling:PutScalingPolicy",
                                        "application-autoscaling:RegisterScalableTarget"],
                        _sub(f"{ARN}:application-autoscaling:{REGION_ACCOUNT}:"
@@ -912,7 +924,8 @@ def _model_deploy(resources: dict) -> None:
             "StateMachineName": _sub("${SageMakerProjectName}-deploy"),
             "StateMachineType": "STANDARD",  # waits for endpoint updates, days for approval
             "RoleArn": _arn("DeployStateMachineRole"),
-            "Definition": deploy_state_machine.deploy_definition(),
+            "Definition": deploy_state_machine.deploy_definition(
+                threshold_functions(config)),
             "Tags": _project_tags()}}
     resources["DeployFailedAlarm"] = {
         "Type": "AWS::CloudWatch::Alarm",
@@ -949,68 +962,46 @@ def _model_deploy(resources: dict) -> None:
                 "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
 
 
-def _inference_workflow(resources: dict, config: Config) -> None:
-    """The three workflow Lambdas and the inference state machine, as infra/workflow_stack.py
-    builds them, named after the project and pointed at the prod endpoint."""
+def _workflow_functions(config: Config) -> tuple[Config, dict]:
+    """The Lambda table (workflow.definition.lambda_functions) with a sentinel prefix that
+    the template replaces by the project's name; {key: function} of the inference and bulk
+    workflows' functions."""
     sentinel_config = config.replace(workflow=dataclasses.replace(
         config.workflow, lambda_prefix=_FUNCTION_PREFIX_SENTINEL))
-    functions = {k: f for k, f in lambda_functions(sentinel_config).items() if f.in_workflow}
-    sentinel_names = {f.name: f for f in functions.values()}
+    functions = {k: f for k, f in lambda_functions(sentinel_config).items()
+                 if f.in_workflow or f.in_bulk}
+    return sentinel_config, functions
 
-    def project_name(function) -> dict:
-        return _sub(PROJECT + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL))
 
-    def logical(key: str, suffix: str) -> str:
-        return "".join(part.capitalize() for part in key.split("_")) + suffix
+def _function_name(function) -> dict:
+    return _sub(PROJECT + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL))
 
-    prod_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-prod")
-    for function in functions.values():
-        resources[logical(function.key, "LogGroup")] = _log_group(
-            _sub("/aws/lambda/" + PROJECT
-                 + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL)), "DeployWorkflow")
-    log_groups = [logical(f.key, "LogGroup") for f in functions.values()]
-    resources["WorkflowLambdaRole"] = _role(
-        ["lambda.amazonaws.com"],
-        "The inference workflow's Lambdas: read images, invoke the prod endpoint, log", [
-            _statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
-                       [_sub(f"${{{g}.Arn}}:*") for g in log_groups]),
-            _statement("ReadImages", ["s3:GetObject"], _bucket_objects()),
-            # without ListBucket S3 answers a missing key with 403, not 404: the workflow
-            # would report ImageNotReadable where the truth is ImageNotFound
-            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
-            _kms_statement(["kms:Decrypt"]),
-            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
-        ], condition="DeployWorkflow")
-    function_ids = {}
-    for function in functions.values():
-        function_id = function_ids[function.key] = logical(function.key, "Function")
-        environment = dict(function.environment)
-        if "ENDPOINT_NAME" in environment:
-            environment["ENDPOINT_NAME"] = endpoint_name("prod")
-        resources[function_id] = {
-            "Type": "AWS::Lambda::Function", "Condition": "DeployWorkflow",
-            "DependsOn": [logical(function.key, "LogGroup")],
-            "Metadata": _checkov_skips(
-                ("CKV_AWS_116", "invoked synchronously by Step Functions, which catches "
-                                "and reports every failure: a DLQ would never receive"),
-                ("CKV_AWS_117", "calls only S3 and SageMaker's public endpoints; a VPC "
-                                "would add NAT cost for no isolation gain"),
-                ("CKV_AWS_115", "concurrency is bounded by the workflow's Map "
-                                "(workflow.max_concurrency)"),
-                ("CKV_AWS_173", "the environment holds names and thresholds, no secrets")),
-            "Properties": {
-                "FunctionName": project_name(function),
-                "Description": function.description,
-                "Runtime": LAMBDA_RUNTIME,
-                "Handler": function.handler,
-                "Role": _arn("WorkflowLambdaRole"),
-                "Code": {"S3Bucket": _ref("LambdaCodeBucket"),
-                         "S3Key": _sub(f"${{LambdaCodeKeyPrefix}}{function.key}.zip")},
-                "Timeout": function.timeout, "MemorySize": function.memory_size,
-                "Environment": {"Variables": environment},
-                "Tags": _project_tags()}}
 
-    definition = json.loads(workflow_definition_json(sentinel_config))
+def _logical(key: str, suffix: str) -> str:
+    return "".join(part.capitalize() for part in key.split("_")) + suffix
+
+
+def _function_environment(function) -> dict:
+    """The function's environment in the project: the endpoint it calls is prod's."""
+    environment = dict(function.environment)
+    if "ENDPOINT_NAME" in environment:
+        environment["ENDPOINT_NAME"] = endpoint_name("prod")
+    return environment
+
+
+def threshold_functions(config: Config) -> list[tuple[dict, dict]]:
+    """(FunctionName, Environment.Variables) of each Lambda that applies the confidence
+    threshold: the deploy state machine sets the promoted version's own threshold there
+    (UpdateFunctionConfiguration replaces the whole environment, hence all of it)."""
+    if not config.workflow.use_model_threshold:
+        return []
+    _, functions = _workflow_functions(config)
+    return [(_function_name(f), _function_environment(f)) for f in functions.values()
+            if "CONFIDENCE_THRESHOLD" in f.environment]
+
+
+def _asl_for_project(definition_json: str, sentinel_names: dict) -> dict:
+    definition = json.loads(definition_json)
 
     def rename(node):  # the SDK's ASL names functions; name them after the project
         if isinstance(node, dict):
@@ -1018,18 +1009,94 @@ def _inference_workflow(resources: dict, config: Config) -> None:
         if isinstance(node, list):
             return [rename(v) for v in node]
         if isinstance(node, str) and node in sentinel_names:
-            return project_name(sentinel_names[node])
+            return _function_name(sentinel_names[node])
         return node
 
     definition = rename(definition)
     if _FUNCTION_PREFIX_SENTINEL in json.dumps(definition):
         raise AssertionError("a function name in the workflow ASL was not renamed")
-    invoke = []
-    for function_id in function_ids.values():
-        invoke += [_arn(function_id), _sub(f"${{{function_id}.Arn}}:*")]
+    return definition
+
+
+def _inference_workflow(resources: dict, config: Config) -> None:
+    """The inference workflow (three Lambdas, its state machine, the new-image rule) and
+    the bulk workflow (three Lambdas, its Distributed Map state machine), from the same
+    table and ASL the local engine runs, named after the project and pointed at prod."""
+    sentinel_config, functions = _workflow_functions(config)
+    sentinel_names = {f.name: f for f in functions.values()}
+    inference = [f for f in functions.values() if f.in_workflow]
+    bulk = [f for f in functions.values() if f.in_bulk]
+
+    prod_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-prod")
+    for function in functions.values():
+        resources[_logical(function.key, "LogGroup")] = _log_group(
+            _sub("/aws/lambda/" + PROJECT
+                 + function.name.removeprefix(_FUNCTION_PREFIX_SENTINEL)), "DeployWorkflow")
+
+    def log_statement(group):
+        return _statement("WriteOwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                          [_sub(f"${{{_logical(f.key, 'LogGroup')}.Arn}}:*") for f in group])
+
+    resources["WorkflowLambdaRole"] = _role(
+        ["lambda.amazonaws.com"],
+        "The inference workflow's Lambdas: read images, invoke the prod endpoint, log", [
+            log_statement(inference),
+            _statement("ReadImages", ["s3:GetObject"], _bucket_objects()),
+            # without ListBucket S3 answers a missing key with 403, not 404: the workflow
+            # would report ImageNotReadable where the truth is ImageNotFound
+            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
+            _kms_statement(["kms:Decrypt"]),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+        ], condition="DeployWorkflow")
+    bulk_results = _bucket_objects(f"{RESULTS_PREFIX}/")
+    resources["BulkLambdaRole"] = _role(
+        ["lambda.amazonaws.com"],
+        "The bulk workflow's Lambdas: list and read images, write run results, invoke the "
+        "prod endpoint, log", [
+            log_statement(bulk),
+            _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
+            _statement("ReadImagesAndResults", ["s3:GetObject"], _bucket_objects()),
+            _statement("WriteRunResults", ["s3:PutObject"], bulk_results),
+            _kms_statement(["kms:Decrypt", "kms:GenerateDataKey"]),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+        ], condition="DeployWorkflow")
+    function_ids = {}
+    for function in functions.values():
+        function_id = function_ids[function.key] = _logical(function.key, "Function")
+        resources[function_id] = {
+            "Type": "AWS::Lambda::Function", "Condition": "DeployWorkflow",
+            "DependsOn": [_logical(function.key, "LogGroup")],
+            "Metadata": _checkov_skips(
+                ("CKV_AWS_116", "invoked synchronously by Step Functions, which catches "
+                                "and reports every failure: a DLQ would never receive"),
+                ("CKV_AWS_117", "calls only S3 and SageMaker's public endpoints; a VPC "
+                                "would add NAT cost for no isolation gain"),
+                ("CKV_AWS_115", "concurrency is bounded by the workflows' Map "
+                                "concurrency (workflow.max_concurrency)"),
+                ("CKV_AWS_173", "the environment holds names and thresholds, no secrets")),
+            "Properties": {
+                "FunctionName": _function_name(function),
+                "Description": function.description,
+                "Runtime": LAMBDA_RUNTIME,
+                "Handler": function.handler,
+                "Role": _arn("BulkLambdaRole" if function.in_bulk else "WorkflowLambdaRole"),
+                "Code": {"S3Bucket": _ref("LambdaCodeBucket"),
+                         "S3Key": _sub(f"${{LambdaCodeKeyPrefix}}{function.key}.zip")},
+                "Timeout": function.timeout, "MemorySize": function.memory_size,
+                "Environment": {"Variables": _function_environment(function)},
+                "Tags": _project_tags()}}
+
+    def invoke_targets(group):
+        targets = []
+        for function in group:
+            function_id = function_ids[function.key]
+            targets += [_arn(function_id), _sub(f"${{{function_id}.Arn}}:*")]
+        return targets
+
     resources["InferenceStateMachineRole"] = _role(
         ["states.amazonaws.com"], "The inference state machine: invoke its three Lambdas", [
-            _statement("InvokeWorkflowLambdas", ["lambda:InvokeFunction"], invoke)],
+            _statement("InvokeWorkflowLambdas", ["lambda:InvokeFunction"],
+                       invoke_targets(inference))],
         condition="DeployWorkflow")
     resources["InferenceStateMachine"] = {
         "Type": "AWS::StepFunctions::StateMachine", "Condition": "DeployWorkflow",
@@ -1041,8 +1108,43 @@ def _inference_workflow(resources: dict, config: Config) -> None:
             "StateMachineName": _sub("${SageMakerProjectName}-inference"),
             "StateMachineType": "STANDARD",
             "RoleArn": _arn("InferenceStateMachineRole"),
-            "Definition": definition,  # the SDK's ASL, as the local engine runs it
+            # the SDK's ASL, as the local engine runs it
+            "Definition": _asl_for_project(workflow_definition_json(sentinel_config),
+                                           sentinel_names),
             "Tags": _project_tags()}}
+
+    bulk_name = "${SageMakerProjectName}-inference-bulk"
+    resources["BulkStateMachineRole"] = _role(
+        ["states.amazonaws.com"],
+        "The bulk state machine: invoke its Lambdas, run its Distributed Map's children, "
+        "read its manifest and write its results", [
+            _statement("InvokeBulkLambdas", ["lambda:InvokeFunction"], invoke_targets(bulk)),
+            # a Distributed Map runs its children as executions of this same state machine
+            _statement("RunChildExecutions", ["states:StartExecution"],
+                       _sub(f"{ARN}:states:{REGION_ACCOUNT}:stateMachine:{bulk_name}")),
+            _statement("ManageChildExecutions", ["states:DescribeExecution",
+                                                 "states:StopExecution"],
+                       _sub(f"{ARN}:states:{REGION_ACCOUNT}:execution:{bulk_name}/*")),
+            # ItemReader reads the manifest; ResultWriter writes the Map's result files
+            _statement("ReadManifestWriteResults", [
+                "s3:AbortMultipartUpload", "s3:GetObject", "s3:ListMultipartUploadParts",
+                "s3:PutObject"], bulk_results),
+            _kms_statement(["kms:Decrypt", "kms:GenerateDataKey"]),
+        ], condition="DeployWorkflow")
+    resources["BulkStateMachine"] = {
+        "Type": "AWS::StepFunctions::StateMachine", "Condition": "DeployWorkflow",
+        "Metadata": _checkov_skips(
+            ("CKV_AWS_284", "X-Ray would need xray:PutTraceSegments on '*'"),
+            ("CKV_AWS_285", "execution logging needs logs:*LogDelivery on '*'; each "
+                            "run's summary.json and result files are in the bucket")),
+        "Properties": {
+            "StateMachineName": _sub(bulk_name),
+            "StateMachineType": "STANDARD",
+            "RoleArn": _arn("BulkStateMachineRole"),
+            "Definition": _asl_for_project(bulk_definition_json(sentinel_config),
+                                           sentinel_names),
+            "Tags": _project_tags()}}
+
     resources["NewImageRuleRole"] = _role(
         ["events.amazonaws.com"], "A new image starts the inference workflow", [
             _statement("StartInference", ["states:StartExecution"],
@@ -1077,7 +1179,7 @@ def project_template(config: Config) -> dict:
     _monitoring(resources, config)
     _notifications(resources)
     _endpoint_alarms(resources)
-    _model_deploy(resources)
+    _model_deploy(resources, config)
     _inference_workflow(resources, config)
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -1133,6 +1235,9 @@ def project_template(config: Config) -> dict:
             "DeployStateMachineArn": {"Value": _ref("DeployStateMachine")},
             "StagingEndpointName": {"Value": endpoint_name("staging")},
             "ProdEndpointName": {"Value": endpoint_name("prod")},
+            "BulkStateMachineArn": {"Condition": "DeployWorkflow",
+                                    "Value": _ref("BulkStateMachine"),
+                                    "Description": "scones workflow run --env aws --prefix"},
             "InferenceStateMachineArn": {"Condition": "DeployWorkflow",
                                          "Value": _ref("InferenceStateMachine")},
             "WorkflowLambdaRoleArn": {"Condition": "DeployWorkflow",

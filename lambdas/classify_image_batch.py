@@ -203,8 +203,15 @@ def readable_cause(cause) -> str:
     return str(cause)
 
 
+# What a Step Functions error (States.Timeout, States.TaskFailed...) is reported as by the
+# child's Fail state: names starting "States." are reserved, as in the inference workflow
+# (workflow.definition.WORKFLOW_ERROR); the original name leads the Cause.
+WORKFLOW_ERROR = "WorkflowError"
+
+
 def record_failure(event, s3_client) -> dict:
-    """Every image of the batch failed with the batch's error; returns {Error, Cause}."""
+    """Every image of the batch failed with the batch's error; returns {Error, Cause} for
+    the child's Fail state (never a reserved States.* name)."""
     failure = event.get("failure") if isinstance(event, dict) else None
     if not isinstance(failure, dict):
         raise InvalidEvent("a failure record needs 'failure': {Error, Cause}")
@@ -214,6 +221,8 @@ def record_failure(event, s3_client) -> dict:
     lines = [{**_failed(f"s3://{batch['bucket']}/{key}", error, readable_cause(cause)),
               "BatchFailed": True} for key in batch["keys"]]
     write_lines(s3_client, batch, lines)
+    if error.startswith("States."):
+        return {"Error": WORKFLOW_ERROR, "Cause": f"{error}: {readable_cause(cause)}"}
     return {"Error": error, "Cause": cause}
 
 

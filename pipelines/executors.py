@@ -55,6 +55,12 @@ class LocalPipelineExecutor:
 
         return retry_pipeline_locally(execution_id, self.config, progress=progress).to_dict()
 
+    def stop(self, execution_id: str) -> bool:
+        """Stop a running execution (its runner records it Stopped); False if not running."""
+        from scones.local.pipeline_runner.executions import ExecutionStore
+
+        return ExecutionStore(self.backend.workspace).stop(execution_id)
+
     def executions(self, limit: int | None = None) -> list[dict]:
         from scones.local.pipeline_runner.executions import ExecutionStore
 
@@ -104,6 +110,18 @@ class SageMakerPipelineExecutor:
         client.retry_pipeline_execution(PipelineExecutionArn=arn,
                                         ClientRequestToken=str(uuid.uuid4()))
         return self._follow(client, arn, wait, progress)
+
+    def stop(self, execution_id: str) -> bool:
+        """StopPipelineExecution; False if it is no longer Executing."""
+        client = self.backend.client("sagemaker")
+        arn = self._execution_arn(client, execution_id)
+        status = client.describe_pipeline_execution(
+            PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        if status != "Executing":
+            return False
+        client.stop_pipeline_execution(PipelineExecutionArn=arn,
+                                       ClientRequestToken=str(uuid.uuid4()))
+        return True
 
     def _execution_arn(self, client, execution_id: str) -> str:
         if execution_id.startswith("arn:"):

@@ -2,7 +2,7 @@
 Functions' distributed engine, built with the Step Functions SDK.
 
     PlanBatches (Lambda)  lists the prefix, writes the batches as a JSON manifest
-    ClassifyBatches (Map, Mode DISTRIBUTED, ExecutionType EXPRESS)
+    ClassifyBatches (Map, Mode DISTRIBUTED, ExecutionType STANDARD)
         ItemReader   s3:getObject of the manifest (InputType JSON): one item per batch
         child        ClassifyBatch (Lambda: serialize -> classify -> filter on the whole
                      batch, one endpoint request per batch, one JSON line per image)
@@ -84,7 +84,9 @@ def _distributed_map_class(sdk_steps):
             result = _State.to_dict(self)   # not Map's: it would add Iterator
             graph = _Graph(self.processor).to_dict()
             result["ItemProcessor"] = {
-                "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+                # STANDARD children: an EXPRESS child is killed at 5 minutes, which a batch
+                # (Lambda up to 300 s, its retries, then RecordBatchFailure) can outlast
+                "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
                 **graph}
             result.update(self.extra)
             return result
@@ -144,7 +146,7 @@ def build_bulk_workflow(config: Config, client=None):
                 "Parameters": {"Bucket.$": "$$.Execution.Input.results.bucket",
                                "Prefix.$": "$$.Execution.Input.results.prefix"}},
         },
-        comment="One EXPRESS child execution per batch of the manifest",
+        comment="One child execution per batch of the manifest",
         result_path="$.map_run")
     distributed.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=summarize,
                                       result_path="$.map_error"))
@@ -421,7 +423,7 @@ def _run_bulk_on_aws(config: Config, backend, prefix_url: str, batch_size, toler
         sfn.describe_state_machine(stateMachineArn=machine_arn)
     except sfn.exceptions.StateMachineDoesNotExist:
         raise SconesError(f"state machine {machine_arn} does not exist: create the stack "
-                          "(`scones infra template`, infra/workflow-stack.json)") from None
+                          "(`scones infra deploy --env aws`)") from None
     return run_bulk_execution(config, sfn, machine_arn, backend.client("s3"), prefix_url,
                               batch_size=batch_size, tolerated_failure_percentage=tolerated,
                               concurrency=concurrency, progress=progress, poll_interval=2.0)

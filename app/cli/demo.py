@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def demo_command(args, config) -> int:
-    from app.demo import run_demo
+    from app.demo import run_demo, studio_command
 
     result = run_demo(config, sample_size=args.images)
     print(f"\nDemo finished in {result.seconds:.0f} s: model version {result.model_version}, "
@@ -30,4 +30,5 @@ def demo_command(args, config) -> int:
     for title, path in result.plots.items():
         print(f"  {title}: {path}")
     print(f"Monitoring report: {result.report_path}")
+    print(f"See it all in the browser (the local Studio): {studio_command(config)}")
     return 0 if result.failed == 0 else 1

@@ -12,7 +12,7 @@ import sys
 import yaml
 
 from scones import __version__
-from app.cli import data, demo, endpoint, infra, monitor, pipeline, registry, workflow
+from app.cli import data, demo, endpoint, infra, monitor, pipeline, registry, ui, workflow
 from app.cli.common import configure_logging, run_guarded
 from scones.config import load_config
 from scones.errors import ConfigError
@@ -26,8 +26,9 @@ COMMAND_MODULES = (
     endpoint,   # scones endpoint deploy|status|serve
     monitor,    # scones monitor report
     data,       # scones data snapshot|list
-    infra,      # scones infra template
+    infra,      # scones infra template|package|deploy
     demo,       # scones demo
+    ui,         # scones ui (the local Studio)
 )
 
 
@@ -42,7 +43,8 @@ AWS_NEEDS = {
     ("data", "list"): ("aws.bucket",),
     ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
     ("workflow", "run"): ("aws.bucket",),
-    ("workflow", "deploy"): ("aws.role_arn", "aws.bucket"),  # the deploy Lambda's settings
+    ("workflow", "deploy"): ("aws.bucket",),  # where the stack's bundle is uploaded
+    ("infra", "deploy"): ("aws.bucket",),
     ("monitor", "report"): ("aws.bucket",),
 }
 

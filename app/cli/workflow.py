@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from lambdas.build import LambdaBuildError, build_lambda_zips, code_sha256
-from scones.backend import backend_for
 from app.cli.common import command_group, common_options
+from app.cli.infra import add_deploy_arguments
 from scones.console import format_table
 from scones.errors import SconesError
 from workflow.run import images_from_options, run_workflow, summary, write_csv
@@ -43,39 +42,16 @@ def cmd_definition(args, config) -> int:
 
 
 def cmd_deploy(args, config) -> int:
-    backend = backend_for(config)
-    backend.require_aws("`scones workflow deploy` deploys the Lambdas and the state machine "
-                        "to AWS: add --env aws (with configs/aws.yaml filled in). To run the "
-                        "workflow on this machine, use `scones workflow run`.")
-    from botocore.exceptions import BotoCoreError
+    """The workflows are resources of the project's stack: deploying them is deploying it
+    (infra.stack, the one path to AWS)."""
+    from app.cli.infra import infra_deploy
+    from scones.backend import backend_for
 
-    from workflow.definition import lambda_functions
-    from infra.workflow_boto3 import deploy_workflow
-    from workflow.stages import with_model_threshold
-
-    # The filter's threshold is the one of the version prod serves now (re-deploy the
-    # workflow after promoting a version that carries another).
-    config = with_model_threshold(config, backend)
-
-    functions = lambda_functions(config)
-    with tempfile.TemporaryDirectory(prefix="scones-lambdas-") as tmp:
-        zips = _build(Path(tmp), keys=list(functions))
-        try:
-            result = deploy_workflow(config, zips, backend.client("lambda"),
-                                     backend.client("stepfunctions"))
-        except BotoCoreError as exc:  # no credentials, no network: nothing was answered
-            raise SconesError(f"cannot reach AWS in {config.aws.region}: {exc}") from None
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    # ARNs are in --json; the table fits 100 columns.
-    rows = [(f["name"], "function", f["action"], ", ".join(f["changes"]))
-            for f in result["functions"].values()]
-    machine = result["state_machine"]
-    rows.append((machine["name"], "state-machine", machine["action"],
-                 ", ".join(machine["changes"])))
-    print(format_table(["name", "kind", "action", "changed"], rows))
-    return 0
+    backend_for(config).require_aws(
+        "`scones workflow deploy` creates or updates the project's stack on AWS, the "
+        "workflows with it: add --env aws (with configs/aws.yaml filled in). To run the "
+        "workflow on this machine, use `scones workflow run`.")
+    return infra_deploy(args, config)
 
 
 def cmd_build(args, config) -> int:
@@ -100,9 +76,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_definition)
     parser = workflow.add_parser(
         "deploy", parents=[common_options()],
-        help="create or update the Lambdas and the state machine on AWS (--env aws)")
-    parser.add_argument("--json", action="store_true",
-                        help="print what was created/updated as one JSON object")
+        help="create or update the project's stack, the workflows' Lambdas and state "
+             "machines with it (--env aws; as `scones infra deploy`)")
+    add_deploy_arguments(parser)
     parser.set_defaults(func=cmd_deploy)
     run = workflow.add_parser(
         "run", parents=[common_options()],

@@ -34,7 +34,11 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
     assert loop.startswith("Monitoring loop: 0 violation(s) on the demo's traffic"), loop
     assert "retraining execution" in loop and " 0 on the darkened batch" not in loop, loop
     assert "Traceback" not in first.stderr
-    report = Path(first.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
+    lines = first.stdout.strip().splitlines()
+    report = Path(next(line for line in lines if line.startswith("Monitoring report: "))
+                  .removeprefix("Monitoring report: "))
+    # it ends with the command that shows all of it in the browser
+    assert lines[-1].endswith(f"scones ui --set local.workspace={workspace.resolve()}"), lines[-1]
     assert report.is_file() and report.suffix == ".md"
     assert "images correct" in first.stdout
     plots = dict(line.strip().rsplit(": ", 1) for line in first.stdout.splitlines()

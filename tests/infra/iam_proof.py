@@ -444,6 +444,10 @@ def state_machine_calls(resolved: Resolved, logical: str, sample_input: dict) ->
                 stage_config = (document.get("settings", {}).get(stage.lower(), {})
                                 .get("ResourceName"))
                 calls += _autoscaling_extras(role, api, parameters, name, stage_config)
+            if prefix == "lambda" and "FunctionName" in parameters:
+                function = parameters["FunctionName"]
+                targets = [function if function.startswith("arn:") else
+                           _arn("lambda", f"function:{function}")]
             if not targets:
                 raise AssertionError(f"{name}: cannot tell which resource {resource} acts on")
             calls += [Call(role, f"{prefix}:{api}", t, why) for t in targets[:1]]

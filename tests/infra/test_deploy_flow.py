@@ -82,3 +82,56 @@ def test_every_rule_and_schedule_with_the_dead_letter_queue_may_send_to_it(templ
     for logical, properties in resolved.of_type("AWS::Events::Rule").items():
         if any("DeadLetterConfig" in t for t in properties["Targets"]):
             assert resolved.attribute(logical, "Arn") in allowed, logical
+
+
+def test_prod_applies_the_promoted_versions_own_threshold_to_the_filtering_lambdas(template):
+    with_workflow = _definition(template, LambdaCodeBucket="code")["States"]
+    assert with_workflow["ProdPutScalingPolicy"]["Next"] == "ProdReadThreshold"
+    assert with_workflow["ProdAlreadyServing"]["Next"] == "ProdReadThreshold"
+    read = with_workflow["ProdReadThreshold"]
+    assert read["Resource"].endswith(":sagemaker:describeModelPackage")
+    assert "ResultSelector" not in read   # a version without metadata must not fail it
+    choice = with_workflow["ProdHasThreshold"]
+    assert choice["Default"] == "DeployedToProd"
+    applied, state = {}, with_workflow[choice["Choices"][0]["Next"]]
+    while True:
+        assert state["Resource"].endswith(":lambda:updateFunctionConfiguration")
+        variables = state["Parameters"]["Environment"]["Variables"]
+        applied[state["Parameters"]["FunctionName"]] = variables
+        if state["Next"] == "DeployedToProd":
+            break
+        state = with_workflow[state["Next"]]
+    assert set(applied) == {"scones-team1-filter-inferences",
+                            "scones-team1-classify-image-batch"}
+    for name, variables in applied.items():
+        # the whole environment (UpdateFunctionConfiguration replaces it), the threshold
+        # from the version's CustomerMetadataProperties
+        assert variables["CONFIDENCE_THRESHOLD.$"] == \
+            "$.promoted.CustomerMetadataProperties.ConfidenceThreshold"
+        assert variables["CLASS_NAMES"] == "bicycle,motorcycle"
+    assert applied["scones-team1-classify-image-batch"]["ENDPOINT_NAME"] == "scones-team1-prod"
+    # without the workflow's Lambdas (no LambdaCodeBucket) prod ends when it serves
+    without = _definition(template)["States"]
+    assert without["ProdPutScalingPolicy"]["Next"] == "DeployedToProd"
+    assert "ProdReadThreshold" not in without
+
+
+def test_the_project_stack_has_the_bulk_workflow(template):
+    resolved = Resolved(template, {**PARAMETERS, "LambdaCodeBucket": "code"})
+    bulk = resolved.properties("BulkStateMachine")
+    assert bulk["StateMachineName"] == "scones-team1-inference-bulk"
+    functions = {p["FunctionName"]: p for p in resolved.of_type("AWS::Lambda::Function").values()}
+    assert {"scones-team1-plan-image-batches", "scones-team1-classify-image-batch",
+            "scones-team1-summarize-bulk-run"} <= set(functions)
+    invoked = {s["Parameters"]["FunctionName"] for s in _all_states(bulk["Definition"])
+               if s.get("Resource") == "arn:aws:states:::lambda:invoke"}
+    assert invoked <= set(functions)
+    assert resolved.value(template["Outputs"]["BulkStateMachineArn"]["Value"]).endswith(
+        ":stateMachine:scones-team1-inference-bulk")
+
+
+def _all_states(definition):
+    for state in definition["States"].values():
+        yield state
+        if "ItemProcessor" in state:
+            yield from _all_states(state["ItemProcessor"])

@@ -15,6 +15,7 @@ import iam_proof
 from iam_proof import ACCOUNT, REGION, Call, CallRecorder, Resolved, sagemaker_arn
 from infra.project_template import project_template
 from scones.config import load_config
+from workflow.bulk import RESULTS_PREFIX
 
 PROJECT = "scones-team1"
 PROJECT_ID = "p-a1b2c3d4e5f6"
@@ -40,6 +41,12 @@ def resolved(template):
     return Resolved(template, PARAMETERS)
 
 
+def _bucket(resolved: Resolved) -> str:
+    """Where images arrive and bulk runs write."""
+    return (resolved.ref("ArtifactBucket") if "ArtifactBucket" in resolved.resources
+            else resolved.parameters["BucketName"])
+
+
 def _deploy_input():
     return {"detail": {"ModelPackageArn": PACKAGE_ARN},
             "package": {"Arn": PACKAGE_ARN, "Version": 3, "Status": "Approved"}}
@@ -47,11 +54,13 @@ def _deploy_input():
 
 def state_machine_calls(resolved: Resolved) -> list[Call]:
     calls = []
+    bucket = _bucket(resolved)
+    run = f"{RESULTS_PREFIX}/run-1/"  # where workflow.bulk puts a run's files
     samples = {"DeployStateMachine": _deploy_input(),
-               "InferenceStateMachine": {"s3_bucket": "b", "s3_key": "incoming/x.png"},
-               "BulkStateMachine": {"bucket": "b", "prefix": "p/",
-                                    "manifest": {"bucket": "b", "key": "bulk/run/batches.json"},
-                                    "results": {"bucket": "b", "prefix": "bulk/run/"}}}
+               "InferenceStateMachine": {"s3_bucket": bucket, "s3_key": "incoming/x.png"},
+               "BulkStateMachine": {"bucket": bucket, "prefix": "incoming/",
+                                    "manifest": {"bucket": bucket, "key": f"{run}batches.json"},
+                                    "results": {"bucket": bucket, "prefix": run}}}
     for logical in resolved.of_type("AWS::StepFunctions::StateMachine"):
         calls += iam_proof.state_machine_calls(resolved, logical, samples[logical])
     return calls
@@ -106,8 +115,7 @@ def lambda_calls(resolved: Resolved, monkeypatch) -> list[Call]:
     """Run every Lambda of the template on a real event under moto."""
     functions = {resolved.properties(k)["Handler"].split(".")[1]: k
                  for k in resolved.of_type("AWS::Lambda::Function")}
-    bucket = (resolved.ref("ArtifactBucket") if "ArtifactBucket" in resolved.resources
-              else resolved.parameters["BucketName"])  # where the images arrive
+    bucket = _bucket(resolved)
     calls: list[Call] = []
     done = set()
     with mock_aws():
@@ -127,7 +135,7 @@ def lambda_calls(resolved: Resolved, monkeypatch) -> list[Call]:
         if "plan_image_batches" in functions:
             run = {"bucket": bucket, "prefix": "incoming/", "batch_size": 1,
                    "tolerated_failure_percentage": 0,
-                   "results": {"bucket": bucket, "prefix": "bulk/run-1/"}}
+                   "results": {"bucket": bucket, "prefix": f"{RESULTS_PREFIX}/run-1/"}}
             planned, made = _run_lambda(resolved, functions["plan_image_batches"], run,
                                         monkeypatch)
             calls += made

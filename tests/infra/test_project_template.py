@@ -43,7 +43,8 @@ ALL_CONDITIONS_ON = {"HasKmsKey": True, "UseCodeConnection": True, "UseS3Source"
 DEFAULTS = {"HasKmsKey": False, "UseCodeConnection": False, "UseS3Source": True,
             "HasNewDataMarker": True, "RetrainOnScheduleEnabled": False,
             "RetrainOnNewDataEnabled": False, "StagingCanary": False, "ProdCanary": True,
-            "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False}
+            "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False,
+            "DeployWorkflow": False}
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +307,12 @@ def test_approval_reaches_a_durable_deploy_with_a_dead_letter_queue(template):
 
 
 def test_deploy_goes_staging_test_approval_prod_with_guardrails(template):
-    definition = template["Resources"]["DeployStateMachine"]["Properties"]["Definition"]
-    check_definition(definition)  # every target exists, every state is reachable
+    for workflow in (True, False):  # with and without the inference workflow's Lambdas
+        definition = resolve_conditions(template, {"DeployWorkflow": workflow})[
+            "Resources"]["DeployStateMachine"]["Properties"]["Definition"]
+        definition["States"] = {k: v for k, v in definition["States"].items()
+                                if v != {"Ref": "AWS::NoValue"}}
+        check_definition(definition)  # every target exists, every state is reachable
     states = definition["States"]
     # the order: staging serves it -> test -> manual approval -> prod
     assert states["StagingPutScalingPolicy"]["Next"] == "StagingTest"
@@ -369,7 +374,8 @@ def test_workflow_lambdas_and_state_machine_are_workflow_infras(template, config
     functions = _of_type(template, "AWS::Lambda::Function")
     assert {f["Properties"]["Handler"] for f in functions.values()} == {
         f"lambdas.{k}.lambda_handler"
-        for k in ("serialize_image_data", "classify_image", "filter_inferences")}
+        for k in ("serialize_image_data", "classify_image", "filter_inferences",
+                  "plan_image_batches", "classify_image_batch", "summarize_bulk_run")}
     assert {f["Properties"]["Runtime"] for f in functions.values()} == {LAMBDA_RUNTIME}
     assert all(f["Condition"] == "DeployWorkflow" for f in functions.values())
     classify = functions["ClassifyImageFunction"]["Properties"]
@@ -400,7 +406,8 @@ def test_package_builds_the_zips_the_template_references_and_uploads_them(config
     prefix = values["LambdaCodeKeyPrefix"]
     assert re.fullmatch(r"lambdas/[0-9a-f]{16}/", prefix)
     keys = workflow_function_keys(config)
-    assert keys == ["classify_image", "filter_inferences", "serialize_image_data"]
+    assert keys == ["classify_image", "classify_image_batch", "filter_inferences",
+                    "plan_image_batches", "serialize_image_data", "summarize_bulk_run"]
     expected = {f"s3://project-bucket/{prefix}{k}.zip" for k in keys}
     expected.add("s3://project-bucket/source/scones-mlops.zip")
     # CloudFormation's rules for the README's road: the template is over the 51,200 bytes
@@ -499,7 +506,7 @@ def test_deploy_tasks_call_the_apis_as_botocore_models_them(template, conditions
         "DeployStateMachine"]["Properties"]["Definition"]
     problems, called = [], set()
     for name, state in definition["States"].items():
-        if state["Type"] != "Task":
+        if state == {"Ref": "AWS::NoValue"} or state["Type"] != "Task":
             continue
         service, operation = _operation(state["Resource"])
         called.add(f"{service}:{operation.name}")
@@ -585,7 +592,8 @@ class _Deployer:
         definition = _resolve(
             template["Resources"]["DeployStateMachine"]["Properties"]["Definition"],
             template, {"HasKmsKey": False, "StagingCanary": False, "ProdCanary": True,
-                       "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False})
+                       "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False,
+                       "DeployWorkflow": False})
         for state in definition["States"].values():
             if state["Type"] == "Wait":
                 state["Seconds"] = 0

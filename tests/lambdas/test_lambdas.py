@@ -565,3 +565,22 @@ def test_clients_need_the_functions_region(monkeypatch, png_bytes):
     assert settings.aws_region({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "x"}) == \
         "eu-west-1"
     assert settings.aws_region({"AWS_DEFAULT_REGION": "us-west-2"}) == "us-west-2"
+
+
+@pytest.mark.parametrize("error, reported", [
+    ("States.Timeout", "WorkflowError"), ("States.TaskFailed", "WorkflowError"),
+    ("EndpointError", "EndpointError")])
+def test_a_failed_batch_never_reports_a_reserved_states_name(s3, error, reported):
+    """The child's Fail state (BatchFailed) raises what record_failure returns: a name
+    starting "States." is reserved there, so it is reported as WorkflowError, its original
+    name leading the cause; each image's line keeps the original name."""
+    from lambdas.classify_image_batch import record_failure
+
+    batch = {"batch": 0, "bucket": BUCKET, "keys": ["incoming/bicycle.png"],
+             "results": {"bucket": BUCKET, "key": "bulk-runs/r/results/batch-000000.jsonl"},
+             "failure": {"Error": error, "Cause": "the batch ran out of time"}}
+    answer = record_failure(batch, s3)
+    assert answer["Error"] == reported
+    assert answer["Cause"].startswith(f"{error}: " if reported != error else "the batch")
+    line = json.loads(s3.get_object(Bucket=BUCKET, Key=batch["results"]["key"])["Body"].read())
+    assert line["Error"] == error and line["BatchFailed"] is True

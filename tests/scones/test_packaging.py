@@ -41,7 +41,7 @@ def test_wheel_carries_configs_and_job_scripts(wheel):
             "scones/configs/aws.yaml"} <= names
     assert {f"pipelines/jobs/{job}.py" for job in ("preprocess", "train", "evaluate",
                                                    "inference", "scones_net")} <= names
-    assert "infra/workflow-stack.json" in names
+    assert "infra/sagemaker-project.json" in names
     assert not any(name.startswith(("tests/", "configs/")) for name in names)
 
 

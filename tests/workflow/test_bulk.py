@@ -178,7 +178,7 @@ def test_bulk_definition_is_a_distributed_map_valid_for_asl_validator(tmp_path):
     asl = json.loads(bulk_definition_json(config))
     state = asl["States"][MAP_STATE]
     assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
-                                                         "ExecutionType": "EXPRESS"}
+                                                         "ExecutionType": "STANDARD"}
     assert state["ItemReader"]["Resource"].endswith(":states:::s3:getObject")
     assert state["ItemReader"]["ReaderConfig"] == {"InputType": "JSON"}
     assert state["ResultWriter"]["Resource"].endswith(":states:::s3:putObject")

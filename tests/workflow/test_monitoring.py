@@ -302,3 +302,72 @@ def test_monitor_label_on_a_file_that_is_not_json_lines_is_a_named_error(config,
     assert "labels.csv" in done.stderr and "groundTruthData" in done.stderr
     assert not (config.local.workspace / "monitoring").exists() or not list(
         (config.local.workspace / "monitoring").rglob("labels.jsonl"))
+
+
+def _labelled_capture(folder: Path, first: int, count: int) -> list[str]:
+    """count capture records with inferenceIds q-<n>, in an hour folder of their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, ids = [], []
+    for n in range(first, first + count):
+        record = json.loads(_record([0.9, 0.1] if n % 3 else [0.2, 0.8],
+                                    f"2026-11-24T21:{n % 60:02d}:00Z"))
+        record["eventMetadata"]["inferenceId"] = f"q-{n}"
+        ids.append(f"q-{n}")
+        lines.append(json.dumps(record))
+    (folder / f"{first:05d}.jsonl").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def test_each_monitor_run_reads_only_new_capture_never_the_whole_history(config, tmp_path):
+    """The checked predictions are kept indexed by their merge keys: a later run (and a
+    label) costs what it adds, not what came before. Ground truth still merges."""
+    from workflow.monitoring.check import MonitorState, ingest_labels, run_monitor
+
+    source = tmp_path / "capture" / "scones-delivery-vehicles" / "AllTraffic"
+    first = _labelled_capture(source, 0, 300)
+    run_monitor(config, source=str(tmp_path / "capture"), now=NOW)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"groundTruthData": {"data": "bicycle"},
+                                          "eventMetadata": {"eventId": i}}) + "\n"
+                              for i in first[:30]))
+    assert ingest_labels(config, str(labels))["Merged"] == 30
+    second = _labelled_capture(source, 300, 50)
+
+    opened: list[str] = []
+    listening = [True]
+
+    def audit(event, args):  # audit hooks stay for the process: this one goes quiet
+        if listening[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.fsdecode(args[0]))
+
+    sys.addaudithook(audit)
+    try:
+        result = run_monitor(config, source=str(tmp_path / "capture"), now=NOW)
+    finally:
+        listening[0] = False
+    assert result.summary["Records"] == len(second)
+    state_folder = MonitorState(config).folder
+    history = [p for p in opened if Path(p).parent == state_folder and p.endswith(".jsonl")
+               and "metrics" not in p]
+    assert not history, history
+    (quality,) = result.summary["Quality"]
+    # q-<n> with n % 3 == 0 was predicted motorcycle; labelled bicycle
+    assert quality["Records"] == 30
+    assert quality["Correct"] == sum(1 for n in range(30) if n % 3)
+
+
+def test_an_earlier_workspaces_json_lines_are_imported_once(config):
+    from workflow.monitoring.check import MonitorState, merged_predictions
+
+    state = MonitorState(config)
+    state.folder.mkdir(parents=True)
+    state.predictions_file.write_text("".join(json.dumps(
+        {"EventId": f"e{n}", "InferenceId": f"i{n}", "Time": "2026-11-24T21:00:00+00:00",
+         "ModelVersion": 1, "Stage": "prod", "Confidence": 0.9, "Predicted": "bicycle"}) + "\n"
+        for n in range(5)))
+    state.labels_file.write_text(json.dumps({"Id": "i1", "Label": "motorcycle"}) + "\n"
+                                 + json.dumps({"Id": "e3", "Label": "bicycle"}) + "\n"
+                                 + json.dumps({"Id": "i1", "Label": "bicycle"}) + "\n")
+    merged = merged_predictions(state)
+    assert [(m["EventId"], m["Label"]) for m in merged] == [("e1", "bicycle"), ("e3", "bicycle")]
+    assert not state.predictions_file.exists() and merged_predictions(state) == merged

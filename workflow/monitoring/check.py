@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
+import random
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from scones.backend import backend_for
 from scones.config import Config
@@ -34,6 +38,8 @@ from workflow.monitoring import profile
 
 DRIFT_CHECK, QUALITY_CHECK = "baseline_drift_check", "model_quality_check"
 VIOLATIONS_METRIC = "Violations"
+PROFILE_CHUNK = 1000           # records decoded and profiled at a time: bounds a run's memory
+DRIFT_POINTS_PLOTTED = 5000    # a fixed-seed sample of a large run's points, for the plots
 WILSON_Z = 1.96  # 95% intervals
 
 
@@ -62,6 +68,15 @@ class MonitorResult:
 
 # --- workspace state -----------------------------------------------------------------------
 
+_QUALITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    event_id TEXT, inference_id TEXT, time TEXT, version INTEGER, stage TEXT,
+    confidence REAL, predicted TEXT);
+CREATE INDEX IF NOT EXISTS predictions_inference_id ON predictions (inference_id);
+CREATE INDEX IF NOT EXISTS predictions_event_id ON predictions (event_id);
+CREATE TABLE IF NOT EXISTS labels (id TEXT PRIMARY KEY, label TEXT NOT NULL);
+"""
+
 class MonitorState:
     """The monitor's files in the workspace, one folder per endpoint."""
 
@@ -73,6 +88,7 @@ class MonitorState:
         self.labels_file = self.folder / "labels.jsonl"
         self.metrics_file = self.folder / "metrics.jsonl"
         self.retraining_file = self.folder / "retraining.json"
+        self.quality_db = self.folder / "quality.sqlite"  # predictions and labels
 
     def _read(self, path: Path, default: Any) -> Any:
         try:
@@ -97,6 +113,81 @@ class MonitorState:
         with path.open("a", encoding="utf-8") as out:
             out.write("".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows))
 
+    # -- checked predictions and ground truth: SQLite, indexed by the merge keys ----------
+    # Every run adds its predictions; a label finds its prediction by index. Nothing
+    # re-reads the whole history (the old predictions.jsonl grew with every run and was
+    # read whole by each one).
+
+    def _db(self) -> sqlite3.Connection:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fresh = not self.quality_db.exists()
+        db = sqlite3.connect(self.quality_db, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_QUALITY_SCHEMA)
+        if fresh:
+            self._import_jsonl(db)
+        return db
+
+    def _import_jsonl(self, db: sqlite3.Connection) -> None:
+        """A workspace from before the SQLite store: its JSON Lines, once."""
+        for path, add in ((self.predictions_file, self._insert_predictions),
+                          (self.labels_file, self._insert_labels)):
+            if path.exists():
+                add(db, self.read_lines(path))
+                db.commit()
+                path.replace(path.with_name(path.name + ".imported"))
+
+    @staticmethod
+    def _insert_predictions(db: sqlite3.Connection, rows: list[dict]) -> None:
+        db.executemany(
+            "INSERT INTO predictions (event_id, inference_id, time, version, stage, confidence,"
+            " predicted) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.get("EventId"), r.get("InferenceId"), r.get("Time"), r.get("ModelVersion"),
+              r.get("Stage"), r.get("Confidence"), r.get("Predicted")) for r in rows])
+
+    @staticmethod
+    def _insert_labels(db: sqlite3.Connection, rows: list[dict]) -> None:
+        # the newest label of an id wins
+        db.executemany("INSERT OR REPLACE INTO labels (id, label) VALUES (?, ?)",
+                       [(r["Id"], r["Label"]) for r in rows])
+
+    def add_predictions(self, rows: list[dict]) -> None:
+        if rows:
+            with closing(self._db()) as db, db:
+                self._insert_predictions(db, rows)
+
+    def add_labels(self, rows: list[dict]) -> None:
+        if rows:
+            with closing(self._db()) as db, db:
+                self._insert_labels(db, rows)
+
+    def labelled(self) -> list[dict]:
+        """Checked predictions that have ground truth (by inferenceId, else eventId, as
+        SageMaker's merge job does), in the order they were checked; looked up from the
+        labels by index, so the cost follows the labels, not the whole history."""
+        if not self.quality_db.exists() and not self.predictions_file.exists():
+            return []
+        with closing(self._db()) as db:
+            rows = db.execute(
+                "SELECT p.rowid AS n, p.*, l.label FROM labels l JOIN predictions p "
+                "ON p.inference_id = l.id "
+                "UNION ALL "
+                "SELECT p.rowid AS n, p.*, l.label FROM labels l JOIN predictions p "
+                "ON p.event_id = l.id WHERE p.inference_id IS NULL OR p.inference_id NOT IN "
+                "(SELECT id FROM labels) ORDER BY n").fetchall()
+        merged, seen = [], set()
+        for row in rows:
+            key = row["event_id"] or row["inference_id"]
+            if key in seen:
+                continue
+            seen.add(key)
+            merged.append({"EventId": row["event_id"], "InferenceId": row["inference_id"],
+                           "Time": row["time"], "ModelVersion": row["version"],
+                           "Stage": row["stage"], "Confidence": row["confidence"],
+                           "Predicted": row["predicted"], "Label": row["label"]})
+        return merged
+
     def read_lines(self, path: Path) -> list[dict]:
         if not path.exists():
             return []
@@ -111,13 +202,34 @@ class MonitorState:
         return rows
 
 
+class _Reservoir:
+    """A uniform sample of at most `size` items of a stream (fixed seed: a run's plots are
+    reproducible)."""
+
+    def __init__(self, size: int):
+        self.size, self.seen, self.items = size, 0, []
+        self._random = random.Random(0)
+
+    def add(self, item) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+            return
+        slot = self._random.randrange(self.seen)
+        if slot < self.size:
+            self.items[slot] = item
+
+
 # --- reading capture since the last run --------------------------------------------------------
 
 def read_new_capture(config: Config, source: str, position: dict, since: datetime | None,
-                     now: datetime | None = None
-                     ) -> tuple[list[CaptureRecord], list[Malformed], dict, int]:
+                     now: datetime | None = None,
+                     each_batch: Callable[[list[CaptureRecord]], list[CaptureRecord]] | None
+                     = None) -> tuple[list[CaptureRecord], list[Malformed], dict, int]:
     """Records appended since `position` (or, with since, every record from then on), the
-    malformed lines among them, the new position and the number of files read."""
+    malformed lines among them, the new position and the number of files read.
+    each_batch(records): called with each batch of new records as they are read; what it
+    returns is kept instead (e.g. the records without their request bytes)."""
     offsets = dict(position.get("Files", {}))
     records: list[CaptureRecord] = []
     malformed: list[Malformed] = []
@@ -131,11 +243,21 @@ def read_new_capture(config: Config, source: str, position: dict, since: datetim
             offsets[name] = max(start, end)
             continue
         files += 1
-        first_line = content.count(b"\n", 0, start) + 1
-        found, bad = parse_capture_lines(name, content[start:end], len(config.classes),
-                                         first_line, now=now)
-        records += found
-        malformed += bad
+        line = content.count(b"\n", 0, start) + 1
+        at = start
+        while at < end:  # PROFILE_CHUNK lines at a time: a big file is never parsed whole
+            cut = at
+            for _ in range(PROFILE_CHUNK):
+                cut = content.find(b"\n", cut, end) + 1
+                if cut == 0 or cut >= end:
+                    cut = end
+                    break
+            piece = content[at:cut]
+            found, bad = parse_capture_lines(name, piece, len(config.classes), line, now=now)
+            records += each_batch(found) if each_batch is not None else found
+            malformed += bad
+            line += piece.count(b"\n")
+            at = cut
         offsets[name] = end
     if since is not None:
         records = [r for r in records if r.inference_time >= since]
@@ -338,16 +460,7 @@ def quality_checks(config: Config, state: MonitorState, baselines: dict[int | No
 def merged_predictions(state: MonitorState) -> list[dict]:
     """Checked predictions joined with ground truth by inferenceId, else eventId (as
     SageMaker's merge job does); the newest label of an id wins."""
-    labels: dict[str, str] = {}
-    for row in state.read_lines(state.labels_file):
-        labels[row["Id"]] = row["Label"]
-    merged, seen = [], set()
-    for row in state.read_lines(state.predictions_file):
-        key = row.get("InferenceId") if row.get("InferenceId") in labels else row.get("EventId")
-        if key in labels and (row.get("EventId") or key) not in seen:
-            seen.add(row.get("EventId") or key)
-            merged.append({**row, "Label": labels[key]})
-    return merged
+    return state.labelled()
 
 
 # --- ground truth -------------------------------------------------------------------------------
@@ -388,7 +501,7 @@ def ingest_labels(config: Config, source: str) -> dict:
             f"unreadable line(s){first}. Expected JSON Lines, one record per line: "
             '{"groundTruthData": {"data": "<class>", "encoding": "CSV"}, "eventMetadata": '
             '{"eventId": "<inferenceId>"}, "eventVersion": "0"}')
-    state.append(state.labels_file, rows)
+    state.add_labels(rows)
     merged = merged_predictions(state)
     by_version: dict = {}
     for row in merged:
@@ -443,41 +556,70 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     position = state.position()
     if position.get("Source", source) != source:
         position = {}  # offsets belong to another capture source
-    records, malformed, new_position, files = read_new_capture(config, source, position,
-                                                               since_time, now)
-    if stage is not None:
-        records = [r for r in records if r.stage == stage]
-    by_version: dict[int | None, list[CaptureRecord]] = {}
-    serving = _serving_version(config) if any(r.model_version is None for r in records) \
-        else None
-    for record in records:
-        by_version.setdefault(record.model_version if record.model_version is not None
-                              else serving, []).append(record)
-
     baselines: dict[int | None, VersionBaseline] = {}
+    counts: dict[int | None, int] = {}
+    rows_by_version: dict[int | None, list[dict]] = {}
+    sampled = _Reservoir(DRIFT_POINTS_PLOTTED)
+    profiled_bad: list[Malformed] = []
+    serving: list[int | None] = []  # the serving version, asked once when first needed
+
+    def version_of(record: CaptureRecord) -> int | None:
+        if record.model_version is not None:
+            return record.model_version
+        if not serving:
+            serving.append(_serving_version(config))
+        return serving[0]
+
+    def check_batch(found: list[CaptureRecord]) -> list[CaptureRecord]:
+        """A batch of new records: profiled and recorded now, then kept without their
+        request bytes, so a run's memory follows the features, not the images."""
+        if since_time is not None:
+            found = [r for r in found if r.inference_time >= since_time]
+        if stage is not None:
+            found = [r for r in found if r.stage == stage]
+        groups: dict[int | None, list[CaptureRecord]] = {}
+        for record in found:
+            groups.setdefault(version_of(record), []).append(record)
+        predictions = []
+        for version, group in groups.items():
+            if version not in baselines:
+                baselines[version] = load_baseline(config, version)
+            baseline = baselines[version]
+            counts[version] = counts.get(version, 0) + len(group)
+            predictions += [{
+                "EventId": r.event_id, "InferenceId": r.inference_id,
+                "Time": r.inference_time.isoformat(), "ModelVersion": version,
+                "Stage": r.stage, "Confidence": round(max(r.probabilities), 6),
+                "Predicted": config.classes[r.probabilities.index(max(r.probabilities))]}
+                for r in group]
+            if baseline.statistics is None or baseline.ood_reference is None:
+                continue
+            for at in range(0, len(group), PROFILE_CHUNK):
+                pairs, bad = feature_rows(group[at:at + PROFILE_CHUNK], config.classes,
+                                          baseline.ood_reference)
+                profiled_bad.extend(bad)
+                rows_by_version.setdefault(version, []).extend(row for _, row in pairs)
+                for record, row in pairs:
+                    sampled.add({"Time": record.inference_time, "ModelVersion": version, **row})
+        state.add_predictions(predictions)
+        return [dataclasses.replace(r, input_base64=None) for r in found]
+
+    records, malformed, new_position, files = read_new_capture(config, source, position,
+                                                               since_time, now, check_batch)
+    malformed += profiled_bad
     drift: list[dict] = []
     notes: list[str] = []
     current_rows: list[dict] = []
-    drift_points: list[dict] = []
-    predictions = []
-    for version, group in sorted(by_version.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-        baseline = baselines[version] = load_baseline(config, version)
-        for record in group:
-            predictions.append({
-                "EventId": record.event_id, "InferenceId": record.inference_id,
-                "Time": record.inference_time.isoformat(), "ModelVersion": version,
-                "Stage": record.stage, "Confidence": round(max(record.probabilities), 6),
-                "Predicted": config.classes[record.probabilities.index(max(record.probabilities))]})
+    drift_points = sorted(sampled.items, key=lambda point: point["Time"])
+    by_version = counts
+    for version in sorted(counts, key=lambda v: (v is None, v or 0)):
+        baseline = baselines[version]
         if baseline.statistics is None or baseline.ood_reference is None:
             notes.append(f"version {version}: {baseline.note or 'no baseline'}; "
-                         f"{len(group)} record(s) not checked for drift")
+                         f"{counts[version]} record(s) not checked for drift")
             continue
-        pairs, bad = feature_rows(group, config.classes, baseline.ood_reference)
-        malformed += bad
-        rows = [row for _, row in pairs]
+        rows = rows_by_version.get(version, [])
         current_rows += rows
-        drift_points += [{"Time": r.inference_time, "ModelVersion": version, **row}
-                         for r, row in pairs]
         if len(rows) < config.monitoring.min_records:
             notes.append(f"version {version}: {len(rows)} record(s) with captured input, fewer "
                          f"than monitoring.min_records={config.monitoring.min_records}: "
@@ -486,7 +628,6 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
         for check in drift_checks(config, baseline, rows):
             drift.append({"ModelVersion": version, **check})
 
-    state.append(state.predictions_file, predictions)
     quality, quality_over_time = quality_checks(config, state, baselines, set(by_version))
     violations = [_drift_violation(c) for c in drift if c["Violation"]]
     violations += [_quality_violation(q) for q in quality if q["Violation"]]
@@ -502,7 +643,7 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
         "RunTime": now.isoformat(timespec="seconds"), "Files": files, "Records": len(records),
         "FirstInference": records[0].inference_time.isoformat() if records else None,
         "LastInference": records[-1].inference_time.isoformat() if records else None,
-        "Versions": {str(v): len(g) for v, g in by_version.items()},
+        "Versions": {str(v): n for v, n in by_version.items()},
         "Malformed": len(malformed),
         "MalformedLines": [{"File": m.source, "Line": m.line, "Reason": m.reason}
                            for m in malformed[:50]],

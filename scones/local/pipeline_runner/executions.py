@@ -198,6 +198,29 @@ class ExecutionStore:
         return [{"ExecutionArn": r["execution_arn"], "Properties": json.loads(r["properties"]),
                  "CacheSourceArn": r["cache_source_arn"]} for r in rows]
 
+    def stop(self, execution_id: str) -> bool:
+        """StopPipelineExecution: SIGTERM to the runner process of an Executing run on this
+        host, which records it Stopped exactly as after Ctrl-C (its `finally` blocks run).
+        False when it is not running (or runs elsewhere: nothing to signal here)."""
+        import signal
+
+        self.mark_dead_runs()
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM pipeline_executions WHERE execution_id = ?",
+                             (execution_id,)).fetchone()
+        if row is None:
+            raise ExecutionNotFoundError(
+                f"no pipeline execution {execution_id!r} in {self.path} (list them: "
+                "scones pipeline executions)")
+        if row["status"] != "Executing" or row["owner_host"] != socket.gethostname() \
+                or not self._owner_alive(row):
+            return False
+        try:
+            os.kill(row["owner_pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
+
     # -- runs whose runner died -----------------------------------------------------------
     def mark_dead_runs(self) -> list[str]:
         """Mark Failed every Executing run whose runner is gone; returns their ids."""
