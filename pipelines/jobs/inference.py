@@ -8,7 +8,10 @@ evaluated is exactly what is served.
 Request: image bytes (image/png, image/jpeg, application/x-image; any colour mode, any
 size up to the limits: converted to RGB and downscaled (Lanczos) to 32x32, see decode_image).
 Response: JSON list of class probabilities in class order (model_config.json's
-class_names), e.g. [0.99, 0.01].
+class_names), e.g. [0.99, 0.01]. With `Accept: application/json; verbose=true` (what the
+workflow's classify Lambda sends): {"probabilities": [...], "ood_score": s,
+"ood_threshold": t}, the picture's out-of-distribution score and the version's threshold
+(see "not a vehicle" below; null for an artifact without a reference).
 
 Bounded per request: a body over 6 MB is a 413 (SageMaker's own limit), an image over
 MAX_IMAGE_PIXELS (MAX_JPEG_PIXELS for JPEG, decoded at 1/8 scale) a 413 from its header
