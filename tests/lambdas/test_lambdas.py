@@ -550,7 +550,7 @@ def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
     event = filter_inferences.filter_inference(event, 0.8, CLASSES)
     assert event["predicted_label"] == "bicycle" and event["meets_threshold"] is True
     assert set(event) == {"s3_bucket", "s3_key", "image_data", "inferences", "meets_threshold",
-                          "predicted_label"}
+                          "predicted_label", "ood_score", "ood_threshold"}
     assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
 
 
