@@ -28,12 +28,16 @@ setup(
         "pyyaml",
         "matplotlib",
         "rich",   # console tables (scones.console)
+        # The local endpoint: waitress is its HTTP server; sagemaker-inference is the
+        # toolkit SageMaker's PyTorch container serves inference.py with (its Transformer),
+        # so the local endpoint answers exactly what the container would.
+        "waitress==3.0.2",   # also the local Studio's (`scones ui`)
+        "sagemaker-inference==1.10.1",
         # moto is the local engine (S3 for the SDK's code uploads, Step Functions'
         # interpreter), not only a test tool.
         "moto[s3,stepfunctions,sagemaker,lambda,iam,events]==5.2.5",
         # the local Studio (`scones ui`): Flask pages on waitress, plotly charts offline
         "flask",
-        "waitress",
         "plotly",
     ],
     extras_require={

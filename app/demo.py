@@ -17,10 +17,16 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
+from app.retraining import start_retraining
+from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN, pipeline_definition
+from scones.backend import backend_for
 from scones.config import Config
 from scones.errors import SconesError
-from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN
-from scones.backend import LocalBackend, backend_for
+from workflow.monitoring import build_report, format_summary
+from workflow.monitoring.check import format_run, run_monitor
+from workflow.run import ImageSource, run_images, summary
+from workflow.stage_test import run_stage_test
+from workflow.stages import approve_and_deploy, endpoint_status, promote
 
 REGISTER_STEP = f"{REGISTER}-RegisterModel"
 STAGES = 7
@@ -72,14 +78,8 @@ def write_test_split_images(config: Config, execution, out_dir: Path, count: int
 
 
 def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) -> DemoResult:
-    backend_for(config).require_local("the demo runs on the embedded default (--env local)")
-    from scones.local.pipeline_runner import run_pipeline_locally
-    from pipelines.pipeline import pipeline_definition
-    from workflow.stages import approve_and_deploy, endpoint_status, promote, run_stage_test
-    from app.retraining import start_retraining
-    from workflow.monitoring import build_report, format_summary
-    from workflow.monitoring.check import format_run, run_monitor
-    from workflow.run import ImageSource, run_workflow_locally, summary
+    backend = backend_for(config)
+    backend.require_local("the demo runs on the embedded default (--env local)")
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc)
@@ -89,7 +89,8 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
               file=out, flush=True)
 
     stage(1, "Model build: the SageMaker Pipeline definition, run locally")
-    execution = run_pipeline_locally(pipeline_definition(config), config)
+    # the local executor's own result: its steps' logs and properties are shown below
+    execution = backend.pipeline_executor().execute(pipeline_definition(config))
     if execution.status != "Succeeded":
         raise SconesError(f"pipeline execution {execution.execution_id} {execution.status}: "
                           f"{execution.failure_reason}")
@@ -123,10 +124,10 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
               f"version {status.get('ModelPackageVersion')}", file=out)
 
     stage(5, "Inference workflow (prod) on images the model has never seen")
-    image_dir = LocalBackend(config).workspace.demo_dir / execution.execution_id / "images"
+    image_dir = backend.workspace.demo_dir / execution.execution_id / "images"
     paths = write_test_split_images(config, execution, image_dir, sample_size)
     print(f"{len(paths)} images of the execution's test split -> {image_dir}", file=out)
-    results = run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in paths])
+    results = run_images(config, [ImageSource(label=str(p), path=p) for p in paths])
     print(summary(results), file=out)
     correct = sum(1 for r in results
                   if r.predicted_label and Path(r.image).name.startswith(r.predicted_label + "-"))
@@ -149,7 +150,7 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
         Image.fromarray(darker).save(drifted_dir / path.name)
         drifted_paths.append(drifted_dir / path.name)
     print(f"{len(drifted_paths)} darkened copies -> {drifted_dir}", file=out)
-    run_workflow_locally(config, [ImageSource(label=str(p), path=p) for p in drifted_paths],
+    run_images(config, [ImageSource(label=str(p), path=p) for p in drifted_paths],
                          progress=False)
     drifted = run_monitor(config)
     print(format_run(drifted.summary), file=out)

@@ -8,7 +8,7 @@ object store, then in the same run:
   * model batched: the served model's input_fn on each image + predict_fn on batches of
     --batch-size, in process (what the endpoint's batch request costs without HTTP), and
     predict_fn alone on the decoded batches;
-  * bulk workflow: `LocalWorkflow(bulk=True).run_bulk(prefix)`: one execution of the
+  * bulk workflow: `BulkWorkflow(config).run_bulk(prefix)`: one execution of the
     Distributed Map ASL in moto's engine, batch Lambdas from their zips, the endpoint in
     its own process. Wall time from the start of run_bulk (putting the images into moto's
     S3 included) to every image's result read back; setup (endpoint, zips, moto, state
@@ -35,7 +35,7 @@ from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
 from scones.storage import LocalObjectStore  # noqa: E402
 from scones.local.endpoint import load_model_archive  # noqa: E402
-from workflow.run import LocalWorkflow  # noqa: E402
+from workflow.bulk import BulkWorkflow  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
 PREFIX = "s3://bench-incoming/images/"
@@ -145,7 +145,7 @@ def main() -> int:
 
     model_s, predict_s = bench_model(args.model_tar, payloads, args.batch_size)
     t0 = time.perf_counter()
-    with LocalWorkflow(config, model_tar=args.model_tar, bulk=True) as workflow:
+    with BulkWorkflow(config, model_tar=args.model_tar) as workflow:
         setup_s = time.perf_counter() - t0
         profiler = None
         if args.profile:

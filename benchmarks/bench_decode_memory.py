@@ -43,7 +43,7 @@ decoder, path = sys.argv[2], sys.argv[3]
 if decoder == "old":
     from bench_photos import old_decode_image as decode
 else:
-    spec = importlib.util.spec_from_file_location("inference", sys.argv[1] + "/pipelines/jobs/inference.py")
+    spec = importlib.util.spec_from_file_location("image_decoding", sys.argv[1] + "/pipelines/jobs/image_decoding.py")
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
     decode = module.decode_image
 data = open(path, "rb").read()

@@ -10,7 +10,7 @@ original. Also the mean absolute pixel difference between the decoded photo and 
 original (model-independent), and the decode time per photo.
 
 Methods: "old" is the decoder before this change (full decode, bicubic resize); "served"
-is pipelines/jobs/inference.py's decode_image as it ships (JPEG draft, integer reduce,
+is pipelines/jobs/image_decoding.py's decode_image as it ships (JPEG draft, integer reduce,
 RESIZE_FILTER); the others are the served path with another final filter, or a centre
 crop instead of squashing the whole image.
 
@@ -69,12 +69,12 @@ def old_decode_image(data: bytes, image_size: int = 32) -> np.ndarray:
 
 def served_with(inference, resize_filter):
     def decode(data: bytes) -> np.ndarray:
-        saved = inference.RESIZE_FILTER
-        inference.RESIZE_FILTER = resize_filter
+        saved = inference.image_decoding.RESIZE_FILTER
+        inference.image_decoding.RESIZE_FILTER = resize_filter
         try:
             return inference.decode_image(data)
         finally:
-            inference.RESIZE_FILTER = saved
+            inference.image_decoding.RESIZE_FILTER = saved
     return decode
 
 
@@ -141,14 +141,14 @@ def main() -> int:
     original_class = originals.argmax(1)
     upscale = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
                "bilinear": Image.Resampling.BILINEAR}[args.upscale]
-    served_filter = Image.Resampling(inference.RESIZE_FILTER).name
+    served_filter = Image.Resampling(inference.image_decoding.RESIZE_FILTER).name
     methods = {"old (full decode, BICUBIC)": old_decode_image,
                f"served (draft/reduce, {served_filter})": inference.decode_image}
     for resize_filter in (Image.Resampling.BOX, Image.Resampling.BILINEAR,
                           Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
-        if resize_filter != inference.RESIZE_FILTER:
+        if resize_filter != inference.image_decoding.RESIZE_FILTER:
             methods[f"draft/reduce, {resize_filter.name}"] = served_with(inference, resize_filter)
-    methods[f"centre crop, {served_filter}"] = centre_crop(inference.RESIZE_FILTER)
+    methods[f"centre crop, {served_filter}"] = centre_crop(inference.image_decoding.RESIZE_FILTER)
     print(f"{len(images)} held-out images; 32x32 accuracy "
           f"{np.mean(original_class == labels):.3f}; photos upscaled with {args.upscale}")
     rows = []

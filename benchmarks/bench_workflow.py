@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from scones.console import format_table  # noqa: E402
 from scones.config import load_config  # noqa: E402
 from scones.local.endpoint import load_model_archive  # noqa: E402
-from workflow.run import ImageSource, LocalWorkflow  # noqa: E402
+from workflow.run import ImageSource, Workflow  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
 
@@ -87,7 +87,7 @@ def main() -> int:
     sources = [ImageSource(label=str(p), path=p) for p in images]
 
     t0 = time.perf_counter()
-    with LocalWorkflow(config, model_tar=args.model_tar) as workflow:
+    with Workflow(config, model_tar=args.model_tar) as workflow:
         setup_s = time.perf_counter() - t0
         model_tar = scones.local.endpoint.started_serving.tar_path
         runs = []

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from scones.backend import LAMBDA_RUNTIME
 from scones.config import Config
+from scones.sdk import sagemaker_sdk
 from infra import deploy_state_machine
 from infra.deploy_state_machine import STAGES, VARIANT_NAME, alarm_names, endpoint_name
 from workflow.bulk import RESULTS_PREFIX, bulk_definition_json
@@ -336,6 +337,37 @@ def _storage(resources: dict) -> None:
                        "Tags": _project_tags()}}
 
 
+FRAMEWORK = "pytorch"
+IMAGE_MAPPING = "FrameworkImageAccounts"
+
+
+def framework_image_accounts(config: Config) -> dict[str, dict[str, str]]:
+    """{region: {"Training": account, "Inference": account}} of the framework's images for
+    pipeline.framework_version, from the SageMaker SDK's own image_uris data: the Deep
+    Learning Containers account differs by region (763104351884 is only most of them)."""
+    frameworks = sagemaker_sdk().image_uris.config_for_framework(FRAMEWORK)
+    accounts: dict[str, dict[str, str]] = {}
+    for scope in ("training", "inference"):
+        versions = frameworks[scope]["versions"]
+        version = frameworks[scope].get("version_aliases", {}).get(
+            config.pipeline.framework_version, config.pipeline.framework_version)
+        for region, account in versions[version]["registries"].items():
+            accounts.setdefault(region, {})[scope.capitalize()] = account
+    return {region: a for region, a in sorted(accounts.items()) if len(a) == 2}
+
+
+def _image_account(scope: str) -> dict:
+    return {"Fn::FindInMap": [IMAGE_MAPPING, _ref("AWS::Region"), scope]}
+
+
+def framework_image_uri(config: Config, scope: str) -> dict:
+    """The framework's CPU image for the stack's region (as image_uris.retrieve names it)."""
+    pc = config.pipeline
+    return {"Fn::Sub": [
+        f"${{Account}}.dkr.ecr.${{AWS::Region}}.${{AWS::URLSuffix}}/{FRAMEWORK}-{scope.lower()}:"
+        f"{pc.framework_version}-cpu-{pc.py_version}", {"Account": _image_account(scope)}]}
+
+
 def _sagemaker_execution_role(resources: dict) -> None:
     group = f"model-package/{PIPELINE_NAME}"
     resources["SageMakerExecutionRole"] = _role(
@@ -352,8 +384,11 @@ def _sagemaker_execution_role(resources: dict) -> None:
             _statement("PullFrameworkImages", [
                 "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
                 "ecr:GetDownloadUrlForLayer"],
-                # the AWS Deep Learning Containers account (most regions)
-                _sub(f"{ARN}:ecr:${{AWS::Region}}:763104351884:repository/pytorch-*")),
+                # the framework's repositories in the region's Deep Learning Containers
+                # account (FrameworkImageAccounts, from the SDK's image_uris)
+                [{"Fn::Sub": [f"{ARN}:ecr:${{AWS::Region}}:${{Account}}:repository/"
+                              f"{FRAMEWORK}-{scope.lower()}", {"Account": _image_account(scope)}]}
+                 for scope in ("Training", "Inference")]),
             _statement("JobLogs", ["logs:CreateLogGroup", "logs:CreateLogStream",
                                    "logs:DescribeLogStreams", "logs:PutLogEvents"],
                        _sub(f"{ARN}:logs:{REGION_ACCOUNT}:log-group:/aws/sagemaker/*")),
@@ -589,8 +624,9 @@ def _monitoring_job_request(config: Config) -> str:
         f"s3://${{ArtifactBucket}}/datacapture/prod/{prod}/ --out /opt/ml/processing/report "
         + " ".join(f"--set {key}={value}" for key, value in settings.items()))
     pc = config.pipeline
-    image = (f"763104351884.dkr.ecr.${{AWS::Region}}.amazonaws.com/pytorch-training:"
-             f"{pc.framework_version}-cpu-{pc.py_version}")
+    # the training image of the stack's region (its account from FrameworkImageAccounts)
+    image = (f"${{TrainingImageAccount}}.dkr.ecr.${{AWS::Region}}.${{AWS::URLSuffix}}/"
+             f"{FRAMEWORK}-training:{pc.framework_version}-cpu-{pc.py_version}")
     request = {
         # the schedule's execution id makes every run's name (and report folder) unique
         "ProcessingJobName": "monitor-<aws.scheduler.execution-id>",
@@ -654,7 +690,9 @@ def _monitoring(resources: dict, config: Config) -> None:
             "FlexibleTimeWindow": {"Mode": "OFF"},
             "Target": {"Arn": "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob",
                        "RoleArn": _arn("MonitoringScheduleRole"),
-                       "Input": _sub(_monitoring_job_request(config)),
+                       "Input": {"Fn::Sub": [
+                           _monitoring_job_request(config),
+                           {"TrainingImageAccount": _image_account("Training")}]},
                        "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
                                        "MaximumRetryAttempts": 3},
                        "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}}}
@@ -1222,6 +1260,7 @@ def project_template(config: Config) -> dict:
                 if "Default" in p},
         },
         "Parameters": _parameters(config),
+        "Mappings": {IMAGE_MAPPING: framework_image_accounts(config)},
         "Conditions": _conditions(),
         "Resources": resources,
         "Outputs": {

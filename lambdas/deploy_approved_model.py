@@ -276,16 +276,21 @@ def deploy_model_package(client: Any, settings: DeploySettings, package_arn: str
 
 def serving_package_arn(client: Any, endpoint: Mapping[str, Any]) -> str | None:
     """The model package the endpoint's current config serves (DescribeEndpointConfig ->
-    DescribeModel), None when it cannot be told (a model made outside this project)."""
+    DescribeModel), None when it cannot be told because the config or model is gone.
+
+    Any other refusal (AccessDenied above all) is raised, not read as "unknown": that
+    would silently turn off the "already serving" and "never roll back" checks."""
     try:
         endpoint_config = client.describe_endpoint_config(
             EndpointConfigName=endpoint["EndpointConfigName"])
         model = client.describe_model(
             ModelName=endpoint_config["ProductionVariants"][0]["ModelName"])
     except Exception as exc:
-        if _client_error_parts(exc) is None:
-            raise
-        return None
+        parts = _client_error_parts(exc)
+        # SageMaker answers a missing config or model with a ValidationException
+        if parts and parts[0] == "ValidationException" and "Could not find" in parts[1]:
+            return None
+        raise
     containers = model.get("Containers") or [model.get("PrimaryContainer") or {}]
     return containers[0].get("ModelPackageName")
 

@@ -1,7 +1,9 @@
 """Who runs a pipeline definition: the local runner on this machine, or SageMaker Pipelines.
 
-`pipeline_executor(backend)` hands out the one for the backend; both take the same
-definition (`pipeline_definition(config)`) and parameters and answer in the same shape:
+`pipeline_executor(backend)` hands out the one of the backend (`backend.pipeline_executor()`:
+scones.local.pipeline_runner.pipelines_api or scones.sagemaker_pipelines) behind one front; both
+take the same definition (`pipeline_definition(config)`, built by `factory`, default
+pipelines.pipeline.get_pipeline) and parameters and answer in the same shape:
 
     {"ExecutionId", "ExecutionArn", "Status", "FailureReason", "ModelPackageVersion",
      "Steps": [{"Name", "Type", "Status", "Seconds", "FailureReason", "CacheHitResult"}]}
@@ -12,201 +14,41 @@ succeeded. Parameters are range-checked (pipelines.parameters) before anything r
 """
 from __future__ import annotations
 
-import sys
-import time
-import uuid
 from typing import Any, Callable, Mapping
 
-from scones.local.pipeline_runner.runner import RETRYABLE as RETRYABLE_STATUSES
-from scones.local.pipeline_runner.runner import ExecutionNotRetryableError
 from pipelines.parameters import check_parameters
+from pipelines.pipeline import get_pipeline
 from scones.backend import Backend
-from scones.errors import SconesError
-
-StepCallback = Callable[[dict], None]
 
 
-class LocalPipelineExecutor:
-    """Runs the definition JSON step by step on this machine (scones.local.pipeline_runner)."""
+class PipelineExecutor:
+    """The backend's executor, with this project's pipeline and its parameter checks."""
 
     def __init__(self, backend: Backend):
         self.backend = backend
         self.config = backend.config
+        self.executor = backend.pipeline_executor()
 
     def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
-            wait: bool = True, progress: bool = True, **_aws_only: Any) -> dict:
-        from scones.local.pipeline_runner import run_pipeline_locally
-        from scones.local.pipeline_runner.transfer import local_source, refuse_folder_holding
-        from pipelines.pipeline import pipeline_definition
-
+            **options: Any) -> dict:
+        """Run (locally: to its end) or start (on AWS; wait=True follows it) an execution
+        of the pipeline `factory` builds (default: this project's)."""
         checked = check_parameters(self.config, parameters)
-        source = local_source(checked.data.input_url or "")
-        if source is not None and checked.data.input_url:
-            refuse_folder_holding(source, self.backend.workspace.root,
-                                  "the input folder (InputDataUrl)")
-        if progress:
-            print("building the pipeline definition ...", file=sys.stderr, flush=True)
-        result = run_pipeline_locally(pipeline_definition(self.config, factory), self.config,
-                                      dict(parameters or {}), progress=progress)
-        return result.to_dict()
+        return self.executor.run(factory or get_pipeline, parameters,
+                                 input_url=checked.data.input_url, **options)
 
-    def retry(self, execution_id: str, wait: bool = True, progress: bool = True) -> dict:
-        from scones.local.pipeline_runner import retry_pipeline_locally
-
-        return retry_pipeline_locally(execution_id, self.config, progress=progress).to_dict()
+    def retry(self, execution_id: str, **options: Any) -> dict:
+        return self.executor.retry(execution_id, **options)
 
     def stop(self, execution_id: str) -> bool:
-        """Stop a running execution (its runner records it Stopped); False if not running."""
-        from scones.local.pipeline_runner.executions import ExecutionStore
-
-        return ExecutionStore(self.backend.workspace).stop(execution_id)
-
-    def executions(self, limit: int | None = None) -> list[dict]:
-        from scones.local.pipeline_runner.executions import ExecutionStore
-
-        return ExecutionStore(self.backend.workspace).list(limit)
-
-
-class SageMakerPipelineExecutor:
-    """Upserts the pipeline on SageMaker and starts (and optionally follows) an execution."""
-
-    poll_seconds = 30.0
-
-    def __init__(self, backend: Backend):
-        self.backend = backend
-        self.config = backend.config
-
-    def run(self, factory: Callable | None = None, parameters: Mapping[str, Any] | None = None,
-            wait: bool = False, progress: bool = True, description: str | None = None,
-            tags: list[dict] | None = None) -> dict:
-        """Create or update the pipeline and start an execution; with wait=True follow it
-        to its end, printing each step status change."""
-        from pipelines.pipeline import get_pipeline
-
-        check_parameters(self.config, parameters)
-        with self.backend.pipeline_session() as session:
-            pipeline = (factory or get_pipeline)(self.config, session)
-        known = {p.name for p in pipeline.parameters}
-        unknown = sorted(set(parameters or {}) - known)
-        if unknown:
-            raise SconesError(f"unknown pipeline parameter(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
-        pipeline.upsert(role_arn=self.config.aws.role_arn, description=description, tags=tags)
-        execution = pipeline.start(parameters=dict(parameters or {}))
-        return self._follow(pipeline.sagemaker_session.sagemaker_client, execution.arn, wait,
-                            progress)
-
-    def retry(self, execution_id: str, wait: bool = False, progress: bool = True) -> dict:
-        """RetryPipelineExecution: SageMaker reruns the execution from its failed step
-        (same ARN, same parameters); with wait=True follow it to its end."""
-        client = self.backend.client("sagemaker")
-        arn = self._execution_arn(client, execution_id)
-        status = client.describe_pipeline_execution(
-            PipelineExecutionArn=arn)["PipelineExecutionStatus"]
-        if status not in RETRYABLE_STATUSES:
-            raise ExecutionNotRetryableError(
-                f"execution {execution_id} is {status}: only a Failed or Stopped execution can "
-                "be retried")
-        client.retry_pipeline_execution(PipelineExecutionArn=arn,
-                                        ClientRequestToken=str(uuid.uuid4()))
-        return self._follow(client, arn, wait, progress)
-
-    def stop(self, execution_id: str) -> bool:
-        """StopPipelineExecution; False if it is no longer Executing."""
-        client = self.backend.client("sagemaker")
-        arn = self._execution_arn(client, execution_id)
-        status = client.describe_pipeline_execution(
-            PipelineExecutionArn=arn)["PipelineExecutionStatus"]
-        if status != "Executing":
-            return False
-        client.stop_pipeline_execution(PipelineExecutionArn=arn,
-                                       ClientRequestToken=str(uuid.uuid4()))
-        return True
-
-    def _execution_arn(self, client, execution_id: str) -> str:
-        if execution_id.startswith("arn:"):
-            return execution_id
-        pages = client.get_paginator("list_pipeline_executions").paginate(
-            PipelineName=self.config.pipeline.name)
-        for page in pages:
-            for summary in page["PipelineExecutionSummaries"]:
-                if summary["PipelineExecutionArn"].rpartition("/")[2] == execution_id:
-                    return summary["PipelineExecutionArn"]
-        raise ExecutionNotRetryableError(
-            f"no execution {execution_id!r} of pipeline {self.config.pipeline.name} (list "
-            "them: scones pipeline executions --env aws)")
-
-    def _follow(self, client, arn: str, wait: bool, progress: bool) -> dict:
-        seen: dict[str, str] = {}
-        while True:
-            described = client.describe_pipeline_execution(PipelineExecutionArn=arn)
-            status = described["PipelineExecutionStatus"]
-            steps = _execution_steps(client, arn)
-            for step in steps:
-                if progress and seen.get(step["Name"]) != step["Status"]:
-                    _print_step(step)
-                seen[step["Name"]] = step["Status"]
-            if not wait or status not in ("Executing", "Stopping"):
-                return {"ExecutionId": arn.rpartition("/")[2], "ExecutionArn": arn,
-                        "Status": status, "Steps": steps,
-                        "FailureReason": described.get("FailureReason"),
-                        "ModelPackageVersion": _registered_version(steps)}
-            time.sleep(self.poll_seconds)
+        """StopPipelineExecution (locally: the runner records it Stopped); False if the
+        execution is no longer running."""
+        return self.executor.stop(execution_id)
 
     def executions(self, limit: int | None = None) -> list[dict]:
-        client = self.backend.client("sagemaker")
-        summaries = client.list_pipeline_executions(
-            PipelineName=self.config.pipeline.name, SortBy="CreationTime",
-            SortOrder="Descending", MaxResults=min(max(limit or 20, 1), 100)
-        )["PipelineExecutionSummaries"]
-        return [{"ExecutionId": s["PipelineExecutionArn"].rpartition("/")[2],
-                 "ExecutionArn": s["PipelineExecutionArn"],
-                 "Status": s["PipelineExecutionStatus"],
-                 "StartTime": s.get("StartTime"),
-                 "FailureReason": s.get("PipelineExecutionFailureReason"),
-                 "Steps": _execution_steps(client, s["PipelineExecutionArn"])}
-                for s in summaries]
+        return self.executor.executions(limit)
 
 
-def pipeline_executor(backend: Backend):
+def pipeline_executor(backend: Backend) -> PipelineExecutor:
     """The executor of this backend: the local runner, or SageMaker Pipelines."""
-    return backend.pick(local=LocalPipelineExecutor, aws=SageMakerPipelineExecutor)(backend)
-
-
-def _registered_version(steps: list[dict]) -> int | None:
-    for step in steps:
-        if step.get("ModelPackageVersion") is not None:
-            return step["ModelPackageVersion"]
-    return None
-
-
-def _execution_steps(client, arn: str) -> list[dict]:
-    steps = []
-    try:
-        pages = client.get_paginator("list_pipeline_execution_steps").paginate(
-            PipelineExecutionArn=arn, SortOrder="Ascending")
-        for page in pages:
-            for step in page["PipelineExecutionSteps"]:
-                start, end = step.get("StartTime"), step.get("EndTime")
-                package_arn = (step.get("Metadata", {}).get("RegisterModel") or {}).get("Arn")
-                steps.append({
-                    "Name": step["StepName"], "Type": step.get("StepType"),
-                    "Status": step["StepStatus"],
-                    "Seconds": round((end - start).total_seconds(), 1) if start and end else None,
-                    "FailureReason": step.get("FailureReason"),
-                    "CacheHitResult": step.get("CacheHitResult"),
-                    "ModelPackageVersion": (int(package_arn.rpartition("/")[2])
-                                            if package_arn else None),
-                })
-    except client.exceptions.ClientError as exc:
-        # moto (the test double) does not implement this call; SageMaker does.
-        if exc.response["Error"]["Code"] not in ("NotImplemented", "InvalidAction"):
-            raise
-    except NotImplementedError:
-        pass
-    return steps
-
-
-def _print_step(step: dict) -> None:
-    seconds = f" ({step['Seconds']} s)" if step.get("Seconds") is not None else ""
-    print(f"  {step['Name']:<28} {step['Status']}{seconds}", file=sys.stderr)
+    return PipelineExecutor(backend)

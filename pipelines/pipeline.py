@@ -8,25 +8,30 @@ its statistics.json/constraints.json are registered with the package (DriftCheck
 ModelMetrics' ModelDataQuality), so each version carries its own baseline.
 
 `get_pipeline(config, sagemaker_session)` is a plain factory. The same definition JSON runs on
-SageMaker (`upsert_and_start`) and on this machine (`local_definition` + scones.local.pipeline_runner).
+SageMaker and on this machine (scones.local.pipeline_runner): pipelines.executors runs it.
 Building it needs S3, because the SDK uploads the job code: on AWS that is the real bucket;
 locally it is moto's, and the uploaded objects are copied into the workspace's object store so
 every s3:// URL in the definition resolves there.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
+from scones import sdk as sdk_module
+from scones.backend import backend_for
 from scones.config import AWS_SETTINGS, Config, load_config
 from scones.errors import SconesError
-from scones.backend import backend_for
 from scones.registry import (CONFIDENCE_THRESHOLD_PROPERTY, DATA_SNAPSHOT_PROPERTY,
                              OOD_THRESHOLD_PROPERTY, PARENT_SNAPSHOT_PROPERTY,
                              TEST_DATA_PROPERTY)
+from scones.sdk import pipeline_session, sagemaker_defaults_fingerprint, sagemaker_sdk
 from scones.snapshots import newest_snapshot, snapshot_source
-from scones.sdk import pipeline_session, sagemaker_sdk
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 
@@ -43,7 +48,9 @@ THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
 OOD_THRESHOLD_JSON_PATH = "custom_metrics.out_of_distribution.ood_threshold"
 PREPROCESS_REPORT = "PreprocessReport"
 PARENT_SNAPSHOT_JSON_PATH = "snapshot.parent"
-CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image"]
+# What the model's inference.py answers (its SUPPORTED_CONTENT_TYPES, a test keeps them
+# equal): images, and the bulk workflow's batch of images.
+CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image", BATCH_CONTENT_TYPE]
 
 # Parsed from train.py's per-epoch line, e.g.
 # "epoch 3/30 train_loss=0.4123 train_accuracy=0.8125 validation_loss=0.3912 validation_accuracy=0.8400"
@@ -100,7 +107,8 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     from sagemaker.model import Model
     from sagemaker.drift_check_baselines import DriftCheckBaselines
     from sagemaker.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
+    from sagemaker.processing import (FrameworkProcessor, ProcessingInput, ProcessingOutput,
+                                      ScriptProcessor)
     from sagemaker.pytorch import PyTorch
     from sagemaker.inputs import TrainingInput
     from sagemaker.workflow.condition_step import ConditionStep
@@ -155,14 +163,21 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
             instance_type=processing_instance_type, instance_count=1,
             base_job_name=f"{job_prefix}-{job}", tags=tags, sagemaker_session=session)
 
+    # Preprocess ships the jobs folder as its source_dir (as Train does), so preprocess.py
+    # imports the one decoder (image_decoding.py) that inference.py serves with.
+    preprocessor = FrameworkProcessor(
+        estimator_cls=PyTorch, framework_version=pc.framework_version,
+        py_version=pc.py_version, image_uri=processing_image, command=["python3"],
+        role=role, instance_type=processing_instance_type, instance_count=1,
+        base_job_name=f"{job_prefix}-preprocess", tags=tags, sagemaker_session=session)
     preprocess_report = PropertyFile(name=PREPROCESS_REPORT, output_name="report",
                                      path="report.json")
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
         cache_config=cache,
         property_files=[preprocess_report],
-        step_args=processor("preprocess").run(
-            code=str(JOBS_DIR / "preprocess.py"),
+        step_args=preprocessor.run(
+            code="preprocess.py", source_dir=str(JOBS_DIR),
             inputs=[ProcessingInput(source=input_data_url,
                                     destination="/opt/ml/processing/input/data")],
             outputs=[ProcessingOutput(output_name=split, source=f"/opt/ml/processing/{split}")
@@ -352,6 +367,33 @@ def pipeline_definition(config: Config, factory: Callable | None = None) -> dict
     """The definition as SageMaker receives it, rendered by the SDK on the backend's pipeline
     session (on AWS against the real bucket; locally against moto's S3, with what the SDK
     uploaded copied into the workspace's object store). `factory` is the get_pipeline to use
-    (the template CLIs' --module-name); default: this module's."""
-    with backend_for(config).pipeline_session() as session:
-        return json.loads((factory or get_pipeline)(config, session).definition())
+    (the template CLIs' --module-name); default: this module's, whose definition the backend
+    may keep (locally: reused while its key and the uploaded code are unchanged)."""
+    key = definition_cache_key(config) if factory is None else None
+    return backend_for(config).pipeline_definition(
+        lambda session: (factory or get_pipeline)(config, session), cache_key=key)
+
+
+# What the definition is built from, besides the config: this package's code, the job code
+# it uploads, the monitored features' code, and how the SDK session is made.
+DEFINITION_SOURCES = (Path(__file__), Path(__file__).with_name("parameters.py"),
+                      MONITORING_PROFILE, Path(sdk_module.__file__))
+
+
+def definition_cache_key(config: Config) -> str | None:
+    """A hash of everything the definition depends on: the whole config, the sources above
+    and every file of jobs/, the SageMaker SDK's version and its defaults config. None when
+    that config cannot be known without the SDK (then nothing is reused)."""
+    defaults = sagemaker_defaults_fingerprint()
+    if defaults is None:
+        return None
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    digest.update(importlib.metadata.version("sagemaker").encode())
+    digest.update(defaults)
+    files = list(DEFINITION_SOURCES) + sorted(p for p in JOBS_DIR.rglob("*")
+                                              if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(path.parents[1])).encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:32]

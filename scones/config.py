@@ -24,6 +24,9 @@ CONFIG_DIR = (_SOURCE_TREE / "configs" if (_SOURCE_TREE / "setup.py").is_file()
 ENVIRONMENTS = ("local", "aws")
 DATA_CAPTURE_PREFIX = "datacapture"
 STAGES = ("staging", "prod")  # the order a version goes through (infra/deploy_state_machine)
+# The Lambda runtime of every function the project deploys (CloudFormation, `workflow
+# deploy`, the local engine). python3.13: supported until 2029-06 (AWS Lambda runtimes page).
+LAMBDA_RUNTIME = "python3.13"
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,12 @@ def load_config(
     check_semantics(cfg, origin, config_dir,
                      AWS_SETTINGS.keys() if aws_needs is None else aws_needs)
     return cfg
+
+
+def account_of(arn: str | None) -> str | None:
+    """The account id inside an ARN (arn:aws:iam::<account>:role/x), None if it has none."""
+    parts = (arn or "").split(":")
+    return parts[4] if len(parts) > 4 and parts[4].isdigit() else None
 
 
 def project_root(config_dir: Path) -> Path:

@@ -10,16 +10,17 @@ import json
 import sys
 from typing import Any, Iterable, Sequence
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
 WIDTH = 100
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
                  title: str | None = None) -> str:
     """A plain-text table no wider than WIDTH columns."""
+    # lazily: rich takes a tenth of a second to import, and --json output never needs it
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False,
                   pad_edge=False, header_style="bold")
     for header in headers:

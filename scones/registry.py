@@ -65,6 +65,38 @@ def model_data_url(package: dict) -> str | None:
     return containers[0].get("ModelDataUrl")
 
 
+class ModelPackageStageTests:
+    """Stage-test verdicts kept in each model package's CustomerMetadataProperties (what
+    Studio shows with the version): the AWS counterpart of the local StageTestRecords."""
+
+    def __init__(self, sagemaker_client):
+        self.client = sagemaker_client
+
+    def record(self, package_arn: str, stage: str, result: dict) -> None:
+        stage = stage.capitalize()
+        current = self.client.describe_model_package(ModelPackageName=package_arn)
+        properties = dict(current.get("CustomerMetadataProperties") or {})
+        properties.update({f"{stage}Test": "Passed" if result["Passed"] else "Failed",
+                           f"{stage}TestAccuracy": str(result["Accuracy"]),
+                           f"{stage}TestFailureRate": str(result["FailureRate"]),
+                           f"{stage}TestedAt": result["TestedAt"]})
+        # the approval is restated unchanged: an update that leaves it out must not clear it
+        # (moto's UpdateModelPackage does; SageMaker keeps it either way)
+        approval = {key: current[key] for key in ("ModelApprovalStatus", "ApprovalDescription")
+                    if current.get(key)}
+        self.client.update_model_package(ModelPackageArn=package_arn,
+                                         CustomerMetadataProperties=properties, **approval)
+
+    def result(self, package: dict, stage: str) -> dict | None:
+        properties = package.get("CustomerMetadataProperties") or {}
+        verdict = properties.get(f"{stage.capitalize()}Test")
+        if verdict is None:
+            return None
+        return {"Passed": verdict == "Passed",
+                "Accuracy": properties.get(f"{stage.capitalize()}TestAccuracy"),
+                "FailureRate": properties.get(f"{stage.capitalize()}TestFailureRate")}
+
+
 def _check_transition(current: str, target: str, version: int, group: str,
                       description: str | None) -> bool:
     """Whether moving current -> target changes anything; RegistryError if not allowed."""

@@ -12,6 +12,9 @@ import functools
 import logging
 import os
 import warnings
+from pathlib import Path
+
+from scones.errors import SconesError
 
 # Merged into the SDK defaults config every Session we create gets: opts out of telemetry.
 TELEMETRY_OPT_OUT = {
@@ -64,8 +67,6 @@ def sagemaker_defaults_config() -> dict:
     sagemaker_sdk()
     from sagemaker.config import load_sagemaker_config, validate_sagemaker_config
 
-    from scones.errors import SconesError
-
     try:
         loaded = load_sagemaker_config() or {}
         merged = _deep_merge(copy.deepcopy(loaded), TELEMETRY_OPT_OUT)
@@ -81,6 +82,27 @@ def sagemaker_defaults_config() -> dict:
                           "variable") from None
     _validate_once(merged)
     return merged
+
+
+def sagemaker_defaults_fingerprint() -> bytes | None:
+    """What the SDK defaults config is read from (the override variables and the files'
+    bytes), without importing the SDK: a key part for anything built from that config.
+    None when it cannot be known here (a config the SDK would fetch from S3)."""
+    parts = []
+    for name, default in (("SAGEMAKER_ADMIN_CONFIG_OVERRIDE", "/etc/xdg/sagemaker/config.yaml"),
+                          ("SAGEMAKER_USER_CONFIG_OVERRIDE",
+                           str(Path.home() / ".config" / "sagemaker" / "config.yaml"))):
+        where = os.environ.get(name, default)
+        if where.startswith("s3://"):
+            return None
+        path = Path(where)
+        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                parts.append(f"{file}\n".encode() + file.read_bytes())
+            except OSError:
+                parts.append(f"{file}: none\n".encode())
+    return b"\n".join(parts)
 
 
 def _deep_merge(into: dict, extra: dict) -> dict:

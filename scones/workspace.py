@@ -62,6 +62,10 @@ class Workspace:
     def endpoint_state_file(self, endpoint_name: str) -> Path:
         return self.endpoints_dir / f"{endpoint_name}.json"
 
+    def monitoring_dir(self, endpoint_name: str) -> Path:
+        """The monitor's files of one endpoint (its position, predictions, metrics...)."""
+        return self.root / "monitoring" / endpoint_name
+
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"

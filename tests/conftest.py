@@ -7,52 +7,14 @@ model dir the way SageMaker does. It is built once per test session.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-JOBS_DIR = REPO_ROOT / "pipelines" / "jobs"
-SAMPLE_DATA_DIR = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
-CLASSES = ("bicycle", "motorcycle")
-SMALL_MODEL_IMAGES_PER_CLASS = 100
-SMALL_MODEL_EPOCHS = 8
-SMALL_MODEL_WIDTH = 8
-
-
-def run_job(script: str, *args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run pipelines/jobs/<script> with this interpreter; on failure show its output."""
-    result = subprocess.run([sys.executable, str(JOBS_DIR / script), *map(str, args)],
-                            capture_output=True, text=True, env={**os.environ, **(env or {})},
-                            timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout}"
-                             f"\n--- stderr\n{result.stderr}")
-    return result
-
-
-def copy_image_subset(source: Path, destination: Path, per_class: int) -> Path:
-    """The first `per_class` images (by name) of each class folder, copied to destination."""
-    for name in CLASSES:
-        (destination / name).mkdir(parents=True, exist_ok=True)
-        for path in sorted((source / name).glob("*.png"))[:per_class]:
-            shutil.copy2(path, destination / name / path.name)
-    return destination
-
-
-def tar_model_dir(model_dir: Path, archive: Path) -> Path:
-    """model.tar.gz with the model dir's contents at its root, as SageMaker packs /opt/ml/model."""
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(model_dir.rglob("*")):
-            if "__pycache__" not in path.parts:
-                tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
-    return archive
+from helpers import (JOBS_DIR, REPO_ROOT, SAMPLE_DATA_DIR, SMALL_MODEL_EPOCHS,
+                     SMALL_MODEL_IMAGES_PER_CLASS, SMALL_MODEL_WIDTH, check_sample_data,
+                     copy_image_subset, run_job, scones, tar_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +29,10 @@ def jobs_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_data_dir() -> Path:
-    """The shared real images: <class>/<cifar file name>.png for bicycle and motorcycle."""
-    if not all((SAMPLE_DATA_DIR / name).is_dir() for name in CLASSES):
-        pytest.skip(f"sample data not found at {SAMPLE_DATA_DIR} "
-                    f"(expected ../shared/datasets/scones-cifar100/train next to the repo)")
+    """The shared real images: <class>/<cifar file name>.png for bicycle and motorcycle.
+    Missing, the tests that need them skip on a developer's machine, and fail under CI=true
+    (where a skip would pass a run that tested nothing of them)."""
+    check_sample_data()
     return SAMPLE_DATA_DIR
 
 
@@ -108,19 +70,6 @@ def small_model_tar(small_training_run) -> Path:
     return small_training_run["model_tar"]
 
 
-def register_model(config, model_tar: Path | bytes, url: str | None = None, **fields) -> dict:
-    """Put a model.tar.gz into the workspace's object store (at `url`) and register it, as
-    the pipeline's RegisterModel step does. Returns the registered package."""
-    from scones.backend import backend_for
-
-    backend = backend_for(config)
-    url = url or f"s3://{config.aws.bucket}/models/{len(backend.registry().list_packages()) + 1}/model.tar.gz"
-    data = model_tar if isinstance(model_tar, bytes) else Path(model_tar).read_bytes()
-    backend.object_store().write_bytes(url, data)
-    fields.setdefault("InferenceSpecification", {"Containers": [{"ModelDataUrl": url}]})
-    return backend.registry().register(**fields)
-
-
 @pytest.fixture
 def aws_credentials(monkeypatch):
     """Fake credentials and a region, so boto3 (under moto) never looks for real ones."""
@@ -132,16 +81,9 @@ def aws_credentials(monkeypatch):
 
 @pytest.fixture
 def run_scones():
-    """run_scones(*args, workspace=PATH, cwd=None) -> CompletedProcess of the real CLI in a
-    subprocess, with the workspace set (as a user runs it)."""
-    def run(*args, workspace: Path | None = None, cwd: Path | None = None,
-            timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-        extra = ["--set", f"local.workspace={workspace}"] if workspace is not None else []
-        return subprocess.run([sys.executable, "-m", "app.cli.main", *args, *extra],
-                              capture_output=True, text=True, cwd=cwd or REPO_ROOT,
-                              env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
-                                   **(env or {})}, timeout=timeout)
-    return run
+    """The one runner of the real CLI (helpers.scones): run_scones(*args, workspace=PATH,
+    settings={KEY: VALUE}, cwd=None, env=None) -> CompletedProcess."""
+    return scones
 
 
 @pytest.fixture(scope="session")

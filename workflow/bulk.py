@@ -39,12 +39,22 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 
+from lambdas.plan_image_batches import MANIFEST_NAME
+from lambdas.summarize_bulk_run import SUMMARY_NAME
+from scones.backend import StateMachine
 from scones.config import Config
-from workflow.definition import (THROTTLED_ERROR, aws_partition, check_definition,
-                                 lambda_functions, lambda_task_state)
-from workflow.stages import with_model_threshold
+from scones.console import progress_bar
+from scones.errors import SconesError
+from scones.sdk import stepfunctions_sdk
+from scones.storage import split_s3_url
+from workflow.definition import (THROTTLED_ERROR, aws_partition, cached_definition,
+                                 check_definition, fail_with_caught_error, lambda_functions,
+                                 lambda_task_state)
+from workflow.run import ImageResult, Workflow, readable_cause
 
 PLAN_STATE = "PlanBatches"
 MAP_STATE = "ClassifyBatches"
@@ -68,6 +78,7 @@ def bulk_state_machine_name(config: Config) -> str:
 
 
 def _distributed_map_class(sdk_steps):
+    # lazily, as every use of the Step Functions SDK: it takes about a second to import
     from stepfunctions.steps.states import Graph as _Graph, State as _State
 
     class DistributedMap(sdk_steps.Map):
@@ -100,12 +111,10 @@ def _distributed_map_class(sdk_steps):
 
 def build_bulk_workflow(config: Config, client=None):
     """The bulk workflow as a stepfunctions.workflow.Workflow (see the module doc)."""
-    from scones.sdk import stepfunctions_sdk
     stepfunctions_sdk()
+    # lazily: the Step Functions SDK takes about a second to import
     from stepfunctions import steps
-    from stepfunctions.workflow import Workflow
-
-    from workflow.definition import _fail_with_caught_error
+    from stepfunctions.workflow import Workflow as SdkWorkflow
 
     functions = lambda_functions(config)
     partition = aws_partition(config.aws.region)
@@ -119,7 +128,7 @@ def build_bulk_workflow(config: Config, client=None):
     record = lambda_task_state(
         steps, config, functions["classify_image_batch"], RECORD_FAILURE_STATE,
         "Record the batch's error as each of its images' result")
-    batch_failed = _fail_with_caught_error(
+    batch_failed = fail_with_caught_error(
         steps, BATCH_FAILED_STATE, None,
         "The batch failed as a whole: the Map counts it against the tolerated failures")
     classify.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=record,
@@ -174,7 +183,7 @@ def build_bulk_workflow(config: Config, client=None):
     if client is None:
         import boto3
         client = boto3.client("stepfunctions", region_name=config.aws.region)
-    return Workflow(
+    return SdkWorkflow(
         name=bulk_state_machine_name(config),
         definition=steps.Chain([plan, distributed]),
         role=config.aws.states_role_arn or "",
@@ -187,8 +196,6 @@ def build_bulk_workflow(config: Config, client=None):
 @functools.lru_cache(maxsize=32)
 def bulk_definition_json(config: Config) -> str:
     """The bulk ASL exactly as deployed, checked first."""
-    from workflow.definition import cached_definition
-
     text = cached_definition(
         config, "bulk", lambda: build_bulk_workflow(config).definition.to_json(pretty=True))
     check_definition(json.loads(text), "bulk state machine definition")
@@ -219,9 +226,7 @@ class BulkRun:
     results_url: str | None = None
 
 
-def image_result_from_line(line: dict):
-    from workflow.run import ImageResult
-
+def image_result_from_line(line: dict) -> ImageResult:
     return ImageResult(image=line["Image"], status=line["Status"],
                        predicted_label=line.get("PredictedLabel"),
                        inferences=line.get("Inferences"),
@@ -232,8 +237,6 @@ def image_result_from_line(line: dict):
 def collect_results(read_bytes, manifest: list[dict]) -> list:
     """Every image of the manifest's batches, once, in order: the batch's JSON line, or
     NotRun when its batch wrote nothing. read_bytes(bucket, key) -> bytes | None."""
-    from workflow.run import ImageResult
-
     results = []
     for batch in manifest:
         body = read_bytes(batch["results"]["bucket"], batch["results"]["key"])
@@ -252,20 +255,15 @@ def collect_results(read_bytes, manifest: list[dict]) -> list:
 def bulk_run_from_execution(run_id: str, description: dict, read_bytes,
                             results_bucket: str, results_prefix: str) -> BulkRun:
     """Summary and results of an ended bulk execution (read through read_bytes)."""
-    from lambdas.plan_image_batches import MANIFEST_NAME
-    from lambdas.summarize_bulk_run import SUMMARY_NAME
-
     status = description["status"]
     summary_bytes = read_bytes(results_bucket, f"{results_prefix}/{SUMMARY_NAME}")
     summary = json.loads(summary_bytes) if summary_bytes else None
     manifest_bytes = read_bytes(results_bucket, f"{results_prefix}/{MANIFEST_NAME}")
     results = collect_results(read_bytes, json.loads(manifest_bytes)) if manifest_bytes else []
-    from workflow.run import _readable_cause
-
     cause = description.get("cause")
     return BulkRun(run_id=run_id, status=status, summary=summary, results=results,
                    error=description.get("error"),
-                   cause=_readable_cause(cause) if cause else None,
+                   cause=readable_cause(cause) if cause else None,
                    results_url=f"s3://{results_bucket}/{results_prefix}/")
 
 
@@ -285,22 +283,6 @@ def bulk_summary_lines(run: BulkRun) -> list[str]:
 
 
 # --------------------------------------------------------------------------- running
-
-
-def stage_prefix(config: Config, prefix_url: str, s3_client) -> int:
-    """Locally: put every object of the local object store under prefix_url into moto's
-    S3 (same bucket and key), where the plan Lambda lists them as it would on AWS."""
-    from scones.backend import backend_for
-    from scones.storage import split_s3_url
-
-    store = backend_for(config).object_store()
-    bucket, _ = split_s3_url(prefix_url)
-    s3_client.create_bucket(Bucket=bucket)
-    urls = store.list_urls(prefix_url)
-    for url in urls:
-        _, key = split_s3_url(url)
-        s3_client.put_object(Bucket=bucket, Key=key, Body=store.read_bytes(url))
-    return len(urls)
 
 
 def _reader(s3_client):
@@ -331,13 +313,6 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
     """Start one bulk execution over prefix_url, show the batches as they finish, and
     read back its summary and every image's result. Speaks only the Step Functions and
     S3 APIs: the same code drives moto's engine and AWS."""
-    import time
-    import uuid
-
-    from scones.console import progress_bar
-    from scones.errors import SconesError
-    from scones.storage import split_s3_url
-
     bucket, prefix = split_s3_url(prefix_url)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if not 1 <= batch_size <= 1000:
@@ -352,7 +327,6 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
     results = run_input["results"]
     arn = sfn_client.start_execution(stateMachineArn=machine_arn, name=run_id,
                                      input=json.dumps(run_input))["executionArn"]
-    from lambdas.plan_image_batches import MANIFEST_NAME
 
     batches_prefix = f"{results['prefix']}/results/"
     read_bytes = _reader(s3_client)
@@ -380,50 +354,52 @@ def run_bulk_execution(config: Config, sfn_client, machine_arn: str, s3_client, 
                                    results["prefix"])
 
 
+class BulkWorkflow(Workflow):
+    """The inference workflow with its bulk state machine (and the bulk Lambdas) as well:
+    `with BulkWorkflow(config) as wf: wf.run_bulk(prefix_url)`."""
+
+    def machines(self) -> list[StateMachine]:
+        return super().machines() + [StateMachine(
+            bulk_state_machine_name(self.config), lambda: bulk_definition_json(self.config),
+            "create the stack (`scones infra deploy --env aws`)")]
+
+    def functions(self) -> list:
+        return [f for f in lambda_functions(self.config).values() if f.in_workflow or f.in_bulk]
+
+    def run_bulk(self, prefix_url: str, batch_size: int | None = None,
+                 tolerated_failure_percentage: float | None = None,
+                 concurrency: int | None = None, progress: bool = True) -> BulkRun:
+        """One execution of the bulk state machine over every object under prefix_url (the
+        object store's, brought to the workflow's S3 first where that is another)."""
+        runtime = self.runtime
+        if runtime.import_prefix(prefix_url) == 0:  # None: the workflow lists S3 itself
+            raise SconesError(f"--prefix {prefix_url}: no objects under it")
+        runtime.ensure_bucket(self.config.aws.bucket)
+        run = run_bulk_execution(
+            self.config, runtime.stepfunctions,
+            runtime.state_machine_arn(bulk_state_machine_name(self.config)), runtime.s3,
+            prefix_url, batch_size=batch_size,
+            tolerated_failure_percentage=tolerated_failure_percentage,
+            concurrency=concurrency, progress=progress,
+            poll_interval=runtime.long_poll_interval, ended=runtime.ended)
+        # the run's manifest, results and summary, where the object store has them
+        if run.results_url:
+            runtime.export_prefix(run.results_url)
+        return run
+
+
 def run_bulk(config: Config, prefix_url: str, batch_size: int | None = None,
              tolerated_failure_percentage: float | None = None,
              concurrency: int | None = None, model_version: int | None = None,
              progress: bool = True, keep_endpoint_s: float | None = None) -> BulkRun:
     """Every image under prefix_url through ONE execution of the bulk state machine: in
     moto's engine with the local endpoint, or the deployed one on AWS."""
-    from scones.backend import backend_for
-    from scones.errors import SconesError
-    from scones.storage import split_s3_url
-
     split_s3_url(prefix_url)  # a malformed URL is a StorageError naming it
-    backend = backend_for(config)
-    if backend.pick(local=False, aws=True) and model_version is not None:
-        raise SconesError("--model-version chooses the local endpoint's model; on AWS "
-                          "the endpoint serves the deployed version")
     # the answering version's registered threshold, as one image or a folder gets it
-    config = with_model_threshold(config, backend, model_version)
-    if backend.pick(local=False, aws=True):
-        return _run_bulk_on_aws(config, backend, prefix_url, batch_size,
-                                tolerated_failure_percentage, concurrency, progress)
-    if not backend.object_store().list_urls(prefix_url):
-        raise SconesError(f"--prefix {prefix_url}: no objects under it")
-    from workflow.run import LocalWorkflow
-
-    with LocalWorkflow(config, model_version=model_version, bulk=True,
-                       reuse_endpoint=keep_endpoint_s is not None,
-                       keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
+    with BulkWorkflow(config, model_version=model_version,
+                      reuse_endpoint=keep_endpoint_s is not None,
+                      keep_endpoint_s=keep_endpoint_s or None, progress=progress,
+                      model_threshold=True) as workflow:
         return workflow.run_bulk(prefix_url, batch_size=batch_size,
                                  tolerated_failure_percentage=tolerated_failure_percentage,
                                  concurrency=concurrency, progress=progress)
-
-
-def _run_bulk_on_aws(config: Config, backend, prefix_url: str, batch_size, tolerated,
-                     concurrency, progress) -> BulkRun:
-    from scones.errors import SconesError
-
-    machine_arn = (f"arn:{aws_partition(config.aws.region)}:states:{config.aws.region}:"
-                   f"{backend.account_id}:stateMachine:{bulk_state_machine_name(config)}")
-    sfn = backend.client("stepfunctions")
-    try:
-        sfn.describe_state_machine(stateMachineArn=machine_arn)
-    except sfn.exceptions.StateMachineDoesNotExist:
-        raise SconesError(f"state machine {machine_arn} does not exist: create the stack "
-                          "(`scones infra deploy --env aws`)") from None
-    return run_bulk_execution(config, sfn, machine_arn, backend.client("s3"), prefix_url,
-                              batch_size=batch_size, tolerated_failure_percentage=tolerated,
-                              concurrency=concurrency, progress=progress, poll_interval=2.0)

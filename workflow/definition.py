@@ -19,10 +19,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from scones.backend import aws_partition
 from scones.config import Config
+from scones.deploy_settings import deploy_lambda_environment
 from scones.errors import SconesError
 from scones.sdk import stepfunctions_sdk
-from workflow.stages import deploy_lambda_environment
 
 # State names: the execution history and the local runner refer to these.
 SERIALIZE_STATE = "SerializeImageData"
@@ -136,14 +137,7 @@ def lambda_functions(config: Config, specs: tuple[LambdaSpec, ...] = LAMBDA_SPEC
 
 
 @functools.lru_cache(maxsize=None)
-def aws_partition(region: str) -> str:
-    """"aws", "aws-cn", "aws-us-gov"... for a region, from botocore's endpoint data."""
-    import boto3
-
-    return boto3.session.Session().get_partition_for_region(region)
-
-
-def _fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment: str):
+def fail_with_caught_error(sdk_steps, state_id: str, error: str | None, comment: str):
     """A Fail state whose Cause (and Error, unless given) come from the caught error.
 
     The SDK's Fail only knows static Error/Cause; ASL's ErrorPath/CausePath copy the
@@ -188,15 +182,15 @@ def build_workflow(config: Config, client=None):
     from stepfunctions.workflow import Workflow
 
     functions = lambda_functions(config)
-    threshold_failed = _fail_with_caught_error(
+    threshold_failed = fail_with_caught_error(
         steps, THRESHOLD_FAIL_STATE, THRESHOLD_ERROR,
         "The best class probability is below the confidence threshold; the Cause holds "
         "the inferences and the predicted label")
-    not_a_vehicle = _fail_with_caught_error(
+    not_a_vehicle = fail_with_caught_error(
         steps, NOT_A_VEHICLE_FAIL_STATE, NOT_A_VEHICLE_ERROR,
         "The picture's out-of-distribution score passes its model version's threshold: not "
         "a bicycle or a motorcycle; the Cause holds the score, threshold and inferences")
-    failed = _fail_with_caught_error(
+    failed = fail_with_caught_error(
         steps, ERROR_FAIL_STATE, None,
         "Any other failure: the Lambda's error name and message, unchanged")
     wrap_states_error = steps.Pass(

@@ -1,22 +1,16 @@
-"""Run the inference workflow on images, on the embedded default (no AWS account).
+"""Run the inference workflow on images, with the same code on both backends.
 
-The SAME state machine definition that goes to AWS (workflow.definition, the SDK's ASL)
-and the SAME Lambda zips (lambdas.build) are deployed into moto's Step Functions engine
-(scones.local.stepfunctions_engine); the classify Lambda reaches the local SageMaker endpoint
-(scones.local.endpoint, in a child process of its own) over HTTP. One execution per image, a
-bounded number at a time.
-
-`run_executions` and `result_from_execution` speak only the Step Functions API, so the
-AWS path (run_workflow_on_aws, below) drives real executions with the same code.
+The backend's workflow runtime (scones.backend.workflow_runtime) has the state machine ready:
+on the embedded default the SAME definition that goes to AWS (workflow.definition) and the
+SAME Lambda zips deployed into moto's engine, the local endpoint serving; on AWS the deployed
+one. `Workflow` asks for it; `run_executions` and `result_from_execution` speak only the Step
+Functions API. One execution per image, a bounded number at a time.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -25,20 +19,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from scones.backend import LAMBDA_RUNTIME, backend_for
+from lambdas.errors import ThresholdConfidenceNotMet
+from scones.backend import StateMachine, backend_for
 from scones.config import Config
 from scones.console import format_table, progress_bar
 from scones.errors import SconesError
 from scones.storage import split_s3_url
+from workflow.definition import (CLASSIFY_STATE, NOT_A_VEHICLE_ERROR, THRESHOLD_ERROR,
+                                 lambda_functions, workflow_definition_json)
+from workflow.stages import with_model_threshold
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
 MAX_EXECUTION_NAME = 80
-# The local engine reports ended executions; this is only the safety sweep's period.
-LOCAL_POLL_INTERVAL_S = 0.5
-# Beyond the state machine's own TimeoutSeconds (600): moto should have ended it by then.
-LOCAL_GIVE_UP_AFTER_S = 660.0
-AWS_POLL_INTERVAL_S = 1.0
-TRUST_POLICY = {"Version": "2012-10-17", "Statement": []}
 
 
 @dataclass(frozen=True)
@@ -161,33 +153,21 @@ def _files_of_folder(images: str) -> list[ImageSource]:
     return [ImageSource(label=str(p), path=p.resolve()) for p in sorted(files)]
 
 
-def stage_images(config: Config, images: Sequence[ImageSource], s3_client, run_id: str,
-                 read_s3_locally: bool) -> list[tuple[str, str]]:
+def stage_images(config: Config, images: Sequence[ImageSource], runtime, run_id: str
+                 ) -> list[tuple[str, str]]:
     """(bucket, key) of each image in the S3 the workflow reads: local files are put under
-    s3://<aws.bucket>/workflow-input/<run>/; s3:// objects keep their bucket and key (read
-    from the local object store and put into moto's S3 when read_s3_locally)."""
-    store = backend_for(config).object_store()
-    made_buckets: set[str] = set()
-
-    def ensure_bucket(bucket: str) -> None:
-        if read_s3_locally and bucket not in made_buckets:
-            s3_client.create_bucket(Bucket=bucket)
-            made_buckets.add(bucket)
-
+    s3://<aws.bucket>/workflow-input/<run>/; s3:// objects keep their bucket and key (the
+    runtime brings them over from the object store where the workflow's S3 is not it)."""
     located = []
     for index, source in enumerate(images):
         if source.path is not None:
             bucket = config.aws.bucket
             key = f"{INPUT_PREFIX}/{run_id}/{index:05d}-{source.path.name}"
-            ensure_bucket(bucket)
-            s3_client.put_object(Bucket=bucket, Key=key, Body=source.path.read_bytes())
+            runtime.ensure_bucket(bucket)
+            runtime.staging.put_object(Bucket=bucket, Key=key, Body=source.path.read_bytes())
         else:
             bucket, key = split_s3_url(source.s3_url)
-            if read_s3_locally:
-                ensure_bucket(bucket)
-                if store.exists(source.s3_url) and store.path_for(source.s3_url).is_file():
-                    s3_client.put_object(Bucket=bucket, Key=key, Body=store.read_bytes(source.s3_url))
-                # else: leave it missing, so serialize reports ImageNotFound for this image
+            runtime.import_object(source.s3_url)
         located.append((bucket, key))
     return located
 
@@ -271,9 +251,6 @@ def result_from_execution(label: str, description: dict, classes: Sequence[str],
                           history: Callable[[], list[dict]] | None = None) -> ImageResult:
     """One image's result from DescribeExecution (and, when the classify step's
     inferences are not in the output or the Cause, from the execution history)."""
-    from lambdas.errors import ThresholdConfidenceNotMet
-    from workflow.definition import CLASSIFY_STATE, NOT_A_VEHICLE_ERROR, THRESHOLD_ERROR
-
     status = description["status"]
     seconds = _seconds(description.get("startDate"), description.get("stopDate"))
     result = ImageResult(image=label, status=status, predicted_label=None, inferences=None,
@@ -297,7 +274,7 @@ def result_from_execution(label: str, description: dict, classes: Sequence[str],
         best = max(range(len(result.inferences)), key=result.inferences.__getitem__)
         result.predicted_label = classes[best] if best < len(classes) else None
     if result.cause:
-        result.cause = _readable_cause(result.cause)
+        result.cause = readable_cause(result.cause)
     return result
 
 
@@ -315,7 +292,7 @@ def _classified_inferences(events: list[dict], classify_state: str) -> list[floa
     return None
 
 
-def _readable_cause(cause: str) -> str:
+def readable_cause(cause: str) -> str:
     """A Lambda error's Cause is its JSON error report; people want the message."""
     try:
         report = json.loads(cause)
@@ -332,205 +309,79 @@ def _seconds(start: Any, stop: Any) -> float | None:
     return None
 
 
-# --------------------------------------------------------------------------- local
+# --------------------------------------------------------------------------- running
 
 
-def run_workflow_locally(config: Config, images: Sequence[ImageSource],
-                         model_version: int | None = None, concurrency: int | None = None,
-                         progress: bool = True, model_tar: Path | None = None,
-                         keep_endpoint_s: float | None = None) -> list[ImageResult]:
-    """Classify each image with one execution of the inference workflow, all local.
+class Workflow:
+    """The inference workflow ready to run on the config's backend, set up once and run
+    many times (`with Workflow(config) as wf: wf.run(images)`).
 
     model_version / model_tar pin the model the local endpoint serves (default: the
-    deployed one, see scones.local.endpoint).
-    """
-    if not images:
-        raise SconesError("no images to classify")
-    with LocalWorkflow(config, model_version=model_version, model_tar=model_tar,
-                       reuse_endpoint=keep_endpoint_s is not None,
-                       keep_endpoint_s=keep_endpoint_s or None, progress=progress) as workflow:
-        return workflow.run(images, concurrency=concurrency, progress=progress)
-
-
-class LocalWorkflow:
-    """The workflow deployed into moto, its endpoint running: set up once, run many times
-    (`with LocalWorkflow(config) as wf: wf.run(images)`)."""
+    deployed one, see scones.local.endpoint; refused on AWS, whose endpoint serves the
+    deployed version); endpoint_url: a running endpoint to use instead of starting one.
+    Unpinned runs may use the endpoint recorded as running (reuse_endpoint), or leave one
+    running in the background for keep_endpoint_s idle seconds. model_threshold: the
+    filter's threshold is the one registered with the answering version
+    (workflow.stages.with_model_threshold), decided after the backend has accepted the
+    rest, before anything is deployed."""
 
     def __init__(self, config: Config, model_version: int | None = None,
-                 model_tar: Path | None = None, bulk: bool = False,
-                 endpoint_url: str | None = None, reuse_endpoint: bool = False,
-                 keep_endpoint_s: float | None = None, progress: bool = False):
+                 model_tar: Path | None = None, endpoint_url: str | None = None,
+                 reuse_endpoint: bool = False, keep_endpoint_s: float | None = None,
+                 progress: bool = False, model_threshold: bool = False):
         self.config = config
-        self.model_version = model_version
-        self.model_tar = model_tar
-        self.bulk = bulk  # also deploy the bulk state machine and its Lambdas (run_bulk)
-        self.endpoint_url = endpoint_url  # a running endpoint to use instead of starting one
-        self.endpoint = None
-        # Unpinned runs may use the endpoint recorded as running (reuse_endpoint), or leave
-        # one running in the background for keep_endpoint_s idle seconds (endpoint/background.py).
-        self.reuse_endpoint = reuse_endpoint
-        self.keep_endpoint_s = keep_endpoint_s
-        self.progress = progress
-        self._stack = contextlib.ExitStack()
+        backend = backend_for(config)
+        # machines' definitions and the functions are made when deployed, from self.config
+        self.runtime = backend.workflow_runtime(
+            self.machines(), self.functions, model_version=model_version,
+            model_tar=model_tar, endpoint_url=endpoint_url, reuse_endpoint=reuse_endpoint,
+            keep_endpoint_s=keep_endpoint_s, progress=progress)
+        if model_threshold:
+            self.config = with_model_threshold(config, backend, model_version)
 
-    def __enter__(self) -> "LocalWorkflow":
-        try:
-            self._start()
-        except BaseException:
-            self._stack.close()
-            raise
+    def machines(self) -> list[StateMachine]:
+        return [StateMachine(self.config.workflow.state_machine_name,
+                             lambda: workflow_definition_json(self.config),
+                             "deploy it with `scones workflow deploy --env aws`")]
+
+    def functions(self) -> list:
+        return [f for f in lambda_functions(self.config).values() if f.in_workflow]
+
+    def __enter__(self) -> "Workflow":
+        self.runtime.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stack.close()
-
-    def _start(self) -> None:
-        from lambdas.build import build_lambda_zips
-        from workflow.definition import lambda_functions, workflow_definition_json
-        from scones.local.stepfunctions_engine import (DirectDeploy, DirectExecutions, DirectStaging,
-                                          check_moto_version, local_aws)
-
-        config = self.config
-        check_moto_version()
-        definition = workflow_definition_json(config)
-        functions = [f for f in lambda_functions(config).values()
-                     if f.in_workflow or (self.bulk and f.in_bulk)]
-        region = config.aws.region
-        zip_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="scones-zips-"))
-        zips = build_lambda_zips(zip_dir, keys=[f.key for f in functions])
-        # Its own process: the model and its HTTP server then take no GIL time from the
-        # engine and the Lambdas, which share this one (~42% of it when in process).
-        pinned = self.model_version is not None or self.model_tar is not None
-        if self.endpoint_url is None and not pinned and (self.reuse_endpoint
-                                                         or self.keep_endpoint_s):
-            from scones.local.endpoint.background import find_running, start_background
-
-            running = find_running(config) if self.reuse_endpoint else None
-            if running is not None and self.progress:
-                print(f"using the running endpoint at {running.url} ({running.owner}, pid "
-                      f"{running.pid})", file=sys.stderr, flush=True)
-            if running is None and self.keep_endpoint_s:
-                running = start_background(config, self.keep_endpoint_s, self.progress)
-            if running is not None:
-                self.endpoint_url = running.url
-        if self.endpoint_url is None:
-            from scones.local.endpoint import EndpointProcess
-
-            self.endpoint = self._stack.enter_context(EndpointProcess(
-                config, model_version=self.model_version, model_tar=self.model_tar))
-            self.endpoint_url = self.endpoint.url
-        aws = self.aws = self._stack.enter_context(local_aws(region, self.endpoint_url))
-        deploy = DirectDeploy(region)
-        lambda_role = _create_role(deploy, config.aws.lambda_role_arn, "lambda")
-        states_role = _create_role(deploy, config.aws.states_role_arn, "states")
-        for function in functions:
-            deploy.create_function(
-                FunctionName=function.name, Runtime=LAMBDA_RUNTIME, Role=lambda_role,
-                Handler=function.handler, Code={"ZipFile": zips[function.key].read_bytes()},
-                Timeout=function.timeout, MemorySize=function.memory_size,
-                Environment={"Variables": function.environment})
-        aws.lambdas.pin_environment([f.environment for f in functions])
-        # boto3 clients are made on first use only: each loads its service model.
-        self.sfn = _LazyClient("stepfunctions", region)
-        self._executions = DirectExecutions(self.sfn, region)
-        self.s3 = _LazyClient("s3", region)
-        self._staging = DirectStaging(self.s3, region)
-        self.state_machine_arn = deploy.create_state_machine(
-            config.workflow.state_machine_name, definition, states_role)
-        if self.bulk:
-            from workflow.bulk import bulk_definition_json, bulk_state_machine_name
-
-            self.bulk_state_machine_arn = deploy.create_state_machine(
-                bulk_state_machine_name(config), bulk_definition_json(config), states_role)
-
-    def run_bulk(self, prefix_url: str, batch_size: int | None = None,
-                 tolerated_failure_percentage: float | None = None,
-                 concurrency: int | None = None, progress: bool = True):
-        """One execution of the bulk state machine over every object under prefix_url
-        (objects of the local object store, put into moto's S3 first): a BulkRun."""
-        from workflow.bulk import run_bulk_execution, stage_prefix
-
-        if not self.bulk:
-            raise SconesError("this LocalWorkflow was started without bulk=True")
-        stage_prefix(self.config, prefix_url, self._staging)
-        self._staging.create_bucket(Bucket=self.config.aws.bucket)
-        run = run_bulk_execution(
-            self.config, self._executions, self.bulk_state_machine_arn, self.s3, prefix_url,
-            batch_size=batch_size, tolerated_failure_percentage=tolerated_failure_percentage,
-            concurrency=concurrency, progress=progress, poll_interval=LOCAL_POLL_INTERVAL_S,
-            ended=self.aws.ended_executions)
-        self._keep_bulk_results(run)
-        return run
-
-    def _keep_bulk_results(self, run) -> None:
-        """The run's manifest, results and summary, from moto's S3 (gone when the run
-        ends) into the workspace's object store, at the same s3:// URLs as on AWS."""
-        if not run.results_url:
-            return
-        store = backend_for(self.config).object_store()
-        bucket, prefix = split_s3_url(run.results_url)
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix=prefix):
-            for item in page.get("Contents", []):
-                body = self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                store.write_bytes(f"s3://{bucket}/{item['Key']}", body)
+        self.runtime.__exit__(*exc)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:
+        runtime = self.runtime
         run_id = uuid.uuid4().hex[:12]
-        located = stage_images(self.config, images, self._staging, run_id, read_s3_locally=True)
+        located = stage_images(self.config, images, runtime, run_id)
         return run_executions(
-            self._executions, self.state_machine_arn, [execution_input(b, k) for b, k in located],
-            [image.label for image in images], self.config.classes,
+            runtime.stepfunctions, runtime.state_machine_arn(self.config.workflow.state_machine_name),
+            [execution_input(b, k) for b, k in located], [image.label for image in images],
+            self.config.classes,
             concurrency=concurrency or self.config.workflow.max_concurrency,
-            poll_interval=LOCAL_POLL_INTERVAL_S, progress=progress, run_id=run_id,
-            ended=self.aws.ended_executions, give_up_after_s=LOCAL_GIVE_UP_AFTER_S)
+            poll_interval=runtime.poll_interval, progress=progress, run_id=run_id,
+            ended=runtime.ended, give_up_after_s=runtime.give_up_after_s)
 
 
-def _create_role(deploy, arn: str | None, service: str) -> str:
-    """The configured role, created in moto (Lambda refuses a role that does not exist)."""
-    name = (arn or f"scones-local-{service}").rpartition("/")[2]
-    return deploy.create_role(name, json.dumps(TRUST_POLICY))
-
-
-class _LazyClient:
-    """A boto3 client made at its first use."""
-
-    def __init__(self, service: str, region: str):
-        self._service, self._region, self._client = service, region, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._client is None:
-            import boto3
-            self._client = boto3.client(self._service, region_name=self._region)
-        return getattr(self._client, name)
-
-
-# --------------------------------------------------------------------------- AWS
-
-def run_workflow_on_aws(config: Config, images: list[ImageSource],
-                        concurrency: int | None = None, progress: bool = True
-                        ) -> list[ImageResult]:
-    """Executions of the deployed state machine, one per image (local files are uploaded
-    to s3://<aws.bucket>/workflow-input/<run>/ first)."""
-    from workflow.definition import aws_partition
-
-    backend = backend_for(config)
-    machine_arn = (f"arn:{aws_partition(config.aws.region)}:states:"
-                   f"{config.aws.region}:{backend.account_id}:stateMachine:"
-                   f"{config.workflow.state_machine_name}")
-    sfn = backend.client("stepfunctions")
-    try:
-        sfn.describe_state_machine(stateMachineArn=machine_arn)
-    except sfn.exceptions.StateMachineDoesNotExist:
-        raise SconesError(f"state machine {machine_arn} does not exist: deploy it with "
-                          "`scones workflow deploy --env aws`") from None
-    run_id = uuid.uuid4().hex[:12]
-    located = stage_images(config, images, backend.client("s3"), run_id, read_s3_locally=False)
-    return run_executions(sfn, machine_arn, [execution_input(b, k) for b, k in located],
-                          [i.label for i in images], config.classes,
-                          concurrency=concurrency or config.workflow.max_concurrency,
-                          poll_interval=AWS_POLL_INTERVAL_S, progress=progress, run_id=run_id)
+def run_images(config: Config, images: Sequence[ImageSource],
+               model_version: int | None = None, concurrency: int | None = None,
+               progress: bool = True, model_tar: Path | None = None,
+               keep_endpoint_s: float | None = None,
+               model_threshold: bool = False) -> list[ImageResult]:
+    """Classify each image with one execution of the inference workflow; the confidence
+    threshold as configured, or (model_threshold) the answering version's."""
+    if not images:
+        raise SconesError("no images to classify")
+    with Workflow(config, model_version=model_version, model_tar=model_tar,
+                  reuse_endpoint=keep_endpoint_s is not None,
+                  keep_endpoint_s=keep_endpoint_s or None, progress=progress,
+                  model_threshold=model_threshold) as workflow:
+        return workflow.run(images, concurrency=concurrency, progress=progress)
 
 
 def summary(results: list[ImageResult]) -> str:
@@ -567,20 +418,11 @@ def run_workflow(config: Config, images: Sequence[ImageSource], model_version: i
                  concurrency: int | None = None, progress: bool = True,
                  keep_endpoint_s: float | None = None) -> list[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
-    and the local endpoint, or the deployed state machine on AWS.
+    and the local endpoint, or the deployed state machine on AWS; the threshold is the one
+    of the version the endpoint serves (when model_version does not pin another).
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
     running in the background for that many idle seconds (0: reuse only)."""
-    from workflow.stages import with_model_threshold
-
-    backend = backend_for(config)
-    if model_version is not None and backend.pick(local=False, aws=True):
-        raise SconesError("--model-version chooses the local endpoint's model; on AWS the "
-                          "endpoint serves the deployed version (`scones endpoint deploy`)")
-    # the answering version's own threshold for the filter (the named one, else the
-    # deployed one): the same decision as every other path makes
-    config = with_model_threshold(config, backend, model_version)
-    engine = backend.pick(local=run_workflow_locally, aws=run_workflow_on_aws)
-    kwargs = backend.pick(local={"model_version": model_version,
-                                 "keep_endpoint_s": keep_endpoint_s}, aws={})
-    return engine(config, images, concurrency=concurrency, progress=progress, **kwargs)
+    return run_images(config, images, model_version=model_version, concurrency=concurrency,
+                      progress=progress, keep_endpoint_s=keep_endpoint_s,
+                      model_threshold=True)

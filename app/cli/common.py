@@ -2,7 +2,7 @@
 
 Each command module has `register(subparsers)`; every leaf parser it adds takes
 `parents=[common_options()]` and sets `func=handler`, where
-`handler(args, config) -> int` (the exit code). pipelines/cli.py loads the config once
+`handler(args, config) -> int` (the exit code). app/cli/main.py loads the config once
 and turns SconesError/ConfigError into one `error: ...` line.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`scones demo`: see pipelines/demo.py."""
+"""`scones demo`: see app/demo.py."""
 from __future__ import annotations
 
 from app.cli.common import common_options

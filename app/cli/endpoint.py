@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -106,7 +105,7 @@ def print_deployment(result: dict) -> None:
 
 
 def _test(args, config) -> int:
-    from workflow.stages import run_stage_test
+    from workflow.stage_test import run_stage_test
 
     result = run_stage_test(config, args.stage, progress=not args.json)
     if args.json:
@@ -190,34 +189,20 @@ def _print_status(status: dict) -> None:
 
 
 def serve_command(args, config: Config) -> int:
-    backend_for(config).require_local(
-        "`scones endpoint serve` runs the local endpoint; on AWS the endpoint is SageMaker's "
-        "(`scones endpoint status --env aws`)")
-    from scones.local.endpoint import start_endpoint
-    from scones.local.endpoint.background import register_running, unregister_running
-
     if args.stage != "prod":  # the local server serves config.workflow.endpoint_name
         config = config.replace(workflow=dataclasses.replace(
             config.workflow, endpoint_name=config.stage_endpoint_name(args.stage)))
-    endpoint = start_endpoint(config, port=args.port, model_version=args.model_version)
-    # `workflow run` finds and reuses this endpoint instead of starting its own; a pinned
-    # --model-version is not what the workflow would serve, so that one is not offered.
-    offered = args.model_version is None
-    if offered:
-        register_running(config, endpoint.url, os.getpid(), "serve")
-    try:
+    with backend_for(config).serve_endpoint(port=args.port,
+                                            model_version=args.model_version) as endpoint:
         model = endpoint.model
         print(f"endpoint {endpoint.endpoint_name} serving model version "
               f"{model.version if model.version is not None else '?'} ({model.source}) at "
               f"{endpoint.url}", flush=True)
         print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
               f"Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 0
-    finally:
-        if offered:
-            unregister_running(config, os.getpid())
-        endpoint.stop()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+            return 0

@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from scones import __version__
+import scones
 from app.cli import data, demo, endpoint, infra, monitor, pipeline, registry, ui, workflow
 from app.cli.common import configure_logging, run_guarded
 from scones.config import load_config
@@ -56,12 +56,25 @@ def command_path(args) -> tuple[str, ...]:
     return path + ((sub,) if sub else ())
 
 
+class VersionAction(argparse.Action):
+    """--version: the installed version, looked up only when asked for (importlib.metadata
+    is a tenth of a second of every command's start-up otherwise)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(message=f"{parser.prog} {scones.__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scones",
         description="Scones Unlimited delivery-vehicle classifier: model build, approval, "
                     "inference workflow and monitoring, locally or on AWS.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)

@@ -13,12 +13,11 @@ import json
 import sys
 
 from pipelines.executors import pipeline_executor
-from scones.local.pipeline_runner import ExecutionStopped
 from pipelines.pipeline import pipeline_definition
 from scones.backend import backend_for
 from app.cli.common import command_group, common_options
 from scones.console import format_table, print_json
-from scones.errors import SconesError
+from scones.errors import ExecutionStopped, SconesError
 
 
 def register(subparsers) -> None:

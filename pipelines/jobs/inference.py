@@ -1,17 +1,23 @@
 """Serving code for SconesNet, in the shape SageMaker's PyTorch inference container calls.
 
-train.py copies this file and scones_net.py into the model artifact's code/ folder; the
-container puts code/ on sys.path and calls model_fn, input_fn, predict_fn, output_fn.
+train.py copies this file, image_decoding.py and scones_net.py into the model artifact's
+code/ folder; the container puts code/ on sys.path and its toolkit (sagemaker-inference's
+Transformer) calls model_fn, input_fn, predict_fn, output_fn. The local endpoint serves
+through that same Transformer.
 evaluate.py and our local endpoint load this same file from the artifact, so what is
 evaluated is exactly what is served.
 
-Request: image bytes (image/png, image/jpeg, application/x-image; any colour mode, any
-size up to the limits: converted to RGB and downscaled (Lanczos) to 32x32, see decode_image).
-Response: JSON list of class probabilities in class order (model_config.json's
-class_names), e.g. [0.99, 0.01]. With `Accept: application/json; verbose=true` (what the
-workflow's classify Lambda sends): {"probabilities": [...], "ood_score": s,
-"ood_threshold": t}, the picture's out-of-distribution score and the version's threshold
-(see "not a vehicle" below; null for an artifact without a reference).
+Request: image bytes (image/png, image/jpeg, application/x-image; any colour mode, depth,
+orientation and size up to the limits: decoded to 32x32 RGB by image_decoding.py, the
+decoder preprocess.py trains with). Response: JSON list of class probabilities in class
+order (model_config.json's class_names), e.g. [0.99, 0.01].
+Batch request (BATCH_CONTENT_TYPE, the bulk workflow's): {"images": [<base64 image>, ...]};
+response {"predictions": [<one image's response> | {"error", "status"}, ...]}, in order;
+an image that does not decode is that image's error, never the batch's.
+With `Accept: application/json; verbose=true` (what the workflow's classify Lambda sends),
+one image's response is {"probabilities": [...], "ood_score": s, "ood_threshold": t}: the
+picture's out-of-distribution score and the version's threshold (see "not a vehicle"
+below; null for an artifact without a reference).
 
 Bounded per request: a body over 6 MB is a 413 (SageMaker's own limit), an image over
 MAX_IMAGE_PIXELS (MAX_JPEG_PIXELS for JPEG, decoded at 1/8 scale) a 413 from its header
@@ -23,20 +29,25 @@ means about 9 in 10 right, and the artifact's "confidence_threshold" means what 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib.util
-import io
 import json
 import os
-import re
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg", "application/x-image")
+# The bulk workflow's request: many images in one invocation (lambdas/classify_image_batch.py
+# sends it; the same name is there). Body {"images": [<base64 image>, ...]}; answer
+# {"predictions": [<the image's answer> | {"error": <message>, "status": <4xx>}, ...]}.
+BATCH_CONTENT_TYPE = "application/x-scones-image-batch+json"
+# Every request content type this code answers; the registered model package lists exactly
+# these (pipelines/pipeline.py CONTENT_TYPES, checked equal by a test).
+SUPPORTED_CONTENT_TYPES = IMAGE_CONTENT_TYPES + (BATCH_CONTENT_TYPE,)
 JSON_CONTENT_TYPE = "application/json"
 BATCH_SIZE = 256
 # SageMaker's InvokeEndpoint refuses request bodies over 6 MB; a body over it reaching this
@@ -65,24 +76,41 @@ class InvalidInputError(*_ERROR_BASES):
         return self.message
 
 
-_DecodeError = InvalidInputError  # what the shared decoding block raises, here
-
-
-def _load_scones_net():
-    """Import scones_net.py from this file's folder under a private name.
+def _load_neighbour(module_name: str):
+    """Import <module_name>.py from this file's folder under a private name.
 
     By file path rather than `import scones_net`, so two artifacts loaded in one process
-    (an old and a new model version) each get their own network code.
+    (an old and a new model version) each get their own code.
     """
-    path = Path(__file__).resolve().parent / "scones_net.py"
-    name = f"_scones_net_{abs(hash(str(path)))}"
+    path = Path(__file__).resolve().parent / f"{module_name}.py"
+    name = f"_{module_name}_{abs(hash(str(path)))}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
+
+
+# The one decoder (image_decoding.py), shipped next to this file in code/; preprocess.py
+# decodes the training images with the same module.
+image_decoding = _load_neighbour("image_decoding")
+MAX_IMAGE_PIXELS = image_decoding.MAX_IMAGE_PIXELS
+MAX_JPEG_PIXELS = image_decoding.MAX_JPEG_PIXELS
+
+
+def decode_image(data: bytes, image_size: int = 32) -> np.ndarray:
+    """image_decoding.decode_image, its refusals as this module's InvalidInputError (which
+    the serving toolkit answers with their status code)."""
+    try:
+        return image_decoding.decode_image(data, image_size)
+    except image_decoding.ImageDecodeError as exc:
+        raise InvalidInputError(exc.message, exc.status_code) from None
 
 
 class ServedModel:
@@ -111,7 +139,7 @@ def model_fn(model_dir: str) -> ServedModel:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the model artifact")
     config = json.loads(config_path.read_text())
-    scones_net = _load_scones_net()
+    scones_net = _load_neighbour("scones_net")
     if config.get("architecture") != scones_net.ARCHITECTURE:
         raise ValueError(f"{config_path}: architecture {config.get('architecture')!r} "
                          f"is not {scones_net.ARCHITECTURE!r}")
@@ -131,160 +159,13 @@ def model_fn(model_dir: str) -> ServedModel:
     return served
 
 
-# --- image decoding: this block is identical in inference.py and preprocess.py ---------
-# (preprocess.py ships as a single file, so the decoder is written twice; a test compares
-# the two blocks' text, so a served image is decoded exactly as a training image was.)
-
-# The largest raster decoded at full size: 40 MP is 160 MB as RGBA, the most one request
-# may cost. Larger PNGs (a 445 KB PNG can declare 12000x12000) are refused from the header,
-# before any pixel is decoded.
-MAX_IMAGE_PIXELS = 40_000_000
-# JPEGs are decoded at 1/8 scale (DCT scaling, Image.draft), so one of 80 MP (a 48-64 MP
-# phone photo) costs at most 1.25 MP of raster. 80 MP stays under Pillow's own
-# decompression-bomb warning (89.5 MP), so an accepted JPEG never trips it.
-MAX_JPEG_PIXELS = 80_000_000
-# Downscaling filter: Lanczos, antialiased (Pillow widens a filter's support by the
-# reduction factor, so every source pixel counts). Measured in benchmarks/bench_photos.py
-# on 200 held-out images blown up (bicubic or Lanczos) to 640x480 and 4032x3024: it brings
-# a photo closest to its 32x32 original (pixel error 1.9-2.5 against 2.3-5.0, probability
-# drift 0.013-0.026 against 0.025-0.068 for box, bilinear and bicubic) and agrees with the
-# 32x32 class most often (97-99.5%, the others 93-97%). The whole image is squashed to
-# the square, never cropped or letterboxed: training images are whole scenes at 32x32
-# with no bars, and a centre crop agreed less (95.5-96.5%).
-RESIZE_FILTER = Image.Resampling.LANCZOS
-# Integer pre-reduction (Image.reduce, a box average) down to at least this many times the
-# target size before the final filter: cheap, and the full-size raster is freed early.
-REDUCE_TO_MULTIPLE = 4
-DECODED_FORMATS = ("PNG", "JPEG")  # never hand a request to Pillow's other parsers
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# After a JPEG scan: a marker is 0xFF (fill bytes allowed) then a code that is neither a
-# stuffed zero nor a restart marker (those belong to the entropy-coded data).
-_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-
-
-def _png_end(data: bytes) -> int | None:
-    """Offset just after the IEND chunk, or None when the chunks do not reach one."""
-    position = len(_PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        chunk_type = data[position + 4:position + 8]
-        position += 12 + length
-        if chunk_type == b"IEND":
-            return position if position <= len(data) else None
-    return None
-
-
-def _jpeg_end(data: bytes, start: int = 0) -> int | None:
-    """Offset just after the EOI marker that ends the JPEG starting at `start`, or None
-    when not found.
-
-    Walks the marker segments by their lengths (so a thumbnail's own EOI inside EXIF is
-    skipped) and each entropy-coded scan to its next marker.
-    """
-    if data[start:start + 2] != b"\xff\xd8":
-        return None
-    position = start + 2  # after SOI
-    while position < len(data):
-        if data[position] != 0xFF:
-            return None
-        while position < len(data) and data[position] == 0xFF:  # fill bytes
-            position += 1
-        if position >= len(data):
-            return None
-        marker = data[position]
-        position += 1
-        if marker == 0xD9:  # EOI
-            return position
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
-            continue
-        if position + 2 > len(data):
-            return None
-        position += int.from_bytes(data[position:position + 2], "big")
-        if marker == 0xDA:  # SOS: the entropy-coded scan follows the header
-            found = _JPEG_MARKER_IN_SCAN.search(data, position)
-            if found is None:
-                return None
-            position = found.end() - 2  # at the last 0xFF before the marker code
-    return None
-
-
-def _trailing_bytes(data: bytes, image: Image.Image) -> int:
-    """How many bytes follow the image's end marker (0 when none or not found: a file cut
-    short is the decoder's to report). An MPO (a camera's JPEG with more pictures declared
-    in its MP index: depth maps, HDR gain maps) ends after its last declared picture."""
-    if image.format == "PNG":
-        end = _png_end(data)
-    else:
-        end = 0
-        pictures = image.mpinfo.get(0xB002, []) if image.format == "MPO" else []
-        for _ in range(max(1, len(pictures))):
-            end = _jpeg_end(data, end)
-            if end is None:
-                break
-    return 0 if end is None else len(data) - end
-
-
-def decode_image(data: bytes, image_size: int = 32) -> np.ndarray:
-    """PNG/JPEG bytes (any colour mode, any size) -> uint8 image_size x image_size x 3 RGB.
-
-    Raises _DecodeError(message, status_code): 400 for bytes that are not one whole PNG or
-    JPEG (trailing bytes after its end included), 413 for images over the pixel limits.
-    Memory is bounded by the limits: JPEGs decode at 1/8 scale, other images are
-    pre-reduced by an integer factor before the final resize.
-    """
-    try:
-        with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as image:
-            width, height = image.size
-            is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a JPEG with more pictures
-            limit = MAX_JPEG_PIXELS if is_jpeg else MAX_IMAGE_PIXELS
-            if width * height > limit:
-                raise _DecodeError(
-                    f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
-                    f"{limit / 1e6:.0f} MP limit for {image.format}: send it smaller", 413)
-            extra = _trailing_bytes(data, image)
-            if extra:
-                raise _DecodeError(
-                    f"{extra} bytes follow the end of the {image.format} image: send the "
-                    f"image alone (re-save it to drop appended data)", 400)
-            if is_jpeg and (width, height) != (image_size, image_size):
-                image.draft("RGB", (image_size, image_size))  # DCT scaling: up to 1/8
-            image.load()
-            if image.mode not in ("RGB", "RGBA", "L", "LA") or "transparency" in image.info:
-                # Palette/LA images with transparency convert via RGBA to keep colours right.
-                image = image.convert("RGBA") if "transparency" in image.info else image
-                image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                factors = tuple(max(1, side // (image_size * REDUCE_TO_MULTIPLE))
-                                for side in image.size)
-                if factors != (1, 1):
-                    image = image.reduce(factors)
-                image = image.convert("RGB").resize((image_size, image_size), RESIZE_FILTER)
-            elif image.mode != "RGB":
-                image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _DecodeError(f"image is over the pixel limit ({MAX_IMAGE_PIXELS / 1e6:.0f} MP, "
-                           f"{MAX_JPEG_PIXELS / 1e6:.0f} MP for JPEG): {exc}", 413) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError,
-            struct.error) as exc:
-        if isinstance(exc, _DecodeError):
-            raise
-        raise _DecodeError(f"not a readable PNG/JPEG image ({len(data)} bytes): {exc}",
-                           400) from None
-# --- end of the image decoding block ---------------------------------------------------
-
-
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def input_fn(request_body, content_type: str = "application/x-image") -> np.ndarray:
-    media_type = _media_type(content_type)
-    if media_type not in IMAGE_CONTENT_TYPES:
-        raise InvalidInputError(f"unsupported content type {content_type!r}: send one of "
-                                f"{', '.join(IMAGE_CONTENT_TYPES)}", 415)
-    if isinstance(request_body, str):
-        request_body = request_body.encode("latin1")
+def _request_bytes(request_body) -> bytes:
+    if isinstance(request_body, str):  # the toolkit hands JSON/CSV bodies over decoded
+        request_body = request_body.encode("utf-8")
     if isinstance(request_body, (bytearray, memoryview)):
         request_body = bytes(request_body)
     if not isinstance(request_body, bytes) or not request_body:
@@ -293,7 +174,69 @@ def input_fn(request_body, content_type: str = "application/x-image") -> np.ndar
         raise InvalidInputError(f"request body is {len(request_body)} bytes, over the "
                                 f"{MAX_REQUEST_BODY_BYTES}-byte (6 MB) limit of SageMaker "
                                 f"endpoints: send a smaller image", 413)
-    return decode_image(request_body)
+    return request_body
+
+
+# (Plain classes, not dataclasses: this file is also exec'd without a sys.modules entry.)
+class ImageBatch:
+    """A batch request decoded: the images that decoded (N x H x W x 3, in request order),
+    their positions in the request, and the refusal of each image that did not decode."""
+
+    def __init__(self, images: np.ndarray, positions: list[int],
+                 refused: dict[int, InvalidInputError]):
+        self.images = images
+        self.positions = positions
+        self.refused = refused
+
+    @property
+    def size(self) -> int:
+        return len(self.positions) + len(self.refused)
+
+
+class BatchPrediction:
+    """predict_fn's answer to an ImageBatch: a probability row per decoded image."""
+
+    def __init__(self, probabilities: np.ndarray, batch: ImageBatch):
+        self.probabilities = probabilities
+        self.batch = batch
+
+
+def _image_batch(request_body) -> ImageBatch:
+    """BATCH_CONTENT_TYPE's body {"images": [<base64 image>, ...]} decoded image by image:
+    one undecodable image is that image's refusal, not the batch's."""
+    body = _request_bytes(request_body)
+    try:
+        encoded = json.loads(body)["images"]
+        if not isinstance(encoded, list):
+            raise TypeError("images is not a list")
+        images = [base64.b64decode(item, validate=True) for item in encoded]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidInputError(f"a {BATCH_CONTENT_TYPE} body must be "
+                                f'{{"images": [<base64 image>, ...]}} '
+                                f"({type(exc).__name__}: {exc})", 400) from None
+    decoded, positions, refused = [], [], {}
+    for position, data in enumerate(images):
+        try:
+            if not data:
+                raise InvalidInputError("image is empty: send the image bytes", 400)
+            decoded.append(decode_image(data))
+            positions.append(position)
+        except InvalidInputError as exc:
+            refused[position] = exc
+    stacked = np.stack(decoded) if decoded else np.zeros((0, 32, 32, 3), dtype=np.uint8)
+    return ImageBatch(stacked, positions, refused)
+
+
+def input_fn(request_body, content_type: str = "application/x-image"):
+    """An image request -> its decoded image (H x W x 3 uint8); a batch request -> an
+    ImageBatch."""
+    media_type = _media_type(content_type)
+    if media_type == BATCH_CONTENT_TYPE:
+        return _image_batch(request_body)
+    if media_type not in IMAGE_CONTENT_TYPES:
+        raise InvalidInputError(f"unsupported content type {content_type!r}: send one of "
+                                f"{', '.join(SUPPORTED_CONTENT_TYPES)}", 415)
+    return decode_image(_request_bytes(request_body))
 
 
 def tta_logits(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
@@ -486,15 +429,49 @@ class Prediction:
         return len(self.probabilities)
 
 
-def predict_fn(input_data: np.ndarray, model: ServedModel) -> Prediction:
-    """One decoded image (H x W x 3) -> its class probabilities; a batch -> N x classes
-    (np.asarray of the answer); with the out-of-distribution scores beside them."""
+def predict_fn(input_data, model: ServedModel):
+    """One decoded image (H x W x 3) -> its class probabilities; a stack -> N x classes
+    (np.asarray of the answer), with the out-of-distribution scores beside them; an
+    ImageBatch -> a BatchPrediction (all its decoded images predicted at once)."""
+    if isinstance(input_data, ImageBatch):
+        prediction = BatchPrediction(predict_batch(model, input_data.images), input_data)
+        scores = ood_scores(model, input_data.images) if len(input_data.images) else None
+        prediction.ood_scores = scores
+        prediction.ood_threshold = None if scores is None else model.ood["threshold"]
+        return prediction
     probabilities = predict_batch(model, input_data)
     scores = ood_scores(model, input_data)
     threshold = None if scores is None else model.ood["threshold"]
     if np.asarray(input_data).ndim == 3:
         return Prediction(probabilities[0], None if scores is None else scores[0], threshold)
     return Prediction(probabilities, scores, threshold)
+
+
+def image_answer(probabilities, ood_score=None, ood_threshold=None, verbose: bool = False):
+    """What one image's answer holds: its class probabilities in class order, rounded; the
+    verbose answer adds its out-of-distribution score and the version's threshold."""
+    rounded = np.asarray(probabilities, dtype=float).round(6).tolist()
+    if not verbose:
+        return rounded
+    return {"probabilities": rounded,
+            "ood_score": None if ood_score is None else np.round(
+                np.asarray(ood_score, dtype=float), 4).tolist(),
+            "ood_threshold": None if ood_threshold is None else round(float(ood_threshold), 4)}
+
+
+def batch_answer(prediction: BatchPrediction, verbose: bool = False) -> dict:
+    """{"predictions": [one image's answer | {"error", "status"}, ...]} in request order."""
+    answers: list = [None] * prediction.batch.size
+    for position, refusal in prediction.batch.refused.items():
+        answers[position] = {"error": refusal.message, "status": refusal.status_code}
+    scores = getattr(prediction, "ood_scores", None)
+    if scores is None:
+        scores = [None] * len(prediction.batch.positions)
+    for position, row, score in zip(prediction.batch.positions, prediction.probabilities,
+                                    scores):
+        answers[position] = image_answer(row, score, getattr(prediction, "ood_threshold", None),
+                                         verbose)
+    return {"predictions": answers}
 
 
 def _is_verbose(accept: str | None) -> bool:
@@ -515,15 +492,11 @@ def output_fn(prediction, accept: str | None = JSON_CONTENT_TYPE) -> str:
     if media_type not in ("", "*/*", JSON_CONTENT_TYPE):
         raise InvalidInputError(f"unsupported accept type {accept!r}: this model answers "
                                 f"{JSON_CONTENT_TYPE}", 406)
-    probabilities = np.asarray(prediction, dtype=float).round(6).tolist()
-    if not _is_verbose(accept):
-        return json.dumps(probabilities)
-    scores = getattr(prediction, "ood_scores", None)
-    threshold = getattr(prediction, "ood_threshold", None)
-    return json.dumps({"probabilities": probabilities,
-                       "ood_score": None if scores is None else np.round(
-                           np.asarray(scores, dtype=float), 4).tolist(),
-                       "ood_threshold": None if threshold is None else round(threshold, 4)})
+    verbose = _is_verbose(accept)
+    if isinstance(prediction, BatchPrediction):
+        return json.dumps(batch_answer(prediction, verbose), separators=(",", ":"))
+    return json.dumps(image_answer(prediction, getattr(prediction, "ood_scores", None),
+                                   getattr(prediction, "ood_threshold", None), verbose))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Preprocess: raw images -> stratified train / validation / test splits as .npz files.
 
 Runs as a SageMaker Processing job (defaults are the container's /opt/ml/processing paths),
-under the local runner, or by hand. Self-contained on purpose (stdlib, numpy, Pillow only):
-a processing job uploads this single file, so it cannot import its neighbours.
+under the local runner, or by hand. Needs stdlib, numpy, Pillow and its neighbour
+image_decoding.py: the step ships this folder as its source_dir, as Train does.
 
 Input (--input-dir) is one of:
   * an image-folder data set: one subfolder per class, PNG/JPEG files, any colour mode and
-    size (area-downscaled to 32x32 by the decoder inference.py serves with); a file the
-    decoder refuses (not one whole PNG/JPEG, bytes after its end, over the pixel limits:
+    size (decoded to 32x32 by image_decoding.py, the decoder inference.py serves with); a
+    file the decoder refuses (not one whole PNG/JPEG, bytes after its end, over the pixel limits:
     a decompression bomb) counts as one corrupt image, listed in the report;
   * the official CIFAR-100 python archive `cifar-100-python.tar.gz` inside the input dir;
   * its extracted folder `cifar-100-python/` (the input dir itself, or inside it).
@@ -27,14 +27,14 @@ import hashlib
 import io
 import json
 import pickle
-import re
-import struct
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+# The one decoder, shipped beside this file (the step's source_dir), also in the model's code/.
+from image_decoding import ImageDecodeError, decode_image
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -47,162 +47,7 @@ class PreprocessError(Exception):
     """Bad input or a failed data-quality check; the message says what and where."""
 
 
-class UnreadableImage(ValueError):
-    """One image file cannot be used (not a whole PNG/JPEG, or over the pixel limits): it
-    is counted as corrupt, never fatal on its own. status_code mirrors inference.py's."""
-
-    def __init__(self, message: str, status_code: int = 400):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-_DecodeError = UnreadableImage  # what the shared decoding block raises, here
-
-
 # --- reading images --------------------------------------------------------------------
-
-# --- image decoding: this block is identical in inference.py and preprocess.py ---------
-# (preprocess.py ships as a single file, so the decoder is written twice; a test compares
-# the two blocks' text, so a served image is decoded exactly as a training image was.)
-
-# The largest raster decoded at full size: 40 MP is 160 MB as RGBA, the most one request
-# may cost. Larger PNGs (a 445 KB PNG can declare 12000x12000) are refused from the header,
-# before any pixel is decoded.
-MAX_IMAGE_PIXELS = 40_000_000
-# JPEGs are decoded at 1/8 scale (DCT scaling, Image.draft), so one of 80 MP (a 48-64 MP
-# phone photo) costs at most 1.25 MP of raster. 80 MP stays under Pillow's own
-# decompression-bomb warning (89.5 MP), so an accepted JPEG never trips it.
-MAX_JPEG_PIXELS = 80_000_000
-# Downscaling filter: Lanczos, antialiased (Pillow widens a filter's support by the
-# reduction factor, so every source pixel counts). Measured in benchmarks/bench_photos.py
-# on 200 held-out images blown up (bicubic or Lanczos) to 640x480 and 4032x3024: it brings
-# a photo closest to its 32x32 original (pixel error 1.9-2.5 against 2.3-5.0, probability
-# drift 0.013-0.026 against 0.025-0.068 for box, bilinear and bicubic) and agrees with the
-# 32x32 class most often (97-99.5%, the others 93-97%). The whole image is squashed to
-# the square, never cropped or letterboxed: training images are whole scenes at 32x32
-# with no bars, and a centre crop agreed less (95.5-96.5%).
-RESIZE_FILTER = Image.Resampling.LANCZOS
-# Integer pre-reduction (Image.reduce, a box average) down to at least this many times the
-# target size before the final filter: cheap, and the full-size raster is freed early.
-REDUCE_TO_MULTIPLE = 4
-DECODED_FORMATS = ("PNG", "JPEG")  # never hand a request to Pillow's other parsers
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# After a JPEG scan: a marker is 0xFF (fill bytes allowed) then a code that is neither a
-# stuffed zero nor a restart marker (those belong to the entropy-coded data).
-_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-
-
-def _png_end(data: bytes) -> int | None:
-    """Offset just after the IEND chunk, or None when the chunks do not reach one."""
-    position = len(_PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        chunk_type = data[position + 4:position + 8]
-        position += 12 + length
-        if chunk_type == b"IEND":
-            return position if position <= len(data) else None
-    return None
-
-
-def _jpeg_end(data: bytes, start: int = 0) -> int | None:
-    """Offset just after the EOI marker that ends the JPEG starting at `start`, or None
-    when not found.
-
-    Walks the marker segments by their lengths (so a thumbnail's own EOI inside EXIF is
-    skipped) and each entropy-coded scan to its next marker.
-    """
-    if data[start:start + 2] != b"\xff\xd8":
-        return None
-    position = start + 2  # after SOI
-    while position < len(data):
-        if data[position] != 0xFF:
-            return None
-        while position < len(data) and data[position] == 0xFF:  # fill bytes
-            position += 1
-        if position >= len(data):
-            return None
-        marker = data[position]
-        position += 1
-        if marker == 0xD9:  # EOI
-            return position
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
-            continue
-        if position + 2 > len(data):
-            return None
-        position += int.from_bytes(data[position:position + 2], "big")
-        if marker == 0xDA:  # SOS: the entropy-coded scan follows the header
-            found = _JPEG_MARKER_IN_SCAN.search(data, position)
-            if found is None:
-                return None
-            position = found.end() - 2  # at the last 0xFF before the marker code
-    return None
-
-
-def _trailing_bytes(data: bytes, image: Image.Image) -> int:
-    """How many bytes follow the image's end marker (0 when none or not found: a file cut
-    short is the decoder's to report). An MPO (a camera's JPEG with more pictures declared
-    in its MP index: depth maps, HDR gain maps) ends after its last declared picture."""
-    if image.format == "PNG":
-        end = _png_end(data)
-    else:
-        end = 0
-        pictures = image.mpinfo.get(0xB002, []) if image.format == "MPO" else []
-        for _ in range(max(1, len(pictures))):
-            end = _jpeg_end(data, end)
-            if end is None:
-                break
-    return 0 if end is None else len(data) - end
-
-
-def decode_image(data: bytes, image_size: int = 32) -> np.ndarray:
-    """PNG/JPEG bytes (any colour mode, any size) -> uint8 image_size x image_size x 3 RGB.
-
-    Raises _DecodeError(message, status_code): 400 for bytes that are not one whole PNG or
-    JPEG (trailing bytes after its end included), 413 for images over the pixel limits.
-    Memory is bounded by the limits: JPEGs decode at 1/8 scale, other images are
-    pre-reduced by an integer factor before the final resize.
-    """
-    try:
-        with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as image:
-            width, height = image.size
-            is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a JPEG with more pictures
-            limit = MAX_JPEG_PIXELS if is_jpeg else MAX_IMAGE_PIXELS
-            if width * height > limit:
-                raise _DecodeError(
-                    f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
-                    f"{limit / 1e6:.0f} MP limit for {image.format}: send it smaller", 413)
-            extra = _trailing_bytes(data, image)
-            if extra:
-                raise _DecodeError(
-                    f"{extra} bytes follow the end of the {image.format} image: send the "
-                    f"image alone (re-save it to drop appended data)", 400)
-            if is_jpeg and (width, height) != (image_size, image_size):
-                image.draft("RGB", (image_size, image_size))  # DCT scaling: up to 1/8
-            image.load()
-            if image.mode not in ("RGB", "RGBA", "L", "LA") or "transparency" in image.info:
-                # Palette/LA images with transparency convert via RGBA to keep colours right.
-                image = image.convert("RGBA") if "transparency" in image.info else image
-                image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                factors = tuple(max(1, side // (image_size * REDUCE_TO_MULTIPLE))
-                                for side in image.size)
-                if factors != (1, 1):
-                    image = image.reduce(factors)
-                image = image.convert("RGB").resize((image_size, image_size), RESIZE_FILTER)
-            elif image.mode != "RGB":
-                image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _DecodeError(f"image is over the pixel limit ({MAX_IMAGE_PIXELS / 1e6:.0f} MP, "
-                           f"{MAX_JPEG_PIXELS / 1e6:.0f} MP for JPEG): {exc}", 413) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError,
-            struct.error) as exc:
-        if isinstance(exc, _DecodeError):
-            raise
-        raise _DecodeError(f"not a readable PNG/JPEG image ({len(data)} bytes): {exc}",
-                           400) from None
-# --- end of the image decoding block ---------------------------------------------------
-
 
 def read_image_folder(root: Path, classes: list[str]):
     """-> (images, labels, filenames, corrupt) from root/<class>/*.png|jpg|jpeg."""
@@ -220,7 +65,7 @@ def read_image_folder(root: Path, classes: list[str]):
             relative = f"{name}/{path.name}"
             try:
                 images.append(decode_image(path.read_bytes()))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            except (ImageDecodeError, OSError) as exc:  # one corrupt image, never fatal
                 corrupt.append({"file": relative, "reason": f"{type(exc).__name__}: {exc}"})
                 continue
             labels.append(label)

@@ -38,7 +38,7 @@ from evaluate import expected_calibration_error
 from scones_net import ARCHITECTURE, IMAGE_SIZE, SconesNet, normalise
 
 HERE = Path(__file__).resolve().parent
-SERVING_CODE = ("inference.py", "scones_net.py")
+SERVING_CODE = ("inference.py", "image_decoding.py", "scones_net.py")
 CROP_PADDING = 4
 MIN_ONE_CYCLE_STEPS = 8  # fewer optimiser steps than this: no room for warm-up + anneal
 # The threshold is chosen only where at least this many validation images pass: below it one

@@ -4,7 +4,7 @@
 a deployment calls (lambdas/deploy_approved_model.deploy_model_package, the same function the
 approval Lambda runs on AWS): model packages come from the local registry, models and
 endpoint configs live in this object, and an endpoint is its state file
-(scones.local.endpoint_state), which the local endpoint server watches and serves from. Errors are
+(scones.local.deployment_state), which the local endpoint server watches and serves from. Errors are
 botocore ClientErrors shaped like SageMaker's, so the deployment logic cannot tell the two
 apart.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME
 from scones.config import Config
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
 from scones.errors import RegistryError
 from scones.workspace import Workspace
 

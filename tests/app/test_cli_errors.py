@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import register_model
+from helpers import register_model
+from helpers import scones as run_scones
 
 NO_AWS = {  # no credentials anywhere, and no waiting for an instance-metadata service
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
@@ -35,10 +36,9 @@ def clean_env(**extra: str) -> dict:
 
 def scones(workspace: Path, *args: str, env: dict | None = None, stdout=subprocess.PIPE,
            timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args,
-                           "--set", f"local.workspace={workspace}"],
-                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout,
-                          env=env or clean_env())
+    """The CLI with no AWS settings in its environment (clean_env) unless env is given."""
+    return run_scones(*args, workspace=workspace, clean_env=env or clean_env(),
+                      stdout=stdout, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> str:

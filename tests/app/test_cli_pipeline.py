@@ -4,27 +4,22 @@ branch) is shared by the module's tests."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_image_subset
+from helpers import copy_image_subset
+from helpers import scones as run_scones
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def scones(workspace: Path, *args: str, data: Path | None = None) -> subprocess.CompletedProcess:
-    settings = ["--set", f"local.workspace={workspace}", "--set", "training.epochs=2",
-                "--set", "training.batch_size=16"]
-    if data:
-        settings += ["--set", f"data.input_url={data}"]
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args, *settings], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    """The CLI with a quick training (2 epochs) and, given data, that input folder."""
+    settings = {"training.epochs": 2, "training.batch_size": 16,
+                **({"data.input_url": data} if data else {})}
+    return run_scones(*args, workspace=workspace, settings=settings)
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,9 @@
 short training so the suite stays fast. Each stage's output must be there, and the run must
 leave a registered+approved version, a deployment and a monitoring report behind."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-
-
-def scones(*args, workspace, timeout=600):
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args, "--set", f"local.workspace={workspace}"],
-        capture_output=True, text=True, timeout=timeout, env=env)
-
+from helpers import scones
 
 def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sample_data_dir):
     workspace = tmp_path / "ws"

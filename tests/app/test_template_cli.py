@@ -84,12 +84,9 @@ def test_an_unknown_kwarg_is_one_line_naming_it(tmp_path):
 
 @mock_aws
 def test_run_pipeline_with_the_buildspecs_command_line_upserts_a_tagged_pipeline(
-        buildspec_argv, monkeypatch, capsys):
+        buildspec_argv, aws_credentials, capsys):
     """On the AWS backend (moto): the pipeline is created under the template's name, with
     the project's tags, and started. (--no-wait: moto's executions never finish.)"""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=PROJECT["ARTIFACT_BUCKET"])
     from app.cli.run_pipeline import main
 

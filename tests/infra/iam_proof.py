@@ -208,6 +208,9 @@ class Resolved:
                         return self.attribute(*token.split(".", 1))
                     return str(self.ref(token))
                 return re.sub(r"\$\{([^}]+)\}", substitute, text)
+            if fn == "Fn::FindInMap":
+                mapping, first, second = (self.value(a) for a in args)
+                return self.template["Mappings"][mapping][first][second]
             if fn == "Fn::Join":
                 separator, items = args
                 return separator.join(str(x) for x in self.value(items))
@@ -558,3 +561,75 @@ def _resource_of(prefix: str, params: dict) -> str:
     if prefix == "codebuild" and "projectName" in params:
         return _arn("codebuild", f"project/{params['projectName']}")
     return "*"
+
+
+# ----------------------------------------------------------------------------- triggers
+
+def _target_calls(resolved: Resolved, role: str, target_arn: str, why: str,
+                  target: dict, scheduler: bool = False) -> list[Call]:
+    """What EventBridge or Scheduler does as the target's role to deliver to it."""
+    calls = []
+    if ":states:" in target_arn and ":stateMachine:" in target_arn:
+        calls.append(Call(role, "states:StartExecution", target_arn, why))
+    elif ":sagemaker:" in target_arn and ":pipeline/" in target_arn:
+        calls.append(Call(role, "sagemaker:StartPipelineExecution", target_arn.lower(), why))
+    elif ":codepipeline:" in target_arn:
+        calls.append(Call(role, "codepipeline:StartPipelineExecution", target_arn, why))
+    elif target_arn.startswith("arn:aws:scheduler:::aws-sdk:"):
+        service, api = target_arn.removeprefix("arn:aws:scheduler:::aws-sdk:").split(":")
+        api = api[0].upper() + api[1:]
+        request = json.loads(target["Input"])
+        resources = _sagemaker_resources(request) if service == "sagemaker" else ["*"]
+        calls.append(Call(role, f"{_SERVICE_PREFIX.get(service, service)}:{api}",
+                          resources[0].replace("<aws.scheduler.execution-id>", "1a2b"), why))
+        if "RoleArn" in request:
+            calls.append(Call(role, "iam:PassRole", request["RoleArn"], why + " (RoleArn)"))
+    else:
+        raise AssertionError(f"{why}: no rule for delivering to {target_arn}")
+    dead_letters = target.get("DeadLetterConfig", {}).get("Arn")
+    # Scheduler sends undeliverable ones as the target's role; EventBridge rules as
+    # themselves, which the queue's policy must allow (tests/infra/test_deploy_flow.py)
+    if dead_letters and scheduler:
+        calls.append(Call(role, "sqs:SendMessage", dead_letters, why + " (dead letters)"))
+    return calls
+
+
+def trigger_calls(resolved: Resolved) -> list[Call]:
+    """Every rule's and schedule's delivery, as its role; CodePipeline's actions as its."""
+    calls = []
+    for logical, properties in resolved.of_type("AWS::Events::Rule").items():
+        for target in properties.get("Targets", []):
+            if "RoleArn" in target:
+                calls += _target_calls(resolved, resolved.role_of(target["RoleArn"]),
+                                       target["Arn"], f"{logical} target", target)
+    for logical, properties in resolved.of_type("AWS::Scheduler::Schedule").items():
+        target = properties["Target"]
+        calls += _target_calls(resolved, resolved.role_of(target["RoleArn"]), target["Arn"],
+                               f"{logical} target", target, scheduler=True)
+    for logical, properties in resolved.of_type("AWS::CodePipeline::Pipeline").items():
+        role = resolved.role_of(properties["RoleArn"])
+        store = properties["ArtifactStore"]["Location"]
+        why = f"{logical} artifact store"
+        calls += [Call(role, a, f"arn:aws:s3:::{store}/{logical[:20]}/Source/abc.zip", why)
+                  for a in ("s3:PutObject", "s3:GetObject", "s3:GetObjectVersion")]
+        for stage in properties["Stages"]:
+            for action in stage["Actions"]:
+                kind = action["ActionTypeId"]["Provider"]
+                why = f"{logical} {stage['Name']}/{action['Name']} ({kind})"
+                configuration = action["Configuration"]
+                if kind == "S3":
+                    bucket, key = configuration["S3Bucket"], configuration["S3ObjectKey"]
+                    calls += [Call(role, a, f"arn:aws:s3:::{bucket}/{key}", why)
+                              for a in ("s3:GetObject", "s3:GetObjectVersion")]
+                    calls += [Call(role, a, f"arn:aws:s3:::{bucket}", why)
+                              for a in ("s3:GetBucketVersioning", "s3:ListBucket")]
+                elif kind == "CodeBuild":
+                    project = _arn("codebuild", f"project/{configuration['ProjectName']}")
+                    calls += [Call(role, f"codebuild:{a}", project, why)
+                              for a in ("StartBuild", "BatchGetBuilds")]
+                elif kind == "CodeStarSourceConnection":
+                    calls.append(Call(role, "codestar-connections:UseConnection",
+                                      configuration["ConnectionArn"], why))
+                else:
+                    raise AssertionError(f"{why}: no rule for {kind}")
+    return calls

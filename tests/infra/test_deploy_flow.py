@@ -135,3 +135,85 @@ def _all_states(definition):
         yield state
         if "ItemProcessor" in state:
             yield from _all_states(state["ItemProcessor"])
+
+
+def test_framework_images_are_the_sdks_for_every_region(template):
+    """The Deep Learning Containers account differs by region: the template maps each
+    region to the account the SDK's image_uris names, and the monitoring job's image is
+    exactly what image_uris.retrieve gives for the stack's region."""
+    import json
+
+    from sagemaker import image_uris
+
+    config = load_config("local")
+    pc = config.pipeline
+    mapping = template["Mappings"]["FrameworkImageAccounts"]
+    assert len(mapping) > 30 and "763104351884" not in json.dumps(
+        {k: v for k, v in template.items() if k != "Mappings"})
+    for region in mapping:
+        suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+        for scope in ("training", "inference"):
+            expected = image_uris.retrieve("pytorch", region, version=pc.framework_version,
+                                           py_version=pc.py_version,
+                                           instance_type=pc.processing_instance_type,
+                                           image_scope=scope)
+            account = mapping[region][scope.capitalize()]
+            assert expected == (f"{account}.dkr.ecr.{region}.{suffix}/pytorch-{scope}:"
+                                f"{pc.framework_version}-cpu-{pc.py_version}")
+    resolved = Resolved(template, {**PARAMETERS, "MonitoringSchedule": "rate(1 hour)"})
+    request = json.loads(resolved.properties("MonitoringJobSchedule")["Target"]["Input"])
+    assert request["AppSpecification"]["ImageUri"] == image_uris.retrieve(
+        "pytorch", "us-east-1", version=pc.framework_version, py_version=pc.py_version,
+        instance_type=pc.processing_instance_type, image_scope="training")
+
+
+BUILD_PACKAGES = {"sagemaker", "boto3", "pyyaml", "rich"}
+NOT_INSTALLED_BY_THE_BUILD = ["torch", "torchvision", "PIL", "matplotlib", "flask", "plotly",
+                              "waitress", "stepfunctions"]
+
+
+def test_the_model_build_installs_only_what_upserting_the_pipeline_needs(tmp_path):
+    """The buildspec installs the project without dependencies plus BUILD_PACKAGES; the
+    template's own build command (get-pipeline-definition with the AWS templates' kwargs,
+    as run-pipeline builds it) runs with everything else unimportable."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((repo / "codebuild-buildspec.yml").read_text())
+    commands = " ".join(spec["phases"]["install"]["commands"])
+    assert "pip install --no-deps ." in commands
+    installed = set()
+    for command in spec["phases"]["install"]["commands"]:
+        if command.startswith("pip install -c constraints.txt"):
+            installed |= {re.split(r"[<>=]", n.strip('"'))[0] for n in command.split()[4:]}
+    assert installed == BUILD_PACKAGES
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {NOT_INSTALLED_BY_THE_BUILD!r}:
+            raise ModuleNotFoundError(f"not installed in the model build: {{name}}")
+sys.meta_path.insert(0, Block())
+import boto3
+from moto import mock_aws
+with mock_aws():
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagemaker-project-p-1")
+    from app.cli.get_pipeline_definition import main
+    sys.exit(main(["--module-name", "pipelines.pipeline", "-f", {str(tmp_path / "p.json")!r},
+                   "--kwargs", '{{"region":"us-east-1","role":"arn:aws:iam::123456789012:role/x",'
+                   '"default_bucket":"sagemaker-project-p-1","pipeline_name":"bikes-p-1",'
+                   '"model_package_group_name":"bikes-p-1","base_job_prefix":"bikes-p-1",'
+                   '"sagemaker_project_name":"bikes","input_data_url":"s3://sagemaker-project-p-1/data/",'
+                   '"sagemaker_project_arn":"arn:aws:sagemaker:us-east-1:123456789012:project/bikes"}}']))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=repo,
+                            env={**__import__("os").environ, "AWS_ACCESS_KEY_ID": "x",
+                                 "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"Steps"' in (tmp_path / "p.json").read_text()

@@ -38,7 +38,8 @@ def _substitute(text: str) -> str:
               "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
               "SageMakerExecutionRole.Arn": "arn:aws:iam::123456789012:role/sm",
               "MonitoringWindow": "1h", "TrainingDataPrefix": "data/train/",
-              "MonitoringAlarmViolations": "1"}
+              "MonitoringAlarmViolations": "1", "AWS::URLSuffix": "amazonaws.com",
+              "TrainingImageAccount": "763104351884"}
     text = re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], text)
     return text.replace("<aws.scheduler.execution-id>", str(uuid.uuid4()))
 
@@ -53,7 +54,7 @@ def test_schedule_starts_a_processing_job_botocore_accepts(resources):
     assert schedule["ScheduleExpression"] == {"Ref": "MonitoringSchedule"}
     target = schedule["Target"]
     assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
-    request = json.loads(_substitute(target["Input"]["Fn::Sub"]))
+    request = json.loads(_substitute(target["Input"]["Fn::Sub"][0]))
     model = botocore.session.get_session().get_service_model("sagemaker")
     shape = model.operation_model("CreateProcessingJob").input_shape
     report = ParamValidator().validate(request, shape)
@@ -69,7 +70,7 @@ def test_the_jobs_command_is_monitor_run_as_our_cli_parses_it(resources):
     from app.cli.main import build_parser
 
     request = json.loads(_substitute(
-        resources["MonitoringJobSchedule"]["Properties"]["Target"]["Input"]["Fn::Sub"]))
+        resources["MonitoringJobSchedule"]["Properties"]["Target"]["Input"]["Fn::Sub"][0]))
     command = request["AppSpecification"]["ContainerEntrypoint"][2]
     cli = command.split("python -m app.cli.main ", 1)[1]
     args = build_parser().parse_args(shlex.split(cli))

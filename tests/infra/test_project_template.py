@@ -213,7 +213,7 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
 
     # run the buildspec's build commands in bash, run-pipeline replaced by a recorder
     buildspec = yaml.safe_load((REPO / BUILDSPEC).read_text())
-    assert "pip install -c constraints.txt ." in buildspec["phases"]["install"]["commands"]
+    assert "pip install --no-deps ." in buildspec["phases"]["install"]["commands"]
     values = {"SAGEMAKER_PROJECT_NAME": "bikes", "SAGEMAKER_PROJECT_ID": "p-abc123",
               "SAGEMAKER_PROJECT_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:project/bikes",
               "SAGEMAKER_PIPELINE_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",

@@ -584,3 +584,25 @@ def test_a_failed_batch_never_reports_a_reserved_states_name(s3, error, reported
     assert answer["Cause"].startswith(f"{error}: " if reported != error else "the batch")
     line = json.loads(s3.get_object(Bucket=BUCKET, Key=batch["results"]["key"])["Body"].read())
     assert line["Error"] == error and line["BatchFailed"] is True
+
+
+@pytest.mark.parametrize("code, message, served", [
+    ("ValidationException", 'Could not find endpoint configuration "gone".', None),
+    ("AccessDeniedException", "not authorized to perform: sagemaker:DescribeEndpointConfig",
+     "raised")])
+def test_which_version_serves_is_unknown_only_when_the_config_is_gone(aws_env, code, message,
+                                                                      served):
+    """A refusal to describe the serving config is raised, never read as "serves nothing
+    known": that would turn off the "already serving" and "never roll back" checks."""
+    from botocore.exceptions import ClientError
+
+    from lambdas.deploy_approved_model import serving_package_arn
+
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_endpoint_config", code, message)
+        if served == "raised":
+            with pytest.raises(ClientError, match="not authorized"):
+                serving_package_arn(client, {"EndpointConfigName": "scones-staging-v3"})
+        else:
+            assert serving_package_arn(client, {"EndpointConfigName": "gone"}) is served

@@ -100,36 +100,6 @@ def test_model_fn_names_a_missing_file(served_model, tmp_path):
         module.model_fn(str(tmp_path))
 
 
-def _encoded(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def test_serving_decodes_images_exactly_as_preprocess_did(served_model, jobs_dir, real_png):
-    # preprocess.py ships as a single file, so the decoder is written twice; a served_model image
-    # decoded differently from a training image would be silent train/serve skew.
-    spec = importlib.util.spec_from_file_location("preprocess_under_test",
-                                                  jobs_dir / "preprocess.py")
-    preprocess = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(preprocess)
-    inference, _ = served_model
-    rgba = Image.open(io.BytesIO(real_png))
-    palette = rgba.convert("RGB").quantize(16)
-    palette.info["transparency"] = 0
-    cases = {
-        "RGBA PNG": real_png,
-        "grey JPEG": _encoded(rgba.convert("L"), "JPEG"),
-        "palette PNG with transparency": _encoded(palette, "PNG"),
-        "64x64 RGB JPEG": _encoded(rgba.convert("RGB").resize((64, 64)), "JPEG"),
-    }
-    for name, data in cases.items():
-        trained_as = preprocess.decode_image(data)
-        served_as = inference.decode_image(data)
-        assert trained_as.shape == (32, 32, 3), name
-        assert np.array_equal(trained_as, served_as), name
-
-
 # ---- photos of real sizes, and hostile images ------------------------------------------
 
 @pytest.mark.parametrize("class_name, size, fmt", [
@@ -249,13 +219,6 @@ def test_other_image_formats_are_refused_before_any_parser_runs(served_model, re
         assert caught.value.status_code == 400 and "PNG/JPEG" in str(caught.value)
 
 
-def test_the_decoding_block_is_the_same_text_in_both_files(jobs_dir):
-    def block(name: str) -> str:
-        text = (jobs_dir / name).read_text()
-        start = text.index("# --- image decoding: this block is identical")
-        return text[start:text.index("# --- end of the image decoding block", start)]
-    assert block("inference.py") == block("preprocess.py")
-
 def test_predict_applies_the_artifact_temperature(served_model, small_model_tar, sample_data_dir, tmp_path):
     """predict_batch divides the logits by model_config.json's temperature before the softmax:
     the same weights with another temperature in the artifact give exactly those probabilities."""
@@ -297,3 +260,134 @@ def test_artifact_without_temperature_serves_the_plain_softmax(served_model, sma
     (old / "model_config.json").write_text(json.dumps({**config, "temperature": 0}))
     with pytest.raises(ValueError, match="temperature must be positive"):
         module.model_fn(str(old))
+
+
+# ---- the one decoder: orientation, depth, alpha ------------------------------------------
+
+def test_the_model_archive_ships_the_one_decoder(small_model_tar, served_model, jobs_dir):
+    with tarfile.open(small_model_tar) as tar:
+        names = set(tar.getnames())
+    assert {"code/inference.py", "code/image_decoding.py", "code/scones_net.py"} <= names
+    module, _ = served_model
+    # Serving decodes with that module, the one preprocess.py imports: no second copy.
+    assert module.image_decoding.__file__.endswith("code/image_decoding.py")
+    assert "def decode_image" not in (jobs_dir / "preprocess.py").read_text()
+    assert "from image_decoding import" in (jobs_dir / "preprocess.py").read_text()
+
+
+def _exif_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+# The transpose that turns an upright picture into what a camera stores with each EXIF
+# orientation (the inverse of what the decoder applies).
+STORED_AS = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+             3: Image.Transpose.ROTATE_180}
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_a_rotated_phone_photo_is_read_upright(served_model, sample_data_dir, orientation):
+    module, model = served_model
+    upright = Image.open(real_image_path(sample_data_dir, "motorcycle")).convert("RGB") \
+        .resize((640, 480), Image.Resampling.BICUBIC)
+    stored = encode(upright.transpose(STORED_AS[orientation]), "JPEG", quality=90,
+                    exif=_exif_orientation(orientation))
+    assert Image.open(io.BytesIO(stored)).getexif()[0x0112] == orientation
+    as_sent = module.input_fn(stored, "image/jpeg")
+    reference = module.input_fn(encode(upright, "JPEG", quality=90), "image/jpeg")
+    assert np.mean(np.abs(as_sent.astype(int) - reference.astype(int))) < 3
+    assert np.argmax(module.predict_fn(as_sent, model)) == \
+        np.argmax(module.predict_fn(reference, model))
+
+
+def _png16(values: np.ndarray) -> bytes:
+    """A 16-bit PNG (greyscale for H x W, RGB for H x W x 3), written by hand: Pillow cannot
+    write 48-bit RGB."""
+    import struct
+    import zlib
+    height, width = values.shape[:2]
+    colour_type = 0 if values.ndim == 2 else 2
+    raw = b"".join(b"\0" + values[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_greyscale_and_rgb_pngs_decode_to_their_8_bit_values(served_model):
+    module, _ = served_model
+    grey = np.zeros((32, 32), dtype=np.uint16)
+    grey[:, :8], grey[:, 8:16], grey[:, 16:24], grey[:, 24:] = 0, 257 * 100, 32768, 65535
+    assert Image.open(io.BytesIO(_png16(grey))).mode.startswith("I")
+    decoded = module.input_fn(_png16(grey), "image/png")
+    assert decoded[0, ::8].tolist() == [[0] * 3, [100] * 3, [128] * 3, [255] * 3]
+    rgb = np.zeros((32, 32, 3), dtype=np.uint16)
+    rgb[...] = (65535, 32768, 257 * 7)
+    assert module.input_fn(_png16(rgb), "image/png")[5, 5].tolist() == [255, 128, 7]
+    # Bigger than 32x32, through the resize path: the same scale.
+    big_grey = np.full((300, 200), 257 * 60, dtype=np.uint16)
+    assert np.all(module.input_fn(_png16(big_grey), "image/png") == 60)
+
+
+def test_a_half_transparent_rgba_composites_the_same_at_every_size(served_model):
+    module, _ = served_model
+    rng = np.random.default_rng(7)
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., :3] = rng.integers(0, 256, (32, 32, 3))
+    rgba[..., 3] = 128
+    rgba[:16, :, 3] = 0  # the top half fully transparent, whatever colour it holds
+    small = Image.fromarray(rgba, "RGBA")
+    at_32 = module.input_fn(encode(small, "PNG"), "image/png")
+    at_256 = module.input_fn(encode(small.resize((256, 256), Image.Resampling.NEAREST), "PNG"),
+                             "image/png")
+    # Transparent shows the one background (white), at both sizes.
+    assert at_32[:15].min() == 255 and at_256[:14].min() >= 250
+    expected = (rgba[..., :3].astype(int) * 128 + 255 * 127) // 255
+    assert np.abs(at_32[16:].astype(int) - expected[16:]).max() <= 1
+    assert np.mean(np.abs(at_32.astype(int) - at_256.astype(int))) < 12
+
+
+def test_a_refusal_never_shows_an_object_repr(served_model):
+    module, _ = served_model
+    for body in (b"this is not a png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"\xff\xd8\xff"):
+        with pytest.raises(module.InvalidInputError) as caught:
+            module.input_fn(body, "image/png")
+        assert caught.value.status_code == 400
+        assert " object at 0x" not in str(caught.value)
+        assert "PNG/JPEG" in str(caught.value)
+
+
+# ---- the serving contract: every request the Lambdas send --------------------------------
+
+def test_the_registered_content_types_are_exactly_what_inference_py_answers(served_model):
+    from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
+    from pipelines.pipeline import CONTENT_TYPES
+
+    module, _ = served_model
+    assert module.BATCH_CONTENT_TYPE == BATCH_CONTENT_TYPE
+    assert list(module.SUPPORTED_CONTENT_TYPES) == CONTENT_TYPES
+
+
+def test_a_batch_answers_each_image_in_order_and_refuses_only_the_bad_one(served_model,
+                                                                         real_png):
+    import base64
+
+    module, model = served_model
+    single = serve(module, model, real_png, "image/png")
+    body = json.dumps({"images": [base64.b64encode(d).decode() for d in
+                                  (real_png, b"not an image", real_png)]})
+    answer = json.loads(module.output_fn(module.predict_fn(
+        module.input_fn(body.encode(), module.BATCH_CONTENT_TYPE), model), "application/json"))
+    predictions = answer["predictions"]
+    assert len(predictions) == 3
+    assert predictions[0] == pytest.approx(single, abs=1e-5) == predictions[2]
+    assert predictions[1]["status"] == 400 and "PNG/JPEG" in predictions[1]["error"]
+    for bad in (b'{"images": "x"}', b"[]", b'{"images": ["%%%"]}'):
+        with pytest.raises(module.InvalidInputError) as caught:
+            module.input_fn(bad, module.BATCH_CONTENT_TYPE)
+        assert caught.value.status_code == 400

@@ -144,10 +144,17 @@ def test_upsert_and_start_on_moto_is_idempotent(aws_config):
     first = executor.run(parameters={"Epochs": 3})
     second = executor.run()
     sm = boto_session.client("sagemaker")
-    for result in (first, second):  # what we report is what SageMaker (here moto) says
-        assert result["Status"] == sm.describe_pipeline_execution(
-            PipelineExecutionArn=result["ExecutionArn"])["PipelineExecutionStatus"]
+    pipeline_arn = sm.describe_pipeline(PipelineName=aws_config.pipeline.name)["PipelineArn"]
+    for result in (first, second):  # each a started execution of the one pipeline
+        assert result["ExecutionArn"].startswith(f"{pipeline_arn}/execution/")
+        assert result["ExecutionId"] == result["ExecutionArn"].rpartition("/")[2]
+        assert result["Status"] == "Succeeded"  # moto's executions end at once
     assert first["ExecutionArn"] != second["ExecutionArn"]
+    # the parameters went to the execution they were given for, and only to it
+    given = {arn: sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)[
+        "PipelineParameters"] for arn in (first["ExecutionArn"], second["ExecutionArn"])}
+    assert given[first["ExecutionArn"]] == [{"Name": "Epochs", "Value": "3"}]
+    assert given[second["ExecutionArn"]] == []
     pipelines = sm.list_pipelines()["PipelineSummaries"]
     assert [p["PipelineName"] for p in pipelines] == [aws_config.pipeline.name]
     stored = json.loads(sm.describe_pipeline(PipelineName=aws_config.pipeline.name)
@@ -175,3 +182,31 @@ def test_object_store_reads_and_lists_s3_as_the_local_store_does(tmp_path):
     for store in (local, remote):
         assert store.list_urls("s3://scones-b/in/") == ["s3://scones-b/in/a.png", "s3://scones-b/in/sub/b.png"]
         assert store.read_bytes("s3://scones-b/in/sub/b.png") == b"in/sub/b.png"
+
+
+def test_the_local_definition_is_kept_while_its_key_and_uploads_are_the_same(
+        local_config, definition, monkeypatch):
+    """`scones pipeline definition` a second time needs neither the SDK nor moto: the
+    definition built for the same key is reused, while the code it points at is there."""
+    import dataclasses
+
+    from scones.local.pipeline_runner import pipelines_api as executor
+
+    def built_again(*args, **kwargs):
+        raise AssertionError("the definition was built again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(executor, "local_pipeline_session", built_again)
+        assert pipeline_definition(local_config) == definition
+    kept = json.loads(next((local_config.local.workspace / "cache" / "pipeline-definitions")
+                           .glob("*.json")).read_text())
+    store = backend_for(local_config).object_store()
+    assert kept["Uploads"] and all(store.exists(url) for url in kept["Uploads"])
+    # an upload gone from the object store: built (and uploaded) again, the same definition
+    store.path_for(kept["Uploads"][0]).unlink()
+    assert pipeline_definition(local_config) == definition
+    assert store.exists(kept["Uploads"][0])
+    # another config value: another key, never the kept definition
+    other = local_config.replace(training=dataclasses.replace(
+        local_config.training, epochs=local_config.training.epochs + 1))
+    assert pipeline_definition(other) != definition

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_image_subset
+from helpers import copy_image_subset
+from helpers import scones as run_scones
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAUSE_HOOK = """
@@ -47,8 +48,7 @@ def env(hook_dir: Path | None = None, pause: str | None = None) -> dict:
 
 
 def scones(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600, env=env())
+    return run_scones(*args, clean_env=env())
 
 
 def alive(pid: int) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SMALL_MODEL_EPOCHS, run_job
+from helpers import SMALL_MODEL_EPOCHS, run_job
 
 # The exact shape the pipeline's metric_definitions parse.
 EPOCH_LINE = re.compile(

@@ -20,7 +20,7 @@ from scones.storage import LocalObjectStore
 from workflow.bulk import (BATCH_STATE, MAP_STATE, THRESHOLD_EXCEEDED_ERROR,
                            bulk_definition_json)
 from scones.local.endpoint import EndpointProcess
-from workflow.run import LocalWorkflow
+from workflow.bulk import BulkWorkflow
 
 from test_local_workflow import deploy_locally
 
@@ -65,7 +65,7 @@ def test_every_image_of_a_prefix_is_reported_once_with_bad_files_by_name(
         bulk_config, sample_data_dir):
     config = bulk_config
     expected = stage_images(config, sample_data_dir, 150, "s3://incoming/bulk/")
-    with LocalWorkflow(config, bulk=True) as workflow:
+    with BulkWorkflow(config) as workflow:
         run = workflow.run_bulk("s3://incoming/bulk/", batch_size=64, progress=False)
 
     assert run.status == "SUCCEEDED", (run.error, run.cause, run.summary)
@@ -155,7 +155,7 @@ def test_failed_batches_are_tolerated_up_to_the_threshold(bulk_config, sample_da
     with EndpointProcess(config) as endpoint:
         proxy = FailingFirstRequests(endpoint.url, failures=1)
         try:
-            with LocalWorkflow(config, bulk=True, endpoint_url=proxy.url) as workflow:
+            with BulkWorkflow(config, endpoint_url=proxy.url) as workflow:
                 run = workflow.run_bulk(prefix, batch_size=8, progress=False,
                                         tolerated_failure_percentage=tolerated)
         finally:

@@ -19,8 +19,8 @@ from scones.config import load_config
 from scones.errors import SconesError
 from scones.storage import LocalObjectStore
 from workflow.run import summary
-from scones.local.endpoint_state import EndpointStateFile
-from workflow.run import ImageSource, images_from_options, run_workflow_locally
+from scones.local.deployment_state import EndpointStateFile
+from workflow.run import ImageSource, images_from_options, run_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {"Image", "Status", "PredictedLabel", "Confidence", "Inferences",
@@ -71,7 +71,7 @@ def test_images_from_the_object_store_pass_or_fail_each_by_name(tmp_path, sample
     sources.append(ImageSource(label="s3://incoming/missing.png",
                                s3_url="s3://incoming/missing.png"))
 
-    results = {r.image: r for r in run_workflow_locally(config, sources, progress=False)}
+    results = {r.image: r for r in run_images(config, sources, progress=False)}
 
     assert len(results) == len(good) + 5
     for path in good:
@@ -252,7 +252,7 @@ def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
         tmp_path, sample_data_dir, small_model_tar):
     """The threshold train.py chose travels with the version (CustomerMetadataProperties)
     and deployment hands it to the filter; workflow.confidence_threshold is the override."""
-    from conftest import register_model
+    from helpers import register_model
     from workflow.stages import deploy_model_package, with_model_threshold
     from workflow.run import ImageSource, run_workflow
 
@@ -345,7 +345,7 @@ def test_every_path_applies_the_same_registered_threshold(tmp_path, sample_data_
     """One image, a folder, a prefix (bulk), the staging endpoint and a named
     --model-version: on the same images, the same verdicts, all by the threshold registered
     with the version that answers (not workflow.confidence_threshold)."""
-    from conftest import register_model
+    from helpers import register_model
     from workflow.bulk import run_bulk
     from workflow.run import run_workflow
     from workflow.stages import deploy_model_package, with_model_threshold

@@ -190,7 +190,7 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
     """Approve -> deploy (state file) -> the local endpoint serves it and captures -> report."""
     import urllib.request
 
-    from conftest import register_model
+    from helpers import register_model
     from workflow.stages import deploy_model_package
     from scones.local.endpoint import start_endpoint
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -19,7 +17,8 @@ import pytest
 from botocore.config import Config as BotoConfig
 from PIL import Image, ImageOps
 
-from conftest import register_model, run_job
+from helpers import register_model, run_job
+from helpers import scones as run_scones
 from scones.config import load_config
 from scones.storage import LocalObjectStore
 
@@ -144,14 +143,11 @@ def send(endpoint, images, prefix: str) -> list[dict]:
 
 
 def scones(config, *args) -> subprocess.CompletedProcess:
-    settings = ["--set", f"local.workspace={config.local.workspace}",
-                "--set", f"data.input_url={config.data.input_url}",
-                "--set", "training.epochs=1", "--set", "training.batch_size=16",
-                # any model a 1-epoch retraining gives registers (the branch under test)
-                "--set", "pipeline.accuracy_threshold=0"]
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args, *settings],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    return run_scones(*args, workspace=config.local.workspace, settings={
+        "data.input_url": config.data.input_url, "training.epochs": 1,
+        "training.batch_size": 16,
+        # any model a 1-epoch retraining gives registers (the branch under test)
+        "pipeline.accuracy_threshold": 0})
 
 
 def violated(result) -> set[str]:
@@ -352,14 +348,12 @@ def test_malformed_capture_lines_are_counted_listed_and_never_in_the_figures(dep
     assert "Malformed lines" in (result.out_dir / "report.md").read_text()
 
 
-def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, monkeypatch):
+def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, aws_credentials):
     """On AWS the same summary goes to CloudWatch PutMetricData (moto)."""
     from moto import mock_aws
 
     from workflow.monitoring.check import MonitorState, emit_metrics
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     summary = {"Violations": 2, "Records": 50, "Malformed": 1,
                "Drift": [{"FeatureName": "brightness", "ModelVersion": 3, "Distance": 0.9}],
                "Quality": []}
@@ -370,7 +364,7 @@ def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, monkeypatch):
             "data.input_url": "s3://b/data"})
         from datetime import datetime, timezone
 
-        emit_metrics(config, MonitorState(config), summary, datetime.now(timezone.utc))
+        emit_metrics(config, summary, datetime.now(timezone.utc))
         client = boto3.client("cloudwatch", region_name=config.aws.region)
         listed = client.list_metrics(Namespace=config.monitoring.metrics_namespace)["Metrics"]
     names = {m["MetricName"] for m in listed}

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import register_model
+from helpers import register_model, scones
 from scones.backend import backend_for
 from scones.config import load_config
-from scones.local.endpoint_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile
+from workflow.stage_test import run_stage_test
 from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
-                                 approve_and_deploy, deploy_model_package, endpoint_status,
-                                 promote, reject_and_report, run_stage_test)
+                             approve_and_deploy, deploy_model_package, endpoint_status,
+                             promote, reject_and_report)
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "scones-delivery-vehicles"
@@ -84,10 +85,7 @@ def staged(tmp_path, small_model_tar, small_training_run):
 
 
 def _scones(*args, workspace, extra=()):
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args,
-                           "--set", f"local.workspace={workspace}", *extra],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return scones(*args, *extra, workspace=workspace, timeout=300)
 
 
 def test_approve_test_promote_through_the_cli(staged):

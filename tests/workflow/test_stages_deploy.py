@@ -3,9 +3,6 @@ control plane (state file, rollback, refusals), endpoint status, and the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -18,10 +15,9 @@ from scones.errors import RegistryError
 from scones.backend import backend_for
 from workflow.stages import (DeploymentError,
                                  deploy_model_package, endpoint_status)
-from scones.local.endpoint_state import EndpointStateFile
-from conftest import register_model
+from scones.local.deployment_state import EndpointStateFile
+from helpers import register_model, scones
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP = "scones-delivery-vehicles"
 ENDPOINT = "scones-delivery-vehicles"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.3-cpu-py311"
@@ -326,10 +322,7 @@ def test_endpoint_status_on_aws_follows_endpoint_config_model_package(aws, lambd
 # --- the CLI ---------------------------------------------------------------------------------
 
 def _scones(*args, workspace):
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args,
-                           "--set", f"local.workspace={workspace}"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    return scones(*args, workspace=workspace, timeout=120)
 
 
 def test_cli_deploy_and_status(local):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import scones
 from lambdas import errors
 from lambdas.build import (LambdaBuildError, build_lambda_zips, code_sha256, handler_modules,
                            module_closure)
@@ -237,9 +238,7 @@ def test_build_refuses_imports_the_lambda_runtime_lacks(tmp_path):
 
 
 def _scones(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
+    return scones(*args, cwd=cwd, timeout=120)
 
 
 def test_cli_prints_the_definition_and_builds_zips(asl, tmp_path):

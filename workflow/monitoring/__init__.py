@@ -296,7 +296,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
             "or point --source at the capture folder")
     summary = summarise(records, malformed, config.classes, config.workflow.confidence_threshold,
                         files, source, since_time)
-    out = _report_dir(config, out_dir, now)
+    out = report_dir(config, out_dir, now)
     plots = _plot(config, records, out)
     markdown = out / "report.md"
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -304,7 +304,7 @@ def build_report(config: Config, source: str | None = None, since: str | datetim
     return Report(summary=summary, out_dir=out, markdown_path=markdown, plots=plots)
 
 
-def _report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Path:
+def report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Path:
     if out_dir is not None:
         out = Path(out_dir)
         if (out / "report.md").exists():

@@ -28,10 +28,9 @@ from typing import Any, Callable
 
 from scones.backend import backend_for
 from scones.config import Config
-from scones.local.endpoint_state import EndpointStateFile
 from scones.errors import SconesError
 from scones.workspace import Workspace
-from workflow.monitoring import (CaptureRecord, Malformed, MonitoringError, _report_dir,
+from workflow.monitoring import (CaptureRecord, Malformed, MonitoringError, report_dir,
                                  default_source, iter_capture_files, parse_capture_lines,
                                  parse_since)
 from workflow.monitoring import profile
@@ -82,7 +81,7 @@ class MonitorState:
 
     def __init__(self, config: Config):
         self.workspace = Workspace(config.local.workspace)
-        self.folder = self.workspace.root / "monitoring" / config.workflow.endpoint_name
+        self.folder = self.workspace.monitoring_dir(config.workflow.endpoint_name)
         self.position_file = self.folder / "position.json"
         self.predictions_file = self.folder / "predictions.jsonl"
         self.labels_file = self.folder / "labels.jsonl"
@@ -632,7 +631,7 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     violations = [_drift_violation(c) for c in drift if c["Violation"]]
     violations += [_quality_violation(q) for q in quality if q["Violation"]]
 
-    out = _report_dir(config, out_dir, now)
+    out = report_dir(config, out_dir, now)
     profile.write_json(out / "constraint_violations.json", {"violations": violations})
     if current_rows:
         profile.write_json(out / "statistics.json", profile.statistics(current_rows))
@@ -652,7 +651,7 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
         "AlarmThreshold": config.monitoring.alarm_violations,
         "ConstraintViolations": str(out / "constraint_violations.json"),
     }
-    metrics = emit_metrics(config, state, summary, now)
+    metrics = emit_metrics(config, summary, now)
     from workflow.monitoring.plots import plot_quality, plot_run
 
     if records:
@@ -711,22 +710,14 @@ def metric_data(config: Config, summary: dict, now: datetime) -> list[dict]:
     return data
 
 
-def emit_metrics(config: Config, state: MonitorState, summary: dict, now: datetime) -> list[dict]:
-    """CloudWatch PutMetricData on AWS; metrics.jsonl in the workspace locally."""
+def emit_metrics(config: Config, summary: dict, now: datetime) -> list[dict]:
+    """CloudWatch PutMetricData: to CloudWatch on AWS, to the monitor's metrics.jsonl in the
+    workspace locally (the backend's cloudwatch client)."""
     data = metric_data(config, summary, now)
-    namespace = config.monitoring.metrics_namespace
-    backend = backend_for(config)
-
-    def to_cloudwatch() -> None:
-        client = backend.client("cloudwatch")
-        for start in range(0, len(data), 500):  # PutMetricData takes up to 1000 values
-            client.put_metric_data(Namespace=namespace, MetricData=data[start:start + 500])
-
-    def to_file() -> None:
-        state.append(state.metrics_file, [
-            {"Namespace": namespace, **d, "Timestamp": d["Timestamp"].isoformat()} for d in data])
-
-    backend.pick(local=to_file, aws=to_cloudwatch)()
+    client = backend_for(config).client("cloudwatch")
+    for start in range(0, len(data), 500):  # PutMetricData takes up to 1000 values
+        client.put_metric_data(Namespace=config.monitoring.metrics_namespace,
+                               MetricData=data[start:start + 500])
     return data
 
 

@@ -1,10 +1,10 @@
 """The local SageMaker endpoint: a real HTTP server on 127.0.0.1.
 
 It loads a model.tar.gz the way SageMaker's PyTorch serving container does (extract it,
-import code/inference.py, call model_fn(model_dir), then per request input_fn ->
-predict_fn -> output_fn) and answers both the container contract (GET /ping,
-POST /invocations) and the SageMaker Runtime route (POST /endpoints/{name}/invocations),
-so a plain boto3 `sagemaker-runtime` client reaches it through
+import code/inference.py, and serve it through sagemaker-inference's Transformer: model_fn
+once, then per request input_fn -> predict_fn -> output_fn), over waitress, and answers
+both the container contract (GET /ping, POST /invocations) and the SageMaker Runtime
+route (POST /endpoints/{name}/invocations), so a plain boto3 `sagemaker-runtime` client reaches it through
 AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:PORT.
 
 Which model it serves: the endpoint state file <workspace>/endpoints/<name>.json
@@ -12,9 +12,11 @@ Which model it serves: the endpoint state file <workspace>/endpoints/<name>.json
 newest Approved version, else - before any approval - the newest registered one.
 Sampled invocations are captured in SageMaker's data-capture JSON Lines layout.
 """
-from scones.local.endpoint.model_archive import ModelLoadError, ServedModel, load_model_archive
+from scones.local.endpoint.model_archive import (ClassNamesMismatch, InvocationError,
+                                                 ModelLoadError, ServedModel,
+                                                 load_model_archive)
 from scones.local.endpoint.process import EndpointProcess
 from scones.local.endpoint.server import LocalEndpoint, start_endpoint
 
-__all__ = ["EndpointProcess", "LocalEndpoint", "ModelLoadError", "ServedModel",
-           "load_model_archive", "start_endpoint"]
+__all__ = ["ClassNamesMismatch", "EndpointProcess", "InvocationError", "LocalEndpoint",
+           "ModelLoadError", "ServedModel", "load_model_archive", "start_endpoint"]

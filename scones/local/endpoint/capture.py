@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,8 +16,9 @@ from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME, data_capture_config
 from scones.config import Config
+from scones.deploy_settings import deploy_settings
 from scones.storage import LocalObjectStore, split_s3_url
-from workflow.stages import deploy_settings
+from scones.workspace import Workspace
 
 
 def default_capture_config(config: Config) -> dict:
@@ -96,3 +100,58 @@ class DataCaptureWriter:
                 out.write(line)  # one write per record: a reader never sees half a line
         return path
 
+
+class CaptureDrops:
+    """Capture records the endpoint could not write (a full disk, a read-only capture
+    folder): counted, never a failed prediction. The count is kept in
+    <workspace>/endpoints/capture/<endpoint>.json ({"DroppedCaptureRecords", "LastError",
+    "LastDropTime"}, rewritten at most once a second and at stop) for `endpoint status`,
+    and sent on every /ping answer (server.DROPPED_CAPTURE_HEADER)."""
+
+    WRITE_INTERVAL_S = 1.0
+
+    def __init__(self, workspace: Workspace, endpoint_name: str):
+        self.path = workspace.endpoints_dir / "capture" / f"{endpoint_name}.json"
+        self.count = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._written_count = 0
+        self._written_at = 0.0
+
+    def dropped(self, exc: BaseException) -> None:
+        with self._lock:
+            self.count += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self.count == 1:
+                print(f"warning: data capture failed ({self.last_error}); records are "
+                      f"dropped and counted in {self.path}, predictions still answered",
+                      file=sys.stderr)
+            if time.monotonic() - self._written_at >= self.WRITE_INTERVAL_S:
+                self._write()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.count != self._written_count:
+                self._write()
+
+    def _write(self) -> None:
+        self._written_at = time.monotonic()
+        record = {"DroppedCaptureRecords": self.count, "LastError": self.last_error,
+                  "LastDropTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record) + "\n")
+            tmp.replace(self.path)
+            self._written_count = self.count
+        except OSError:
+            pass  # the same full disk: the count still goes out on /ping
+
+
+def read_capture_drops(workspace: Workspace, endpoint_name: str) -> dict:
+    """What CaptureDrops last wrote for the endpoint ({} when nothing was dropped)."""
+    try:
+        return json.loads((workspace.endpoints_dir / "capture" /
+                           f"{endpoint_name}.json").read_text())
+    except (OSError, ValueError):
+        return {}

@@ -3,76 +3,71 @@
 /endpoints/{name}/invocations), so a plain boto3 `sagemaker-runtime` client reaches it
 through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:PORT.
 
-Which model it serves: the endpoint state file (scones.local.endpoint_state; re-read whenever it
+Which model it serves: the endpoint state file (scones.local.deployment_state; re-read whenever it
 changes), else the registry's newest Approved version, else - before any approval - the
-newest registered one.
+newest registered one. Every request goes through the model archive's own inference.py under
+sagemaker-inference's Transformer (model_archive.py), as in SageMaker's container.
 
-Bounded for untrusted clients (BoundedHTTPServer): listen backlog 128, 16 worker threads,
-request heads read without a thread (idle and slowloris connections time out), bodies over
-SageMaker's 6 MB refused with 413 unread, and every refusal (400/404/405/411/413/431/501/505)
-answered in JSON.
+HTTP is waitress's (a kept, pure-Python, threaded WSGI server), bounded for untrusted
+clients: 16 worker threads; connections are read by one asyncore loop, so an idle or slow
+(slowloris) connection holds a descriptor, never a worker, and is closed after
+channel_timeout_s without a byte; at most MAX_CONNECTIONS open; request heads over 64 KB
+are a 431 and bodies over SageMaker's 6 MB a 413 from the head alone, unread. Every
+refusal (400/404/405/411/413/431/501/505) is answered in JSON.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-import queue
 import re
-import selectors
 import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
+
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+from waitress.task import ErrorTask, WSGITask
 
 from lambdas.deploy_approved_model import VARIANT_NAME
-from scones.backend import LOCAL_ACCOUNT_ID, backend_for
 from scones.config import Config
-from scones.local.endpoint_state import EndpointStateFile
 from scones.errors import SconesError
-from scones.local.endpoint.batch import BatchRequestError, invoke_batch, is_batch
-from scones.local.endpoint.capture import DataCaptureWriter, default_capture_config
-from scones.local.endpoint.model_archive import (DEFAULT_ACCEPT, ModelChoice, ServedModel,
-                                             choose_from_registry, load_model_archive)
+from scones.local.deployment_state import EndpointStateFile
+from scones.local.endpoint.batch import is_batch, per_image_records
+from scones.local.endpoint.capture import (CaptureDrops, DataCaptureWriter,
+                                           default_capture_config)
+from scones.local.endpoint.model_archive import (InvocationError, ModelChoice, ServedModel,
+                                                 choose_from_registry, load_model_archive)
+from scones.local.resources import LOCAL_ACCOUNT_ID, LocalResources
 
 LOG = logging.getLogger("scones.endpoint")
+# "Task queue depth is N": requests waiting for one of the workers, as designed under a
+# burst; not a warning a person serving the endpoint can act on.
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 # SageMaker's limit on an invocation's payload; a bigger body is refused (413) unread.
 MAX_BODY_BYTES = 6 * 1024 * 1024
 # Connections the kernel queues before accept (the old default, 5, reset clients at 32+).
 LISTEN_BACKLOG = 128
-# Threads that run requests. Waiting for a request costs no thread: connections wait in a
-# selector until their whole request head has arrived.
+# Threads that run requests. Waiting for a request costs no thread.
 WORKER_THREADS = 16
-# Open connections at most (idle, reading a head, or in a worker); more are answered 503.
+# Open connections at most (idle, reading, or in a worker); beyond it waitress stops
+# accepting until one closes (the kernel's backlog holds the newcomers).
 MAX_CONNECTIONS = 512
-# From a request's first byte (or a new connection's accept) to its complete head.
-HEAD_TIMEOUT_S = 10.0
-# A kept-alive connection with no next request is closed after this long.
-IDLE_TIMEOUT_S = 60.0
-# Each read of a body and each write of a response, once a worker has the request.
-IO_TIMEOUT_S = 30.0
+# A connection that sends nothing for this long (a slow head or body, or a kept-alive
+# connection with no next request) is closed. botocore reopens a closed pooled connection.
+CHANNEL_TIMEOUT_S = 30
 MAX_HEAD_BYTES = 64 * 1024
-# A refused body up to this size is read and thrown away (64 KB at a time) after the 413,
-# so a client that sends the whole body before reading (urllib, botocore) sees the 413
-# rather than a reset connection; a bigger one is cut off.
+# A refused request's body up to this size is read and thrown away after the answer, so a
+# client that sends the whole body before reading (urllib, botocore) sees the 413 rather
+# than a reset connection; a bigger one is cut off.
 MAX_DISCARD_BYTES = 64 * 1024 * 1024
 ALLOWED_METHODS = {"/ping": "GET", "/invocations": "POST"}  # and the runtime route: POST
-
-
-
-class InvocationError(Exception):
-    """An invocation the model code refused (its status_code) or failed (500)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_RUNTIME_ROUTE = re.compile(r"^/endpoints/(?P<name>[^/?]+)/invocations/?$")
+DROPPED_CAPTURE_HEADER = "X-Scones-Dropped-Capture-Records"
 
 
 @dataclass
@@ -90,10 +85,11 @@ class EndpointService:
                  model_version: int | None = None, model_tar: Path | None = None):
         self.config = config
         self.endpoint_name = endpoint_name or config.workflow.endpoint_name
-        backend = backend_for(config)
-        self.state_file = EndpointStateFile(backend.workspace, self.endpoint_name)
+        resources = LocalResources(config)
+        self.state_file = EndpointStateFile(resources.workspace, self.endpoint_name)
         self.state_path = self.state_file.path
-        self.capture_writer = DataCaptureWriter(backend.object_store(), self.endpoint_name)
+        self.capture_writer = DataCaptureWriter(resources.object_store(), self.endpoint_name)
+        self.capture_drops = CaptureDrops(resources.workspace, self.endpoint_name)
         self._lock = threading.Lock()
         self._pinned: ModelChoice | None = None
         if model_tar is not None:
@@ -144,565 +140,233 @@ class EndpointService:
         if old is not None and old.model is not serving.model:
             old.model.close()
 
-    @staticmethod
-    def _load(choice: ModelChoice) -> ServedModel:
+    def _load(self, choice: ModelChoice) -> ServedModel:
+        # The archive's own class_names are the truth; a config that orders the classes
+        # otherwise is refused here, not served as swapped labels.
         return load_model_archive(choice.tar_path, version=choice.version,
-                                  package_arn=choice.package_arn, source=choice.source)
+                                  package_arn=choice.package_arn, source=choice.source,
+                                  expected_classes=self.config.classes)
 
-    def invoke(self, body: bytes, content_type: str, accept: str,
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
                inference_id: str | None = None) -> tuple[bytes, str]:
+        """The model's answer (bytes, content type); InvocationError where its code refuses
+        or fails. A capture that cannot be written never fails the answer."""
         serving = self.current()
-        if is_batch(content_type):  # the bulk workflow's many-images request (batch.py)
-            return self._invoke_batch(serving, body)
-        try:
-            output, output_type = serving.model.invoke(body, content_type, accept)
-        except Exception as exc:
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int) and 400 <= status < 600:
-                raise InvocationError(status, str(exc)) from None
-            LOG.exception("endpoint %s: model code failed", self.endpoint_name)
-            raise InvocationError(500, f"{type(exc).__name__}: {exc}") from None
-        self.capture_writer.capture(serving.capture_config, body, content_type,
-                                    output, output_type, inference_id=inference_id,
-                                    model_version=serving.model.version,
-                                    package_arn=serving.model.package_arn,
-                                    stage=serving.state.get("Stage"))
+        output, output_type = serving.model.invoke(body, content_type, accept)
+        if serving.capture_config.get("EnableCapture"):
+            if is_batch(content_type):
+                # Monitoring reads one image per record: each image of a batch is captured
+                # as if it had been sent alone.
+                records = per_image_records(body, output)
+            else:
+                records = [(body, content_type or "application/octet-stream", output)]
+            for image, image_type, answer in records:
+                self._capture(serving, image, image_type, answer, output_type, inference_id)
         return output, output_type
 
-    def _invoke_batch(self, serving: _Serving, body: bytes) -> tuple[bytes, str]:
-        def capture(image: bytes, content_type: str, output: bytes, output_type: str) -> None:
-            self.capture_writer.capture(serving.capture_config, image, content_type, output,
-                                        output_type)
+    def _capture(self, serving: _Serving, body: bytes, content_type: str, output: bytes,
+                 output_type: str, inference_id: str | None) -> None:
         try:
-            return invoke_batch(serving.model, body, capture)
-        except BatchRequestError as exc:
-            raise InvocationError(exc.status_code, str(exc)) from None
-        except Exception as exc:
-            LOG.exception("endpoint %s: batch invocation failed", self.endpoint_name)
-            raise InvocationError(500, f"{type(exc).__name__}: {exc}") from None
+            self.capture_writer.capture(serving.capture_config, body, content_type,
+                                        output, output_type, inference_id=inference_id,
+                                        model_version=serving.model.version,
+                                        package_arn=serving.model.package_arn,
+                                        stage=serving.state.get("Stage"))
+        except (OSError, SconesError) as exc:
+            # As SageMaker: a capture record that cannot be written is dropped (and
+            # counted), the prediction still answered.
+            self.capture_drops.dropped(exc)
 
     def close(self) -> None:
         with self._lock:
             if self._serving is not None:
                 self._serving.model.close()
                 self._serving = None
+        self.capture_drops.flush()
 
 
-_RUNTIME_ROUTE = re.compile(r"^/endpoints/(?P<name>[^/?]+)/invocations/?(\?.*)?$")
+# ------------------------------------------------------------------ the WSGI application
 
 
-class RequestError(Exception):
-    """A request refused before it reaches the model (bad length, too big, wrong method)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+def _json(status: str, message: str, headers: Iterable[tuple[str, str]] = (),
+          **members: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = json.dumps({"message": message, **members}).encode()
+    return status, [("Content-Type", "application/json"), *headers], body
 
 
-class _ConnectionReader(io.RawIOBase):
-    """A connection's bytes: first those the server loop already read (the request head,
-    perhaps more), then the socket's. Unbuffered, so nothing beyond the current request is
-    ever consumed: bytes a client sent early stay `pending` for its next request."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.pending:
-            count = min(len(buffer), len(self.pending))
-            buffer[:count] = self.pending[:count]
-            self.pending = self.pending[count:]
-            return count
-        return self.sock.recv_into(buffer)
-
-    def readline(self, size: int = -1) -> bytes:  # the head is in memory: no byte-wise recv
-        if self.pending:
-            end = self.pending.find(b"\n") + 1 or len(self.pending)
-            if size >= 0:
-                end = min(end, size)
-            line, self.pending = self.pending[:end], self.pending[end:]
-            if line.endswith(b"\n") or len(line) == size:
-                return line
-            return line + super().readline(-1 if size < 0 else size - len(line))
-        return super().readline(size)
-
-    def read_exactly(self, count: int) -> bytes:
-        """`count` bytes, or fewer only if the client closed the connection."""
-        chunks, remaining = [], count
-        while remaining:
-            chunk = self.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            406: "Not Acceptable", 411: "Length Required", 413: "Payload Too Large",
+            415: "Unsupported Media Type", 424: "Failed Dependency",
+            500: "Internal Server Error", 505: "HTTP Version Not Supported"}
 
 
-class _SocketWriter(io.RawIOBase):
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.sock.sendall(data)
-        return len(data)
+def _status(code: int) -> str:
+    return f"{code} {_REASONS.get(code, 'Error')}"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection's HTTP/1.1 requests, one at a time, each handed over by the server
-    loop with its head already read (serve_one). Every answer, errors included, is JSON."""
+class EndpointApplication:
+    """The endpoint's own logic as a WSGI application: routes, the runtime's error shapes,
+    and the service's answers."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive: botocore pools its connections
-    # A request line without a version is answered with a status line all the same (the
-    # HTTP/0.9 default would send a bare body no client can read as an error).
-    default_request_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle on, a kept-alive connection then
-    # waits for the client's delayed ACK (~40 ms) on every response.
-    disable_nagle_algorithm = True
-    service: EndpointService  # set on the subclass made per server
+    def __init__(self, service: EndpointService):
+        self.service = service
 
-    def __init__(self, sock: socket.socket, client_address, server) -> None:
-        # Not BaseRequestHandler's __init__ (which serves the whole connection at once).
-        self.request = self.connection = sock
-        self.client_address = client_address
-        self.server = server
-        if self.disable_nagle_algorithm:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.reader = _ConnectionReader(sock)
-        self.rfile = self.reader
-        self.wfile = _SocketWriter(sock)
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        status, headers, body = self.answer(environ)
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
-    def serve_one(self, head: bytes) -> tuple[bool, bytes]:
-        """Answer the request whose head (and maybe more) is `head`; whether to keep the
-        connection open, and the bytes read beyond this request."""
-        self.reader.pending = head
-        self.close_connection = True
-        self.discard_bytes = 0
-        self.handle_one_request()
-        leftover, self.reader.pending = self.reader.pending, b""
-        return not self.close_connection, leftover
-
-    def log_message(self, format: str, *args: Any) -> None:
-        LOG.debug("%s - %s", self.address_string(), format % args)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None,
-                   headers: dict[str, str] | None = None) -> None:
-        """BaseHTTPRequestHandler's malformed-request answers (400, 414, 431, 501, 505) in
-        JSON, and the connection closed: what follows a bad request cannot be trusted."""
-        short, long = self.responses.get(code, ("Error", ""))
-        text = message or short
-        if explain and explain != long:
-            text = f"{text}: {explain}"
-        self.log_error("code %d, message %s", code, text)
-        body = json.dumps({"message": text}).encode()
-        self.send_response(code, short)
-        self.send_header("Connection", "close")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.close_connection = True
-
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_aws_error(self, status: int, code: str, message: str, **members: Any) -> None:
-        body = json.dumps({"message": message, **members}).encode()
-        self._send(status, body, "application/json", {"x-amzn-ErrorType": code})
-
-    def _route(self) -> tuple[str | None, re.Match | None]:
-        """(the method the path allows, the runtime route's match); (None, None): no route."""
-        path = self.path.split("?")[0]
-        if path in ALLOWED_METHODS:
-            return ALLOWED_METHODS[path], None
-        runtime = _RUNTIME_ROUTE.match(self.path)
-        return ("POST", runtime) if runtime else (None, None)
-
-    def _refuse_method(self) -> None:
-        allowed, _ = self._route()
+    def answer(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
+        version = environ.get("scones.http_version", "1.1")
+        if version not in ("1.0", "1.1"):
+            return _json(_status(505), f"HTTP/{version or '0.9'} is not served: speak HTTP/1.1")
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        runtime = _RUNTIME_ROUTE.match(path)
+        allowed = ALLOWED_METHODS.get(path) or ("POST" if runtime else None)
         if allowed is None:
-            self.send_error(404, "not found", f"no route {self.path.split('?')[0]}")
-            return
-        self.send_error(405, "method not allowed",
-                        f"{self.path.split('?')[0]} answers {allowed} only, not {self.command}",
-                        headers={"Allow": allowed})
+            return _json(_status(404), f"not found: no route {path}")
+        if method != allowed:
+            return _json(_status(405), f"method not allowed: {path} answers {allowed} only, "
+                                       f"not {method}", [("Allow", allowed)])
+        if method == "GET":
+            return self._ping()
+        if environ.get("scones.chunked"):
+            return _json(_status(411), "chunked request bodies are not accepted: send "
+                                       "Content-Length (SageMaker's runtime does)")
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if runtime and runtime.group("name") != self.service.endpoint_name:
+            return _json(_status(400), f"Endpoint {runtime.group('name')} of account "
+                                       f"{LOCAL_ACCOUNT_ID} not found.",
+                         [("x-amzn-ErrorType", "ValidationError")])
+        try:
+            output, output_type = self.service.invoke(
+                body, environ.get("CONTENT_TYPE") or "application/octet-stream",
+                environ.get("HTTP_ACCEPT"),
+                inference_id=environ.get("HTTP_X_AMZN_SAGEMAKER_INFERENCE_ID"))
+        except InvocationError as exc:
+            if runtime:  # the runtime wraps any container error as AWS does: 424 ModelError
+                return _json(
+                    _status(424),
+                    f"Received {'client' if exc.status < 500 else 'server'} error "
+                    f"({exc.status}) from primary with message \"{exc.message}\".",
+                    [("x-amzn-ErrorType", "ModelError")],
+                    OriginalStatusCode=exc.status, OriginalMessage=exc.message)
+            return _json(_status(exc.status), exc.message)
+        except Exception as exc:  # the server itself failed (e.g. a broken state file)
+            LOG.exception("endpoint %s: invocation failed", self.service.endpoint_name)
+            return _json(_status(500), str(exc),
+                         [("x-amzn-ErrorType", "InternalFailure")] if runtime else [])
+        return "200 OK", [("Content-Type", output_type),
+                          ("x-Amzn-Invoked-Production-Variant", VARIANT_NAME)], output
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = do_CONNECT = \
-        _refuse_method
-
-    def do_GET(self) -> None:
-        allowed, _ = self._route()
-        if allowed != "GET":
-            self._refuse_method()
-            return
+    def _ping(self) -> tuple[str, list[tuple[str, str]], bytes]:
         try:
             self.service.current()
         except Exception as exc:  # the container reports unhealthy; the reason goes to the log
             LOG.error("ping: cannot load the model: %s", exc)
-            self._send(500, json.dumps({"message": str(exc)}).encode(), "application/json")
-            return
-        self._send(200, b"\n", "text/plain")
+            return _json(_status(500), str(exc))
+        dropped = (DROPPED_CAPTURE_HEADER, str(self.service.capture_drops.count))
+        return "200 OK", [("Content-Type", "text/plain"), dropped], b"\n"
 
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            raise RequestError(411, "chunked request bodies are not accepted: send "
-                                    "Content-Length (SageMaker's runtime does)")
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(set(lengths)) > 1:
-            raise RequestError(400, f"conflicting Content-Length headers: {', '.join(lengths)}")
-        text = lengths[0].strip() if lengths else "0"
-        if not (text.isascii() and text.isdigit()) or len(text) > 18:
-            raise RequestError(400, f"Content-Length {text[:40]!r} is not a byte count")
-        length = int(text)
-        if length > MAX_BODY_BYTES:
-            self.discard_bytes = min(length, MAX_DISCARD_BYTES)
-            raise RequestError(413, f"the request body is {length} bytes; the limit is "
-                                    f"{MAX_BODY_BYTES} bytes (6 MB, as SageMaker's)")
-        body = self.reader.read_exactly(length)
-        if len(body) < length:
-            raise RequestError(400, f"the body ended after {len(body)} of the {length} bytes "
-                                    "Content-Length announced")
-        return body
 
-    def do_POST(self) -> None:
-        allowed, runtime = self._route()
-        if allowed != "POST":
-            self._refuse_method()
-            return
+# ------------------------------------------------------- waitress, answering in JSON
+
+
+class _Task(WSGITask):
+    def get_environment(self) -> dict:
+        environ = super().get_environment()
+        # waitress decodes a chunked body and drops the header; the endpoint refuses it.
+        environ["scones.chunked"] = bool(self.request.chunked)
+        # ... and answers any version as HTTP/1.0; the endpoint refuses what is not 1.x.
+        environ["scones.http_version"] = self.request.version
+        return environ
+
+
+class _JsonErrorTask(ErrorTask):
+    """waitress's refusals of a malformed or oversized request (400, 413, 431, 501), in JSON."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 413:
+            message = (f"the request body is {self.request.content_length} bytes; the limit "
+                       f"is {MAX_BODY_BYTES} bytes (6 MB, as SageMaker's)")
+        else:
+            message = f"{error.reason}: {error.body}"
+        body = json.dumps({"message": message}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        self.channel.drain_before_close = True
+
+
+class _Channel(HTTPChannel):
+    """waitress's connection, answering refusals in JSON, and reading (a bounded amount of)
+    what a refused client still sends before closing: closing with unread bytes makes the
+    kernel send a reset, which can reach the client before the answer does."""
+
+    task_class = _Task
+    error_task_class = _JsonErrorTask
+    drain_before_close = False
+    _drain_left = 0
+
+    def readable(self) -> bool:
+        return True if self._drain_left else super().readable()
+
+    def writable(self) -> bool:
+        return self.will_close if self._drain_left else super().writable()
+
+    def handle_read(self) -> None:
+        if not self._drain_left:
+            return super().handle_read()
         try:
-            body = self._read_body()
-        except RequestError as exc:
-            # The unread body (if any) makes the connection unusable: send_error closes it.
-            self.send_error(exc.status, exc.message)
-            return
-        content_type = self.headers.get("Content-Type") or "application/octet-stream"
-        accept = self.headers.get("Accept") or DEFAULT_ACCEPT
-        if accept.strip() == "*/*":
-            accept = DEFAULT_ACCEPT
-        if runtime:
-            name = runtime.group("name")
-            if name != self.service.endpoint_name:
-                self._send_aws_error(400, "ValidationError",
-                                     f"Endpoint {name} of account {LOCAL_ACCOUNT_ID} not found.")
-                return
-        try:
-            output, output_type = self.service.invoke(
-                body, content_type, accept,
-                inference_id=self.headers.get("X-Amzn-SageMaker-Inference-Id"))
-        except InvocationError as exc:
-            if runtime:  # the runtime wraps any container error as AWS does: 424 ModelError
-                self._send_aws_error(
-                    424, "ModelError",
-                    f"Received {'client' if exc.status < 500 else 'server'} error "
-                    f"({exc.status}) from primary with message \"{exc.message}\".",
-                    OriginalStatusCode=exc.status, OriginalMessage=exc.message)
-            else:
-                self._send(exc.status, json.dumps({"message": exc.message}).encode(),
-                           "application/json")
-            return
-        except Exception as exc:  # the server itself failed (e.g. a broken state file)
-            LOG.exception("endpoint %s: invocation failed", self.service.endpoint_name)
-            if runtime:
-                self._send_aws_error(500, "InternalFailure", str(exc))
-            else:
-                self._send(500, json.dumps({"message": str(exc)}).encode(), "application/json")
-            return
-        self._send(200, output, output_type,
-                   {"x-Amzn-Invoked-Production-Variant": VARIANT_NAME})
-
-
-@dataclass(eq=False)
-class _Connection:
-    sock: socket.socket
-    address: Any
-    deadline: float
-    head: bytearray = field(default_factory=bytearray)
-    handler: _Handler | None = None
-
-
-def _head_complete(data: bytearray) -> bool:
-    return b"\n\r\n" in data or b"\n\n" in data
-
-
-class BoundedHTTPServer:
-    """An HTTP server with bounded resources, for untrusted clients on a port:
-
-    - one loop thread accepts connections and reads request heads without blocking, so
-      idle or slow (slowloris) connections cost a file descriptor, never a thread, and are
-      closed when their head does not arrive within HEAD_TIMEOUT_S (IDLE_TIMEOUT_S between
-      kept-alive requests);
-    - a complete head goes to a fixed pool of WORKER_THREADS, which read the body (each
-      read bounded by IO_TIMEOUT_S) and answer; the connection then goes back to the loop;
-    - at most MAX_CONNECTIONS are open; beyond that a new one is answered 503 and closed.
-
-    The same serve_forever / shutdown / server_close / server_address as socketserver's."""
-
-    def __init__(self, address: tuple[str, int], handler_class: type[_Handler],
-                 workers: int = WORKER_THREADS, head_timeout_s: float = HEAD_TIMEOUT_S,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S, io_timeout_s: float = IO_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS):
-        self.handler_class = handler_class
-        self.head_timeout_s = head_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.io_timeout_s = io_timeout_s
-        self.max_connections = max_connections
-        self.socket = socket.create_server(address, backlog=LISTEN_BACKLOG)
-        self.socket.setblocking(False)
-        self.server_address = self.socket.getsockname()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.socket, selectors.EVENT_READ, None)
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_read.setblocking(False)
-        self._wake_write.setblocking(False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
-        self._waiting: dict[_Connection, None] = {}  # in the selector (ordered: oldest first)
-        self._busy: set[_Connection] = set()          # in a worker
-        self._busy_lock = threading.Lock()
-        self._returned: queue.SimpleQueue = queue.SimpleQueue()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="endpoint-worker")
-        self._stop = threading.Event()
-        self._stopped = threading.Event()
-        self._stopped.set()
-
-    # -- the loop ------------------------------------------------------------------------
-    def serve_forever(self) -> None:
-        self._stopped.clear()
-        try:
-            while not self._stop.is_set():
-                for key, _ in self._selector.select(timeout=0.5):
-                    if key.fileobj is self.socket:
-                        self._accept()
-                    elif key.fileobj is self._wake_read:
-                        self._drain_wakeups()
-                    else:
-                        self._read_head(key.data)
-                self._take_back()
-                self._expire()
-        finally:
-            self._stopped.set()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_write.send(b"x")
-        except (BlockingIOError, OSError):
-            pass  # already woken (buffer full) or closing
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_read.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def _accept(self) -> None:
-        for _ in range(64):
-            try:
-                sock, address = self.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. out of file descriptors: keep serving the others
-                LOG.warning("endpoint: accept failed: %s", exc)
-                return
-            with self._busy_lock:
-                open_now = len(self._waiting) + len(self._busy)
-            if open_now >= self.max_connections:
-                _refuse_quickly(sock, 503, "too many open connections; retry shortly")
-                continue
-            sock.setblocking(False)
-            self._watch(_Connection(sock, address, time.monotonic() + self.head_timeout_s))
-
-    def _watch(self, connection: _Connection) -> None:
-        self._waiting[connection] = None
-        self._selector.register(connection.sock, selectors.EVENT_READ, connection)
-
-    def _unwatch(self, connection: _Connection) -> None:
-        self._waiting.pop(connection, None)
-        try:
-            self._selector.unregister(connection.sock)
-        except (KeyError, ValueError):
-            pass
-
-    def _close(self, connection: _Connection) -> None:
-        self._unwatch(connection)
-        try:
-            connection.sock.close()
+            data = self.socket.recv(65536)
         except OSError:
-            pass
-
-    def _read_head(self, connection: _Connection) -> None:
-        try:
-            data = connection.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            data = b""
+        if not data or len(data) >= self._drain_left:
+            self._drain_left = 0
+            super().handle_close()
             return
-        except OSError:
-            self._close(connection)
-            return
-        if not data:
-            self._close(connection)
-            return
-        if not connection.head:  # a request begins: its head has HEAD_TIMEOUT_S to arrive
-            connection.deadline = time.monotonic() + self.head_timeout_s
-        connection.head += data
-        if _head_complete(connection.head):
-            self._dispatch(connection)
-        elif len(connection.head) > MAX_HEAD_BYTES:
-            self._unwatch(connection)
-            _refuse_quickly(connection.sock, 431, f"the request head exceeds "
-                                                  f"{MAX_HEAD_BYTES} bytes")
+        self._drain_left -= len(data)
+        self.last_activity = time.time()
 
-    def _dispatch(self, connection: _Connection) -> None:
-        self._unwatch(connection)
-        with self._busy_lock:
-            self._busy.add(connection)
-        try:
-            self._pool.submit(self._work, connection)
-        except RuntimeError:  # the pool is shut down: the server is stopping
-            with self._busy_lock:
-                self._busy.discard(connection)
-            connection.sock.close()
-
-    def _work(self, connection: _Connection) -> None:
-        keep, leftover = False, b""
-        try:
-            connection.sock.setblocking(True)
-            connection.sock.settimeout(self.io_timeout_s)
-            if connection.handler is None:
-                connection.handler = self.handler_class(connection.sock, connection.address,
-                                                        self)
-            head = bytes(connection.head)
-            connection.head.clear()
-            keep, leftover = connection.handler.serve_one(head)
-        except OSError:
-            keep = False  # the client went away or stalled: nothing to answer
-        except Exception:  # a bug of ours; the connection is dropped, the server stays up
-            LOG.exception("endpoint: request from %s failed", connection.address)
-            keep = False
-        finally:
-            if not keep:
-                discard = getattr(connection.handler, "discard_bytes", 0)
-                if discard:
-                    _linger(connection.sock, self.io_timeout_s, discard)
-                else:
-                    _linger(connection.sock)
-            self._returned.put((connection, keep, leftover))
-            self._wake()
-
-    def _take_back(self) -> None:
-        while True:
+    def handle_close(self) -> None:
+        if self.drain_before_close and not self._drain_left and self.connected \
+                and not self.total_outbufs_len:
+            self.drain_before_close = False
             try:
-                connection, keep, leftover = self._returned.get_nowait()
-            except queue.Empty:
-                return
-            with self._busy_lock:
-                self._busy.discard(connection)
-            if not keep or self._stop.is_set():
-                connection.sock.close()
-                continue
-            connection.sock.setblocking(False)
-            connection.head += leftover
-            connection.deadline = time.monotonic() + (
-                self.head_timeout_s if connection.head else self.idle_timeout_s)
-            if _head_complete(connection.head):
-                self._dispatch(connection)  # a pipelined request already arrived
-            else:
-                self._watch(connection)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for connection in [c for c in self._waiting if c.deadline <= now]:
-            self._close(connection)  # slow or idle: it holds nothing but this descriptor
-
-    # -- socketserver's interface ------------------------------------------------------
-    def shutdown(self) -> None:
-        self._stop.set()
-        self._wake()
-        self._stopped.wait()
-
-    def server_close(self) -> None:
-        self._stop.set()
-        self._stopped.wait()
-        for connection in list(self._waiting):
-            self._close(connection)
-        with self._busy_lock:
-            busy = list(self._busy)
-        for connection in busy:  # unblock workers waiting on a client
-            try:
-                connection.sock.shutdown(socket.SHUT_RDWR)
+                self.socket.shutdown(socket.SHUT_WR)  # the answer is out: say so
             except OSError:
-                pass
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._take_back()
-        self._selector.close()
-        for sock in (self.socket, self._wake_read, self._wake_write):
-            sock.close()
-
-    @property
-    def open_connections(self) -> int:
-        with self._busy_lock:
-            return len(self._waiting) + len(self._busy)
-
-
-def _linger(sock: socket.socket, seconds: float = 1.0, limit: int = 1 << 20) -> None:
-    """Before closing: stop sending, and read (briefly, a bounded amount) what the client
-    is still sending, e.g. the rest of a refused 7 MB body. Closing with unread bytes
-    makes the kernel send a reset, which can reach the client before our answer does."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + seconds
-        while limit > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                return
-            limit -= len(chunk)
-    except OSError:
-        pass
-
-
-def _refuse_quickly(sock: socket.socket, status: int, message: str) -> None:
-    """Best effort, never blocking the loop: a JSON error, then close."""
-    body = json.dumps({"message": message}).encode()
-    reason = {431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
-    try:
-        sock.setblocking(False)
-        sock.send(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+                return super().handle_close()
+            self.will_close = False
+            self._drain_left = MAX_DISCARD_BYTES
+            return
+        self._drain_left = 0
+        super().handle_close()
 
 
 class LocalEndpoint:
     """A running local endpoint; a context manager. .url, .port, .stop()."""
 
-    def __init__(self, service: EndpointService, host: str, port: int, **server_options: Any):
-        handler = type("EndpointHandler", (_Handler,), {"service": service})
+    def __init__(self, service: EndpointService, host: str, port: int,
+                 workers: int = WORKER_THREADS, channel_timeout_s: int = CHANNEL_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
         self.service = service
-        self._server = BoundedHTTPServer((host, port), handler, **server_options)
-        self.host, self.port = self._server.server_address[:2]
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._server = create_server(
+            EndpointApplication(service), host=host, port=port, threads=workers,
+            backlog=LISTEN_BACKLOG, channel_timeout=channel_timeout_s,
+            # the maintenance pass that closes silent connections runs this often
+            cleanup_interval=max(1, min(channel_timeout_s, 30) // 2),
+            # the loop's own descriptors (listener, trigger) count towards the limit
+            connection_limit=max_connections + 2,
+            max_request_header_size=MAX_HEAD_BYTES,
+            max_request_body_size=MAX_BODY_BYTES + 1,  # waitress refuses >= this
+            clear_untrusted_proxy_headers=True, ident="scones-endpoint",
+            expose_tracebacks=False)
+        self._server.channel_class = _Channel
+        self.host, self.port = self._server.effective_host, self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run,
                                         name=f"endpoint-{self.port}", daemon=True)
         self._thread.start()
 
@@ -722,11 +386,17 @@ class LocalEndpoint:
     def model_version(self) -> int | None:
         return self.model.version
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._server.active_channels)
+
     def stop(self) -> None:
+        # The workers first (a finishing one wakes the loop through its trigger), then the
+        # loop: closing every descriptor of it from its own thread ends it.
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
+            self._server.trigger.pull_trigger(lambda: _close_all(self._server))
+            self._thread.join(timeout=10)
         self.service.close()
 
     def __enter__(self) -> "LocalEndpoint":
@@ -736,11 +406,19 @@ class LocalEndpoint:
         self.stop()
 
 
+def _close_all(server) -> None:
+    for dispatcher in list(server._map.values()):
+        try:
+            dispatcher.close()
+        except OSError:
+            pass
+
+
 def start_endpoint(config: Config, host: str = "127.0.0.1", port: int = 0,
                    model_version: int | None = None, model_tar: Path | None = None,
                    endpoint_name: str | None = None, **server_options: Any) -> LocalEndpoint:
     """Load the model (see module doc for which) and serve it on host:port (0: any free).
-    server_options: BoundedHTTPServer's limits (workers, head_timeout_s, ...)."""
+    server_options: LocalEndpoint's limits (workers, channel_timeout_s, max_connections)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise SconesError(f"port {port!r} is not a TCP port: choose one in 1-65535 "
                           "(0: any free port)")
@@ -751,4 +429,3 @@ def start_endpoint(config: Config, host: str = "127.0.0.1", port: int = 0,
     except OSError as exc:
         service.close()
         raise SconesError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-

@@ -14,13 +14,14 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from scones.local.pipeline_runner.executions import now
 from scones.local.pipeline_runner.expressions import to_text
 
 LOG_TAIL_LINES = 15
@@ -28,6 +29,33 @@ LOG_TAIL_LINES = 15
 STOP_GRACE_S = 5.0
 OPT_ML = re.compile(r"(?<![\w/.])/opt/ml(?=/|$)")
 PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
+# Written into a step's folder before its inputs are copied, so that whoever finds the step
+# dead (tests, `pipeline executions` after a SIGKILL) can remove the copies.
+INPUT_COPIES_FILE = ".input-copies.json"
+
+
+def now() -> str:
+    """The time as the execution records and the jobs' metrics write it (UTC, ms)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def remove_input_copies(folder: Path) -> None:
+    """Delete the inputs a step copied into its folder (a job's volume is gone after the job
+    on SageMaker too; the log and the outputs stay)."""
+    manifest = folder / INPUT_COPIES_FILE
+    try:
+        copies = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return
+    for relative in copies:
+        path = (folder / relative).resolve()
+        if folder.resolve() not in path.parents:
+            continue  # a manifest naming something outside its folder is not followed
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)
 
 
 class StepFailed(Exception):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scones.errors import SconesError
+from scones.local.pipeline_runner.container import now, remove_input_copies
 from scones.processes import pid_runs, process_start_time
 from scones.workspace import Workspace
 
@@ -66,10 +67,6 @@ _ADDED_COLUMNS = {
 
 class ExecutionNotFoundError(SconesError):
     """No execution with that id in this workspace."""
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class ExecutionStore:
@@ -248,8 +245,6 @@ class ExecutionStore:
                             "failure_reason = ? WHERE execution_id = ? AND status = "
                             "'Executing'", (reason, row["execution_id"]))
                 if step and step["log_path"]:
-                    from scones.local.pipeline_runner.steps import remove_input_copies
-
                     remove_input_copies(self.workspace.resolve(step["log_path"]).parent)
                 dead.append(row["execution_id"])
         return dead

@@ -22,35 +22,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from scones.local.pipeline_runner.executions import HEARTBEAT_S, ExecutionStore, now
+from scones.local.pipeline_runner.executions import HEARTBEAT_S, ExecutionStore
 from scones.local.pipeline_runner.expressions import Context, resolve
 from scones.local.pipeline_runner.cache import cache_key
-from scones.local.pipeline_runner.container import StepFailed, safe_name
+from scones.local.pipeline_runner.container import StepFailed, now, remove_input_copies, safe_name
 from scones.local.pipeline_runner.plan import PlannedStep, plan, resolve_parameters
-from scones.local.pipeline_runner.steps import (StepExecutors, StepRun, StepScope, outputs_digest,
-                                                remove_input_copies)
+from scones.local.pipeline_runner.steps import StepExecutors, StepRun, StepScope, outputs_digest
 from scones.local.pipeline_runner.transfer import Transfer
-from scones.backend import LocalBackend
+from scones.local.resources import LocalResources
 from scones.config import Config
-from scones.errors import PipelineExecutionError, SconesError
+from scones.errors import (RETRYABLE_STATUSES, ExecutionNotRetryableError, ExecutionStopped,
+                           PipelineExecutionError, SconesError)
 
-RETRYABLE = ("Failed", "Stopped")
 _log = logging.getLogger(__name__)
-
-
-class ExecutionStopped(KeyboardInterrupt):
-    """The run was stopped (Ctrl-C or SIGTERM) and recorded Stopped. A KeyboardInterrupt, so
-    callers that do not know it still end as an interrupted program does."""
-
-    def __init__(self, execution_id: str, signal_number: int):
-        super().__init__(f"execution {execution_id} stopped by "
-                         f"{signal.Signals(signal_number).name}")
-        self.execution_id = execution_id
-        self.signal_number = signal_number
-
-
-class ExecutionNotRetryableError(PipelineExecutionError):
-    """Retry asked of an execution that is not Failed or Stopped."""
 
 
 @dataclass
@@ -111,9 +95,9 @@ def retry_pipeline_locally(execution_id: str, config: Config,
                            progress: bool = True) -> ExecutionResult:
     """RetryPipelineExecution locally: the same execution (id, definition, parameters) runs
     again from its failed step; the steps that succeeded keep their outputs."""
-    records = ExecutionStore(LocalBackend(config).workspace)
+    records = ExecutionStore(LocalResources(config).workspace)
     execution = records.get(execution_id)   # marks it Failed first if its runner died
-    if execution["Status"] not in RETRYABLE:
+    if execution["Status"] not in RETRYABLE_STATUSES:
         raise ExecutionNotRetryableError(
             f"execution {execution_id} is {execution['Status']}: only a Failed or Stopped "
             "execution can be retried" + (" (start a new one: scones pipeline run)"
@@ -137,7 +121,7 @@ class _Runner:
         self.out = out
         self.parameters = resolve_parameters(definition, parameters)
         self.steps = plan(definition)
-        self.backend = LocalBackend(config)
+        self.backend = LocalResources(config)
         self.workspace = self.backend.workspace
         self.store = self.backend.object_store()
         self.records = ExecutionStore(self.workspace)

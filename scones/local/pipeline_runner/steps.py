@@ -17,22 +17,17 @@ from __future__ import annotations
 import hashlib
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from scones.local.pipeline_runner.expressions import Context, evaluate_conditions, to_text
-from scones.local.pipeline_runner.container import (PYTHON, StepFailed, decode_hyperparameter,
-                                              final_metrics, job_name, map_path, map_text,
-                                              run_job, training_env)
+from scones.local.pipeline_runner.container import (INPUT_COPIES_FILE, PYTHON, StepFailed,
+                                                    decode_hyperparameter, final_metrics,
+                                                    job_name, map_path, map_text, run_job,
+                                                    training_env)
 from scones.local.pipeline_runner.transfer import Transfer
-
-# Written into a step's folder before its inputs are copied, so that whoever finds the step
-# dead (tests, `pipeline executions` after a SIGKILL) can remove the copies.
-INPUT_COPIES_FILE = ".input-copies.json"
-
 
 @dataclass
 class StepScope:
@@ -61,25 +56,6 @@ class StepRun:
         (self.folder / INPUT_COPIES_FILE).write_text(json.dumps(
             [str(p.relative_to(self.folder)) for p in self.input_copies]))
         return path
-
-
-def remove_input_copies(folder: Path) -> None:
-    """Delete the inputs a step copied into its folder (a job's volume is gone after the job
-    on SageMaker too; the log and the outputs stay)."""
-    manifest = folder / INPUT_COPIES_FILE
-    try:
-        copies = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return
-    for relative in copies:
-        path = (folder / relative).resolve()
-        if folder.resolve() not in path.parents:
-            continue  # a manifest naming something outside its folder is not followed
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    manifest.unlink(missing_ok=True)
 
 
 class StepExecutors:
@@ -145,8 +121,13 @@ class StepExecutors:
             if source.get("S3DataType", "S3Prefix") != "S3Prefix":
                 raise StepFailed(f"step {name}: input {item.get('InputName')} has S3DataType "
                                  f"{source['S3DataType']}; only S3Prefix runs locally")
-            self.transfer.fetch(to_text(source["S3Uri"]),
-                                step.input_copy(map_path(source["LocalPath"], step_dir)))
+            target = step.input_copy(map_path(source["LocalPath"], step_dir))
+            self.transfer.fetch(to_text(source["S3Uri"]), target)
+            if item.get("InputName") == "entrypoint":
+                # A source_dir job's runproc.sh (FrameworkProcessor) cds into its /opt/ml
+                # code folder: that path, too, moves into the step's folder.
+                for script in target.glob("*.sh"):
+                    script.write_text(map_text(script.read_text(), step_dir))
         outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
         for item in outputs:
             map_path(item["S3Output"]["LocalPath"], step_dir).mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,18 @@ def test_a_page_without_the_token_is_refused_in_the_browser(studio, browser, sho
     assert "token" not in browser.current_url
     browser.get(f"{studio.url}/registry")
     assert "Model registry" in browser.find_element("tag name", "h1").text
+
+
+def test_a_bad_or_busy_port_is_one_error_line(run_scones, tmp_path):
+    import socket
+
+    result = run_scones("ui", "--port", "99999", workspace=tmp_path / "ws")
+    assert result.returncode == 2 and "--port 99999: not a port number" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_scones("ui", "--port", str(port), workspace=tmp_path / "ws", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -145,22 +145,38 @@ def test_an_uploaded_photo_shows_its_label_and_confidence(story, browser, shoot)
     studio, data = story
     browser.get(f"{studio.url}/try")
     photos = [sorted((data / name).glob("*.png"))[0] for name in ("bicycle", "motorcycle")]
-    browser.find_element(By.ID, "images").send_keys("\n".join(str(p) for p in photos))
+    # and a file that is no image: the workflow's own validation names what is wrong
+    not_an_image = studio.workspace.parent / "notes.png"
+    not_an_image.write_text("these are notes, not a photo")
+    browser.find_element(By.ID, "images").send_keys(
+        "\n".join(str(p) for p in [*photos, not_an_image]))
     browser.find_element(By.ID, "classify").click()
     table = wait(browser, 300).until(ready.presence_of_element_located((By.ID, "try-results")))
-    rows = table.find_elements(By.CSS_SELECTOR, "tr")[1:]
-    assert len(rows) == 2
-    for row in rows:
+    rows = {r.find_element(By.CSS_SELECTOR, "td").text: r
+            for r in table.find_elements(By.CSS_SELECTOR, "tr")[1:]}
+    assert set(rows) == {p.name for p in photos} | {"notes.png"}
+    for photo in photos:
+        row = rows[photo.name]
         assert row.find_element(By.CSS_SELECTOR, ".label").text in ("bicycle", "motorcycle")
         assert 0.5 <= float(row.find_element(By.CSS_SELECTOR, ".confidence").text) <= 1.0
+    refused = rows["notes.png"].text
+    assert "InvalidImage" in refused and "these are notes" not in refused, refused
     shoot(browser, "try-it")
 
 
 def test_the_monitoring_page_draws_the_drift_chart(story, browser, shoot):
-    studio, _ = story
+    studio, data = story
+    settings = [a for s in SETTINGS for a in ("--set", s)]
+    # traffic for the chart: the inference workflow over a folder, as `workflow run` does
+    traffic = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "workflow", "run", "--images",
+         str(data / "bicycle"), "--endpoint-idle-minutes", "0", "--set",
+         f"local.workspace={studio.workspace}", *settings],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert traffic.returncode in (0, 1), traffic.stderr[-2000:]
     checked = subprocess.run(
         [sys.executable, "-m", "app.cli.main", "monitor", "run", "--set",
-         f"local.workspace={studio.workspace}", *[a for s in SETTINGS for a in ("--set", s)]],
+         f"local.workspace={studio.workspace}", *settings],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stderr[-2000:]
     browser.get(f"{studio.url}/monitoring")
@@ -235,3 +251,10 @@ def test_a_running_execution_is_stopped_from_the_page(story, browser, shoot):
     wait(browser, 120).until(lambda b: "Stopped" in b.find_element(By.CSS_SELECTOR, row).text)
     # a stopped run offers Retry (from its failed step, reusing what succeeded)
     assert browser.find_element(By.CSS_SELECTOR, f"{row} button").text == "Retry"
+    # Retry continues the same execution from its stopped step; stop it again
+    wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, f"{row} button").click()
+                        or True)
+    assert f"retry of {execution} started" in flashes(browser)
+    wait(browser, 120).until(lambda b: "Executing" in b.find_element(By.CSS_SELECTOR, row).text)
+    wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, stop).click() or True)
+    wait(browser, 120).until(lambda b: "Stopped" in b.find_element(By.CSS_SELECTOR, row).text)

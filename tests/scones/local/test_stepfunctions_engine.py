@@ -93,9 +93,7 @@ def _wait(describe, arn: str) -> dict:
     raise AssertionError(f"execution {arn} still running")
 
 
-def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(aws_credentials):
     with local_aws(REGION) as aws:
         sfn = boto3.client("stepfunctions", region_name=REGION)
         arn = _machine(sfn, boto3.client("iam", region_name=REGION),
@@ -119,9 +117,7 @@ def test_lambda_results_and_named_errors_reach_the_state_machine_as_on_aws(monke
         assert set(aws.ended_executions(timeout=1)) >= {ok["executionArn"]}
 
 
-def test_direct_staging_puts_what_boto3_reads_back_and_errors_like_boto3(monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+def test_direct_staging_puts_what_boto3_reads_back_and_errors_like_boto3(aws_credentials):
     with local_aws(REGION):
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket="staging-probe")
@@ -131,3 +127,31 @@ def test_direct_staging_puts_what_boto3_reads_back_and_errors_like_boto3(monkeyp
             b"\x89PNG bytes"
         with pytest.raises(s3.exceptions.NoSuchBucket):
             staging.put_object(Bucket="no-such-bucket", Key="k", Body=b"x")
+
+
+def test_a_lambda_zip_is_extracted_once_and_its_bytecode_kept_across_runs(tmp_path):
+    """With a code cache, each zip's files live in <cache>/<sha256>/ from one run to the
+    next, compiled when extracted (also where PYTHONDONTWRITEBYTECODE is set), so the
+    handler's modules are compiled once, not on every `workflow run`."""
+    from types import SimpleNamespace
+
+    from scones.local.stepfunctions_engine import InProcessLambdas
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("cached_handler_mod.py", "def handler(event, context):\n"
+                                                  "    return {'seen': event}\n")
+    function = SimpleNamespace(function_arn="arn:f", code_sha_256="x", function_name="f",
+                               code_bytes=buffer.getvalue(), handler="cached_handler_mod.handler")
+    cache = tmp_path / "code"
+    first = InProcessLambdas(code_cache=cache)
+    assert first.handler_for(function)({"a": 1}, None) == {"seen": {"a": 1}}
+    [folder] = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    source = folder / "cached_handler_mod.py"
+    extracted_at = source.stat().st_mtime_ns
+    assert list((folder / "__pycache__").glob("cached_handler_mod.*.pyc"))
+    second = InProcessLambdas(code_cache=cache)  # the next run
+    assert second.handler_for(function)({"b": 2}, None) == {"seen": {"b": 2}}
+    assert source.stat().st_mtime_ns == extracted_at  # not extracted again
+    assert [p for p in cache.iterdir() if not p.name.startswith(".")] == [folder]
+    first.close(), second.close()

@@ -1,5 +1,6 @@
-"""The local endpoint's state file, <workspace>/endpoints/<name>.json: the one reader and
-writer. The local SageMaker control plane writes it on every deployment; the local endpoint
+"""The state of the local deployments: each endpoint's state file,
+<workspace>/endpoints/<name>.json (the one reader and writer), the deployment lock and the
+stage-test records. The local SageMaker control plane writes it on every deployment; the local endpoint
 server reads it (and re-reads it whenever it changes) to know what to serve.
 
 LocalModelData (the model.tar.gz served) is stored relative to the workspace and handed to
@@ -141,8 +142,8 @@ class StageTestRecords:
                                      f"({exc}); delete the file and test again") from None
         return records if isinstance(records, dict) else {}
 
-    def result(self, package_arn: str, stage: str) -> dict | None:
-        return (self.read().get(package_arn) or {}).get(stage)
+    def result(self, package: dict, stage: str) -> dict | None:
+        return (self.read().get(package["ModelPackageArn"]) or {}).get(stage)
 
     def record(self, package_arn: str, stage: str, result: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
