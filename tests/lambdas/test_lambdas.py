@@ -606,3 +606,20 @@ def test_which_version_serves_is_unknown_only_when_the_config_is_gone(aws_env, c
                 serving_package_arn(client, {"EndpointConfigName": "scones-staging-v3"})
         else:
             assert serving_package_arn(client, {"EndpointConfigName": "gone"}) is served
+
+
+def test_a_batch_image_over_its_versions_ood_threshold_is_not_a_vehicle():
+    """Bulk: the batch's verbose answer carries each image's out-of-distribution score; an
+    image over the threshold is NotAVehicle (a verdict, like the confidence threshold's)."""
+    from lambdas import classify_image_batch
+
+    def line(answer):
+        return classify_image_batch._line("s3://b/k.png", "b", "k.png", answer, "ep", 0.8,
+                                          CLASSES)
+
+    refused = line({"probabilities": [0.99, 0.01], "ood_score": 20.0, "ood_threshold": 5.0})
+    assert (refused["Status"], refused["Error"], refused["MeetsThreshold"]) == (
+        "FAILED", "NotAVehicle", False)
+    assert line({"probabilities": [0.99, 0.01], "ood_score": 1.0, "ood_threshold": 5.0})[
+        "Status"] == "SUCCEEDED"
+    assert line([0.99, 0.01])["Status"] == "SUCCEEDED"  # a model without a reference
