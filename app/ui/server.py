@@ -5,7 +5,7 @@ every action is a POST that calls the function the CLI calls:
 
     approve / reject       workflow.stages.approve_and_deploy / reject_and_report
     promote, roll back     workflow.stages.promote / deploy_model_package
-    staging test           workflow.stages.run_stage_test
+    staging test           workflow.stage_test.run_stage_test
     pipeline run / retry   `scones pipeline run|retry` (pipelines.executors), parameters first
                            checked by pipelines.parameters.check_parameters
     pipeline stop          pipelines.executors ... .stop
@@ -320,7 +320,7 @@ def create_app(config: Config, guard: Guard, config_args: list[str]) -> Flask:
 
     @app.post("/endpoints/test")
     def endpoint_test():
-        from workflow.stages import run_stage_test
+        from workflow.stage_test import run_stage_test
 
         job = jobs.start("staging test", lambda: run_stage_test(config, "staging"))
         flash(f"staging test started (job {job.number}); this page updates when it ends", "ok")

@@ -187,7 +187,11 @@ def version_summary(backend: Backend, package: dict, evaluation: dict | None = N
     if isinstance(ece, dict):
         ece = ece.get("value")
     properties = package.get("CustomerMetadataProperties") or {}
-    snapshot = next((v for k, v in properties.items() if "snapshot" in k.lower()), None)
+    # the data snapshot a version was trained on (CustomerMetadataProperties'
+    # DataSnapshotUrl, where the pipeline records one), not its parent's
+    snapshot = properties.get("DataSnapshotUrl") or next(
+        (v for k, v in properties.items()
+         if "snapshot" in k.lower() and not k.lower().startswith("parent")), None)
     return {"Version": package["ModelPackageVersion"],
             "Status": package.get("ModelApprovalStatus"),
             "Description": package.get("ApprovalDescription"),

@@ -39,7 +39,9 @@ def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sampl
 
     second = scones("demo", *quick, workspace=workspace)
     assert second.returncode == 0, second.stderr[-3000:]
-    report2 = Path(second.stdout.strip().splitlines()[-1].removeprefix("Monitoring report: "))
+    report2 = Path(next(line for line in second.stdout.splitlines()
+                        if line.startswith("Monitoring report: "))
+                   .removeprefix("Monitoring report: "))
     assert report2 != report and report.is_file() and report2.is_file()
 
     # the second drift is within the cool-down: no second retraining run

@@ -51,7 +51,10 @@ def _register(config, backend, execution: str, accuracy: float) -> dict:
     return backend.registry().register(
         ModelPackageDescription="from the test",
         ModelApprovalStatus="PendingManualApproval",
-        CustomerMetadataProperties={"ConfidenceThreshold": "0.87"},
+        CustomerMetadataProperties={
+            "ConfidenceThreshold": "0.87",
+            "ParentDataSnapshotUrl": f"s3://{BUCKET}/snapshots/parent-of-{execution}/",
+            "DataSnapshotUrl": f"s3://{BUCKET}/snapshots/{execution}-data/"},
         ModelMetrics={"ModelQuality": {"Statistics": {
             "ContentType": "application/json",
             "S3Uri": f"{prefix}/Evaluate/output/evaluation/evaluation.json"}}},
@@ -72,6 +75,7 @@ def test_registry_pages_read_sagemakers_model_registry(aws_studio):
     second = rows[0][1]
     assert "PendingManualApproval" in second and "0.930" in second and "0.031" in second
     assert "0.870" in second and "exec-two" in second
+    assert f"s3://{BUCKET}/snapshots/exec-two-data/" in second and "parent-of" not in second
     version = client.get("/registry/2").get_data(as_text=True)
     assert "Version 2" in version and "0.930" in version
     plot = client.get("/registry/2/plot/confusion_matrix.png")
@@ -113,3 +117,18 @@ def test_pipelines_page_reads_sagemaker_pipelines(aws_studio):
     live = client.get("/pipelines/live").get_data(as_text=True)
     assert execution_id in live
 
+
+
+def test_endpoints_and_monitoring_pages_read_the_account(aws_studio):
+    config, backend, client, _ = aws_studio
+    _register(config, backend, "exec-one", 0.81)
+    backend.registry().approve(1, "for the endpoints page")
+    page = client.get("/endpoints").get_data(as_text=True)
+    for stage, name in (("staging", "scones-delivery-vehicles-staging"),
+                        ("prod", "scones-delivery-vehicles")):
+        card = page.split(f'id="endpoint-{stage}"', 1)[1].split('class="card"', 1)[0]
+        assert "NotDeployed" in card and name in card
+    assert '<option value="1">version 1</option>' in page  # what a rollback may choose
+    monitoring = client.get("/monitoring")
+    assert monitoring.status_code == 200
+    assert "No monitoring run yet" in monitoring.get_data(as_text=True)

@@ -106,7 +106,7 @@ def test_approving_in_the_registry_puts_the_version_on_staging(story, browser, s
     browser.get(f"{studio.url}/registry")
     row = browser.find_element(By.CSS_SELECTOR, "#versions tr[data-version='1']")
     assert "PendingManualApproval" in row.text
-    shoot(browser, "registry")
+    shoot(browser, "registry-pending")
     row.find_element(By.LINK_TEXT, "1").click()
     # the version's plots are real PNGs the browser decoded
     for name in ("training_curves", "confusion_matrix", "reliability_diagram"):
@@ -222,6 +222,9 @@ def test_a_second_run_reuses_the_cache_and_two_versions_compare(story, browser, 
     assert boxes["Evaluate"] == "Succeeded"
     shoot(browser, "pipelines-cached")
     browser.get(f"{studio.url}/registry")
+    assert "Approved" in browser.find_element(
+        By.CSS_SELECTOR, "#versions tr[data-version='1']").text
+    shoot(browser, "registry")
     browser.find_element(By.ID, "compare").click()
     assert "Version 1 vs 2" in browser.find_element(By.TAG_NAME, "h1").text
     images = browser.find_elements(By.CSS_SELECTOR, "#comparison img")
