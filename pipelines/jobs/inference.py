@@ -256,7 +256,7 @@ def tta_logits(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
         for start in range(0, len(images), BATCH_SIZE):
             batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
             x = model._normalise(batch.to(model.device), model.mean, model.std)
-            logits = torch.stack((model.net(x), model.net(x.flip(3))), dim=1)
+            logits = model.net.test_time_logits(x)
             outputs.append(logits.float().cpu().numpy())
     if not outputs:
         return np.zeros((0, 2, len(model.class_names)), dtype=np.float32)
