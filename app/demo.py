@@ -57,7 +57,7 @@ def processing_output_file(config: Config, execution, step: str, output: str,
     """Where file `name` of a processing step's output `output` lies in the object store."""
     outputs = execution.properties[step]["ProcessingOutputConfig"]["Outputs"]
     url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output)
-    return LocalBackend(config).object_store().path_for(f"{url.rstrip('/')}/{name}")
+    return backend_for(config).object_store().path_for(f"{url.rstrip('/')}/{name}")
 
 
 def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
