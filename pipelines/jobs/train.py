@@ -366,6 +366,10 @@ def train(args: argparse.Namespace) -> dict:
     }
     model_config.update(calibrate(net, model_config, validation_data["images"],
                                   validation_data["labels"], device, args.target_precision))
+    # "not a vehicle": the out-of-distribution reference and the version's threshold
+    model_config.update(inference.fit_out_of_distribution(
+        inference.ServedModel(net.eval(), model_config, device, scones_net),
+        train_data["images"], validation_data["images"], args.model_dir))
     (args.model_dir / "model_config.json").write_text(json.dumps(model_config, indent=2))
     code_dir = args.model_dir / "code"
     code_dir.mkdir(exist_ok=True)
