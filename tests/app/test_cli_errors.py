@@ -123,7 +123,9 @@ def test_aws_commands_without_credentials_say_what_to_set(workspace, args):
 def test_missing_aws_settings_are_reported_together_and_only_those_needed(workspace):
     needed = scones(workspace, "pipeline", "run", "--env", "aws")
     line = assert_one_line_error(needed, r"aws.role_arn is required")
-    assert "aws.bucket is required" in line and "data.input_url is required" in line
+    assert "aws.bucket is required" in line
+    # no input URL needed: the newest data snapshot in the bucket is the default input
+    assert "data.input_url" not in line
     # `registry list` needs credentials, not a role or a bucket.
     listing = scones(workspace, "registry", "list", "--env", "aws")
     line = assert_one_line_error(listing, CREDENTIALS)

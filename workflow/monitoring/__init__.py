@@ -190,6 +190,8 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
         probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
     except (ValueError, TypeError, AttributeError, RecursionError):
         raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
+    if isinstance(probabilities, dict):  # the verbose answer: {"probabilities", "ood_score"...}
+        probabilities = probabilities.get("probabilities")
     if (not isinstance(probabilities, list) or len(probabilities) != n_classes
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
                        and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
