@@ -191,6 +191,7 @@ def test_something_not_from_aws_is_not_translated():
     assert translate(ValueError("x")) is None
 
 
+@pytest.mark.slow  # needs the session's trained model
 def test_a_closed_pipe_ends_quietly(workspace, small_model_tar):
     from scones.config import load_config
 
