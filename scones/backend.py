@@ -142,6 +142,8 @@ class Backend:
         `state_machine_arn(name)`; `poll_interval` (`long_poll_interval` for one long
         execution), `ended` (None, or a callable saying which executions ended) and
         `give_up_after_s` for run_executions; and
+        `release(arn, staged)` once an ended execution's result is read (the local
+        engine then forgets it and the input staged for it: memory flat in the images);
         `ensure_bucket`, `import_object`, `import_prefix`, `export_prefix`, which bring
         the object store's objects to the S3 the workflow reads, and what it wrote back.
         functions(): the Lambdas the machines call (workflow.definition.LambdaFunction),
@@ -359,6 +361,9 @@ class AwsWorkflowRuntime:
 
     def state_machine_arn(self, name: str) -> str:
         return self.state_machine_arns[name]
+
+    def release(self, execution_arn: str, staged: tuple[str, str] | None = None) -> None:
+        pass  # Step Functions keeps executions and the inputs stay in S3, as they always did
 
     def ensure_bucket(self, bucket: str) -> None:
         pass

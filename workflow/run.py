@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from lambdas.errors import ThresholdConfidenceNotMet
 from scones.backend import StateMachine, backend_for
@@ -153,23 +153,28 @@ def _files_of_folder(images: str) -> list[ImageSource]:
     return [ImageSource(label=str(p), path=p.resolve()) for p in sorted(files)]
 
 
+def stage_image(config: Config, source: ImageSource, index: int, runtime, run_id: str
+                ) -> tuple[str, str, bool]:
+    """(bucket, key) of one image in the S3 the workflow reads, and whether it was put
+    there for this execution alone: a local file is put under
+    s3://<aws.bucket>/workflow-input/<run>/; an s3:// object keeps its bucket and key (the
+    runtime brings it over from the object store where the workflow's S3 is not it)."""
+    if source.path is not None:
+        bucket = config.aws.bucket
+        key = f"{INPUT_PREFIX}/{run_id}/{index:05d}-{source.path.name}"
+        runtime.ensure_bucket(bucket)
+        runtime.staging.put_object(Bucket=bucket, Key=key, Body=source.path.read_bytes())
+        return bucket, key, True
+    bucket, key = split_s3_url(source.s3_url)
+    runtime.import_object(source.s3_url)
+    return bucket, key, False
+
+
 def stage_images(config: Config, images: Sequence[ImageSource], runtime, run_id: str
                  ) -> list[tuple[str, str]]:
-    """(bucket, key) of each image in the S3 the workflow reads: local files are put under
-    s3://<aws.bucket>/workflow-input/<run>/; s3:// objects keep their bucket and key (the
-    runtime brings them over from the object store where the workflow's S3 is not it)."""
-    located = []
-    for index, source in enumerate(images):
-        if source.path is not None:
-            bucket = config.aws.bucket
-            key = f"{INPUT_PREFIX}/{run_id}/{index:05d}-{source.path.name}"
-            runtime.ensure_bucket(bucket)
-            runtime.staging.put_object(Bucket=bucket, Key=key, Body=source.path.read_bytes())
-        else:
-            bucket, key = split_s3_url(source.s3_url)
-            runtime.import_object(source.s3_url)
-        located.append((bucket, key))
-    return located
+    """(bucket, key) of each image (stage_image), all at once."""
+    return [stage_image(config, source, index, runtime, run_id)[:2]
+            for index, source in enumerate(images)]
 
 
 # --------------------------------------------------------------------------- executions
@@ -185,17 +190,35 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
                    progress: bool, run_id: str | None = None,
                    ended: Callable[[float], list[str]] | None = None,
                    give_up_after_s: float | None = None) -> list[ImageResult]:
-    """Start one execution per input, at most `concurrency` running at once; poll each to
-    its end; results in input order.
+    """Every result of iter_executions, in input order."""
+    return list(iter_executions(
+        sfn_client, state_machine_arn, inputs.__getitem__, labels, classes, concurrency,
+        poll_interval, progress, run_id=run_id, ended=ended, give_up_after_s=give_up_after_s))
 
+
+def iter_executions(sfn_client, state_machine_arn: str, input_for: Callable[[int], str],
+                    labels: Sequence[str], classes: Sequence[str], concurrency: int,
+                    poll_interval: float, progress: bool, run_id: str | None = None,
+                    ended: Callable[[float], list[str]] | None = None,
+                    give_up_after_s: float | None = None,
+                    release: Callable[[str, int], None] | None = None
+                    ) -> Iterator[ImageResult]:
+    """Start one execution per label, at most `concurrency` running at once; poll each to
+    its end; yield the results in input order as soon as each and those before it are read.
+
+    input_for(index): the execution's input, asked for just before it starts (so an image
+    is staged only then). release(arn, index): called once an execution's result is read
+    (the local engine then forgets it), so memory holds about `concurrency` executions
+    whatever the number of images.
     ended(timeout): when the engine can say which executions ended (the local one can),
     only those are described; if it reports none within poll_interval, all are checked.
     give_up_after_s: an execution still RUNNING after this long is reported as failed
     (EngineStalled) instead of waiting forever on an engine that lost it.
     """
     run_id = run_id or uuid.uuid4().hex[:12]
-    total = len(inputs)
-    results: list[ImageResult | None] = [None] * total
+    total = len(labels)
+    waiting: dict[int, ImageResult] = {}  # read, not yet yielded (an earlier one runs)
+    next_to_yield = 0
     running: dict[str, int] = {}  # execution ARN -> index
     started: dict[str, float] = {}
     next_index = done = 0
@@ -205,7 +228,7 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
         while next_index < total and len(running) < max(1, concurrency):
             name = f"{run_id}-{next_index:05d}"[:MAX_EXECUTION_NAME]
             arn = sfn_client.start_execution(stateMachineArn=state_machine_arn, name=name,
-                                             input=inputs[next_index])["executionArn"]
+                                             input=input_for(next_index))["executionArn"]
             running[arn] = next_index
             started[arn] = time.monotonic()
             next_index += 1
@@ -222,18 +245,23 @@ def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], la
                                "cause": f"execution {arn} still RUNNING after "
                                         f"{give_up_after_s:.0f} s; the local engine lost it"}
             if description["status"] != "RUNNING":
-                results[index] = result_from_execution(
+                waiting[index] = result_from_execution(
                     labels[index], description, classes,
                     history=lambda arn=arn: _history(sfn_client, arn))
                 finished.append(arn)
+                if release is not None:
+                    release(arn, index)
         for arn in finished:
             del running[arn]
+            del started[arn]
         done += len(finished)
         if finished and progress:
             progress_bar(done, total, label="classifying ")
+        while next_to_yield in waiting:
+            yield waiting.pop(next_to_yield)
+            next_to_yield += 1
         if not finished and ended is None:
             time.sleep(poll_interval)
-    return results  # type: ignore[return-value]
 
 
 def _history(sfn_client, arn: str) -> list[dict]:
@@ -356,16 +384,30 @@ class Workflow:
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
             progress: bool = True) -> list[ImageResult]:
+        return list(self.iter_run(images, concurrency=concurrency, progress=progress))
+
+    def iter_run(self, images: Sequence[ImageSource], concurrency: int | None = None,
+                 progress: bool = True) -> Iterator[ImageResult]:
+        """The results in input order, as they come: each image is staged just before its
+        execution starts, and the execution and the input staged for it are released once
+        its result is read, so memory stays flat in the number of images."""
         runtime = self.runtime
         run_id = uuid.uuid4().hex[:12]
-        located = stage_images(self.config, images, runtime, run_id)
-        return run_executions(
+        staged: dict[int, tuple[str, str]] = {}  # index -> what was put for it alone
+
+        def input_for(index: int) -> str:
+            bucket, key, own = stage_image(self.config, images[index], index, runtime, run_id)
+            if own:
+                staged[index] = (bucket, key)
+            return execution_input(bucket, key)
+
+        return iter_executions(
             runtime.stepfunctions, runtime.state_machine_arn(self.config.workflow.state_machine_name),
-            [execution_input(b, k) for b, k in located], [image.label for image in images],
-            self.config.classes,
+            input_for, [image.label for image in images], self.config.classes,
             concurrency=concurrency or self.config.workflow.max_concurrency,
             poll_interval=runtime.poll_interval, progress=progress, run_id=run_id,
-            ended=runtime.ended, give_up_after_s=runtime.give_up_after_s)
+            ended=runtime.ended, give_up_after_s=runtime.give_up_after_s,
+            release=lambda arn, index: runtime.release(arn, staged.pop(index, None)))
 
 
 def run_images(config: Config, images: Sequence[ImageSource],
@@ -375,38 +417,79 @@ def run_images(config: Config, images: Sequence[ImageSource],
                model_threshold: bool = False) -> list[ImageResult]:
     """Classify each image with one execution of the inference workflow; the confidence
     threshold as configured, or (model_threshold) the answering version's."""
+    return list(iter_images(config, images, model_version=model_version,
+                            concurrency=concurrency, progress=progress, model_tar=model_tar,
+                            keep_endpoint_s=keep_endpoint_s, model_threshold=model_threshold))
+
+
+def iter_images(config: Config, images: Sequence[ImageSource],
+                model_version: int | None = None, concurrency: int | None = None,
+                progress: bool = True, model_tar: Path | None = None,
+                keep_endpoint_s: float | None = None,
+                model_threshold: bool = False, bar: bool | None = None
+                ) -> Iterator[ImageResult]:
+    """run_images's results in input order as they come (the workflow is set up on the
+    first next() and taken down when the iterator ends or is closed). bar: draw the
+    progress bar (default: as progress; a caller printing each result on the terminal
+    the bar is drawn on turns it off)."""
     if not images:
         raise SconesError("no images to classify")
     with Workflow(config, model_version=model_version, model_tar=model_tar,
                   reuse_endpoint=keep_endpoint_s is not None,
                   keep_endpoint_s=keep_endpoint_s or None, progress=progress,
                   model_threshold=model_threshold) as workflow:
-        return workflow.run(images, concurrency=concurrency, progress=progress)
+        yield from workflow.iter_run(images, concurrency=concurrency,
+                                     progress=progress if bar is None else bar)
 
 
-def summary(results: list[ImageResult]) -> str:
+class Tally:
+    """What summary() says, counted as results come (only the failed ones are kept)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.met: Counter = Counter()
+        self.not_met: Counter = Counter()
+        self.failed: list[ImageResult] = []
+
+    def add(self, result: ImageResult) -> ImageResult:
+        self.images += 1
+        if result.status == "SUCCEEDED":
+            self.met[result.predicted_label] += 1
+        if result.meets_threshold is False:
+            self.not_met[result.predicted_label] += 1
+        if result.failed_otherwise:
+            self.failed.append(result)
+        return result
+
+    def text(self) -> str:
+        met, not_met, failed = self.met, self.not_met, self.failed
+        labels = sorted(set(met) | set(not_met), key=str)
+        lines = [f"{self.images} image(s): {sum(met.values())} met the confidence threshold, "
+                 f"{sum(not_met.values())} below it, {len(failed)} failed", ""]
+        if labels:
+            lines += [format_table(["predicted label", "met", "not met"],
+                                   [[label, met[label], not_met[label]] for label in labels]),
+                      ""]
+        if failed:
+            errors = Counter(r.error or r.status for r in failed)
+            lines += [format_table(["error", "images"], sorted(errors.items())), ""]
+            lines += ["failed images:"]
+            lines += [f"  {r.image}: {r.error or r.status}: {r.cause or ''}" for r in failed]
+        return "\n".join(lines).rstrip()
+
+
+def summary(results: Iterable[ImageResult]) -> str:
     """Per predicted class, met / not met; failures by error name; the failed images."""
-    met = Counter(r.predicted_label for r in results if r.status == "SUCCEEDED")
-    not_met = Counter(r.predicted_label for r in results if r.meets_threshold is False)
-    failed = [r for r in results if r.failed_otherwise]
-    labels = sorted(set(met) | set(not_met), key=str)
-    lines = [f"{len(results)} image(s): {sum(met.values())} met the confidence threshold, "
-             f"{sum(not_met.values())} below it, {len(failed)} failed", ""]
-    if labels:
-        lines += [format_table(["predicted label", "met", "not met"],
-                               [[label, met[label], not_met[label]] for label in labels]), ""]
-    if failed:
-        errors = Counter(r.error or r.status for r in failed)
-        lines += [format_table(["error", "images"], sorted(errors.items())), ""]
-        lines += ["failed images:"]
-        lines += [f"  {r.image}: {r.error or r.status}: {r.cause or ''}" for r in failed]
-    return "\n".join(lines).rstrip()
+    tally = Tally()
+    for result in results:
+        tally.add(result)
+    return tally.text()
 
 
 CSV_COLUMNS = ("Image", "PredictedLabel", "Confidence", "Verdict", "Error")
 
 
-def write_csv(results: Sequence[ImageResult], out) -> None:
+def write_csv(results: Iterable[ImageResult], out) -> None:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for result in results:
@@ -417,12 +500,23 @@ def write_csv(results: Sequence[ImageResult], out) -> None:
 def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
                  concurrency: int | None = None, progress: bool = True,
                  keep_endpoint_s: float | None = None) -> list[ImageResult]:
+    """Every result of iter_workflow, in input order."""
+    return list(iter_workflow(config, images, model_version=model_version,
+                              concurrency=concurrency, progress=progress,
+                              keep_endpoint_s=keep_endpoint_s))
+
+
+def iter_workflow(config: Config, images: Sequence[ImageSource],
+                  model_version: int | None = None, concurrency: int | None = None,
+                  progress: bool = True, keep_endpoint_s: float | None = None,
+                  bar: bool | None = None) -> Iterator[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
     and the local endpoint, or the deployed state machine on AWS; the threshold is the one
-    of the version the endpoint serves (when model_version does not pin another).
+    of the version the endpoint serves (when model_version does not pin another). The
+    results in input order as they come (a caller that writes each one keeps memory flat).
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
     running in the background for that many idle seconds (0: reuse only)."""
-    return run_images(config, images, model_version=model_version, concurrency=concurrency,
-                      progress=progress, keep_endpoint_s=keep_endpoint_s,
-                      model_threshold=True)
+    return iter_images(config, images, model_version=model_version, concurrency=concurrency,
+                       progress=progress, keep_endpoint_s=keep_endpoint_s,
+                       model_threshold=True, bar=bar)

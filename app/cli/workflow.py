@@ -6,6 +6,7 @@ deployed state machine. Either way, one result per image, shaped by the same cod
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from app.cli.common import command_group, common_options
 from app.cli.infra import add_deploy_arguments
 from scones.console import format_table
 from scones.errors import SconesError
-from workflow.run import images_from_options, run_workflow, summary, write_csv
+from workflow.run import Tally, images_from_options, iter_workflow, write_csv
 
 
 BIG_FOLDER = 1000  # images above which `--images` suggests `--prefix`
@@ -147,16 +148,27 @@ def run_command(args, config) -> int:
     else:
         images = images_from_options(config, image=args.image, images=args.images, s3=args.s3)
         if args.images and len(images) > BIG_FOLDER:
-            # one execution per image holds each one's history in the local engine: a big
-            # folder is the bulk workflow's job (batches, a flat memory)
+            # one execution per image (memory stays flat: each is released once read), but
+            # the bulk workflow's batches are several times faster on a big folder
             print(f"note: {len(images)} images: for a folder this big `--prefix` is faster and "
                   f"lighter (the bulk workflow, in batches): copy them to s3://"
                   f"{config.aws.bucket}/incoming/ (on the embedded default the folder "
                   f"{config.local.workspace}/s3/{config.aws.bucket}/incoming/) and run "
                   f"`scones workflow run --prefix s3://{config.aws.bucket}/incoming/`",
                   file=sys.stderr)
-        results = run_workflow(config, images, model_version=args.model_version,
-                               concurrency=args.concurrency, keep_endpoint_s=keep_endpoint_s)
+        results = iter_workflow(config, images, model_version=args.model_version,
+                                concurrency=args.concurrency, keep_endpoint_s=keep_endpoint_s,
+                                # lines printed as they come on the terminal show the
+                                # progress themselves; a bar redrawn among them would not
+                                bar=not (sys.stdout.isatty() and sys.stderr.isatty()
+                                         and not (args.json or args.csv)))
+    # Each row is written as its result comes (in input order): nothing grows per image
+    # but the failed ones the summary names. The first result is awaited before any
+    # output, so a workflow that cannot start prints its error alone, as before.
+    results = iter(results)
+    first = next(results, None)
+    tally = Tally()
+    results = map(tally.add, itertools.chain([] if first is None else [first], results))
     if args.json:
         for result in results:
             print(json.dumps(result.to_dict()))
@@ -166,7 +178,7 @@ def run_command(args, config) -> int:
         for result in results:
             print(result.line())
         print()
-        print(summary(results))
+        print(tally.text())
     if bulk is not None:
         from workflow.bulk import bulk_summary_lines
 
@@ -174,4 +186,4 @@ def run_command(args, config) -> int:
             print(line, file=sys.stderr if args.json or args.csv else sys.stdout)
         if bulk.status != "SUCCEEDED":
             return 1
-    return 1 if any(r.failed_otherwise for r in results) else 0
+    return 1 if tally.failed else 0

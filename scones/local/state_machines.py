@@ -113,7 +113,8 @@ class LocalWorkflowRuntime:
         # boto3 clients are made on first use only: each loads its service model.
         self.s3 = _LazyClient("s3", region)
         self.staging = DirectStaging(self.s3, region)
-        self.stepfunctions = DirectExecutions(_LazyClient("stepfunctions", region), region)
+        self.stepfunctions = DirectExecutions(_LazyClient("stepfunctions", region), region,
+                                              names=aws.execution_names)
         for machine in self.machines:
             self.state_machine_arns[machine.name] = deploy.create_state_machine(
                 machine.name, machine.definition(), states_role)
@@ -128,6 +129,15 @@ class LocalWorkflowRuntime:
         if bucket not in self._made_buckets:
             self.staging.create_bucket(Bucket=bucket)
             self._made_buckets.add(bucket)
+
+    def release(self, execution_arn: str, staged: tuple[str, str] | None = None) -> None:
+        """An ended execution whose result has been read: moto forgets it (its history
+        included), and the input staged for it alone (staged: bucket, key) is deleted from
+        moto's S3, which is gone when the run ends anyway. Keeps a run's memory flat in
+        its number of images."""
+        self.stepfunctions.release(executionArn=execution_arn)
+        if staged is not None:
+            self.staging.delete_object(Bucket=staged[0], Key=staged[1])
 
     def import_object(self, url: str) -> None:
         """The object store's object at url into moto's S3; a missing one is left missing,

@@ -325,6 +325,7 @@ class LocalAws:
 
     region: str
     lambdas: InProcessLambdas
+    execution_names: "_ExecutionNames" = field(default_factory=lambda: _ExecutionNames())
     _ended: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
 
     def ended_executions(self, timeout: float) -> list[str]:
@@ -448,11 +449,12 @@ class DirectExecutions:
     so callers see the ClientError they would get from it.
     """
 
-    def __init__(self, client: Any, region: str):
+    def __init__(self, client: Any, region: str, names: "_ExecutionNames | None" = None):
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.stepfunctions.responses import get_backend
 
         self._client = client
+        self._names = names  # local_aws's index of execution names, told of releases
         self._backend = get_backend(os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID),
                                     region)
         self._executions: dict[str, Any] = {}
@@ -470,6 +472,26 @@ class DirectExecutions:
         with self._lock:
             self._executions[execution.execution_arn] = execution
         return {"executionArn": execution.execution_arn, "startDate": execution.start_date}
+
+    def release(self, executionArn: str) -> None:
+        """Forget an ended execution whose result has been read: moto keeps every
+        execution (input, output, its whole event history, the state machine's snapshot)
+        in its state machine's list for the process's life, ~80 KB an image, so a run of
+        one execution per image grew without bound. Afterwards DescribeExecution and
+        GetExecutionHistory of it answer ExecutionDoesNotExist, and its name can be used
+        again (on AWS a name stays taken for 90 days; a run's names are unique anyway).
+        A running or unknown execution is left alone."""
+        with self._lock:
+            execution = self._executions.get(executionArn)
+            if execution is None or execution.status == "RUNNING":
+                return
+            del self._executions[executionArn]
+        machine = self._backend.describe_state_machine(execution.state_machine_arn)
+        if self._names is not None:
+            self._names.forget(machine, execution)
+        else:
+            with contextlib.suppress(ValueError):
+                machine.executions.remove(execution)
 
     def describe_execution(self, *, executionArn: str) -> dict:
         with self._lock:
@@ -541,6 +563,13 @@ class DirectStaging:
             return self._client.put_object(Bucket=Bucket, Key=Key, Body=Body)
         key.set_acl(bucket.acl)
         return {"ETag": key.etag}
+
+    def delete_object(self, *, Bucket: str, Key: str) -> dict:
+        try:
+            self._backend.delete_object(Bucket, Key)
+        except _moto_errors():
+            return self._client.delete_object(Bucket=Bucket, Key=Key)
+        return {}
 
 
 class DirectS3Reads:
@@ -693,6 +722,23 @@ class _ExecutionNames:
         raise ExecutionAlreadyExists(
             "Execution Already Exists: '" + execution.execution_arn + "'")
 
+    def forget(self, state_machine: Any, execution: Any) -> None:
+        """Take an ended execution out of its state machine's list and out of the index
+        (which counts the list's entries it has seen, so the count moves with it)."""
+        executions = state_machine.executions
+        with self._lock:
+            try:
+                position = executions.index(execution)
+            except ValueError:
+                return
+            del executions[position]
+            index = self._indexes.get(id(state_machine))
+            if index is not None and index[0] is executions:
+                if position < index[1]:
+                    index[1] -= 1
+                if index[2].get(execution.name) is execution:
+                    del index[2][execution.name]
+
 
 def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """moto parses each JSONPath (Payload.$, OutputPath, ResultPath) with a freshly built
@@ -794,7 +840,7 @@ def local_aws(region: str, endpoint_url: str | None = None,
     programs = _ParsedDefinitions(parse)
     clients = _CachedClients(lambda_eval_utils.boto_client_for)
     lambda_tasks = _DirectLambdaTasks(lambda_eval_utils._invoke_lambda_function, lambdas)
-    execution_names = _ExecutionNames()
+    execution_names = aws.execution_names
     # The interpreter logs every failed state with its whole parse tree; the failure itself
     # is kept in the execution (error, cause, history), which is where we report it from.
     parser_log = logging.getLogger("moto.stepfunctions.parser")
