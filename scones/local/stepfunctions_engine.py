@@ -565,10 +565,20 @@ class DirectStaging:
         return {"ETag": key.etag}
 
     def delete_object(self, *, Bucket: str, Key: str) -> dict:
+        """DeleteObject, and the deleted key let go: moto tracks every model instance it
+        makes (instances_tracked, for its reset) and keeps each key's buffer open until
+        disposed, so a deleted key would stay in memory for the process's life."""
+        from moto.s3.models import FakeKey
+
         try:
+            key = self._backend.get_object(Bucket, Key)
             self._backend.delete_object(Bucket, Key)
         except _moto_errors():
             return self._client.delete_object(Bucket=Bucket, Key=Key)
+        if isinstance(key, FakeKey) and Key not in self._backend.get_bucket(Bucket).keys:
+            key.dispose()
+            with contextlib.suppress(ValueError):
+                FakeKey.instances_tracked.remove(key)  # type: ignore[attr-defined]
         return {}
 
 
@@ -740,6 +750,29 @@ class _ExecutionNames:
                     del index[2][execution.name]
 
 
+def _tracked_only(*kinds: type) -> Callable[..., Any]:
+    """moto's BaseModel.__new__ appends every model it makes (a deep copy of the state
+    machine per execution, an ACL and its grants per S3 object...) to its class's
+    instances_tracked, read only by MotoServer's dashboard and, for S3 keys and uploads, by
+    the reset that closes their buffers; a run never empties it. Track those kinds only
+    (DirectStaging.delete_object lets a deleted key go)."""
+    def new(cls: type, *args: Any, **kwargs: Any) -> Any:
+        instance = object.__new__(cls)
+        if issubclass(cls, kinds):
+            cls.instances_tracked.append(instance)  # type: ignore[attr-defined]
+        return instance
+    return new
+
+
+def _forget_finished_threads(threads: list) -> None:
+    """moto's interpreter appends every thread it starts (three or more per execution) to
+    a module-level list that nothing reads or empties (LocalStack's test clean-up list);
+    each finished thread keeps its target's frame, the execution's whole Environment, alive:
+    ~17 KB an image. Keep only the live ones. An append racing with this may be dropped
+    from the list, which nothing reads."""
+    threads[:] = [thread for thread in threads if thread.is_alive()]
+
+
 def _cached_parse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """moto parses each JSONPath (Payload.$, OutputPath, ResultPath) with a freshly built
     PLY parser at every state of every execution (~2 ms each); the parsed expression is
@@ -811,13 +844,15 @@ def local_aws(region: str, endpoint_url: str | None = None,
     from moto import mock_aws
     from moto.awslambda.models import LambdaFunction
     from moto.core import responses as moto_responses
-    from moto.s3.models import S3Backend
+    from moto.core.common_models import BaseModel
+    from moto.s3.models import FakeKey, FakeMultipart, S3Backend
     from moto.stepfunctions.models import StateMachine
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.component.common.path import result_path
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
     from moto.stepfunctions.parser.asl.utils import json_path
     from moto.stepfunctions.parser.backend import execution, execution_worker
+    from moto.stepfunctions.parser.utils import TMP_THREADS as moto_threads
 
     lambdas = InProcessLambdas(code_cache)
     lambdas.direct_s3_region = region
@@ -835,6 +870,7 @@ def local_aws(region: str, endpoint_url: str | None = None,
     def terminated(communication: Any) -> None:
         reflect_end(communication)
         aws._ended.put(communication.execution.exec_arn)
+        _forget_finished_threads(moto_threads)
 
     parse = _express_children_as_standard(AmazonStateLanguageParser.parse)
     programs = _ParsedDefinitions(parse)
@@ -867,6 +903,8 @@ def local_aws(region: str, endpoint_url: str | None = None,
                 json_path, "parse", _cached_parse(json_path.parse)))
             patches.enter_context(mock.patch.object(S3Backend, "_url_module", _s3_urls_once()))
             patches.enter_context(mock.patch.object(
+                BaseModel, "__new__", staticmethod(_tracked_only(FakeKey, FakeMultipart))))
+            patches.enter_context(mock.patch.object(
                 StateMachine, "_handle_name_input_idempotency",
                 lambda machine, name, execution_input:
                 execution_names.handle_name_input_idempotency(machine, name, execution_input)))
@@ -881,6 +919,7 @@ def local_aws(region: str, endpoint_url: str | None = None,
                 yield aws
             finally:
                 lambdas.restore_environment()
+                _forget_finished_threads(moto_threads)
     finally:
         parser_log.setLevel(saved_level)
         lambdas.close()

@@ -30,6 +30,17 @@ def moto_holds(region: str, bucket: str) -> tuple[int, int]:
     return executions, objects
 
 
+def moto_keeps_elsewhere() -> int:
+    """Finished interpreter threads (each holds its execution's Environment) plus every
+    model instance moto tracks (a state machine copy per execution, S3 keys, ACLs...)."""
+    from moto.core.model_instances import model_data
+    from moto.stepfunctions.parser.utils import TMP_THREADS
+
+    tracked = sum(len(model.instances_tracked) for models in model_data.values()
+                  for model in models.values())
+    return sum(not thread.is_alive() for thread in TMP_THREADS) + tracked
+
+
 def test_finished_executions_and_their_inputs_are_released_as_results_come(
         tmp_path, small_model_tar):
     config = load_config("local", {"local.workspace": str(tmp_path / "ws")})
@@ -40,12 +51,13 @@ def test_finished_executions_and_their_inputs_are_released_as_results_come(
         Image.new("RGB", (32, 32), (i * 10, 255 - i * 10, 128)).save(folder / f"{i:03d}.png")
     images = images_from_options(config, images=str(folder))
 
-    held = []
+    held, elsewhere = [], []
     with Workflow(config) as workflow:
         results = []
         for result in workflow.iter_run(images, concurrency=CONCURRENCY, progress=False):
             results.append(result)
             held.append(moto_holds(config.aws.region, config.aws.bucket))
+            elsewhere.append(moto_keeps_elsewhere())
 
     assert [r.image for r in results] == [i.label for i in images]  # input order, all
     assert all(r.status in ("SUCCEEDED", "FAILED") and r.inferences for r in results)
@@ -54,3 +66,5 @@ def test_finished_executions_and_their_inputs_are_released_as_results_come(
     assert max(executions for executions, _ in held) <= CONCURRENCY + 1, held
     assert max(objects for _, objects in held) <= CONCURRENCY + 1, held
     assert held[-1] == (0, 0), held
+    # nor anywhere else in moto: what it keeps does not grow with the images
+    assert elsewhere[-1] - elsewhere[CONCURRENCY] <= 2 * CONCURRENCY, elsewhere
