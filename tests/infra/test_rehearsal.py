@@ -11,20 +11,27 @@
     4. the approval event: SageMaker's "Model Package State Change" event, matched by moto's
        EventBridge against the stack's own ModelApprovedRule pattern;
     5. the deploy state machine in moto's Step Functions interpreter, started by that
-       event: staging, test, manual approval token, prod (test_project_template._Deployer).
+       event: staging, test, manual approval token, prod (test_project_template._Deployer);
+    6. the promoted version's own ConfidenceThreshold (registry metadata) set by that
+       state machine on the prod workflow's Lambdas, and applied by the filter Lambda's
+       real handler with the environment moto's Lambda then holds.
 
 Stubs (what moto lacks):
   - moto's CloudFormation does not implement CodeBuild, CodePipeline, SageMaker model
     package groups, CloudWatch alarms, EventBridge Scheduler, the SQS/SNS/S3 policies nor
     IAM Policy resources: those are STATIC_ONLY, never created;
   - SageMaker UpdateEndpoint (absent from moto) and the staging test's CodeBuild task
-    (moto has no CodeBuild builds): _Deployer's stubs, kept as they are.
+    (moto has no CodeBuild builds): _Deployer's stubs, kept as they are; moto's aws-sdk
+    tasks leave boto3's datetimes in the state, which moto then cannot serialise: they are
+    made text, as Step Functions hands them on (_timestamps_as_text);
+  - the Lambdas of step 6 are created with a placeholder zip and never invoked by moto
+    (moto's Lambda runs code in Docker); the filter's real handler runs in-process.
 
-Not rehearsed yet (steps 3, 6, 7 of the issue): CodeBuild's buildspec commands against moto
-(test_project_template.test_codebuild_runs_the_buildspec_with_the_templates_command runs
-them with run-pipeline recorded, not executed), the prod filter's per-version threshold in
-moto's interpreter (the definition is checked in test_deploy_flow.py), a bulk run on the
-project stack.
+Not rehearsed yet (steps 3 and 7 of the issue): CodeBuild's buildspec commands against
+moto (test_project_template.test_codebuild_runs_the_buildspec_with_the_templates_command
+runs them with run-pipeline recorded, not executed), and a bulk run on the project stack's
+bulk state machine (tests/workflow/test_bulk.py runs the same SDK-built definition in the
+local engine, not the stack's).
 """
 from __future__ import annotations
 
@@ -203,3 +210,36 @@ def test_step_5_the_deploy_state_machine_staging_test_approval_prod():
         done = aws.settle(waiting["executionArn"], to_end=True)
         assert done["status"] == "SUCCEEDED" and done["entered"][-1] == "DeployedToProd"
         assert aws.serving("prod") == "bikes-prod-v1"
+
+
+@pytest.mark.slow
+def test_step_6_prod_applies_the_promoted_versions_own_threshold(monkeypatch):
+    """The version's ConfidenceThreshold (registry metadata) reaches the prod filter Lambda's
+    environment through the deploy state machine, and the filter's real handler applies it:
+    an inference the default 0.8 would pass is refused at the version's 0.93."""
+    from infra.project_template import project_template
+    from lambdas import filter_inferences
+    from lambdas.errors import ThresholdConfidenceNotMet
+    from scones.config import load_config
+
+    with _Deployer(project_template(load_config("local")), workflow=True) as aws:
+        assert "bikes-filter-inferences" in aws.threshold_functions
+        version = aws.approved_version(
+            CustomerMetadataProperties={"ConfidenceThreshold": "0.93"})
+        waiting = aws.settle(aws.start(version))
+        aws.sfn.send_task_success(taskToken=aws.approval_token()["taskToken"], output="{}")
+        done = aws.settle(waiting["executionArn"], to_end=True)
+        assert done["status"] == "SUCCEEDED", done
+        assert "ProdApplyThreshold1" in done["entered"]
+        lambdas = boto3.client("lambda", region_name=REGION)
+        environment = {name: lambdas.get_function_configuration(FunctionName=name)[
+            "Environment"]["Variables"] for name in aws.threshold_functions}
+    assert {e["CONFIDENCE_THRESHOLD"] for e in environment.values()} == {"0.93"}
+    for key, value in environment["bikes-filter-inferences"].items():
+        monkeypatch.setenv(key, value)
+    event = {"s3_bucket": "b", "s3_key": "incoming/1.png", "image_data": "",
+             "inferences": [0.9, 0.1]}
+    with pytest.raises(ThresholdConfidenceNotMet):
+        filter_inferences.lambda_handler(event, None)
+    confident = filter_inferences.lambda_handler({**event, "inferences": [0.95, 0.05]}, None)
+    assert confident["predicted_label"] == "bicycle"
