@@ -11,6 +11,10 @@ from lambdas import deploy_approved_model as deploy_logic
 from scones.config import Config
 from scones.errors import DeploymentError
 
+# The inferenceId of a deployment's own probes (health check, bake): they go through the
+# endpoint's real request path, capture included; monitoring leaves them out of traffic.
+PROBE_INFERENCE_ID_PREFIX = "scones-deployment-probe-"
+
 
 def deploy_settings(config: Config, stage: str = "prod") -> deploy_logic.DeploySettings:
     """The approval Lambda's settings for one stage's endpoint, taken from the project

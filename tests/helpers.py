@@ -4,6 +4,7 @@ the one runner of the real `scones` CLI. Test modules import it (`from helpers i
 conftest.py holds only fixtures."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from scones.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = REPO_ROOT / "pipelines" / "jobs"
@@ -75,6 +78,17 @@ def register_model(config, model_tar: Path | bytes, url: str | None = None, **fi
     backend.object_store().write_bytes(url, data)
     fields.setdefault("InferenceSpecification", {"Containers": [{"ModelDataUrl": url}]})
     return backend.registry().register(**fields)
+
+
+def deploy_locally(config, model_tar: Path) -> None:
+    """Write the endpoint state file as `scones endpoint deploy` does (the contract)."""
+    path = Workspace(config.local.workspace).endpoint_state_file(config.workflow.endpoint_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
+        "ModelPackageVersion": 1, "LocalModelData": str(model_tar),
+        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 100,
+                              "DestinationS3Uri": f"s3://{config.aws.bucket}/datacapture"}}))
 
 
 def scones(*args, workspace: Path | str | None = None, settings: dict | None = None,

@@ -261,7 +261,8 @@ def endpoint_status(config: Config, backend: Backend | None = None,
     }
     # The local control plane's extras (what file is served, earlier deployments).
     result.update({k: endpoint[k] for k in ("LocalModelData", "History", "StateFile",
-                                            "LastRollback")
+                                            "LastRollback", "UnfinishedBake",
+                                            "DroppedCaptureRecords", "CaptureLastError")
                    if k in endpoint})
     try:
         endpoint_config = client.describe_endpoint_config(

@@ -92,6 +92,13 @@ def print_deployment(result: dict) -> None:
         print(f"{result.get('Stage', '')} endpoint {result['EndpointName']}: already serves "
               f"version {result['ModelPackageVersion']}; nothing changed")
         return
+    if result["Action"] == "resumed":
+        started = (result.get("ResumedBake") or {}).get("StartedAt")
+        print(f"{result.get('Stage', '')} endpoint {result['EndpointName']}: resumed the "
+              f"unfinished bake of version {result['ModelPackageVersion']} (started {started}"
+              f", cut short): baked {result['BakedSeconds']:g} s without crossing the "
+              "error-rate alarm")
+        return
     print(f"{result['Action']} {result.get('Stage', '')} endpoint {result['EndpointName']}: "
           f"serving version {result['ModelPackageVersion']} ({result['ModelPackageArn']})")
     if result.get("BakedSeconds"):
@@ -165,6 +172,18 @@ def _print_status(status: dict) -> None:
     for key in ("ModelPackageArn", "EndpointConfigName", "LastModifiedTime", "LocalModelData"):
         if status.get(key):
             print(f"  {key}: {status[key]}")
+    bake = status.get("UnfinishedBake")
+    if bake:
+        resume = ("`scones endpoint promote` resumes it" if stage == "prod" else
+                  f"`scones endpoint deploy --stage {stage} --version "
+                  f"{bake['ModelPackageVersion']}` resumes it")
+        print(f"  WARNING: the bake of version {bake['ModelPackageVersion']} did not finish "
+              f"(started {bake['StartedAt']} by pid {bake['Pid']}, which is gone): {resume}, "
+              f"rolling back to version {bake['PreviousVersion']} if it fails")
+    dropped = status.get("DroppedCaptureRecords")
+    if dropped:
+        print(f"  data capture: {dropped} record(s) dropped, predictions still answered "
+              f"(last error: {status.get('CaptureLastError')})")
     test = status.get("StagingTest")
     if test:
         print(f"  staging test: {'passed' if test.get('Passed') else 'FAILED'} (accuracy "

@@ -18,6 +18,9 @@ from scones.errors import SconesError
 from workflow.run import images_from_options, run_workflow, summary, write_csv
 
 
+BIG_FOLDER = 1000  # images above which `--images` suggests `--prefix`
+
+
 class LambdaPackagingError(SconesError):
     """A Lambda module cannot be packaged (lambdas.build refused it)."""
 
@@ -143,6 +146,15 @@ def run_command(args, config) -> int:
         results = bulk.results
     else:
         images = images_from_options(config, image=args.image, images=args.images, s3=args.s3)
+        if args.images and len(images) > BIG_FOLDER:
+            # one execution per image holds each one's history in the local engine: a big
+            # folder is the bulk workflow's job (batches, a flat memory)
+            print(f"note: {len(images)} images: for a folder this big `--prefix` is faster and "
+                  f"lighter (the bulk workflow, in batches): copy them to s3://"
+                  f"{config.aws.bucket}/incoming/ (on the embedded default the folder "
+                  f"{config.local.workspace}/s3/{config.aws.bucket}/incoming/) and run "
+                  f"`scones workflow run --prefix s3://{config.aws.bucket}/incoming/`",
+                  file=sys.stderr)
         results = run_workflow(config, images, model_version=args.model_version,
                                concurrency=args.concurrency, keep_endpoint_s=keep_endpoint_s)
     if args.json:

@@ -16,7 +16,8 @@ from typing import Any
 
 from lambdas.deploy_approved_model import VARIANT_NAME
 from scones.config import Config
-from scones.local.deployment_state import EndpointStateFile
+from scones.local.deployment_state import BakeRecord, EndpointStateFile
+from scones.local.endpoint.capture import read_capture_drops
 from scones.errors import RegistryError
 from scones.workspace import Workspace
 
@@ -126,7 +127,22 @@ class LocalSageMakerControlPlane:
             "History": state.get("History", []),
             "StateFile": str(state_file.path),
             **({"LastRollback": state["LastRollback"]} if state.get("LastRollback") else {}),
+            **self._local_health(EndpointName),
         }
+
+    def _local_health(self, endpoint_name: str) -> dict:
+        """A bake cut short (its process gone) and the capture records the endpoint
+        dropped: what `endpoint status` warns about."""
+        extras: dict = {}
+        unfinished = BakeRecord(self.workspace, endpoint_name).unfinished()
+        if unfinished is not None:
+            extras["UnfinishedBake"] = {k: unfinished.get(k) for k in (
+                "ModelPackageVersion", "PreviousVersion", "StartedAt", "BakeSeconds", "Pid")}
+        drops = read_capture_drops(self.workspace, endpoint_name)
+        if drops.get("DroppedCaptureRecords"):
+            extras["DroppedCaptureRecords"] = drops["DroppedCaptureRecords"]
+            extras["CaptureLastError"] = drops.get("LastError")
+        return extras
 
     def _deployed(self, key: str, name: str) -> dict | None:
         """The state of the endpoint whose `key` is `name`: models and endpoint configs of

@@ -123,6 +123,77 @@ def deployment_lock(workspace: Workspace, endpoint_name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def deployment_in_progress(workspace: Workspace, endpoint_name: str) -> bool:
+    """Whether a process holds the endpoint's deployment lock now (a bake recorded as
+    unfinished while nobody holds it was cut short: its process is gone)."""
+    path = workspace.endpoints_dir / f".{endpoint_name}.deploy.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+class BakeRecord:
+    """<workspace>/endpoints/bakes/<endpoint>.json: the bake under way on an endpoint, written
+    when it starts and removed when it ends (passed or rolled back). One left behind while
+    no deployment runs is a bake that never finished (its process was killed): status
+    shows it, and the next deployment of that version resumes it, with the previous
+    deployment it kept to roll back to."""
+
+    def __init__(self, workspace: Workspace, endpoint_name: str):
+        self.workspace = workspace
+        self.endpoint_name = endpoint_name
+        self.path = workspace.endpoints_dir / "bakes" / f"{endpoint_name}.json"
+
+    def start(self, stage: str, package: dict, previous: dict | None,
+              bake_seconds: float) -> None:
+        import time
+
+        record = {"EndpointName": self.endpoint_name, "Stage": stage,
+                  "ModelPackageVersion": package.get("ModelPackageVersion"),
+                  "ModelPackageArn": package.get("ModelPackageArn"),
+                  "PreviousVersion": (previous or {}).get("ModelPackageVersion"),
+                  "Previous": ({**previous,
+                                "LocalModelData": self.workspace.relative(
+                                    previous["LocalModelData"])} if previous else None),
+                  "BakeSeconds": bake_seconds,
+                  "StartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "Pid": os.getpid()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.replace(self.path)
+
+    def read(self) -> dict | None:
+        try:
+            record = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise EndpointStateError(f"bake record {self.path} is not valid JSON ({exc}); "
+                                     "delete it, then check the endpoint with `scones "
+                                     "endpoint status`") from None
+        previous = record.get("Previous")
+        if previous and previous.get("LocalModelData"):
+            previous["LocalModelData"] = str(self.workspace.resolve(previous["LocalModelData"]))
+        return record
+
+    def unfinished(self) -> dict | None:
+        """The record of a bake whose process is gone, None if none (or one is running)."""
+        record = self.read()
+        if record is None or deployment_in_progress(self.workspace, self.endpoint_name):
+            return None
+        return record
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class StageTestRecords:
     """<workspace>/endpoints/tests/stage-tests.json: each model package's stage test results
     ({package ARN: {stage: result}}), what `scones endpoint promote` checks. (A folder of

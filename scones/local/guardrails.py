@@ -18,8 +18,10 @@ from typing import Any
 
 from scones.config import Config
 from scones.errors import DeploymentError, DeploymentRolledBack, HealthCheckFailed
-from scones.local.endpoint.model_archive import load_model_archive
-from scones.local.deployment_state import EndpointStateFile, deployment_lock
+from scones.deploy_settings import PROBE_INFERENCE_ID_PREFIX
+from scones.errors import SconesError
+from scones.local.deployment_state import BakeRecord, EndpointStateFile, deployment_lock
+from scones.local.endpoint import EndpointProcess
 from scones.local.resources import LocalResources
 from scones.test_split import held_back_images, png_bytes
 
@@ -45,18 +47,57 @@ class LocalDeploymentGuard:
         self._stack.close()
 
     def before_switch(self, package: dict) -> None:
-        """The health check, unless the endpoint already serves this package."""
+        """The health check, unless the endpoint already serves this package; a bake of
+        this package cut short before (its process killed) is resumed here instead."""
         self.previous = self.state_file.read()
+        self.bake_record = BakeRecord(self.resources.workspace, self.state_file.endpoint_name)
+        self.resumed = None
+        unfinished = self.bake_record.read()  # we hold the lock: its baker is gone
+        if unfinished is not None:
+            if (unfinished.get("ModelPackageArn") == package["ModelPackageArn"]
+                    == (self.previous or {}).get("ModelPackageArn")):
+                self.resumed = self._resume_bake(package, unfinished)
+                return
+            self.bake_record.clear()  # superseded: another version is being deployed
         if (self.previous or {}).get("ModelPackageArn") != package["ModelPackageArn"]:
-            health_check(self.config, package, self.resources)
+            health_check(self.config, package, self.resources, self.state_file.endpoint_name)
 
     def after_switch(self, result: dict, package: dict) -> None:
-        """The bake, when the deployment switched the model."""
+        """The bake, when the deployment switched the model. The bake is recorded while it
+        runs: killed midway, the record stays, status shows it, the next deployment of the
+        version resumes it."""
+        if self.resumed is not None:
+            result.update(self.resumed)
+            return
         bake_seconds = self.config.stage(self.stage).bake_seconds
         if result["Action"] != "none" and bake_seconds > 0:
-            bake(self.config, self.stage, package, self.previous, self.state_file,
-                 self.resources)
+            self.bake_record.start(self.stage, package, self.previous, bake_seconds)
+            try:
+                bake(self.config, self.stage, package, self.previous, self.state_file,
+                     self.resources)
+            except DeploymentRolledBack:
+                self.bake_record.clear()  # finished: by the rollback
+                raise
+            self.bake_record.clear()  # any other way out leaves it: unfinished
             result["BakedSeconds"] = bake_seconds
+
+    def _resume_bake(self, package: dict, unfinished: dict) -> dict:
+        """Bake again, from the start, a version whose bake was cut short: it passes, or
+        it is rolled back to the deployment recorded before it."""
+        bake_seconds = self.config.stage(self.stage).bake_seconds
+        previous = unfinished.get("Previous")
+        self.bake_record.start(self.stage, package, previous, bake_seconds)
+        try:
+            if bake_seconds > 0:
+                bake(self.config, self.stage, package, previous, self.state_file,
+                     self.resources)
+        except DeploymentRolledBack:
+            self.bake_record.clear()
+            raise
+        self.bake_record.clear()
+        return {"Action": "resumed", "BakedSeconds": bake_seconds,
+                "ResumedBake": {k: unfinished.get(k) for k in ("StartedAt", "Pid",
+                                                                "PreviousVersion")}}
 
 
 def _probe_image(config: Config, package: dict, resources: LocalResources) -> bytes:
@@ -72,33 +113,57 @@ def _probe_image(config: Config, package: dict, resources: LocalResources) -> by
         raise
 
 
-def health_check(config: Config, package: dict, resources: LocalResources) -> None:
-    """What SageMaker does before a new variant takes traffic: the model loads through its
-    own inference code (the container's /ping answers) and answers one real image with the
-    classes' probabilities. HealthCheckFailed, naming the reason, otherwise."""
+def _probe(url: str, image: bytes, purpose: str, n: int) -> tuple[int, str]:
+    """POST the image to /invocations as traffic does: (HTTP status, answer or message)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/invocations", data=image, method="POST",
+        headers={"Content-Type": "image/png", "Accept": "application/json",
+                 "X-Amzn-SageMaker-Inference-Id": f"{PROBE_INFERENCE_ID_PREFIX}{purpose}-{n}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        try:
+            body = json.loads(body).get("message") or body
+        except (ValueError, AttributeError):
+            pass
+        return exc.code, body
+    except OSError as exc:  # refused, reset, timed out: the endpoint did not answer
+        return 0, f"{type(exc).__name__}: {exc}"
+
+
+def health_check(config: Config, package: dict, resources: LocalResources,
+                 endpoint_name: str) -> None:
+    """What SageMaker does before a new variant takes traffic, through the request path
+    traffic takes: an endpoint process for endpoint_name loads the version through its own
+    inference code, answers /ping, and answers one real image on /invocations (data
+    capture included) with the classes' probabilities. HealthCheckFailed, naming the
+    reason, otherwise."""
     version = package.get("ModelPackageVersion")
     tar = Path(package.get("LocalModelData") or "")
     what = f"version {version} ({package.get('ModelDataUrl')})"
+    image = _probe_image(config, package, resources)
     try:
-        model = load_model_archive(tar, version=version,
-                                   package_arn=package.get("ModelPackageArn"),
-                                   source="health check")
-    except Exception as exc:
+        with EndpointProcess(config, model_version=version, model_tar=tar,
+                             endpoint_name=endpoint_name) as endpoint:
+            status, answer = _probe(endpoint.url, image, "health-check", 0)
+    except SconesError as exc:
         raise HealthCheckFailed(f"{what} failed its health check, nothing was switched: the "
                                 f"model does not load ({_reason(exc)})") from None
     try:
-        body, _ = model.invoke(_probe_image(config, package, resources), "image/png",
-                               "application/json")
-        answer = json.loads(body)
-        if not (isinstance(answer, list) and len(answer) == len(config.classes)):
-            raise ValueError(f"expected {len(config.classes)} probabilities, got {answer!r}"[:200])
-    except DeploymentError:
-        raise
-    except Exception as exc:
+        if status != 200:
+            raise ValueError(f"HTTP {status} from /invocations: {answer}")
+        probabilities = json.loads(answer)
+        if not (isinstance(probabilities, list) and len(probabilities) == len(config.classes)):
+            raise ValueError(f"expected {len(config.classes)} probabilities, got "
+                             f"{probabilities!r}"[:200])
+    except ValueError as exc:
         raise HealthCheckFailed(f"{what} failed its health check, nothing was switched: it "
                                 f"does not answer an image ({_reason(exc)})") from None
-    finally:
-        model.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -107,33 +172,34 @@ def _reason(exc: BaseException) -> str:
 
 def bake(config: Config, stage: str, package: dict, previous: dict | None,
          state_file: EndpointStateFile, resources: LocalResources) -> None:
-    """Watch the new model for bake_seconds: probe it (its inference code on a real image,
-    as the endpoint serves it) every bake_probe_interval_seconds; if errors / probes
-    crosses max_error_rate, put the previous deployment back (AutoRollbackConfiguration's
-    alarm on AWS) and raise DeploymentRolledBack. Nothing to roll back to on a first
-    deployment: it is then reported, the model left serving."""
+    """Watch the new model for bake_seconds through the endpoint's real request path: an
+    endpoint process serving what the state file now names (its data capture included)
+    gets a real image on /invocations every bake_probe_interval_seconds; an answer other
+    than 200 is an error. If errors / probes crosses max_error_rate, put the previous
+    deployment back (AutoRollbackConfiguration's alarm on AWS) and raise
+    DeploymentRolledBack. Nothing to roll back to on a first deployment: it is then
+    reported, the model left serving."""
     settings = config.stage(stage)
     image = _probe_image(config, package, resources)
-    model = load_model_archive(Path(package["LocalModelData"]),
-                               version=package.get("ModelPackageVersion"), source="bake")
     probes = errors = 0
     last_error = None
-    deadline = time.monotonic() + settings.bake_seconds
     try:
-        while True:
-            probes += 1
-            try:
-                model.invoke(image, "image/png", "application/json")
-            except Exception as exc:
-                errors += 1
-                last_error = _reason(exc)
-            if errors / probes > settings.max_error_rate and probes >= 2:
-                break
-            if time.monotonic() + settings.bake_probe_interval_seconds > deadline:
-                return
-            time.sleep(settings.bake_probe_interval_seconds)
-    finally:
-        model.close()
+        with EndpointProcess(config, endpoint_name=state_file.endpoint_name) as endpoint:
+            # the bake lasts bake_seconds of probing, not of starting the endpoint process
+            deadline = time.monotonic() + settings.bake_seconds
+            while True:
+                probes += 1
+                status, answer = _probe(endpoint.url, image, "bake", probes)
+                if status != 200:
+                    errors += 1
+                    last_error = f"HTTP {status}: {' '.join(answer.split())[:300]}"
+                if errors / probes > settings.max_error_rate and probes >= 2:
+                    break
+                if time.monotonic() + settings.bake_probe_interval_seconds > deadline:
+                    return
+                time.sleep(settings.bake_probe_interval_seconds)
+    except SconesError as exc:  # the endpoint would not even start on the new model
+        probes, errors, last_error = max(probes, 1), max(probes, 1), _reason(exc)
     version = package.get("ModelPackageVersion")
     alarm = (f"error rate {errors}/{probes} crossed the alarm's limit "
              f"{settings.max_error_rate:.0%} while baking (last error: {last_error})")

@@ -12,6 +12,9 @@ import pytest
 from helpers import copy_image_subset
 from helpers import scones as run_scones
 
+# Each test takes tens of seconds: pipeline runs through the CLI (training included).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

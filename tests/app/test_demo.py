@@ -4,7 +4,13 @@ leave a registered+approved version, a deployment and a monitoring report behind
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import scones
+
+# Each test takes tens of seconds: the demo: a whole pipeline, deployments and workflows, twice.
+pytestmark = pytest.mark.slow
+
 
 def test_demo_runs_the_whole_story_twice_keeping_earlier_results(tmp_path, sample_data_dir):
     workspace = tmp_path / "ws"

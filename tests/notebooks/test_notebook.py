@@ -11,6 +11,11 @@ from nbclient import NotebookClient
 from scones.config import load_config
 from workflow.stages import endpoint_status
 
+import pytest
+
+# Each test takes tens of seconds: runs the notebook: a pipeline, an approval, a deployment.
+pytestmark = pytest.mark.slow
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "retrain_and_approve.ipynb"
 
 

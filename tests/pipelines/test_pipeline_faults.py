@@ -23,6 +23,9 @@ import pytest
 from helpers import copy_image_subset
 from helpers import scones as run_scones
 
+# Each test takes tens of seconds: whole pipeline runs, killed and retried.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAUSE_HOOK = """
     import os, sys, time

@@ -12,6 +12,9 @@ from PIL import Image
 
 from helpers import SMALL_MODEL_EPOCHS, run_job
 
+# Each test takes tens of seconds: trains and evaluates real models.
+pytestmark = pytest.mark.slow
+
 # The exact shape the pipeline's metric_definitions parse.
 EPOCH_LINE = re.compile(
     r"^epoch (\d+)/(\d+) train_loss=(\d+\.\d{4}) train_accuracy=(\d\.\d{4}) "

@@ -22,7 +22,10 @@ from workflow.bulk import (BATCH_STATE, MAP_STATE, THRESHOLD_EXCEEDED_ERROR,
 from scones.local.endpoint import EndpointProcess
 from workflow.bulk import BulkWorkflow
 
-from test_local_workflow import deploy_locally
+from helpers import deploy_locally
+
+# Each test takes tens of seconds: bulk workflow runs over hundreds of images.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASL_VALIDATOR = REPO_ROOT / ".tools" / "node_modules" / ".bin" / "asl-validator"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import deploy_locally, register_model
 from scones.config import load_config
 from scones.errors import SconesError
 from scones.storage import LocalObjectStore
@@ -22,20 +23,12 @@ from workflow.run import summary
 from scones.local.deployment_state import EndpointStateFile
 from workflow.run import ImageSource, images_from_options, run_images
 
+# Each test takes tens of seconds: the workflow deployed into moto with a running endpoint.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {"Image", "Status", "PredictedLabel", "Confidence", "Inferences",
                "MeetsThreshold", "Verdict", "Error", "Cause", "Seconds"}
-
-
-def deploy_locally(config, model_tar: Path) -> None:
-    """Write the endpoint state file as `scones endpoint deploy` does (the contract)."""
-    path = EndpointStateFile.of(config).path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
-        "ModelPackageVersion": 1, "LocalModelData": str(model_tar),
-        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 100,
-                              "DestinationS3Uri": f"s3://{config.aws.bucket}/datacapture"}}))
 
 
 def real_images(sample_data_dir: Path, per_class: int) -> list[Path]:
@@ -252,7 +245,6 @@ def test_the_filter_applies_the_threshold_registered_with_the_deployed_version(
         tmp_path, sample_data_dir, small_model_tar):
     """The threshold train.py chose travels with the version (CustomerMetadataProperties)
     and deployment hands it to the filter; workflow.confidence_threshold is the override."""
-    from helpers import register_model
     from workflow.stages import deploy_model_package, with_model_threshold
     from workflow.run import ImageSource, run_workflow
 
@@ -305,13 +297,12 @@ def test_real_photos_go_through_the_local_engine_by_reference(tmp_path, sample_d
     assert "6" in results["huge.png"].cause  # names the limit
 
 
-@pytest.mark.slow
+
 def test_every_path_applies_the_same_registered_threshold(tmp_path, sample_data_dir,
                                                           small_model_tar):
     """One image, a folder, a prefix (bulk), the staging endpoint and a named
     --model-version: on the same images, the same verdicts, all by the threshold registered
     with the version that answers (not workflow.confidence_threshold)."""
-    from helpers import register_model
     from workflow.bulk import run_bulk
     from workflow.run import run_workflow
     from workflow.stages import deploy_model_package, with_model_threshold

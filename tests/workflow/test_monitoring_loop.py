@@ -22,6 +22,9 @@ from helpers import scones as run_scones
 from scones.config import load_config
 from scones.storage import LocalObjectStore
 
+# Each test takes tens of seconds: monitoring runs that start retraining pipelines.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("bicycle", "motorcycle")
 BASELINE_URL = "s3://scones-local/baselines/1"

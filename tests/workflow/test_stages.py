@@ -25,6 +25,9 @@ from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionR
                              approve_and_deploy, deploy_model_package, endpoint_status,
                              promote, reject_and_report)
 
+# Each test takes tens of seconds: deployments with health checks and bakes, staging tests.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "scones-delivery-vehicles"
 
@@ -127,7 +130,12 @@ def test_approve_test_promote_through_the_cli(staged):
     # the workflow's capture of the test went to staging's endpoint, not prod's
     capture = Path(workspace) / "s3" / "scones-local" / "datacapture"
     assert (capture / "scones-delivery-vehicles-staging").is_dir()
-    assert not (capture / "scones-delivery-vehicles").exists()
+    # prod's capture holds only the deployment's own probes (health check, bake), which
+    # went through its real request path and say so in their inferenceId
+    prod_ids = [json.loads(line)["eventMetadata"].get("inferenceId")
+                for path in (capture / "scones-delivery-vehicles").rglob("*.jsonl")
+                for line in path.read_text().splitlines()]
+    assert prod_ids and all(i.startswith("scones-deployment-probe-") for i in prod_ids)
 
 
 def test_a_failed_staging_test_blocks_promotion(staged):
@@ -296,3 +304,101 @@ def test_two_approvals_at_once_leave_staging_on_the_newer_version(staged):
     assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 2
     assert "staging serves version 2, newer than 1" in out_older + err_older
     assert registry.describe(1)["ModelApprovalStatus"] == "Approved"
+
+
+def _post_image(url: str, image: bytes) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/invocations", data=image, method="POST",
+                                     headers={"Content-Type": "image/png"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_deployment_never_reports_healthy_an_endpoint_whose_requests_fail(staged,
+                                                                            sample_data_dir):
+    """Data capture broken (its folder cannot be made): the health check and the bake go
+    through the endpoint's real request path, so either the deployment refuses or rolls
+    back, or a real /invocations answers - never "baked" while every request fails."""
+    from scones.local.endpoint import EndpointProcess
+    from workflow.stages import DeploymentError
+
+    config, registry, _, _ = staged
+    baking = config.replace(deployment=type(config.deployment)(
+        staging=config.deployment.staging,
+        prod=type(config.deployment.prod)(bake_seconds=1.5, bake_probe_interval_seconds=0.2)))
+    for version in (1, 2):
+        registry.approve(version)
+    deploy_model_package(baking, 1, stage="prod")
+    capture = Path(config.local.workspace) / "s3" / config.aws.bucket / "datacapture"
+    capture.mkdir(parents=True, exist_ok=True)
+    for leftover in capture.iterdir():  # the probes' records: replaced by a blocking file
+        import shutil
+
+        shutil.rmtree(leftover)
+    (capture / config.workflow.endpoint_name).write_text("a file where a folder must be")
+
+    try:
+        result = deploy_model_package(baking, 2, stage="prod")
+    except DeploymentError as exc:
+        # refused or rolled back: then it says why, and version 1 serves
+        assert "capture" in str(exc).lower() or "500" in str(exc), exc
+        assert endpoint_status(config, stage="prod")["ModelPackageVersion"] == 1
+        return
+    assert result["ModelPackageVersion"] == 2 and result["BakedSeconds"] == 1.5
+    image = sorted((sample_data_dir / "bicycle").glob("*.png"))[0].read_bytes()
+    with EndpointProcess(config) as endpoint:
+        assert _post_image(endpoint.url, image) == 200
+    # the records capture could not write are counted, and status says so
+    status = json.loads(_scones("endpoint", "status", "--stage", "prod", "--json",
+                                workspace=config.local.workspace).stdout)
+    assert status["DroppedCaptureRecords"] >= 1
+    shown = _scones("endpoint", "status", "--stage", "prod", workspace=config.local.workspace)
+    assert "record(s) dropped, predictions still answered" in shown.stdout
+
+
+def test_a_bake_killed_midway_is_shown_and_the_next_promote_resumes_it(staged):
+    config, registry, _, _ = staged
+    workspace = config.local.workspace
+    registry.approve(1)
+    deploy_model_package(config, 1, stage="prod")
+    approve_and_deploy(config, 2)
+    assert run_stage_test(config)["Passed"]
+    long_bake = ("--set", "deployment.prod.bake_seconds=120",
+                 "--set", "deployment.prod.bake_probe_interval_seconds=0.5")
+    env = {**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    promoting = subprocess.Popen(
+        [sys.executable, "-m", "app.cli.main", "endpoint", "promote",
+         "--set", f"local.workspace={workspace}", *long_bake],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    deadline = time.monotonic() + 180
+    while endpoint_status(config, stage="prod")["ModelPackageVersion"] != 2:
+        assert promoting.poll() is None and time.monotonic() < deadline, \
+            promoting.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # switched: baking now
+    promoting.kill()  # SIGKILL: no handler runs
+    promoting.wait()
+
+    shown = _scones("endpoint", "status", "--stage", "prod", "--json", workspace=workspace)
+    status = json.loads(shown.stdout)
+    assert status["ModelPackageVersion"] == 2
+    unfinished = status["UnfinishedBake"]
+    assert unfinished["ModelPackageVersion"] == 2 and unfinished["PreviousVersion"] == 1
+    text = _scones("endpoint", "status", "--stage", "prod", workspace=workspace).stdout
+    assert "bake of version 2 did not finish" in text and "endpoint promote" in text
+
+    resumed = _scones("endpoint", "promote", workspace=workspace,
+                      extra=("--set", "deployment.prod.bake_seconds=1",
+                             "--set", "deployment.prod.bake_probe_interval_seconds=0.2"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed the unfinished bake of version 2" in resumed.stdout
+    assert "nothing changed" not in resumed.stdout and "already serves" not in resumed.stdout
+    after = json.loads(_scones("endpoint", "status", "--stage", "prod", "--json",
+                               workspace=workspace).stdout)
+    assert after["ModelPackageVersion"] == 2 and not after.get("UnfinishedBake")

@@ -66,3 +66,14 @@ def test_the_cli_refuses_the_link_and_uploads_nothing(config, folder, tmp_path):
     uploaded = [p for p in config.local.workspace.rglob("*") if p.is_file()
                 and SECRET in p.read_bytes()] if config.local.workspace.exists() else []
     assert uploaded == []
+
+
+def test_a_big_folder_is_pointed_at_the_bulk_workflow(tmp_path, run_scones):
+    big = tmp_path / "big"
+    big.mkdir()
+    for n in range(1001):
+        (big / f"{n:05d}.png").write_bytes(b"")
+    done = run_scones("workflow", "run", "--images", str(big), "--endpoint-idle-minutes", "0",
+                      workspace=tmp_path / "ws", timeout=300)
+    assert "note: 1001 images" in done.stderr and "--prefix s3://" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -17,14 +17,14 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-from sagemaker_inference import environment as toolkit_environment
-from sagemaker_inference.transformer import Transformer
+from typing import TYPE_CHECKING, Any, Sequence
 
 from scones.config import Config
 from scones.errors import SconesError
 from scones.local.resources import LocalResources
+
+if TYPE_CHECKING:
+    from sagemaker_inference.transformer import Transformer
 
 LOG = logging.getLogger("scones.endpoint")
 _IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
@@ -109,6 +109,8 @@ class ServedModel:
             result = result.encode("utf-8")
         elif not isinstance(result, (bytes, bytearray)):
             result = json.dumps(result).encode("utf-8")  # what the model server does
+        from sagemaker_inference import environment as toolkit_environment  # see _transformer
+
         return bytes(result), context.content_type or toolkit_environment.Environment().default_accept
 
     def close(self) -> None:
@@ -182,6 +184,11 @@ def _transformer(module, model_dir: Path) -> Transformer:
     module. The toolkit imports the module by name (SAGEMAKER_PROGRAM, "inference"): it
     is put under that name only while the Transformer looks it up, so two models'
     inference.py can serve side by side in one process."""
+    # lazily: sagemaker-inference brings scipy (about a second on 2 busy cores), which a
+    # `workflow run` that only finds the running endpoint would pay for nothing
+    from sagemaker_inference import environment as toolkit_environment
+    from sagemaker_inference.transformer import Transformer
+
     transformer = Transformer()
     name = toolkit_environment.Environment().module_name
     with _IMPORT_LOCK:

@@ -45,6 +45,11 @@ def flashes(browser) -> str:
     return " | ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, ".flash"))
 
 
+def expect_flash(browser, text: str, seconds: float = 60) -> None:
+    """The page the action redirected to says `text` (waited for: the click navigates)."""
+    wait(browser, seconds).until(lambda b: text in flashes(b))
+
+
 def test_the_pipeline_page_shows_the_graph(story, browser, shoot):
     studio, _ = story
     browser.get(f"{studio.url}/?token={studio.token}")
@@ -74,7 +79,7 @@ def test_a_short_run_from_the_form_ends_with_every_step_succeeded(story, browser
         field.clear()
         field.send_keys(value)
     browser.find_element(By.ID, "start-run").click()
-    assert "pipeline run started" in flashes(browser)
+    expect_flash(browser, "pipeline run started")
     # the page polls: the graph's boxes turn as the steps run, without a reload
     status = wait(browser, 600).until(lambda b: _finished(b))
     assert status == "Succeeded", flashes(browser) + browser.find_element(By.ID, "live").text
@@ -118,7 +123,7 @@ def test_approving_in_the_registry_puts_the_version_on_staging(story, browser, s
     browser.find_element(By.ID, "approve-description").send_keys("good enough for a demo")
     browser.find_element(By.ID, "approve").click()
     wait(browser, 120).until(lambda b: "Approved" in b.find_element(By.ID, "version-status").text)
-    assert "staging endpoint" in flashes(browser)
+    expect_flash(browser, "staging endpoint")
     browser.get(f"{studio.url}/endpoints")
     staging = browser.find_element(By.ID, "endpoint-staging")
     assert staging.get_attribute("data-version") == "1"
@@ -129,7 +134,7 @@ def test_promotion_moves_it_to_prod(story, browser, shoot):
     studio, _ = story
     browser.get(f"{studio.url}/endpoints")
     browser.find_element(By.ID, "promote").click()   # untested: refused, as by the CLI
-    assert "has not been tested" in flashes(browser)
+    expect_flash(browser, "has not been tested")
     browser.find_element(By.ID, "run-staging-test").click()
     wait(browser, 300).until(lambda b: "PASSED" in b.find_element(By.ID, "staging-test-job").text
                              or "Failed" in b.find_element(By.ID, "staging-test-job").text)
@@ -205,7 +210,7 @@ def _start_run(browser, studio, data, epochs: str) -> str | None:
         field.clear()
         field.send_keys(value)
     browser.find_element(By.ID, "start-run").click()
-    assert "pipeline run started" in flashes(browser)
+    expect_flash(browser, "pipeline run started")
     return before
 
 
@@ -249,7 +254,7 @@ def test_a_running_execution_is_stopped_from_the_page(story, browser, shoot):
     execution = wait(browser, 300).until(training)
     stop = f"#executions tr[data-execution='{execution}'] button.danger"
     wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, stop).click() or True)
-    assert "stop requested" in flashes(browser)
+    expect_flash(browser, "stop requested")
     row = f"#executions tr[data-execution='{execution}']"
     wait(browser, 120).until(lambda b: "Stopped" in b.find_element(By.CSS_SELECTOR, row).text)
     # a stopped run offers Retry (from its failed step, reusing what succeeded)
@@ -257,7 +262,7 @@ def test_a_running_execution_is_stopped_from_the_page(story, browser, shoot):
     # Retry continues the same execution from its stopped step; stop it again
     wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, f"{row} button").click()
                         or True)
-    assert f"retry of {execution} started" in flashes(browser)
+    expect_flash(browser, f"retry of {execution} started")
     wait(browser, 120).until(lambda b: "Executing" in b.find_element(By.CSS_SELECTOR, row).text)
     wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, stop).click() or True)
     wait(browser, 120).until(lambda b: "Stopped" in b.find_element(By.CSS_SELECTOR, row).text)
