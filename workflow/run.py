@@ -175,9 +175,13 @@ def stage_images(config: Config, images: Sequence[ImageSource], runtime, run_id:
 # --------------------------------------------------------------------------- executions
 
 
-def execution_input(bucket: str, key: str) -> str:
-    """The workflow's input event (lambdas/events.py)."""
-    return json.dumps({"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []})
+def execution_input(bucket: str, key: str, endpoint_name: str | None = None) -> str:
+    """The workflow's input event (lambdas/events.py); endpoint_name: the endpoint the
+    classify Lambda is to call instead of its own (prod), from its allow-list."""
+    event = {"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []}
+    if endpoint_name:
+        event["endpoint_name"] = endpoint_name
+    return json.dumps(event)
 
 
 def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], labels: Sequence[str],
@@ -355,13 +359,14 @@ class Workflow:
         self.runtime.__exit__(*exc)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
-            progress: bool = True) -> list[ImageResult]:
+            progress: bool = True, endpoint_name: str | None = None) -> list[ImageResult]:
         runtime = self.runtime
         run_id = uuid.uuid4().hex[:12]
         located = stage_images(self.config, images, runtime, run_id)
         return run_executions(
             runtime.stepfunctions, runtime.state_machine_arn(self.config.workflow.state_machine_name),
-            [execution_input(b, k) for b, k in located], [image.label for image in images],
+            [execution_input(b, k, endpoint_name) for b, k in located],
+            [image.label for image in images],
             self.config.classes,
             concurrency=concurrency or self.config.workflow.max_concurrency,
             poll_interval=runtime.poll_interval, progress=progress, run_id=run_id,
@@ -372,7 +377,8 @@ def run_images(config: Config, images: Sequence[ImageSource],
                model_version: int | None = None, concurrency: int | None = None,
                progress: bool = True, model_tar: Path | None = None,
                keep_endpoint_s: float | None = None,
-               model_threshold: bool = False) -> list[ImageResult]:
+               model_threshold: bool = False, endpoint_name: str | None = None
+               ) -> list[ImageResult]:
     """Classify each image with one execution of the inference workflow; the confidence
     threshold as configured, or (model_threshold) the answering version's."""
     if not images:
@@ -381,7 +387,8 @@ def run_images(config: Config, images: Sequence[ImageSource],
                   reuse_endpoint=keep_endpoint_s is not None,
                   keep_endpoint_s=keep_endpoint_s or None, progress=progress,
                   model_threshold=model_threshold) as workflow:
-        return workflow.run(images, concurrency=concurrency, progress=progress)
+        return workflow.run(images, concurrency=concurrency, progress=progress,
+                            endpoint_name=endpoint_name)
 
 
 def summary(results: list[ImageResult]) -> str:
@@ -416,13 +423,15 @@ def write_csv(results: Sequence[ImageResult], out) -> None:
 
 def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
                  concurrency: int | None = None, progress: bool = True,
-                 keep_endpoint_s: float | None = None) -> list[ImageResult]:
+                 keep_endpoint_s: float | None = None,
+                 endpoint_name: str | None = None) -> list[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
     and the local endpoint, or the deployed state machine on AWS; the threshold is the one
     of the version the endpoint serves (when model_version does not pin another).
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
-    running in the background for that many idle seconds (0: reuse only)."""
+    running in the background for that many idle seconds (0: reuse only). endpoint_name:
+    the endpoint the executions ask the classify Lambda for (the staging test's)."""
     return run_images(config, images, model_version=model_version, concurrency=concurrency,
                       progress=progress, keep_endpoint_s=keep_endpoint_s,
-                      model_threshold=True)
+                      model_threshold=True, endpoint_name=endpoint_name)

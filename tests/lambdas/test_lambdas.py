@@ -289,6 +289,40 @@ def test_classify_handler_reads_its_settings_and_reaches_the_endpoint_over_http(
     assert content_type == "image/png" and body == png_bytes
 
 
+def test_classify_handler_calls_the_endpoint_the_input_names_from_its_allow_list(
+        aws_env, monkeypatch, png_bytes):
+    """The staging test's executions name the staging endpoint; the function calls it only
+    if ALLOWED_ENDPOINT_NAMES lists it, and prod (ENDPOINT_NAME) when none is named."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRuntime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seed = {**seed_event("incoming/b.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+                           f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("ENDPOINT_NAME", "bikes-prod")
+        monkeypatch.setenv("ALLOWED_ENDPOINT_NAMES", "bikes-staging,bikes-prod")
+        monkeypatch.setenv("CLASS_NAMES", "bicycle,motorcycle")
+        classify_image.lambda_handler({**seed, "endpoint_name": "bikes-staging"}, None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-staging/invocations"
+        classify_image.lambda_handler({"body": {**seed, "endpoint_name": "bikes-staging"}},
+                                      None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-staging/invocations"
+        classify_image.lambda_handler(seed, None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-prod/invocations"
+        calls = len(_FakeRuntime.requests)
+        for other in ("someone-elses", 7):
+            with pytest.raises(InvalidEvent, match="not an endpoint this function may call"):
+                classify_image.lambda_handler({**seed, "endpoint_name": other}, None)
+        monkeypatch.delenv("ALLOWED_ENDPOINT_NAMES")
+        with pytest.raises(InvalidEvent, match="bikes-prod"):
+            classify_image.lambda_handler({**seed, "endpoint_name": "bikes-staging"}, None)
+        assert len(_FakeRuntime.requests) == calls   # nothing refused reached an endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_classify_handler_names_a_missing_endpoint_setting(aws_env, monkeypatch, png_bytes):
     monkeypatch.delenv("ENDPOINT_NAME", raising=False)
     event = {**seed_event("k.png"), "image_data": base64.b64encode(png_bytes).decode()}
