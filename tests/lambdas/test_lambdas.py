@@ -560,6 +560,18 @@ def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
     assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
 
 
+def test_the_staging_tests_input_reaches_classify_naming_the_staging_endpoint(s3):
+    """workflow.run's input for the staging test names staging's endpoint; serialize hands
+    the name on, and classify's allow-list resolves it (prod when it is left out)."""
+    from workflow.run import execution_input
+
+    environ = {"ENDPOINT_NAME": "bikes-prod", "ALLOWED_ENDPOINT_NAMES": "bikes-staging,bikes-prod"}
+    for named, expected in (("bikes-staging", "bikes-staging"), (None, "bikes-prod")):
+        event = json.loads(execution_input(BUCKET, "incoming/bicycle.png", named))
+        serialized = serialize_image_data.serialize_image(event, s3)
+        assert settings.endpoint_for(serialized.get("endpoint_name"), environ) == expected
+
+
 def test_clients_need_the_functions_region(monkeypatch, png_bytes):
     for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
