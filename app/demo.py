@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
-from app.cli.monitor import start_retraining
+from app.retraining import start_retraining
 from pipelines.pipeline import EVALUATE, PREPROCESS, REGISTER, TRAIN, pipeline_definition
 from scones.backend import backend_for
 from scones.config import Config
@@ -57,7 +57,7 @@ def processing_output_file(config: Config, execution, step: str, output: str,
     """Where file `name` of a processing step's output `output` lies in the object store."""
     outputs = execution.properties[step]["ProcessingOutputConfig"]["Outputs"]
     url = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output)
-    return LocalBackend(config).object_store().path_for(f"{url.rstrip('/')}/{name}")
+    return backend_for(config).object_store().path_for(f"{url.rstrip('/')}/{name}")
 
 
 def write_test_split_images(config: Config, execution, out_dir: Path, count: int) -> list[Path]:
@@ -154,6 +154,9 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
                          progress=False)
     drifted = run_monitor(config)
     print(format_run(drifted.summary), file=out)
+    labelled = label_captured_traffic(config, drifted_paths, drifted_dir / "labels.jsonl")
+    print(f"ground truth for {labelled['Labels']} darkened picture(s) -> `monitor label`: what "
+          "retraining learns from", file=out)
     retraining = start_retraining(config, drifted)
     print(f"retraining: {retraining['Reason']}"
           + (f" -> execution {retraining['ExecutionId']} {retraining['Status']}, version "
@@ -175,6 +178,32 @@ def run_demo(config: Config, sample_size: int = 40, out: TextIO = sys.stderr) ->
                **{f"drifted batch, {name.replace('_', ' ')}": path
                   for name, path in drifted.plots.items()}})
     return result
+
+
+def label_captured_traffic(config: Config, paths: list[Path], labels_file: Path) -> dict:
+    """Play the person who labels traffic: the captured requests whose bytes are one of
+    `paths` (named <true class>-<n>.png) get their true class as SageMaker groundTruthData
+    records, ingested as `scones monitor label` does."""
+    import base64
+    import hashlib
+    import json
+
+    from workflow.monitoring import default_source, iter_capture_files, parse_capture_lines
+    from workflow.monitoring.check import ingest_labels
+
+    truth = {hashlib.sha256(p.read_bytes()).hexdigest(): p.name.split("-")[0] for p in paths}
+    lines = []
+    for name, content in iter_capture_files(config, default_source(config)):
+        for record in parse_capture_lines(name, content, len(config.classes))[0]:
+            if record.input_base64 is None or record.event_id is None:
+                continue
+            label = truth.get(hashlib.sha256(base64.b64decode(record.input_base64)).hexdigest())
+            if label:
+                lines.append(json.dumps({"groundTruthData": {"data": label, "encoding": "CSV"},
+                                         "eventMetadata": {"eventId": record.event_id},
+                                         "eventVersion": "0"}))
+    labels_file.write_text("".join(line + "\n" for line in lines))
+    return ingest_labels(config, str(labels_file))
 
 
 def execution_plots(config: Config, execution) -> dict[str, Path]:

@@ -3,7 +3,9 @@
 The image is the event's image_data (base64) or, for an image too large for the state,
 the S3 object its image_ref names (read here with GetObject, If-Match the ETag serialize
 saw; see lambdas/events.py). Fills `inferences` with the class probabilities the
-endpoint returns, in class order. Throttling and not-ready models become
+endpoint returns, in class order, and `ood_score` / `ood_threshold` with the picture's
+out-of-distribution score and its model version's threshold (the endpoint's verbose answer,
+Accept: application/json; verbose=true; null from a model without them). Throttling and not-ready models become
 EndpointThrottled (the ASL retries those); other endpoint errors become EndpointError
 with the status code. Images over 6 MB are ImageTooLarge.
 
@@ -23,6 +25,8 @@ from lambdas import events, settings
 from lambdas.clients import aws_client, get_image_object
 from lambdas.errors import EndpointError, EndpointThrottled, ImageTooLarge
 
+# Ask for the verbose answer: {"probabilities", "ood_score", "ood_threshold"}.
+VERBOSE_ACCEPT = "application/json; verbose=true"
 _THROTTLED_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException",
                     "ModelNotReadyException", "ServiceUnavailable"}
 
@@ -44,13 +48,13 @@ def read_referenced_image(image_ref: dict, s3_client, where: str) -> bytes:
 
 
 def invoke_endpoint(runtime_client, endpoint_name: str, content_type: str, body: bytes,
-                    what: str) -> bytes:
+                    what: str, accept: str = "application/json") -> bytes:
     """InvokeEndpoint's answer body; EndpointThrottled (retried by the state machine) or
     EndpointError naming the endpoint, `what` was sent and what came back otherwise."""
     try:
         response = runtime_client.invoke_endpoint(
             EndpointName=endpoint_name, ContentType=content_type,
-            Accept="application/json", Body=body)
+            Accept=accept, Body=body)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -88,12 +92,18 @@ def classify(event: dict, runtime_client, endpoint_name: str,
         raise ImageTooLarge(f"{where} is {len(image)} bytes, over InvokeEndpoint's "
                             f"{events.MAX_INVOKE_ENDPOINT_BODY_BYTES}-byte body limit")
     content_type = events.image_content_type(image, where)
-    raw = invoke_endpoint(runtime_client, endpoint_name, content_type, image, where)
+    raw = invoke_endpoint(runtime_client, endpoint_name, content_type, image, where,
+                          accept=VERBOSE_ACCEPT)
     try:
         scores = json.loads(raw)
     except ValueError:
         raise EndpointError(f"endpoint {endpoint_name!r} returned a body that is not JSON "
                             f"for {where} ({len(raw)} bytes)") from None
+    ood = {"ood_score": None, "ood_threshold": None}
+    if isinstance(scores, dict):  # the verbose answer
+        ood = {key: scores.get(key) if events.is_number(scores.get(key)) else None
+               for key in ood}
+        scores = scores.get("probabilities")
     if (not isinstance(scores, list) or not scores
             or not all(events.is_number(s) for s in scores)):
         raise EndpointError(f"endpoint {endpoint_name!r} returned {scores!r} for {where}; "
@@ -102,7 +112,7 @@ def classify(event: dict, runtime_client, endpoint_name: str,
         raise EndpointError(f"endpoint {endpoint_name!r} returned {len(scores)} scores for "
                             f"{where} but {len(class_names)} classes are configured "
                             f"({','.join(class_names)})")
-    return {**event, "inferences": [float(s) for s in scores]}
+    return {**event, "inferences": [float(s) for s in scores], **ood}
 
 
 def lambda_handler(event, context):

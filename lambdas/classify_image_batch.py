@@ -8,8 +8,9 @@ once per batch instead of once per image:
   classify:  the readable images sent to the endpoint in ONE request per 6 MB
              (BATCH_CONTENT_TYPE, below); an image the model cannot decode is an
              EndpointError for that image only;
-  filter:    lambdas.filter_inferences.filter_inference on each image's inferences
-             (ThresholdConfidenceNotMet below the threshold).
+  filter:    lambdas.filter_inferences.filter_inference on each image's inferences and
+             out-of-distribution score (NotAVehicle over the version's OOD threshold,
+             ThresholdConfidenceNotMet below the confidence threshold).
 A failure of one image is that image's result; only a failure of the whole batch (the
 endpoint unreachable, throttling after the state's retries, an invalid item) fails the
 invocation, and so the child execution, which the Map's tolerated-failure threshold counts.
@@ -37,10 +38,11 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 from lambdas import events, settings
-from lambdas.classify_image import invoke_endpoint
+from lambdas.classify_image import VERBOSE_ACCEPT, invoke_endpoint
 from lambdas.clients import aws_client
 from lambdas.errors import (EndpointError, ImageNotFound, ImageNotReadable, ImageTooLarge,
-                            InvalidEvent, ThresholdConfidenceNotMet, WorkflowLambdaError)
+                            InvalidEvent, NotAVehicle, ThresholdConfidenceNotMet,
+                            WorkflowLambdaError)
 from lambdas.filter_inferences import filter_inference
 
 BATCH_CONTENT_TYPE = "application/x-scones-image-batch+json"
@@ -114,7 +116,7 @@ def invoke_batch(runtime_client, endpoint_name: str, images: list[bytes], where:
     body = json.dumps({"images": [base64.b64encode(d).decode("ascii") for d in images]},
                       separators=(",", ":")).encode("ascii")
     raw = invoke_endpoint(runtime_client, endpoint_name, BATCH_CONTENT_TYPE, body,
-                          f"a batch of {len(images)} images of {where}")
+                          f"a batch of {len(images)} images of {where}", accept=VERBOSE_ACCEPT)
     try:
         predictions = json.loads(raw)["predictions"]
     except (ValueError, KeyError, TypeError):
@@ -158,6 +160,10 @@ def classify_batch(event, s3_client, runtime_client, endpoint_name: str,
 
 def _line(url: str, bucket: str, key: str, prediction, endpoint_name: str, threshold: float,
           class_names: tuple[str, ...]) -> dict:
+    ood = {}
+    if isinstance(prediction, dict) and "probabilities" in prediction:  # the verbose answer
+        ood = {key: prediction.get(key) for key in ("ood_score", "ood_threshold")}
+        prediction = prediction["probabilities"]
     if isinstance(prediction, dict):  # the model refused this image (e.g. a cut JPEG)
         return _failed(url, EndpointError.__name__,
                        f"endpoint {endpoint_name!r} answered {prediction.get('status')} for "
@@ -170,7 +176,9 @@ def _line(url: str, bucket: str, key: str, prediction, endpoint_name: str, thres
     inferences = [float(p) for p in prediction]
     try:
         passed = filter_inference({"s3_bucket": bucket, "s3_key": key, "image_data": "",
-                                   "inferences": inferences}, threshold, class_names)
+                                   "inferences": inferences, **ood}, threshold, class_names)
+    except NotAVehicle as exc:  # a verdict of the filter, like the threshold's
+        return _failed(url, type(exc).__name__, str(exc), inferences, meets_threshold=False)
     except ThresholdConfidenceNotMet as exc:
         return _failed(url, type(exc).__name__, str(exc), inferences, exc.predicted_label,
                        meets_threshold=False)

@@ -90,6 +90,14 @@ class ThresholdConfidenceNotMet(WorkflowLambdaError):
             return None
 
 
+class NotAVehicle(WorkflowLambdaError):
+    """The picture's out-of-distribution score passes its model version's own OOD threshold:
+    it is unlike every training picture (noise, a flat colour, a texture, a scrambled photo),
+    so its class probabilities mean nothing, however confident. Distinct from
+    ThresholdConfidenceNotMet (a real but unclear picture). The message ends with a JSON
+    object holding the score, the threshold and the inferences."""
+
+
 def _rebuild_threshold_error(message, inferences, predicted_label, threshold):
     error = ThresholdConfidenceNotMet.__new__(ThresholdConfidenceNotMet)
     Exception.__init__(error, message)

@@ -25,10 +25,13 @@ from typing import Any, Callable
 from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
 from scones import sdk as sdk_module
 from scones.backend import backend_for
-from scones.config import Config, load_config
+from scones.config import AWS_SETTINGS, Config, load_config
 from scones.errors import SconesError
-from scones.registry import CONFIDENCE_THRESHOLD_PROPERTY, TEST_DATA_PROPERTY
+from scones.registry import (CONFIDENCE_THRESHOLD_PROPERTY, DATA_SNAPSHOT_PROPERTY,
+                             OOD_THRESHOLD_PROPERTY, PARENT_SNAPSHOT_PROPERTY,
+                             TEST_DATA_PROPERTY)
 from scones.sdk import pipeline_session, sagemaker_defaults_fingerprint, sagemaker_sdk
+from scones.snapshots import newest_snapshot, snapshot_source
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 
@@ -42,6 +45,9 @@ MONITORING_PROFILE = JOBS_DIR.parent.parent / "workflow" / "monitoring" / "profi
 EVALUATION_REPORT = "EvaluationReport"
 ACCURACY_JSON_PATH = "binary_classification_metrics.accuracy.value"
 THRESHOLD_JSON_PATH = "custom_metrics.selective_prediction.confidence_threshold"
+OOD_THRESHOLD_JSON_PATH = "custom_metrics.out_of_distribution.ood_threshold"
+PREPROCESS_REPORT = "PreprocessReport"
+PARENT_SNAPSHOT_JSON_PATH = "snapshot.parent"
 # What the model's inference.py answers (its SUPPORTED_CONTENT_TYPES, a test keeps them
 # equal): images, and the bulk workflow's batch of images.
 CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image", BATCH_CONTENT_TYPE]
@@ -79,7 +85,10 @@ def config_from_template_kwargs(env: str = "aws", tags: list[dict] | None = None
     overrides = {TEMPLATE_KWARGS[k]: v for k, v in kwargs.items()}
     if tags:
         overrides["pipeline.tags"] = _tag_mapping(tags)
-    return load_config(env, overrides=overrides)
+    # Without input_data_url (the AWS templates pass none) the newest data snapshot in the
+    # bucket is the input (training_data_url), so the config need not name one.
+    return load_config(env, overrides=overrides,
+                       aws_needs=tuple(k for k in AWS_SETTINGS if k != "data.input_url"))
 
 
 def _tag_mapping(tags: Any) -> dict[str, str]:
@@ -125,7 +134,7 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
     job_prefix = pc.base_job_prefix or config.project
     tags = pc.resource_tags() or None
 
-    input_data_url = ParameterString("InputDataUrl", default_value=config.data.input_url)
+    input_data_url = ParameterString("InputDataUrl", default_value=training_data_url(config))
     processing_instance_type = ParameterString("ProcessingInstanceType",
                                                default_value=pc.processing_instance_type)
     training_instance_type = ParameterString("TrainingInstanceType",
@@ -161,9 +170,12 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         py_version=pc.py_version, image_uri=processing_image, command=["python3"],
         role=role, instance_type=processing_instance_type, instance_count=1,
         base_job_name=f"{job_prefix}-preprocess", tags=tags, sagemaker_session=session)
+    preprocess_report = PropertyFile(name=PREPROCESS_REPORT, output_name="report",
+                                     path="report.json")
     step_preprocess = ProcessingStep(
         name=PREPROCESS,
         cache_config=cache,
+        property_files=[preprocess_report],
         step_args=preprocessor.run(
             code="preprocess.py", source_dir=str(JOBS_DIR),
             inputs=[ProcessingInput(source=input_data_url,
@@ -293,10 +305,21 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
                 CONFIDENCE_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
                     step_name=step_evaluate.name, property_file=evaluation_report,
                     json_path=THRESHOLD_JSON_PATH)]),
+                # Its "not a vehicle" threshold (train.py, on validation), for the record: the
+                # endpoint answers with the artifact's own, which the filter applies.
+                OOD_THRESHOLD_PROPERTY: Join(on="", values=[JsonGet(
+                    step_name=step_evaluate.name, property_file=evaluation_report,
+                    json_path=OOD_THRESHOLD_JSON_PATH)]),
                 # The held-back images this version was judged on (the staging test uses
                 # them). A property, not a path built from the execution id: a cached
                 # Preprocess lives in the execution that computed it.
-                TEST_DATA_PROPERTY: split_output("test")},
+                TEST_DATA_PROPERTY: split_output("test"),
+                # Lineage: the data snapshot this version learnt from, and the one that
+                # snapshot extends (from Preprocess's report: the manifest says).
+                DATA_SNAPSHOT_PROPERTY: input_data_url,
+                PARENT_SNAPSHOT_PROPERTY: Join(on="", values=[JsonGet(
+                    step_name=step_preprocess.name, property_file=preprocess_report,
+                    json_path=PARENT_SNAPSHOT_JSON_PATH)])},
         ),
     )
     step_fail = FailStep(
@@ -321,6 +344,23 @@ def get_pipeline(config: Config | None = None, sagemaker_session=None, **templat
         # <base_job_prefix>-preprocess-<time>... instead of pipelines-<random>-Preprocess-...
         pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
     )
+
+
+def training_data_url(config: Config) -> str:
+    """InputDataUrl's default, a data snapshot wherever the data's place allows, so the URL
+    changes with the data (SageMaker's step cache keys on it, not on the data behind it).
+
+    data.input_url unset (the SageMaker project templates pass no input URL): the newest
+    snapshot in the project's bucket, or SnapshotError saying how to make one. A local folder:
+    its snapshot in the bucket (made once; the same files give the same snapshot). An s3://
+    URL: as given - a snapshot URL, or a plain prefix by explicit choice (then the cache keys
+    on the prefix: make it a snapshot with `scones data snapshot s3://PREFIX`)."""
+    url = config.data.input_url
+    if not url:
+        return newest_snapshot(backend_for(config).object_store(), config.aws.bucket).url
+    if "://" in url:
+        return url
+    return snapshot_source(backend_for(config).object_store(), config.aws.bucket, url).url
 
 
 def pipeline_definition(config: Config, factory: Callable | None = None) -> dict:

@@ -24,8 +24,16 @@ APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 # CustomerMetadataProperties key of the confidence threshold train.py chose for a version
 # (registered by the pipeline, handed to the workflow's filter by deployment).
 CONFIDENCE_THRESHOLD_PROPERTY = "ConfidenceThreshold"
+# ... and of its out-of-distribution ("not a vehicle") threshold, chosen on validation for
+# <= 2 % false rejection of real photos; the endpoint answers with it (inference.py).
+OOD_THRESHOLD_PROPERTY = "OodThreshold"
 # CustomerMetadataProperties key of the S3 prefix of the test split a version was judged on.
 TEST_DATA_PROPERTY = "TestDataUrl"
+# CustomerMetadataProperties keys of a version's lineage: the data snapshot it was trained on
+# (the pipeline's InputDataUrl) and the snapshot that one extends (retraining), "none" for a
+# first snapshot or a plain folder (see scones/snapshots.py).
+DATA_SNAPSHOT_PROPERTY = "DataSnapshotUrl"
+PARENT_SNAPSHOT_PROPERTY = "ParentDataSnapshotUrl"
 APPROVAL_STATUSES = (APPROVED, REJECTED, PENDING)
 # Where evaluate.py puts the test-split accuracy inside evaluation.json (the pipeline's
 # condition reads the same path).

@@ -103,7 +103,7 @@ def _replace_atomically(path: Path, fill: Callable[[Path], object]) -> None:
 
 
 class S3ObjectStore:
-    """The same reading side as LocalObjectStore, on S3 through a boto3 client."""
+    """LocalObjectStore's reading and writing, on S3 through a boto3 client."""
 
     def __init__(self, s3_client):
         self.client = s3_client
@@ -111,6 +111,10 @@ class S3ObjectStore:
     def read_bytes(self, url: str) -> bytes:
         bucket, key = split_s3_url(url)
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        bucket, key = split_s3_url(url)
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
 
     def list_urls(self, prefix_url: str) -> list[str]:
         """Every object under a prefix, as s3:// URLs, sorted (folder markers left out)."""

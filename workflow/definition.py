@@ -4,7 +4,8 @@ and the table of its Lambda functions (names, handlers, environment) everyone im
 serialize image (S3 -> base64) -> classify (SageMaker endpoint) -> filter (threshold).
 The Lambdas' FunctionName is the function's NAME, not its ARN, so the same ASL runs on
 any account and in the local engine. Failures keep their Lambda error name: a
-ThresholdConfidenceNotMet ends in the Fail state "ThresholdNotMet"; anything else in
+ThresholdConfidenceNotMet ends in the Fail state "ThresholdNotMet", a NotAVehicle (the
+picture is unlike every training picture) in "NotAVehicle"; anything else in
 "InferenceFailed"; both carry the original error's Cause. Errors Step Functions itself
 raises (States.Timeout, States.Runtime...) may not be re-raised under their own name by
 a Fail state (names starting "States." are reserved), so they pass through
@@ -34,6 +35,8 @@ ROUTE_ERROR_STATE = "IsStatesError"
 WRAP_STATES_ERROR_STATE = "WrapStatesError"
 WORKFLOW_ERROR = "WorkflowError"                # what a States.* error is reported as
 THRESHOLD_ERROR = "ThresholdConfidenceNotMet"   # lambdas.errors class names = Step Functions Errors
+NOT_A_VEHICLE_ERROR = "NotAVehicle"
+NOT_A_VEHICLE_FAIL_STATE = "NotAVehicle"
 THROTTLED_ERROR = "EndpointThrottled"
 
 # Errors the Lambda service itself raises for transient trouble (AWS's recommended retrier
@@ -183,6 +186,10 @@ def build_workflow(config: Config, client=None):
         steps, THRESHOLD_FAIL_STATE, THRESHOLD_ERROR,
         "The best class probability is below the confidence threshold; the Cause holds "
         "the inferences and the predicted label")
+    not_a_vehicle = fail_with_caught_error(
+        steps, NOT_A_VEHICLE_FAIL_STATE, NOT_A_VEHICLE_ERROR,
+        "The picture's out-of-distribution score passes its model version's threshold: not "
+        "a bicycle or a motorcycle; the Cause holds the score, threshold and inferences")
     failed = fail_with_caught_error(
         steps, ERROR_FAIL_STATE, None,
         "Any other failure: the Lambda's error name and message, unchanged")
@@ -209,6 +216,7 @@ def build_workflow(config: Config, client=None):
                                    interval_seconds=2, max_attempts=4, backoff_rate=2.0))
     filter_ = lambda_state(FILTER_STATE, "filter_inferences",
                            "Keep confident inferences; fail below the threshold")
+    filter_.add_catch(steps.Catch(error_equals=[NOT_A_VEHICLE_ERROR], next_step=not_a_vehicle))
     filter_.add_catch(steps.Catch(error_equals=[THRESHOLD_ERROR], next_step=threshold_failed))
     for state in (serialize, classify, filter_):
         state.add_catch(steps.Catch(error_equals=["States.ALL"], next_step=route_error))

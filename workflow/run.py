@@ -25,8 +25,8 @@ from scones.config import Config
 from scones.console import format_table, progress_bar
 from scones.errors import SconesError
 from scones.storage import split_s3_url
-from workflow.definition import (CLASSIFY_STATE, THRESHOLD_ERROR, lambda_functions,
-                                 workflow_definition_json)
+from workflow.definition import (CLASSIFY_STATE, NOT_A_VEHICLE_ERROR, THRESHOLD_ERROR,
+                                 lambda_functions, workflow_definition_json)
 from workflow.stages import with_model_threshold
 
 INPUT_PREFIX = "workflow-input"  # where local image files are put in S3 for a run
@@ -64,7 +64,7 @@ class ImageResult:
         if self.status == "SUCCEEDED":
             return "met"
         if self.meets_threshold is False:
-            return "below threshold"
+            return "not a vehicle" if self.error == "NotAVehicle" else "below threshold"
         return self.error or self.status
 
     def to_dict(self) -> dict:
@@ -266,7 +266,7 @@ def result_from_execution(label: str, description: dict, classes: Sequence[str],
         result.predicted_label = output.get("predicted_label")
         result.meets_threshold = bool(output.get("meets_threshold", True))
         return result
-    if result.error == THRESHOLD_ERROR:
+    if result.error in (THRESHOLD_ERROR, NOT_A_VEHICLE_ERROR):  # the filter's verdicts
         result.meets_threshold = False
         details = ThresholdConfidenceNotMet.details_from_message(result.cause or "")
         if details:

@@ -12,9 +12,9 @@ import sys
 import yaml
 
 import scones
-from app.cli import demo, endpoint, infra, monitor, pipeline, registry, ui, workflow
+from app.cli import data, demo, endpoint, infra, monitor, pipeline, registry, ui, workflow
 from app.cli.common import configure_logging, run_guarded
-from scones.config import AWS_SETTINGS, load_config
+from scones.config import load_config
 from scones.errors import ConfigError
 
 # Every command group, imported directly: a module that fails to import is an error, never
@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     workflow,   # scones workflow definition|deploy|run, scones lambdas build
     endpoint,   # scones endpoint deploy|status|serve
     monitor,    # scones monitor report
+    data,       # scones data snapshot|list
     infra,      # scones infra template|package|deploy
     demo,       # scones demo
     ui,         # scones ui (the local Studio)
@@ -34,10 +35,12 @@ COMMAND_MODULES = (
 # What each command needs of the aws environment's settings (scones.config.AWS_SETTINGS);
 # a command not listed needs none of them (e.g. `registry list`: only credentials).
 # Missing ones are reported together, before anything is done.
-_ALL_AWS = tuple(AWS_SETTINGS)
 AWS_NEEDS = {
-    ("pipeline", "definition"): _ALL_AWS,
-    ("pipeline", "run"): _ALL_AWS,
+    # no data.input_url: the newest data snapshot in the bucket is the default input
+    ("pipeline", "definition"): ("aws.role_arn", "aws.bucket"),
+    ("pipeline", "run"): ("aws.role_arn", "aws.bucket"),
+    ("data", "snapshot"): ("aws.bucket",),
+    ("data", "list"): ("aws.bucket",),
     ("endpoint", "deploy"): ("aws.role_arn", "aws.bucket"),
     ("workflow", "run"): ("aws.bucket",),
     ("workflow", "deploy"): ("aws.bucket",),  # where the stack's bundle is uploaded

@@ -90,6 +90,8 @@ def _monitor_run(args, config) -> int:
                          out_dir=Path(args.out) if args.out else None)
     retraining = None
     if args.retrain:
+        from app.retraining import start_retraining
+
         retraining = start_retraining(config, result)
     if args.json:
         print_json({**result.summary, "Retraining": retraining})
@@ -101,36 +103,6 @@ def _monitor_run(args, config) -> int:
                   + (f" (execution {retraining['ExecutionId']}, {retraining['Status']})"
                      if retraining.get("ExecutionId") else ""))
     return 0
-
-
-def start_retraining(config, result) -> dict:
-    """The alarm's action on this machine: a pipeline run, unless the cool-down holds it back.
-    The cool-down is recorded before the run starts, so a second monitor run meanwhile does
-    not start another."""
-    from pipelines.executors import pipeline_executor
-    from scones.backend import backend_for
-    from workflow.monitoring.check import MonitorState, record_retraining, retraining_decision
-
-    start, reason = retraining_decision(config, result)
-    if not start:
-        return {"Started": False, "Reason": reason}
-    state = MonitorState(config)
-    previous = state.retraining_file.read_bytes() if state.retraining_file.exists() else None
-    record_retraining(config, None, "Starting", result)
-    print(f"monitor: {reason}; starting a pipeline run", file=sys.stderr)
-    try:
-        execution = pipeline_executor(backend_for(config)).run(progress=True)
-    except BaseException:
-        # a run that never started must not hold the cool-down
-        if previous is None:
-            state.retraining_file.unlink(missing_ok=True)
-        else:
-            state.retraining_file.write_bytes(previous)
-        raise
-    record_retraining(config, execution.get("ExecutionId"), execution.get("Status"), result)
-    return {"Started": True, "Reason": reason, "ExecutionId": execution.get("ExecutionId"),
-            "Status": execution.get("Status"),
-            "ModelPackageVersion": execution.get("ModelPackageVersion")}
 
 
 def _monitor_label(args, config) -> int:

@@ -12,7 +12,8 @@ import sys
 from app.cli.common import command_group, common_options
 from scones.console import format_table
 from scones.backend import backend_for
-from scones.registry import jsonable
+from scones.registry import (DATA_SNAPSHOT_PROPERTY, OOD_THRESHOLD_PROPERTY,
+                             PARENT_SNAPSHOT_PROPERTY, jsonable)
 
 
 def register(subparsers) -> None:
@@ -86,6 +87,11 @@ def show_command(args, config) -> int:
             print(f"{key + ':':<26} {'' if value is None else value}")
     container = (package.get("InferenceSpecification") or {}).get("Containers", [{}])[0]
     print(f"{'Image:':<26} {container.get('Image', '')}")
+    # lineage (the data snapshot this version learnt from and the one that snapshot extends)
+    # and its "not a vehicle" threshold
+    properties = package.get("CustomerMetadataProperties") or {}
+    for key in (DATA_SNAPSHOT_PROPERTY, PARENT_SNAPSHOT_PROPERTY, OOD_THRESHOLD_PROPERTY):
+        print(f"{key + ':':<26} {properties.get(key) or '(not recorded)'}")
     return 0
 
 

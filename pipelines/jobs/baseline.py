@@ -11,8 +11,10 @@ predicts the split's images (preprocess.py's data.npz), and writes SageMaker Mod
 statistics.json + constraints.json of the monitored features (see profile.py), plus
 ood_reference.json for the out-of-distribution score. The feature code is profile.py from
 workflow/monitoring, shipped next to this script as a processing input, so the baseline and
-the monitor measure with the same code. Width, height and mode are those of the split as
-preprocess.py stored it (RGB 32 x 32, the size the model was trained at).
+the monitor measure with the same code, on the same representation: the decoded image as
+the model sees it (the split's images are preprocess.py's decoding of the raw files, with
+the serving decoder; the monitor decodes each captured request the same way), never the raw
+request's colour mode or size.
 """
 from __future__ import annotations
 
@@ -80,8 +82,7 @@ def run(model_dir: Path, data_dir: Path, output_dir: Path, profile_dir: Path | N
     probabilities, class_names = predict(model_dir, images)
     vectors = np.array([profile.describe(i) for i in images])
     reference = profile.fit_ood_reference(vectors)
-    sizes = [(int(i.shape[1]), int(i.shape[0]), "RGB") for i in images]
-    rows = profile.image_rows(images, sizes, probabilities, class_names, reference,
+    rows = profile.image_rows(images, None, probabilities, class_names, reference,
                               scores=profile.cross_fitted_ood_scores(vectors))
     statistics = profile.statistics(rows)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -327,6 +327,23 @@ def plot_reliability(y_true: np.ndarray, raw: np.ndarray, calibrated: np.ndarray
     plt.close(fig)
 
 
+def ood_metrics(scores, model_config: dict) -> dict:
+    """The "not a vehicle" threshold train.py chose on validation, and the share of the test
+    split's real photos it would refuse. "none" (a string, so the pipeline's JsonGet always
+    finds a value) for an artifact without an out-of-distribution reference."""
+    threshold = model_config.get("ood_threshold")
+    if scores is None or threshold is None:
+        return {"ood_threshold": "none", "test_false_rejection": None}
+    scores = np.asarray(scores, dtype=float)
+    return {"ood_threshold": round(float(threshold), 4),
+            "threshold_source": "model_config.json ood_threshold (chosen on validation by "
+                                "train.py for its target false rejection)",
+            "target_false_rejection": (model_config.get("ood_selection") or {}).get(
+                "target_false_rejection"),
+            "test_false_rejection": round(float(np.mean(scores > threshold)), 4),
+            "test_images": int(len(scores))}
+
+
 def run(model_dir: Path, test_dir: Path, output_dir: Path) -> dict:
     test = load_test_split(test_dir)
     with tempfile.TemporaryDirectory(prefix="scones-model-") as tmp:
@@ -345,9 +362,12 @@ def run(model_dir: Path, test_dir: Path, output_dir: Path) -> dict:
             probabilities = serving.predict_batch(model, test["images"])  # what is served
         else:  # an artifact from before calibration: served probabilities are the raw ones
             raw = probabilities = serving.predict_batch(model, test["images"])
+        ood = (serving.ood_scores(model, test["images"]) if hasattr(serving, "ood_scores")
+               else None)
     y_true = test["labels"].astype(np.int64)
     result = compute_metrics(y_true, probabilities, class_names)
     result["custom_metrics"] = calibration_metrics(y_true, raw, probabilities, model_config)
+    result["custom_metrics"]["out_of_distribution"] = ood_metrics(ood, model_config)
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp_path = output_dir / "evaluation.json.tmp"
     tmp_path.write_text(json.dumps(result, indent=2))

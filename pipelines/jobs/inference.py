@@ -14,6 +14,10 @@ order (model_config.json's class_names), e.g. [0.99, 0.01].
 Batch request (BATCH_CONTENT_TYPE, the bulk workflow's): {"images": [<base64 image>, ...]};
 response {"predictions": [<one image's response> | {"error", "status"}, ...]}, in order;
 an image that does not decode is that image's error, never the batch's.
+With `Accept: application/json; verbose=true` (what the workflow's classify Lambda sends),
+one image's response is {"probabilities": [...], "ood_score": s, "ood_threshold": t}: the
+picture's out-of-distribution score and the version's threshold (see "not a vehicle"
+below; null for an artifact without a reference).
 
 Bounded per request: a body over 6 MB is a 413 (SageMaker's own limit), an image over
 MAX_IMAGE_PIXELS (MAX_JPEG_PIXELS for JPEG, decoded at 1/8 scale) a 413 from its header
@@ -150,9 +154,9 @@ def model_fn(model_dir: str) -> ServedModel:
     state = torch.load(weights_path, map_location=device, weights_only=True)
     net.load_state_dict(state)
     net = net.to(device=device, memory_format=torch.channels_last).eval()
-    return ServedModel(net, config, device, scones_net)
-
-
+    served = ServedModel(net, config, device, scones_net)
+    served.ood = load_ood_reference(model_dir, config)
+    return served
 
 
 def _media_type(content_type: str | None) -> str:
@@ -252,7 +256,7 @@ def tta_logits(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
         for start in range(0, len(images), BATCH_SIZE):
             batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
             x = model._normalise(batch.to(model.device), model.mean, model.std)
-            logits = torch.stack((model.net(x), model.net(x.flip(3))), dim=1)
+            logits = model.net.test_time_logits(x)
             outputs.append(logits.float().cpu().numpy())
     if not outputs:
         return np.zeros((0, 2, len(model.class_names)), dtype=np.float32)
@@ -274,38 +278,225 @@ def predict_batch(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarr
     return probabilities_from_logits(tta_logits(model, images_uint8_nhwc), model.temperature)
 
 
+# --- out of distribution: "not a vehicle" ------------------------------------------------
+# A picture unlike every training picture (noise, a flat colour, a texture, a smeared or
+# tiled photo) still gets two probabilities that sum to 1, often a confident one. Its
+# out-of-distribution score says how unlike it is: the Mahalanobis distance of a small
+# description of the decoded image from the training pictures' (one covariance, shrunk
+# towards its diagonal). The description is about the image, not the network, whose
+# penultimate features separated none of the synthetic sets (AUROC 0.44-0.63 in
+# benchmarks/bench_not_a_vehicle.py): luma level and contrast, gradient energy at two
+# scales (noise high, blur low), saturation, colour spread, the share of flat 4 x 4 blocks,
+# how far the luma lies from the training pictures' principal components (textures, noise),
+# and blockiness (discontinuities on a 4/8/16-pixel grid: tiles, collages, scrambled photos).
+# train.py fits the reference on the training split and picks the threshold on validation:
+# the score OOD_TARGET_FALSE_REJECTION of real validation photos exceed (ood_reference.npz
+# and model_config.json's "ood_threshold"). The verbose answer carries both; the workflow's
+# filter refuses a picture over its version's threshold as NotAVehicle.
+OOD_REFERENCE_FILE = "ood_reference.npz"
+OOD_TARGET_FALSE_REJECTION = 0.02
+OOD_PRINCIPAL_COMPONENTS = 32
+VERBOSE_PARAMETER = "verbose"
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _luma(images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    images = np.asarray(images_uint8_nhwc)
+    images = images[None] if images.ndim == 3 else images
+    return (images.astype(np.float32) / 255.0) @ _LUMA_WEIGHTS
+
+
+def image_statistics(images_uint8_nhwc: np.ndarray) -> np.ndarray:
+    """N x 32 x 32 x 3 uint8 -> N x 9: luma mean and std, gradient energy at full and half
+    resolution (log), saturation mean and std, colour spread, share of flat 4 x 4 blocks,
+    blockiness (log ratio of the gradient on a 4/8/16-pixel grid to the gradient off it)."""
+    images = np.asarray(images_uint8_nhwc)
+    images = images[None] if images.ndim == 3 else images
+    rgb = images.astype(np.float32) / 255.0
+    luma = rgb @ _LUMA_WEIGHTS
+    n, h, w = luma.shape
+
+    def gradient(image):
+        return (np.abs(np.diff(image, axis=1)).mean(axis=(1, 2))
+                + np.abs(np.diff(image, axis=2)).mean(axis=(1, 2)))
+    half = luma.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    blocks = luma.reshape(n, h // 4, 4, w // 4, 4).std(axis=(2, 4))
+    saturation = rgb.max(axis=3) - rgb.min(axis=3)
+    across = np.abs(np.diff(luma, axis=2)).mean(axis=1)   # N x (w-1): column to column
+    down = np.abs(np.diff(luma, axis=1)).mean(axis=2)     # N x (h-1): row to row
+    blockiness = np.full(n, -np.inf, dtype=np.float32)
+    for period in (4, 8, 16):
+        on = (np.arange(across.shape[1]) % period) == period - 1
+        ratio = (np.log(across[:, on].mean(axis=1) + 1e-3)
+                 - np.log(across[:, ~on].mean(axis=1) + 1e-3)
+                 + np.log(down[:, on].mean(axis=1) + 1e-3)
+                 - np.log(down[:, ~on].mean(axis=1) + 1e-3))
+        blockiness = np.maximum(blockiness, ratio)
+    return np.stack([luma.mean(axis=(1, 2)), luma.std(axis=(1, 2)),
+                     np.log(gradient(luma) + 1e-3), np.log(gradient(half) + 1e-3),
+                     saturation.mean(axis=(1, 2)), saturation.std(axis=(1, 2)),
+                     rgb.std(axis=(1, 2)).mean(axis=1), (blocks < 0.01).mean(axis=(1, 2)),
+                     blockiness], axis=1)
+
+
+def ood_features(images_uint8_nhwc: np.ndarray, reference: dict) -> np.ndarray:
+    """N x 11: image_statistics plus the luma's distance from the training pictures'
+    principal components (log residual energy, absolute and relative)."""
+    luma = _luma(images_uint8_nhwc).reshape(-1, reference["luma_mean"].shape[0])
+    centred = luma - reference["luma_mean"]
+    components = reference["components"]
+    residual = centred - (centred @ components.T) @ components
+    energy = np.log((residual ** 2).mean(axis=1) + 1e-6)
+    relative = energy - np.log((centred ** 2).mean(axis=1) + 1e-6)
+    return np.concatenate([image_statistics(images_uint8_nhwc).astype(np.float64),
+                           energy[:, None], relative[:, None]], axis=1)
+
+
+def fit_out_of_distribution(model, train_images: np.ndarray, validation_images: np.ndarray,
+                            model_dir,
+                            target_false_rejection: float = OOD_TARGET_FALSE_REJECTION) -> dict:
+    """Fit the reference on the training pictures (written to model_dir/ood_reference.npz)
+    and choose the threshold on validation; returns the keys for model_config.json. `model`
+    is unused (the description is of the image): kept so the call reads as the others."""
+    luma = _luma(train_images).reshape(len(train_images), -1).astype(np.float64)
+    luma_mean = luma.mean(axis=0)
+    _, _, basis = np.linalg.svd(luma - luma_mean, full_matrices=False)
+    reference = {"luma_mean": luma_mean, "components": basis[:OOD_PRINCIPAL_COMPONENTS]}
+    features = ood_features(train_images, reference)
+    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+    covariance = np.cov((features - mean) / scale, rowvar=False)
+    shrink = min(1.0, 0.1 + covariance.shape[0] / len(features))
+    covariance = (1 - shrink) * covariance + shrink * np.diag(np.diag(covariance))
+    reference.update(mean=mean, scale=scale,
+                     precision=np.linalg.inv(covariance + 1e-3 * np.eye(len(covariance))))
+    np.savez(Path(model_dir) / OOD_REFERENCE_FILE, **reference)
+    scores = _mahalanobis(ood_features(validation_images, reference), reference)
+    threshold = float(np.quantile(scores, 1.0 - target_false_rejection))
+    return {"ood_threshold": threshold, "ood_selection": {
+        "method": "Mahalanobis distance of image statistics (level, contrast, gradient "
+                  "energy, saturation, flat blocks, blockiness, principal-component residual) "
+                  "from the training split's",
+        "rule": f"the validation score {target_false_rejection:.0%} of real photos exceed",
+        "target_false_rejection": target_false_rejection,
+        "validation_false_rejection": float(np.mean(scores > threshold)),
+        "validation_images": int(len(scores))}}
+
+
+def _mahalanobis(features: np.ndarray, reference: dict) -> np.ndarray:
+    delta = (features - reference["mean"]) / reference["scale"]
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, reference["precision"], delta),
+                              0.0))
+
+
+def load_ood_reference(model_dir, config: dict) -> dict | None:
+    """The artifact's reference and threshold; None for artifacts made before it existed."""
+    path = Path(model_dir) / OOD_REFERENCE_FILE
+    if not path.is_file() or config.get("ood_threshold") is None:
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        reference = {key: stored[key] for key in ("luma_mean", "components", "mean", "scale",
+                                                  "precision")}
+    reference["threshold"] = float(config["ood_threshold"])
+    return reference
+
+
+def ood_scores(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray | None:
+    """Out-of-distribution scores of decoded images; None when the artifact has no reference."""
+    reference = getattr(model, "ood", None)
+    if reference is None:
+        return None
+    return _mahalanobis(ood_features(images_uint8_nhwc, reference), reference)
+
+
+class Prediction:
+    """predict_fn's answer: the class probabilities (what np.asarray gives, so a caller that
+    wants only them is unchanged) and, where the artifact has a reference, each image's
+    out-of-distribution score with the version's threshold."""
+
+    def __init__(self, probabilities: np.ndarray, ood_scores: np.ndarray | None,
+                 ood_threshold: float | None):
+        self.probabilities = probabilities
+        self.ood_scores = ood_scores
+        self.ood_threshold = ood_threshold
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.probabilities, dtype=dtype)
+
+    def __getitem__(self, index):
+        return self.probabilities[index]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+
 def predict_fn(input_data, model: ServedModel):
-    """One decoded image (H x W x 3) -> its class probabilities; a stack -> N x classes;
-    an ImageBatch -> a BatchPrediction (all its decoded images predicted at once)."""
+    """One decoded image (H x W x 3) -> its class probabilities; a stack -> N x classes
+    (np.asarray of the answer), with the out-of-distribution scores beside them; an
+    ImageBatch -> a BatchPrediction (all its decoded images predicted at once)."""
     if isinstance(input_data, ImageBatch):
-        return BatchPrediction(predict_batch(model, input_data.images), input_data)
+        prediction = BatchPrediction(predict_batch(model, input_data.images), input_data)
+        scores = ood_scores(model, input_data.images) if len(input_data.images) else None
+        prediction.ood_scores = scores
+        prediction.ood_threshold = None if scores is None else model.ood["threshold"]
+        return prediction
     probabilities = predict_batch(model, input_data)
-    return probabilities[0] if np.asarray(input_data).ndim == 3 else probabilities
+    scores = ood_scores(model, input_data)
+    threshold = None if scores is None else model.ood["threshold"]
+    if np.asarray(input_data).ndim == 3:
+        return Prediction(probabilities[0], None if scores is None else scores[0], threshold)
+    return Prediction(probabilities, scores, threshold)
 
 
-def image_answer(probabilities) -> list:
-    """What one image's answer holds: its class probabilities in class order, rounded."""
-    return np.asarray(probabilities, dtype=float).round(6).tolist()
+def image_answer(probabilities, ood_score=None, ood_threshold=None, verbose: bool = False):
+    """What one image's answer holds: its class probabilities in class order, rounded; the
+    verbose answer adds its out-of-distribution score and the version's threshold."""
+    rounded = np.asarray(probabilities, dtype=float).round(6).tolist()
+    if not verbose:
+        return rounded
+    return {"probabilities": rounded,
+            "ood_score": None if ood_score is None else np.round(
+                np.asarray(ood_score, dtype=float), 4).tolist(),
+            "ood_threshold": None if ood_threshold is None else round(float(ood_threshold), 4)}
 
 
-def batch_answer(prediction: BatchPrediction) -> dict:
+def batch_answer(prediction: BatchPrediction, verbose: bool = False) -> dict:
     """{"predictions": [one image's answer | {"error", "status"}, ...]} in request order."""
     answers: list = [None] * prediction.batch.size
     for position, refusal in prediction.batch.refused.items():
         answers[position] = {"error": refusal.message, "status": refusal.status_code}
-    for position, row in zip(prediction.batch.positions, prediction.probabilities):
-        answers[position] = image_answer(row)
+    scores = getattr(prediction, "ood_scores", None)
+    if scores is None:
+        scores = [None] * len(prediction.batch.positions)
+    for position, row, score in zip(prediction.batch.positions, prediction.probabilities,
+                                    scores):
+        answers[position] = image_answer(row, score, getattr(prediction, "ood_threshold", None),
+                                         verbose)
     return {"predictions": answers}
 
 
+def _is_verbose(accept: str | None) -> bool:
+    """`application/json; verbose=true` (SageMaker's built-in algorithms' way to ask for more
+    than the scores)."""
+    for parameter in (accept or "").split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == VERBOSE_PARAMETER:
+            return value.strip().strip('"').lower() in ("true", "1", "yes")
+    return False
+
+
 def output_fn(prediction, accept: str | None = JSON_CONTENT_TYPE) -> str:
+    """JSON class probabilities in class order; with `verbose=true` in the accept type, an
+    object {"probabilities", "ood_score", "ood_threshold"} (the score and the version's
+    threshold: null for an artifact without a reference)."""
     media_type = _media_type(accept)
     if media_type not in ("", "*/*", JSON_CONTENT_TYPE):
         raise InvalidInputError(f"unsupported accept type {accept!r}: this model answers "
                                 f"{JSON_CONTENT_TYPE}", 406)
+    verbose = _is_verbose(accept)
     if isinstance(prediction, BatchPrediction):
-        return json.dumps(batch_answer(prediction), separators=(",", ":"))
-    return json.dumps(image_answer(prediction))
+        return json.dumps(batch_answer(prediction, verbose), separators=(",", ":"))
+    return json.dumps(image_answer(prediction, getattr(prediction, "ood_scores", None),
+                                   getattr(prediction, "ood_threshold", None), verbose))
 
 
 if __name__ == "__main__":

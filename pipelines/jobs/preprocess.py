@@ -11,6 +11,9 @@ Input (--input-dir) is one of:
     a decompression bomb) counts as one corrupt image, listed in the report;
   * the official CIFAR-100 python archive `cifar-100-python.tar.gz` inside the input dir;
   * its extracted folder `cifar-100-python/` (the input dir itself, or inside it).
+A data snapshot (scones/snapshots.py: manifest.json beside the files it lists, each with its
+SHA-256) is read as the layout of its files, after every file is checked against the manifest:
+a missing, altered or unlisted file fails the job, so a snapshot trains exactly what it names.
 From CIFAR-100 only the `train` file is read: the `test` file is CIFAR's own hold-out and
 stays out of the pipeline's splits.
 
@@ -20,6 +23,7 @@ uint8 N x 32 x 32 x 3, labels int64, class_names, filenames) and report/report.j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import pickle
@@ -194,6 +198,39 @@ def read_input(input_dir: Path, classes: list[str]):
     return (*read_image_folder(input_dir, classes), "image-folder")
 
 
+# --- data snapshots -------------------------------------------------------------------
+
+SNAPSHOT_MANIFEST = "manifest.json"
+SNAPSHOT_FORMAT = "scones-data-snapshot/1"
+
+
+def verify_snapshot(input_dir: Path) -> dict:
+    """{"id", "parent"} of the snapshot in input_dir after checking every file against its
+    manifest ("none" for a first snapshot's parent, "" for a plain folder's id)."""
+    path = input_dir / SNAPSHOT_MANIFEST
+    if not path.is_file():
+        return {"id": "", "parent": "none"}
+    try:
+        manifest = json.loads(path.read_text())
+        listed = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+        assert manifest["format"] == SNAPSHOT_FORMAT
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise PreprocessError(f"{path}: not a {SNAPSHOT_FORMAT} manifest") from None
+    present = {p.relative_to(input_dir).as_posix() for p in input_dir.rglob("*")
+               if p.is_file() and p != path}
+    for name in sorted(set(listed) - present):
+        raise PreprocessError(f"snapshot {manifest.get('id')}: {name} is listed in the "
+                              "manifest but missing")
+    for name in sorted(present - set(listed)):
+        raise PreprocessError(f"snapshot {manifest.get('id')}: {name} is not in the manifest; "
+                              "a snapshot's folder is never written to after it is made")
+    for name, digest in sorted(listed.items()):
+        if hashlib.sha256((input_dir / name).read_bytes()).hexdigest() != digest:
+            raise PreprocessError(f"snapshot {manifest.get('id')}: {name} does not match its "
+                                  "SHA-256 in the manifest (altered after the snapshot)")
+    return {"id": str(manifest.get("id") or ""), "parent": str(manifest.get("parent") or "none")}
+
+
 # --- splitting and writing -------------------------------------------------------------
 
 def stratified_split(labels: np.ndarray, filenames: list[str], validation_fraction: float,
@@ -228,6 +265,9 @@ def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, filenames:
 
 def run(input_dir: Path, output_dir: Path, classes: list[str], validation_fraction: float,
         test_fraction: float, max_corrupt_fraction: float, seed: int) -> dict:
+    if not input_dir.is_dir():
+        raise PreprocessError(f"{input_dir}: input folder not found")
+    snapshot = verify_snapshot(input_dir)
     images, labels, filenames, corrupt, source_type = read_input(input_dir, classes)
     candidates = len(images) + len(corrupt)
     if candidates == 0:
@@ -236,6 +276,7 @@ def run(input_dir: Path, output_dir: Path, classes: list[str], validation_fracti
     report = {
         "source_type": source_type,
         "input_dir": str(input_dir),
+        "snapshot": snapshot,
         "class_names": classes,
         "seed": seed,
         "validation_fraction": validation_fraction,

@@ -7,7 +7,7 @@ which is SageMaker's convention. Runs by hand and under the local runner the sam
 One line per epoch, parsed by the pipeline's metric_definitions:
   epoch 3/30 train_loss=0.4123 train_accuracy=0.8125 validation_loss=0.3912 validation_accuracy=0.8400 seconds=1.2
 
-Model dir: model.pt (best-validation-accuracy state_dict), model_config.json,
+Model dir: model.pt (the state_dict of the weight average after the last epoch), model_config.json,
 code/inference.py + code/scones_net.py (the serving code, next to the weights it serves).
 Output-data dir: training_history.json, training_curves.png (the kept epoch marked).
 
@@ -20,6 +20,7 @@ each model version carries the threshold that means what it says for that versio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -106,6 +107,17 @@ def evaluate(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()
     return loss_sum / len(x), correct / len(x)
+
+
+@torch.no_grad()
+def update_average(averaged: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """averaged <- decay * averaged + (1 - decay) * net, for weights and float buffers
+    (BatchNorm running statistics) alike; integer buffers are copied."""
+    for average, current in zip(averaged.state_dict().values(), net.state_dict().values()):
+        if average.is_floating_point():
+            average.lerp_(current, 1.0 - decay)
+        else:
+            average.copy_(current)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -266,9 +278,17 @@ def train(args: argparse.Namespace) -> dict:
     y_val = torch.from_numpy(validation_data["labels"].astype(np.int64)).to(device)
 
     net = SconesNet(num_classes=len(class_names), width=args.width).to(device)
+    net.init_whitening(x_train)
     net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9,
-                                nesterov=True, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
+                                lr=args.learning_rate, momentum=0.9, nesterov=True,
+                                weight_decay=args.weight_decay)
+    # The kept model is an exponential moving average of the weights (and BatchNorm
+    # statistics): on 800 images the last epochs' weights wander, and their average
+    # generalises better than any one of them, or than the epoch that happened to score best
+    # on 100 validation images (which also leaves those images unbiased for calibration).
+    averaged = copy.deepcopy(net).eval()
+    averaged.requires_grad_(False)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     if args.epochs * steps_per_epoch >= MIN_ONE_CYCLE_STEPS:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -280,7 +300,7 @@ def train(args: argparse.Namespace) -> dict:
         # runs (a handful of images, an epoch or two): keep the learning rate constant.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
-    history, best, best_state = [], None, None
+    history, step = [], 0
     started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.perf_counter()
@@ -309,9 +329,11 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            step += 1
+            update_average(averaged, net, min(args.ema_decay, (1 + step) / (10 + step)))
             loss_sum += loss.item() * len(index)
             correct += (logits.argmax(1) == yb).sum().item()
-        validation_loss, validation_accuracy = evaluate(net, x_val, y_val, 256)
+        validation_loss, validation_accuracy = evaluate(averaged, x_val, y_val, 256)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / len(x_train),
@@ -324,16 +346,13 @@ def train(args: argparse.Namespace) -> dict:
         print(f"epoch {epoch}/{args.epochs} train_loss={row['train_loss']:.4f} "
               f"train_accuracy={row['train_accuracy']:.4f} validation_loss={validation_loss:.4f} "
               f"validation_accuracy={validation_accuracy:.4f} seconds={row['seconds']:.1f}", flush=True)
-        # Keep the best validation accuracy; on a tie the lower validation loss wins.
-        key = (validation_accuracy, -validation_loss)
-        if best is None or key > best:
-            best = key
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-            best_epoch = epoch
     total_seconds = time.perf_counter() - started
+    kept_epoch, kept = args.epochs, history[-1]
+    net = averaged
 
     args.model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(best_state, args.model_dir / "model.pt")
+    state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    torch.save(state, args.model_dir / "model.pt")
     model_config = {
         "architecture": ARCHITECTURE,
         "class_names": class_names,
@@ -341,13 +360,16 @@ def train(args: argparse.Namespace) -> dict:
         "image_size": IMAGE_SIZE,
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
-        "best_epoch": best_epoch,
-        "best_validation_accuracy": best[0],
+        "kept_epoch": kept_epoch,
+        "validation_accuracy": kept["validation_accuracy"],
         "torch_version": torch.__version__,
     }
-    net.load_state_dict(best_state)
     model_config.update(calibrate(net, model_config, validation_data["images"],
                                   validation_data["labels"], device, args.target_precision))
+    # "not a vehicle": the out-of-distribution reference and the version's threshold
+    model_config.update(inference.fit_out_of_distribution(
+        inference.ServedModel(net.eval(), model_config, device, scones_net),
+        train_data["images"], validation_data["images"], args.model_dir))
     (args.model_dir / "model_config.json").write_text(json.dumps(model_config, indent=2))
     code_dir = args.model_dir / "code"
     code_dir.mkdir(exist_ok=True)
@@ -360,14 +382,14 @@ def train(args: argparse.Namespace) -> dict:
                             "batch_size": args.batch_size, "width": args.width, "seed": args.seed,
                             "weight_decay": args.weight_decay,
                             "label_smoothing": args.label_smoothing,
-                            "mixup_alpha": args.mixup_alpha,
+                            "mixup_alpha": args.mixup_alpha, "ema_decay": args.ema_decay,
                             "target_precision": args.target_precision},
         "device": device.type,
         "threads": torch.get_num_threads(),
         "train_images": len(x_train),
         "validation_images": len(x_val),
-        "best_epoch": best_epoch,
-        "best_validation_accuracy": best[0],
+        "kept_epoch": kept_epoch,
+        "validation_accuracy": kept["validation_accuracy"],
         "total_seconds": round(total_seconds, 2),
         "temperature": model_config["temperature"],
         "confidence_threshold": model_config["confidence_threshold"],
@@ -376,7 +398,7 @@ def train(args: argparse.Namespace) -> dict:
         "history": history,
     }
     (args.output_data_dir / "training_history.json").write_text(json.dumps(summary, indent=2))
-    plot_history(history, args.output_data_dir / "training_curves.png", best_epoch)
+    plot_history(history, args.output_data_dir / "training_curves.png", kept_epoch)
     return summary
 
 
@@ -421,7 +443,7 @@ def env_path(name: str, fallback: str) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--epochs", type=positive_int, default=50)
+    parser.add_argument("--epochs", type=positive_int, default=100)
     parser.add_argument("--learning-rate", type=positive_float, default=0.05)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--width", type=positive_int, default=16)
@@ -432,6 +454,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="precision the chosen confidence threshold must reach on validation")
     parser.add_argument("--mixup-alpha", type=non_negative_float, default=0.0,
                         help="Beta(alpha, alpha) mixing; 0 turns mixup off")
+    parser.add_argument("--ema-decay", type=unit_interval, default=0.99,
+                        help="per-step decay of the kept weight average; 0 keeps the last weights")
     parser.add_argument("--train", type=Path, default=env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     parser.add_argument("--validation", type=Path,
                         default=env_path("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"))
@@ -452,8 +476,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"trained {summary['hyperparameters']['epochs']} epochs in {summary['total_seconds']:.1f}s "
-          f"on {summary['device']}; best validation_accuracy={summary['best_validation_accuracy']:.4f} "
-          f"(epoch {summary['best_epoch']})")
+          f"on {summary['device']}; kept the weight average of epoch {summary['kept_epoch']}: "
+          f"validation_accuracy={summary['validation_accuracy']:.4f}")
     print(f"calibrated: temperature={summary['temperature']:.3f}, confidence_threshold="
           f"{summary['confidence_threshold']:.4f} ({summary['threshold_selection']['rule']}: "
           f"validation precision {summary['threshold_selection']['validation_precision']:.3f}, "

@@ -71,6 +71,10 @@ def test_registered_version_is_pending_with_its_model_on_disk(ran):
     # the threshold train.py chose on validation travels with the version
     threshold = float(package["CustomerMetadataProperties"]["ConfidenceThreshold"])
     assert 0.5 <= threshold <= 1
+    # lineage: the data snapshot it learnt from (the folder, snapshotted) and its parent
+    properties = package["CustomerMetadataProperties"]
+    assert properties["DataSnapshotUrl"].startswith("s3://scones-local/data/snapshots/")
+    assert properties["ParentDataSnapshotUrl"] == "none"
     human = scones(workspace, "registry", "list")
     assert "PendingManualApproval" in human.stdout and human.returncode == 0
 
@@ -90,8 +94,9 @@ def test_registered_version_carries_its_monitoring_baseline(ran):
         documents[kind] = json.loads((store / url[len("s3://"):]).read_text())
     statistics = documents["Statistics"]
     names = {f["name"] for f in statistics["features"]}
-    assert {"brightness", "contrast", "colourfulness", "ood_score", "confidence",
-            "predicted_label", "width", "height", "mode"} <= names
+    # the decoded image as the model sees it: nothing of the request's size or colour mode
+    assert names == {"brightness", "contrast", "colourfulness", "ood_score", "confidence",
+                     "predicted_label"}
     assert statistics["dataset"]["item_count"] == 8  # the test split of 2 x 40 images
     assert {f["name"] for f in documents["Constraints"]["features"]} == names
 

@@ -47,6 +47,7 @@ def _steps(definition: dict) -> dict[str, dict]:
     return {step["Name"]: step.get("Arguments", {}) for step in definition["Steps"]}
 
 
+@pytest.mark.slow  # the SageMaker SDK builds a whole definition
 def test_get_pipeline_definition_takes_the_buildspecs_kwargs_and_tags(buildspec_argv, tmp_path):
     # get-pipeline-definition takes what run-pipeline does, bar the role to run as
     argv = list(buildspec_argv)
@@ -82,6 +83,7 @@ def test_an_unknown_kwarg_is_one_line_naming_it(tmp_path):
     assert bad_tags.returncode == 2 and "--tags must be a JSON list" in bad_tags.stderr
 
 
+@pytest.mark.slow  # the SageMaker SDK builds and upserts a whole definition
 @mock_aws
 def test_run_pipeline_with_the_buildspecs_command_line_upserts_a_tagged_pipeline(
         buildspec_argv, aws_credentials, capsys):
@@ -124,6 +126,7 @@ ADMIN_CONFIG = {
 }
 
 
+@pytest.mark.slow  # the SageMaker SDK builds a whole definition
 def test_admin_sagemaker_defaults_reach_the_definition(tmp_path):
     admin = tmp_path / "admin-config.yaml"
     admin.write_text(yaml.safe_dump(ADMIN_CONFIG))
@@ -187,6 +190,7 @@ def test_telemetry_stays_off_on_top_of_the_admin_config(tmp_path, monkeypatch):
         sdk.sagemaker_defaults_config.cache_clear()
 
 
+@pytest.mark.slow  # the SageMaker SDK builds a whole definition
 def test_an_unreadable_admin_config_is_one_named_error(tmp_path):
     env = {**os.environ, "SAGEMAKER_ADMIN_CONFIG_OVERRIDE": str(tmp_path / "missing.yaml")}
     done = subprocess.run([str(BIN / "scones"), "pipeline", "definition"], cwd=REPO,

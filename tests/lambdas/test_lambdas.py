@@ -190,11 +190,20 @@ def test_classify_sends_the_image_with_its_content_type(runtime, png_bytes, jpeg
     for image, content_type in ((png_bytes, "image/png"), (jpeg_bytes, "image/jpeg")):
         stubber.add_response("invoke_endpoint", runtime_response(b"[0.93, 0.07]"), {
             "EndpointName": "scones-ep", "ContentType": content_type,
-            "Accept": "application/json", "Body": image})
+            "Accept": "application/json; verbose=true", "Body": image})
         event = {**seed_event("a"), "image_data": base64.b64encode(image).decode()}
         out = classify_image.classify(event, client, "scones-ep", CLASSES)
         assert out["inferences"] == [0.93, 0.07]
         assert out["image_data"] == event["image_data"]
+        assert out["ood_score"] is None and out["ood_threshold"] is None
+    # the verbose answer: the picture's out-of-distribution score and its version's threshold
+    stubber.add_response("invoke_endpoint", runtime_response(
+        b'{"probabilities": [0.2, 0.8], "ood_score": 3.5, "ood_threshold": 9.25}'), {
+        "EndpointName": "scones-ep", "ContentType": "image/png",
+        "Accept": "application/json; verbose=true", "Body": png_bytes})
+    out = classify_image.classify({**seed_event("a"), "image_data": base64.b64encode(
+        png_bytes).decode()}, client, "scones-ep", CLASSES)
+    assert (out["inferences"], out["ood_score"], out["ood_threshold"]) == ([0.2, 0.8], 3.5, 9.25)
 
 
 @pytest.mark.parametrize("code, status, expected, fragment", [
@@ -360,7 +369,7 @@ def test_classify_reads_a_referenced_image_from_s3_and_sends_its_bytes(s3, runti
     client, stubber = runtime
     stubber.add_response("invoke_endpoint", runtime_response(b"[0.8, 0.2]"), {
         "EndpointName": "scones-ep", "ContentType": "image/jpeg",
-        "Accept": "application/json", "Body": photo_jpeg})
+        "Accept": "application/json; verbose=true", "Body": photo_jpeg})
     out = classify_image.classify(event, client, "scones-ep", CLASSES, s3_client=s3)
     assert out["inferences"] == [0.8, 0.2]
     assert out["image_data"] == "" and out["image_ref"] == event["image_ref"]
@@ -504,6 +513,25 @@ def test_filter_below_threshold_raises_with_inferences_and_label():
     assert ThresholdConfidenceNotMet.details_from_message("no details here") is None
 
 
+def test_filter_refuses_a_picture_over_its_versions_ood_threshold_as_not_a_vehicle():
+    """However confident, a picture whose out-of-distribution score passes the threshold the
+    endpoint answered with is NotAVehicle, distinct from ThresholdConfidenceNotMet; without
+    a score (a model from before it) the filter is as before."""
+    from lambdas.errors import NotAVehicle
+
+    event = {**seed_event("incoming/noise.png"), "inferences": [0.99, 0.01]}
+    with pytest.raises(NotAVehicle) as info:
+        filter_inferences.filter_inference({**event, "ood_score": 31.5, "ood_threshold": 12.0},
+                                           0.8, CLASSES)
+    assert not isinstance(info.value, ThresholdConfidenceNotMet)
+    assert "incoming/noise.png is not a bicycle or a motorcycle" in str(info.value)
+    assert '"ood_score": 31.5' in str(info.value)
+    for scored in ({"ood_score": 11.9, "ood_threshold": 12.0},
+                   {"ood_score": None, "ood_threshold": None}, {}):
+        assert filter_inferences.filter_inference({**event, **scored}, 0.8, CLASSES)[
+            "predicted_label"] == "bicycle"
+
+
 def test_filter_handler_reads_threshold_and_classes(monkeypatch):
     monkeypatch.setenv("CONFIDENCE_THRESHOLD", "0.95")
     monkeypatch.setenv("CLASS_NAMES", "bicycle, motorcycle")
@@ -556,7 +584,7 @@ def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
     event = filter_inferences.filter_inference(event, 0.8, CLASSES)
     assert event["predicted_label"] == "bicycle" and event["meets_threshold"] is True
     assert set(event) == {"s3_bucket", "s3_key", "image_data", "inferences", "meets_threshold",
-                          "predicted_label"}
+                          "predicted_label", "ood_score", "ood_threshold"}
     assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
 
 
@@ -624,3 +652,20 @@ def test_which_version_serves_is_unknown_only_when_the_config_is_gone(aws_env, c
                 serving_package_arn(client, {"EndpointConfigName": "scones-staging-v3"})
         else:
             assert serving_package_arn(client, {"EndpointConfigName": "gone"}) is served
+
+
+def test_a_batch_image_over_its_versions_ood_threshold_is_not_a_vehicle():
+    """Bulk: the batch's verbose answer carries each image's out-of-distribution score; an
+    image over the threshold is NotAVehicle (a verdict, like the confidence threshold's)."""
+    from lambdas import classify_image_batch
+
+    def line(answer):
+        return classify_image_batch._line("s3://b/k.png", "b", "k.png", answer, "ep", 0.8,
+                                          CLASSES)
+
+    refused = line({"probabilities": [0.99, 0.01], "ood_score": 20.0, "ood_threshold": 5.0})
+    assert (refused["Status"], refused["Error"], refused["MeetsThreshold"]) == (
+        "FAILED", "NotAVehicle", False)
+    assert line({"probabilities": [0.99, 0.01], "ood_score": 1.0, "ood_threshold": 5.0})[
+        "Status"] == "SUCCEEDED"
+    assert line([0.99, 0.01])["Status"] == "SUCCEEDED"  # a model without a reference

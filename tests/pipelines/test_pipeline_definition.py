@@ -43,7 +43,14 @@ def test_parameters(definition, local_config):
     assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
     assert params["Epochs"]["Type"] == "Integer"
     assert params["AccuracyThreshold"]["Type"] == "Float"
-    assert params["InputDataUrl"]["DefaultValue"] == local_config.data.input_url
+    # the configured folder, as an immutable data snapshot in the bucket (scones/snapshots.py)
+    default = params["InputDataUrl"]["DefaultValue"]
+    assert default.startswith("s3://scones-local/data/snapshots/") and default.endswith("/")
+    from scones.snapshots import load_snapshot
+
+    snapshot = load_snapshot(backend_for(local_config).object_store(), default)
+    assert snapshot.manifest["source"] == local_config.data.input_url
+    assert snapshot.counts() == {"bicycle": 500, "motorcycle": 500}
 
 
 def test_steps_are_wired_preprocess_train_evaluate_condition(definition):

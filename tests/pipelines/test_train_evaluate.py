@@ -40,8 +40,10 @@ def test_train_writes_the_documented_files(small_training_run):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     history = json.loads((output_dir / "training_history.json").read_text())
     assert [row["epoch"] for row in history["history"]] == list(range(1, SMALL_MODEL_EPOCHS + 1))
-    best = max(row["validation_accuracy"] for row in history["history"])
-    assert history["best_validation_accuracy"] == best == config["best_validation_accuracy"]
+    # The kept weights are the average after the last epoch, not a validation-picked epoch.
+    last = history["history"][-1]
+    assert history["kept_epoch"] == config["kept_epoch"] == SMALL_MODEL_EPOCHS
+    assert history["validation_accuracy"] == last["validation_accuracy"] == config["validation_accuracy"]
     with Image.open(output_dir / "training_curves.png") as png:
         assert png.format == "PNG" and png.size[0] > 400
 
@@ -275,3 +277,91 @@ def test_evaluation_reports_calibration_and_selective_accuracy(small_training_ru
     assert "ECE" in result.stdout
     with Image.open(output / "reliability_diagram.png") as png:
         assert png.format == "PNG" and png.size[0] >= 500 and png.size[1] >= 500
+
+
+def _jobs_module(jobs_dir, name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", jobs_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _normalised(scones_net, images, config):
+    return scones_net.normalise(torch.from_numpy(images), torch.tensor(config["mean"]),
+                                torch.tensor(config["std"]))
+
+
+def test_saved_weights_are_the_ones_validated_each_epoch(small_training_run, jobs_dir):
+    """model.pt holds the weight average whose validation accuracy the last epoch line
+    reports (the averaged net is what is validated, kept and served)."""
+    scones_net = _jobs_module(jobs_dir, "scones_net")
+    model_dir = small_training_run["model_dir"]
+    config = json.loads((model_dir / "model_config.json").read_text())
+    net = scones_net.SconesNet(num_classes=2, width=config["width"])
+    net.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
+    validation = np.load(small_training_run["processed"] / "validation" / "data.npz")
+    with torch.inference_mode():
+        predicted = net.eval()(_normalised(scones_net, validation["images"], config)).argmax(1)
+    accuracy = float((predicted.numpy() == validation["labels"]).mean())
+    assert accuracy == pytest.approx(config["validation_accuracy"], abs=1e-9)
+
+
+def test_whitening_filters_come_from_the_training_split_and_stay_fixed(small_training_run,
+                                                                       jobs_dir):
+    """The artifact's first layer is exactly the whitening computed from the training images
+    (training never moves it), and it whitens them: 2x2 patches come out decorrelated."""
+    scones_net = _jobs_module(jobs_dir, "scones_net")
+    model_dir = small_training_run["model_dir"]
+    config = json.loads((model_dir / "model_config.json").read_text())
+    state = torch.load(model_dir / "model.pt", weights_only=True)
+    train_images = np.load(small_training_run["processed"] / "train" / "data.npz")["images"]
+    x = _normalised(scones_net, train_images, config)
+    fresh = scones_net.SconesNet(num_classes=2, width=config["width"])
+    fresh.init_whitening(x)
+    # Compared as W^T W (the inverse patch covariance it encodes): eigenvectors of nearly
+    # equal eigenvalues may turn or change sign between two computations, W^T W does not.
+    filters = scones_net.WHITENING_FILTERS
+    saved = state["features.0.weight"].reshape(2 * filters, filters).double()
+    expected = fresh.whiten.weight.reshape(2 * filters, filters).double()
+    assert torch.equal(saved[filters:], -saved[:filters])
+    assert torch.allclose(saved.T @ saved, expected.T @ expected, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(state["features.0.bias"], torch.zeros_like(state["features.0.bias"]))
+
+    with torch.no_grad():
+        responses = torch.nn.functional.conv2d(x, fresh.whiten.weight[:scones_net.WHITENING_FILTERS])
+    responses = responses.permute(1, 0, 2, 3).reshape(scones_net.WHITENING_FILTERS, -1).double()
+    covariance = torch.cov(responses)
+    off_diagonal = covariance - torch.diag(torch.diag(covariance))
+    assert off_diagonal.abs().max() < 0.02
+    # Unit variance along every direction the images vary in; epsilon only damps the
+    # nearly flat ones (variance / (variance + epsilon)).
+    assert (torch.diag(covariance) <= 1 + 1e-3).all()
+    assert (torch.diag(covariance) > 0.5).sum() >= scones_net.WHITENING_FILTERS - 2
+
+
+def test_served_views_are_the_image_and_its_mirror(served_small_model, small_training_run):
+    inference, model = served_small_model
+    images = np.load(small_training_run["processed"] / "test" / "data.npz")["images"][:8]
+    logits = inference.tta_logits(model, images)
+    x = model._normalise(torch.from_numpy(images), model.mean, model.std)
+    with torch.inference_mode():
+        assert np.allclose(logits[:, 0], model.net(x).numpy(), atol=1e-5)
+        assert np.allclose(logits[:, 1], model.net(x.flip(3)).numpy(), atol=1e-5)
+
+
+def test_weight_average_update(train_module):
+    """averaged <- decay * averaged + (1 - decay) * net for weights and BatchNorm statistics;
+    the integer batch counter is copied; decay 0 keeps the net's last weights."""
+    averaged, net = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        averaged.weight.fill_(1.0)
+        net.weight.fill_(3.0)
+        net.running_mean.fill_(2.0)
+        net.num_batches_tracked.fill_(7)
+    train_module.update_average(averaged, net, 0.75)
+    assert torch.allclose(averaged.weight, torch.full((3,), 1.5))
+    assert torch.allclose(averaged.running_mean, torch.full((3,), 0.5))
+    assert int(averaged.num_batches_tracked) == 7
+    train_module.update_average(averaged, net, 0.0)
+    assert torch.equal(averaged.weight, net.weight) and torch.equal(averaged.running_mean, net.running_mean)

@@ -297,6 +297,39 @@ def test_real_photos_go_through_the_local_engine_by_reference(tmp_path, sample_d
     assert "6" in results["huge.png"].cause  # names the limit
 
 
+def test_noise_is_refused_by_name_as_not_a_vehicle_and_real_photos_are_not(
+        tmp_path, sample_data_dir, small_model_tar):
+    """The endpoint answers with the picture's out-of-distribution score and its version's
+    threshold (train.py chose it on validation); the filter refuses what passes it with its
+    own error, NotAVehicle, not ThresholdConfidenceNotMet - even at confidence threshold 0."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from workflow.run import ImageSource, run_workflow
+
+    config = load_config("local", {"local.workspace": str(tmp_path / "ws"),
+                                   "workflow.confidence_threshold": 0.0,
+                                   "workflow.use_model_threshold": False})
+    deploy_locally(config, small_model_tar)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    noise = []
+    for i in range(4):
+        path = folder / f"noise-{i}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+        path.write_bytes(buffer.getvalue())
+        noise.append(path)
+    real = real_images(sample_data_dir, 2)
+    results = run_workflow(config, [ImageSource(label=str(p), path=p) for p in noise + real],
+                           progress=False)
+    assert [r.error for r in results[:4]] == ["NotAVehicle"] * 4, [r.cause for r in results]
+    assert all("is not a bicycle or a motorcycle" in r.cause for r in results[:4])
+    assert [r.status for r in results[4:]] == ["SUCCEEDED"] * 4, [r.cause for r in results[4:]]
+
 
 def test_every_path_applies_the_same_registered_threshold(tmp_path, sample_data_dir,
                                                           small_model_tar):

@@ -223,6 +223,40 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
     assert s["under_threshold"] == under
 
 
+def test_the_monitor_profiles_the_image_exactly_as_the_endpoint_decodes_it(sample_data_dir):
+    """Like with like: the baseline profiles preprocess.py's decoding (the serving decoder's),
+    so the monitor must decode each captured request the same way: an RGBA PNG, a JPEG and
+    larger photos of one picture give the model's pixels, and the same features."""
+    import importlib.util
+    import io
+
+    import numpy as np
+
+    from workflow.monitoring import profile
+
+    spec = importlib.util.spec_from_file_location(
+        "serving_for_profile_test", REPO / "pipelines" / "jobs" / "inference.py")
+    serving = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving)
+
+    def encoded(image: Image.Image, fmt: str, size=None) -> bytes:
+        image = image.resize(size, Image.Resampling.LANCZOS) if size else image
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, quality=90)
+        return buffer.getvalue()
+
+    for path in sorted((sample_data_dir / "bicycle").glob("*.png"))[:5]:
+        rgba = Image.open(path)
+        assert rgba.mode == "RGBA"  # the training files' own mode
+        rgb = rgba.convert("RGB")
+        forms = [path.read_bytes(), encoded(rgb, "JPEG"), encoded(rgb, "JPEG", (640, 480)),
+                 encoded(rgb, "PNG", (320, 240)), encoded(rgb, "JPEG", (4032, 3024)),
+                 encoded(rgb.quantize(64), "PNG"), encoded(rgb.convert("L"), "PNG")]
+        for data in forms:
+            decoded, _, _, _ = profile.decode_for_model(data)
+            assert np.array_equal(decoded, serving.decode_image(data)), path.name
+
+
 def test_capture_records_dated_in_the_future_are_reported_not_counted(config, tmp_path):
     source = _write_capture(tmp_path / "capture")
     later = source / "scones-delivery-vehicles" / "AllTraffic" / "2026" / "11" / "24" / "22"

@@ -82,13 +82,31 @@ def deployed(tmp_path, small_model_tar, baseline, small_image_folder):
     return config
 
 
+def raw_form(path: Path, i: int) -> bytes:
+    """One held-out picture as a client sends it, like the training data: the RGBA PNG file
+    itself, a JPEG of it, or a larger photo of it (JPEG or PNG)."""
+    kind = i % 4
+    if kind == 0:
+        return path.read_bytes()
+    image = Image.open(path).convert("RGB")
+    if kind in (2, 3):
+        image = image.resize((640, 480) if kind == 2 else (320, 240), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG" if kind in (1, 2) else "PNG", quality=92)
+    return buffer.getvalue()
+
+
 def traffic(sample_data_dir, kind: str) -> list[tuple[str, bytes]]:
-    """(true class, PNG bytes) of 2 x 60 images the model never saw, as sent: clean, or the
-    same images darkened, inverted, or replaced by noise."""
+    """(true class, bytes) of 2 x 60 images the model never saw, as sent: clean (raw files,
+    JPEGs and larger photos of them), or the same images darkened, inverted, or replaced by
+    noise."""
     out = []
     rng = np.random.default_rng(7)
     for name in CLASSES:
-        for path in sorted((sample_data_dir / name).glob("*.png"))[180:240]:
+        for i, path in enumerate(sorted((sample_data_dir / name).glob("*.png"))[180:240]):
+            if kind == "clean":
+                out.append((name, raw_form(path, i)))
+                continue
             image = Image.open(path).convert("RGB")
             if kind == "dark":
                 image = Image.fromarray((np.asarray(image) * 0.35).astype(np.uint8))
@@ -100,6 +118,15 @@ def traffic(sample_data_dir, kind: str) -> list[tuple[str, bytes]]:
             image.save(buffer, "PNG")
             out.append((name, buffer.getvalue()))
     return out
+
+
+def label_file(path: Path, answers: list[dict]) -> Path:
+    """SageMaker groundTruthData records: the true class of each answered request."""
+    path.write_text("".join(json.dumps({
+        "groundTruthData": {"data": a["Label"], "encoding": "CSV"},
+        "eventMetadata": {"eventId": a["InferenceId"]}, "eventVersion": "0"}) + "\n"
+        for a in answers))
+    return path
 
 
 def send(endpoint, images, prefix: str) -> list[dict]:
@@ -131,7 +158,7 @@ def violated(result) -> set[str]:
 
 
 def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retraining_once(
-        deployed, sample_data_dir):
+        deployed, sample_data_dir, tmp_path):
     from scones.local.endpoint import EndpointProcess
     from workflow.monitoring.check import MonitorState, run_monitor
 
@@ -141,10 +168,12 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
         send(endpoint, traffic(sample_data_dir, "clean"), "clean")
         clean = run_monitor(config)
         assert clean.summary["Records"] == 120 and clean.summary["Versions"] == {"1": 120}
+        # raw RGBA PNGs, JPEGs and larger photos of held-out pictures: the monitor profiles
+        # the decoded image as the model sees it, as the baseline did, so no false alarm
         assert clean.violations == [], clean.summary["Drift"]
         assert {c["FeatureName"] for c in clean.summary["Drift"]} == {
-            "width", "height", "mode", "brightness", "contrast", "colourfulness", "ood_score",
-            "confidence", "predicted_label"}
+            "brightness", "contrast", "colourfulness", "ood_score", "confidence",
+            "predicted_label"}
         written = json.loads((clean.out_dir / "constraint_violations.json").read_text())
         assert written == {"violations": []}
 
@@ -155,12 +184,15 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
         send(endpoint, traffic(sample_data_dir, "noise"), "noise")
         noise = run_monitor(config)
         assert {"ood_score", "colourfulness", "predicted_label"} <= violated(noise)
-        assert not {"width", "height", "mode"} & violated(noise)
 
         send(endpoint, traffic(sample_data_dir, "inverted"), "inverted")
         assert "ood_score" in violated(run_monitor(config))
 
-        send(endpoint, traffic(sample_data_dir, "dark"), "dark")
+        dark = send(endpoint, traffic(sample_data_dir, "dark"), "dark")
+        # someone labels the dusk pictures: what retraining can learn from
+        labelled = scones(config, "monitor", "label",
+                          str(label_file(tmp_path / "dark-labels.jsonl", dark)))
+        assert labelled.returncode == 0, labelled.stderr
         drifted = scones(config, "monitor", "run", "--retrain", "--json")
     assert drifted.returncode == 0, drifted.stderr[-3000:]
     summary = json.loads(drifted.stdout)
@@ -168,17 +200,34 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
     violations = json.loads(Path(summary["ConstraintViolations"]).read_text())["violations"]
     names = {v["feature_name"] for v in violations}
     assert {"brightness", "contrast", "colourfulness"} <= names
-    assert not {"width", "height", "mode"} & names
     brightness = next(v for v in violations if v["feature_name"] == "brightness")
     assert brightness["constraint_check_type"] == "baseline_drift_check"
     assert "exceeds threshold" in brightness["description"] and "baseline" in brightness["description"]
-    # a real pipeline run retrained and registered version 2, with its own baseline
-    assert summary["Retraining"]["Started"] is True
-    assert summary["Retraining"]["Status"] == "Succeeded", drifted.stderr[-3000:]
+    # a real pipeline run retrained on the next data snapshot (the current one plus the 120
+    # labelled dusk pictures) and registered version 2, a different model naming its data
+    retraining = summary["Retraining"]
+    assert retraining["Started"] is True
+    assert retraining["Status"] == "Succeeded", drifted.stderr[-3000:]
+    assert retraining["ImagesAdded"] == {"bicycle": 60, "motorcycle": 60}
     from scones.backend import backend_for
+    from scones.snapshots import load_snapshot
 
-    package = backend_for(config).registry().describe(2)
+    registry = backend_for(config).registry()
+    package = registry.describe(2)
     assert package["DriftCheckBaselines"]["ModelDataQuality"]["Statistics"]["S3Uri"]
+    lineage = package["CustomerMetadataProperties"]
+    assert lineage["DataSnapshotUrl"] == retraining["DataSnapshotUrl"]
+    assert lineage["ParentDataSnapshotUrl"] == retraining["ParentDataSnapshotUrl"]
+    store = backend_for(config).object_store()
+    grown = load_snapshot(store, lineage["DataSnapshotUrl"])
+    assert grown.parent == lineage["ParentDataSnapshotUrl"] != grown.url
+    assert grown.counts() == {"bicycle": 100, "motorcycle": 100}  # 40 + 60 each
+    assert store.read_bytes(package["ModelDataUrl"]) != store.read_bytes(
+        registry.describe(1)["ModelDataUrl"])
+    shown = scones(config, "registry", "show", "2")
+    assert f"DataSnapshotUrl:" in shown.stdout and grown.url in shown.stdout
+    listed = json.loads(scones(config, "data", "list", "--json").stdout)
+    assert {s["DataSnapshotUrl"]: s["ModelPackageVersions"] for s in listed}[grown.url] == [2]
 
     # metrics, one line per value as PutMetricData takes them
     metrics = [json.loads(line) for line in state.metrics_file.read_text().splitlines()]
@@ -195,6 +244,31 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
     assert again["Alarm"] is True and again["Retraining"]["Started"] is False
     assert "cool-down" in again["Retraining"]["Reason"]
     assert len(backend_for(config).registry().list_packages()) == 2
+
+
+def test_a_drift_with_nothing_new_to_learn_from_registers_nothing_and_says_why(
+        deployed, sample_data_dir):
+    from scones.local.endpoint import EndpointProcess
+    from workflow.monitoring.check import MonitorState
+
+    config = deployed
+    with EndpointProcess(config) as endpoint:
+        send(endpoint, traffic(sample_data_dir, "dark"), "unlabelled")
+        drifted = scones(config, "monitor", "run", "--retrain", "--json")
+    assert drifted.returncode == 0, drifted.stderr[-3000:]
+    summary = json.loads(drifted.stdout)
+    assert summary["Alarm"] is True
+    retraining = summary["Retraining"]
+    assert retraining["Started"] is False and retraining["DataSnapshotUrl"] is None
+    assert "nothing new to learn from" in retraining["Reason"]
+    assert "scones monitor label" in retraining["Reason"]
+    from scones.backend import backend_for
+
+    assert len(backend_for(config).registry().list_packages()) == 1
+    # nothing started, so no cool-down holds back the run that labels make possible
+    assert not MonitorState(config).retraining_file.exists()
+    human = scones(config, "monitor", "run", "--retrain")
+    assert human.returncode == 0 and "Traceback" not in human.stderr
 
 
 def test_labels_merged_by_inference_id_give_the_accuracy_computed_by_hand(deployed,

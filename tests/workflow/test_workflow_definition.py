@@ -78,8 +78,14 @@ def test_retries_transient_lambda_errors_everywhere_and_throttling_on_classify(a
 
 def test_catches_route_threshold_and_everything_else_to_named_fail_states(asl):
     filter_catch = asl["States"][FILTER_STATE]["Catch"]
-    assert filter_catch[0] == {"ErrorEquals": ["ThresholdConfidenceNotMet"],
+    # a picture unlike every training picture has its own error and Fail state, apart from
+    # a real but unclear one
+    assert filter_catch[0] == {"ErrorEquals": ["NotAVehicle"], "Next": "NotAVehicle"}
+    assert filter_catch[1] == {"ErrorEquals": ["ThresholdConfidenceNotMet"],
                                "Next": THRESHOLD_FAIL_STATE}
+    assert asl["States"]["NotAVehicle"] == {
+        "Type": "Fail", "Error": "NotAVehicle", "CausePath": "$.Cause",
+        "Comment": asl["States"]["NotAVehicle"]["Comment"]}
     assert filter_catch[-1] == {"ErrorEquals": ["States.ALL"], "Next": ROUTE_ERROR_STATE}
     for state_name in (SERIALIZE_STATE, CLASSIFY_STATE):
         assert asl["States"][state_name]["Catch"] == [
@@ -96,7 +102,7 @@ def test_catches_route_threshold_and_everything_else_to_named_fail_states(asl):
     assert failed["Type"] == "Fail"
     assert (failed["ErrorPath"], failed["CausePath"]) == ("$.Error", "$.Cause")
     assert set(asl["States"]) == {SERIALIZE_STATE, CLASSIFY_STATE, FILTER_STATE,
-                                  THRESHOLD_FAIL_STATE, ROUTE_ERROR_STATE,
+                                  THRESHOLD_FAIL_STATE, "NotAVehicle", ROUTE_ERROR_STATE,
                                   WRAP_STATES_ERROR_STATE, ERROR_FAIL_STATE}
 
 

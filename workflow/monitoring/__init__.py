@@ -19,10 +19,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from scones.config import Config
-from scones.errors import SconesError
 from scones.backend import backend_for
+from scones.config import Config
+from scones.console import format_table
+from scones.errors import SconesError
 from scones.workspace import Workspace
+from workflow.monitoring.plots import plot_run
+from workflow.stages import endpoint_status
 
 QUANTILES = (5, 25, 50, 75, 95)
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax sums stray by ~1e-7; a bug strays by more
@@ -97,8 +100,6 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 def default_source(config: Config) -> str:
     """Where the endpoint captures to: the deployed endpoint's destination when known."""
-    from workflow.stages import endpoint_status
-
     status = endpoint_status(config)
     destination = ((status.get("DataCaptureConfig") or {}).get("DestinationS3Uri")
                    or config.data_capture_uri)
@@ -189,6 +190,8 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
         probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
     except (ValueError, TypeError, AttributeError, RecursionError):
         raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
+    if isinstance(probabilities, dict):  # the verbose answer: {"probabilities", "ood_score"...}
+        probabilities = probabilities.get("probabilities")
     if (not isinstance(probabilities, list) or len(probabilities) != n_classes
             or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
                        and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
@@ -323,8 +326,6 @@ def report_dir(config: Config, out_dir: Path | str | None, now: datetime) -> Pat
 
 
 def _plot(config: Config, records: list[CaptureRecord], out: Path) -> dict[str, Path]:
-    from workflow.monitoring.plots import plot_run
-
     return plot_run(records, [], {}, [], config, out)
 
 
@@ -346,8 +347,6 @@ def format_summary(summary: dict) -> str:
 
 
 def _markdown(summary: dict, plots: dict[str, Path], endpoint: str, now: datetime) -> str:
-    from scones.console import format_table
-
     q = summary["confidence_quantiles"]
     parts = [
         f"# Monitoring report: endpoint `{endpoint}`",

@@ -28,9 +28,12 @@ from typing import Any, Callable
 
 from scones.backend import backend_for
 from scones.config import Config
+from scones.console import format_table
 from scones.deploy_settings import PROBE_INFERENCE_ID_PREFIX
 from scones.errors import SconesError
 from scones.workspace import Workspace
+from workflow.monitoring.plots import plot_quality, plot_run
+from workflow.stages import endpoint_status
 from workflow.monitoring import (CaptureRecord, Malformed, MonitoringError, report_dir,
                                  default_source, iter_capture_files, parse_capture_lines,
                                  parse_since)
@@ -283,8 +286,6 @@ def _serving_version(config: Config) -> int | None:
     """The version records without a modelVersion are taken to come from: SageMaker's own
     capture (on AWS) does not say, so the endpoint's current version, else the newest
     Approved one."""
-    from workflow.stages import endpoint_status
-
     try:
         version = endpoint_status(config).get("ModelPackageVersion")
         if version is None:
@@ -656,7 +657,6 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
         "ConstraintViolations": str(out / "constraint_violations.json"),
     }
     metrics = emit_metrics(config, summary, now)
-    from workflow.monitoring.plots import plot_quality, plot_run
 
     if records:
         plots = plot_run(records, drift_points, baselines, quality_over_time, config, out)
@@ -787,8 +787,6 @@ def format_run(summary: dict) -> str:
 
 
 def _markdown(summary: dict, plots: dict[str, Path], violations: list[dict]) -> str:
-    from scones.console import format_table
-
     parts = [f"# Monitoring run: endpoint `{summary['EndpointName']}`", "",
              f"Run {summary['RunTime']} over `{summary['Source']}`"
              + (f", stage {summary['Stage']}" if summary["Stage"] else "") + ".", "",

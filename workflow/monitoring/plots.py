@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from workflow.monitoring import profile
+
 SECONDS_AXIS_UP_TO = timedelta(minutes=5)
 DRIFT_PANELS = ("brightness", "contrast", "colourfulness", "ood_score", "confidence")
 TIME_SLICES = 8
@@ -123,8 +125,6 @@ def plot_run(records, drift_points, baselines, quality_over_time, config, out: P
 
 def _plot_drift(plt, points, baselines, records, out: Path) -> Path:
     import numpy as np
-
-    from workflow.monitoring import profile
 
     axis = TimeAxis([p["Time"] for p in points])
     fig, axes = plt.subplots(len(DRIFT_PANELS), 1, figsize=(9, 2.1 * len(DRIFT_PANELS)),

@@ -4,10 +4,16 @@ Self-contained (standard library, numpy, Pillow): the baseline processing job
 (pipelines/jobs/baseline.py) ships this one file next to itself, and the monitor imports it
 from the package, so the baseline and the check compute every feature with the same code.
 
-Features of one invocation:
-    width, height, mode    the request image as sent (header only)
-    brightness, contrast   mean and standard deviation of luma (0..1) of the image as the
-                           model sees it (RGB, 32 x 32, the serving decoder's policy)
+One representation on both sides: the decoded image as the model sees it. The baseline
+profiles the held-out split as preprocess.py decoded it (RGB, 32 x 32); the monitor decodes
+each captured request with the serving decoder's policy (decode_for_model: colour mode to
+RGB, JPEG DCT-reduced, integer box pre-reduction, Lanczos to 32 x 32) before profiling it. So
+an RGBA PNG, a JPEG and a 4000 x 3000 photo of one picture give the same features as the
+picture did in training, and nothing about the request's container (its colour mode, its
+pixel size) can raise a drift alarm on ordinary traffic: those are not what the model sees.
+
+Features of one invocation (all of the decoded 32 x 32 RGB image, except the last two):
+    brightness, contrast   mean and standard deviation of luma (0..1)
     colourfulness          Hasler and Suesstrunk's colourfulness metric, scaled to 0..1
     ood_score              Mahalanobis distance of a cheap 21-number description of the image
                            (4 x 4 luma grid, channel means, contrast, colourfulness) from the
@@ -30,9 +36,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 IMAGE_SIZE = 32
-NUMERIC_FEATURES = ("width", "height", "brightness", "contrast", "colourfulness", "ood_score",
-                    "confidence")
-STRING_FEATURES = ("mode", "predicted_label")
+NUMERIC_FEATURES = ("brightness", "contrast", "colourfulness", "ood_score", "confidence")
+STRING_FEATURES = ("predicted_label",)
 FEATURES = NUMERIC_FEATURES + STRING_FEATURES
 HISTOGRAM_BUCKETS = 10
 STATISTICS_FILE, CONSTRAINTS_FILE, OOD_FILE = ("statistics.json", "constraints.json",
@@ -44,25 +49,42 @@ class ProfileError(ValueError):
     """An image that cannot be decoded, or a baseline file that is not what it should be."""
 
 
+# The serving decoder's policy (pipelines/jobs/inference.py decode_image, which preprocess.py
+# shares): tests/workflow/test_monitoring.py checks that both give the same pixels.
+MAX_DECODED_PIXELS = 80_000_000
+REDUCE_TO_MULTIPLE = 4
+
+
 def decode_for_model(data: bytes) -> tuple[np.ndarray, int, int, str]:
-    """Image bytes -> (uint8 32 x 32 x 3 RGB as the model sees it, width, height, mode)."""
+    """Image bytes -> (uint8 32 x 32 x 3 RGB exactly as the model sees it, and the request's
+    width, height and colour mode, for the report only)."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = 50_000_000  # a decompression bomb is an error, never a raster
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
             width, height, mode = image.width, image.height, image.mode
-            if hasattr(image, "draft"):
-                image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG: decode reduced
+            if width * height > MAX_DECODED_PIXELS:
+                raise ProfileError(f"image is {width}x{height}, over the serving limits")
+            if image.format in ("JPEG", "MPO") and (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
+                image.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # JPEG: DCT-reduced, as served
             image.load()
-            if image.mode != "RGB":
+            if image.mode not in ("RGB", "RGBA", "L", "LA") or "transparency" in image.info:
                 image = image.convert("RGBA") if "transparency" in image.info else image
                 image = image.convert("RGB")
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+                factors = tuple(max(1, side // (IMAGE_SIZE * REDUCE_TO_MULTIPLE))
+                                for side in image.size)
+                if factors != (1, 1):
+                    image = image.reduce(factors)
+                image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                    Image.Resampling.LANCZOS)
+            elif image.mode != "RGB":
+                image = image.convert("RGB")
             return np.asarray(image, dtype=np.uint8).copy(), width, height, mode
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
+        if isinstance(exc, ProfileError):
+            raise
         raise ProfileError(f"not a readable image ({len(data)} bytes): {exc}") from None
 
 
@@ -118,20 +140,19 @@ def cross_fitted_ood_scores(vectors: np.ndarray, folds: int = 5) -> np.ndarray:
     return scores
 
 
-def image_rows(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int, str]],
+def image_rows(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int, str]] | None,
                probabilities: np.ndarray, class_names: Sequence[str],
                reference: dict, scores: Sequence[float] | None = None) -> list[dict]:
-    """One row of all FEATURES per image. sizes: (width, height, mode) as sent; scores: OOD
-    scores when already known (the baseline's cross-fitted ones)."""
+    """One row of all FEATURES per decoded image. sizes: unused (the request's own width,
+    height and mode are not what the model sees; kept for callers); scores: OOD scores when
+    already known (the baseline's cross-fitted ones)."""
     vectors = np.array([describe(image) for image in images]) if len(images) else np.zeros((0, 21))
     if scores is None:
         scores = ood_scores(vectors, reference) if len(images) else []
     rows = []
-    for vector, score, (width, height, mode), probs in zip(vectors, scores, sizes,
-                                                           probabilities):
+    for vector, score, probs in zip(vectors, scores, probabilities):
         probs = np.asarray(probs, dtype=np.float64)
-        rows.append({"width": float(width), "height": float(height), "mode": str(mode),
-                     "brightness": float(vector[16:19] @ _LUMA), "contrast": float(vector[19]),
+        rows.append({"brightness": float(vector[16:19] @ _LUMA), "contrast": float(vector[19]),
                      "colourfulness": float(vector[20]), "ood_score": float(score),
                      "confidence": float(probs.max()),
                      "predicted_label": str(class_names[int(probs.argmax())])})
