@@ -60,7 +60,8 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                                 "--no-index", str(wheel)], capture_output=True, text=True,
-                               timeout=180)
+                               cwd=tmp_path, timeout=180)  # not the repo: its build's egg-info
+                                                            # would read as "already installed"
     assert installed.returncode == 0, installed.stderr[-3000:]
     scones = venv / "bin" / "scones"
     elsewhere = tmp_path / "elsewhere"
