@@ -449,7 +449,7 @@ def test_photos_are_classified_end_to_end_by_reference(aws_env, monkeypatch, ser
     key = f"incoming/{class_name}.{fmt.lower()}"
     assert len(photo) > events.max_image_bytes_for_state(seed_event(key))  # by reference
     content_type = f"image/{fmt.lower()}"
-    direct = module.predict_fn(module.input_fn(photo, content_type), model)
+    direct = np.asarray(module.predict_fn(module.input_fn(photo, content_type), model))
     original = module.predict_fn(module.input_fn(source.read_bytes(), "image/png"), model)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), model_runtime_handler(module, model))
