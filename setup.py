@@ -43,8 +43,10 @@ setup(
     extras_require={
         # parliament: the IAM proof (tests/infra/test_iam_proof.py) checks every action
         # name in the templates' policies against IAM's own list with it
+        # openapi-spec-validator: moto's CloudFormation imports it (moto's apigateway); the
+        # rehearsal (tests/infra/test_rehearsal.py) creates the project stack with it
         "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
-                 "selenium"],
+                 "selenium", "openapi-spec-validator"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
 from scones.storage import LocalObjectStore  # noqa: E402
-from scones.local.endpoint import load_model_archive  # noqa: E402
+from scones.local.endpoint.model_archive import load_model_archive  # noqa: E402
 from workflow.bulk import BulkWorkflow  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"

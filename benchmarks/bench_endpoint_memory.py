@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
-from scones.local.endpoint import EndpointProcess  # noqa: E402
+from scones.local.endpoint.process import EndpointProcess  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
 JOBS = REPO_ROOT / "pipelines" / "jobs"

@@ -26,40 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from monitor_run import CLASSES, capture_line, images  # noqa: E402
+from monitor_run import capture_line, images, register_baseline  # noqa: E402
 
 FILE_RECORDS = 1000  # records per capture file (an endpoint's files are rotated)
 
 
 def _setup(workspace: str) -> None:
-    from scones.backend import backend_for
-    from scones.config import load_config
-    from workflow.monitoring import profile
-
     paths = images()
     rng = np.random.default_rng(0)
-    base_paths = [paths[i] for i in rng.permutation(len(paths))[:400]]
-    arrays = [profile.decode_for_model(p.read_bytes())[0] for p in base_paths]
-    vectors = np.array([profile.describe(a) for a in arrays])
-    reference = profile.fit_ood_reference(vectors)
-    rows = profile.image_rows(arrays, [(32, 32, "RGB")] * len(arrays),
-                              np.full((len(arrays), 2), 0.5), CLASSES, reference,
-                              scores=profile.cross_fitted_ood_scores(vectors))
-    statistics = profile.statistics(rows)
-    config = load_config("local", overrides={"local.workspace": workspace})
-    backend = backend_for(config)
-    store = backend.object_store()
-    for name, document in ((profile.STATISTICS_FILE, statistics),
-                           (profile.CONSTRAINTS_FILE, profile.constraints(statistics)),
-                           (profile.OOD_FILE, reference)):
-        store.write_bytes(f"s3://{config.aws.bucket}/baseline/{name}",
-                          json.dumps(document).encode())
-    store.write_bytes(f"s3://{config.aws.bucket}/m/model.tar.gz", b"not used")
-    source = {"S3Uri": f"s3://{config.aws.bucket}/baseline/statistics.json"}
-    backend.registry().register(
-        InferenceSpecification={"Containers": [{"ModelDataUrl":
-                                                f"s3://{config.aws.bucket}/m/model.tar.gz"}]},
-        DriftCheckBaselines={"ModelDataQuality": {"Statistics": source}})
+    register_baseline(workspace, [paths[i] for i in rng.permutation(len(paths))[:400]])
 
 
 def _write_capture(folder: Path, name: str, count: int, start: datetime, offset: int) -> list:

@@ -51,23 +51,14 @@ def capture_line(body: bytes, when: datetime) -> str:
         "eventVersion": "0"})
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", type=int, default=2000)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=60)
-    args = parser.parse_args()
-
-    from scones.config import load_config
+def register_baseline(workspace: str, base_paths: list[Path]):
+    """A local workspace whose version 1 carries a baseline profiled from base_paths (with
+    constant 0.5/0.5 probabilities: the model's part does not matter for the input
+    features). Returns the workspace's config and backend."""
     from scones.backend import backend_for
+    from scones.config import load_config
     from workflow.monitoring import profile
-    from workflow.monitoring.check import run_monitor
 
-    paths = images()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(paths))
-    base_paths = [paths[i] for i in order[:400]]
-    pool = [paths[i] for i in order[400:]]
     arrays = [profile.decode_for_model(p.read_bytes())[0] for p in base_paths]
     vectors = np.array([profile.describe(a) for a in arrays])
     reference = profile.fit_ood_reference(vectors)
@@ -75,22 +66,39 @@ def main() -> int:
                               np.full((len(arrays), 2), 0.5), CLASSES, reference,
                               scores=profile.cross_fitted_ood_scores(vectors))
     statistics = profile.statistics(rows)
+    config = load_config("local", overrides={"local.workspace": workspace})
+    backend = backend_for(config)
+    store = backend.object_store()
+    for name, document in ((profile.STATISTICS_FILE, statistics),
+                           (profile.CONSTRAINTS_FILE, profile.constraints(statistics)),
+                           (profile.OOD_FILE, reference)):
+        store.write_bytes(f"s3://{config.aws.bucket}/baseline/{name}",
+                          json.dumps(document).encode())
+    store.write_bytes(f"s3://{config.aws.bucket}/m/model.tar.gz", b"not used")
+    source = {"S3Uri": f"s3://{config.aws.bucket}/baseline/statistics.json"}
+    backend.registry().register(
+        InferenceSpecification={"Containers": [{"ModelDataUrl":
+                                                f"s3://{config.aws.bucket}/m/model.tar.gz"}]},
+        DriftCheckBaselines={"ModelDataQuality": {"Statistics": source}})
+    return config, backend
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=60)
+    args = parser.parse_args()
+
+    from workflow.monitoring.check import run_monitor
+
+    paths = images()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(paths))
+    base_paths = [paths[i] for i in order[:400]]
+    pool = [paths[i] for i in order[400:]]
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config("local", overrides={"local.workspace": f"{tmp}/ws"})
-        backend = backend_for(config)
-        store = backend.object_store()
-        for name, document in ((profile.STATISTICS_FILE, statistics),
-                               (profile.CONSTRAINTS_FILE, profile.constraints(statistics)),
-                               (profile.OOD_FILE, reference)):
-            store.write_bytes(f"s3://{config.aws.bucket}/baseline/{name}",
-                              json.dumps(document).encode())
-        store.write_bytes(f"s3://{config.aws.bucket}/m/model.tar.gz", b"not used")
-        source = {"S3Uri": f"s3://{config.aws.bucket}/baseline/statistics.json"}
-        backend.registry().register(
-            InferenceSpecification={"Containers": [{"ModelDataUrl":
-                                                    f"s3://{config.aws.bucket}/m/model.tar.gz"}]},
-            DriftCheckBaselines={"ModelDataQuality": {"Statistics": source}})
+        config, _ = register_baseline(f"{tmp}/ws", base_paths)
         capture = Path(tmp) / "capture" / "2026" / "11" / "25" / "10"
         capture.mkdir(parents=True)
         t0 = datetime(2026, 11, 25, 10, tzinfo=timezone.utc)

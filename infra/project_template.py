@@ -1020,10 +1020,14 @@ def _logical(key: str, suffix: str) -> str:
 
 
 def _function_environment(function) -> dict:
-    """The function's environment in the project: the endpoint it calls is prod's."""
+    """The function's environment in the project: the endpoint it calls is prod's, unless
+    the execution input names the staging endpoint (the staging test classifies through
+    staging; lambdas.settings.endpoint_for checks the name against this list)."""
     environment = dict(function.environment)
     if "ENDPOINT_NAME" in environment:
         environment["ENDPOINT_NAME"] = endpoint_name("prod")
+        environment["ALLOWED_ENDPOINT_NAMES"] = {"Fn::Join": [",", [
+            endpoint_name(stage) for stage in STAGES]]}
     return environment
 
 
@@ -1065,7 +1069,8 @@ def _inference_workflow(resources: dict, config: Config) -> None:
     inference = [f for f in functions.values() if f.in_workflow]
     bulk = [f for f in functions.values() if f.in_bulk]
 
-    prod_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-prod")
+    stage_endpoints = [_sagemaker_arn(f"endpoint/${{SageMakerProjectName}}-{stage}")
+                       for stage in STAGES]
     for function in functions.values():
         resources[_logical(function.key, "LogGroup")] = _log_group(
             _sub("/aws/lambda/" + PROJECT
@@ -1077,26 +1082,27 @@ def _inference_workflow(resources: dict, config: Config) -> None:
 
     resources["WorkflowLambdaRole"] = _role(
         ["lambda.amazonaws.com"],
-        "The inference workflow's Lambdas: read images, invoke the prod endpoint, log", [
+        "The inference workflow's Lambdas: read images, invoke the prod endpoint (and "
+        "staging's, for the staging test), log", [
             log_statement(inference),
             _statement("ReadImages", ["s3:GetObject"], _bucket_objects()),
             # without ListBucket S3 answers a missing key with 403, not 404: the workflow
             # would report ImageNotReadable where the truth is ImageNotFound
             _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
             _kms_statement(["kms:Decrypt"]),
-            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], stage_endpoints),
         ], condition="DeployWorkflow")
     bulk_results = _bucket_objects(f"{RESULTS_PREFIX}/")
     resources["BulkLambdaRole"] = _role(
         ["lambda.amazonaws.com"],
         "The bulk workflow's Lambdas: list and read images, write run results, invoke the "
-        "prod endpoint, log", [
+        "prod endpoint (and staging's, for the staging test), log", [
             log_statement(bulk),
             _statement("ListImages", ["s3:ListBucket"], _bucket_arn()),
             _statement("ReadImagesAndResults", ["s3:GetObject"], _bucket_objects()),
             _statement("WriteRunResults", ["s3:PutObject"], bulk_results),
             _kms_statement(["kms:Decrypt", "kms:GenerateDataKey"]),
-            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], prod_endpoint),
+            _statement("InvokeEndpoint", ["sagemaker:InvokeEndpoint"], stage_endpoints),
         ], condition="DeployWorkflow")
     function_ids = {}
     for function in functions.values():

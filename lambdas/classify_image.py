@@ -9,7 +9,10 @@ Accept: application/json; verbose=true; null from a model without them). Throttl
 EndpointThrottled (the ASL retries those); other endpoint errors become EndpointError
 with the status code. Images over 6 MB are ImageTooLarge.
 
-IAM: sagemaker:InvokeEndpoint on the endpoint, and s3:GetObject on the images (for
+The endpoint is ENDPOINT_NAME (prod), or the one the execution input names in
+`endpoint_name` if ALLOWED_ENDPOINT_NAMES lists it (the staging test sends staging's).
+
+IAM: sagemaker:InvokeEndpoint on those endpoints, and s3:GetObject on the images (for
 images passed by reference; s3:ListBucket too, to tell a missing image from a refused read).
 """
 from __future__ import annotations
@@ -113,5 +116,6 @@ def classify(event: dict, runtime_client, endpoint_name: str,
 
 
 def lambda_handler(event, context):
-    return classify(event, aws_client("sagemaker-runtime"), settings.endpoint_name(),
+    requested = events.unwrap(event).get(settings.EVENT_ENDPOINT_KEY)
+    return classify(event, aws_client("sagemaker-runtime"), settings.endpoint_for(requested),
                     settings.class_names())

@@ -19,6 +19,9 @@ Each image's result is one JSON line in the batch's results object, s3://results
 results.key (lines in the batch's key order); the invocation returns only counts, so the
 state stays small whatever the batch size.
 
+The endpoint is ENDPOINT_NAME (prod), or the batch's "endpoint_name" if
+ALLOWED_ENDPOINT_NAMES lists it (lambdas.settings.endpoint_for).
+
 With a "failure" {"Error", "Cause"} in the event (the child's Catch), it records that
 failure for every image of the batch instead, and returns it for the child's Fail state.
 
@@ -238,8 +241,9 @@ def lambda_handler(event, context):
     s3 = aws_client("s3")
     if isinstance(event, dict) and "failure" in event:
         return record_failure(event, s3)
+    requested = event.get(settings.EVENT_ENDPOINT_KEY) if isinstance(event, dict) else None
     lines = classify_batch(event, s3, aws_client("sagemaker-runtime"),
-                           settings.endpoint_name(), settings.confidence_threshold(),
+                           settings.endpoint_for(requested), settings.confidence_threshold(),
                            settings.class_names())
     write_lines(s3, event, lines)
     return {"batch": event.get("batch"), **counts(lines)}

@@ -5,7 +5,7 @@ manifest the Map's ItemReader reads): each item names its batch number, its imag
 and where that batch writes its results, so a child execution needs nothing but its item.
 
 Input: {"bucket", "prefix", "batch_size", "tolerated_failure_percentage",
-        "results": {"bucket", "prefix"}}
+        "results": {"bucket", "prefix"}, optional "endpoint_name" (copied into each batch)}
 Output: the input plus {"images", "batches", "manifest": {"bucket", "key"}}.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 
 from botocore.exceptions import ClientError
 
+from lambdas import settings
 from lambdas.clients import aws_client
 from lambdas.errors import ImageNotFound, ImageNotReadable, InvalidEvent
 
@@ -83,9 +84,12 @@ def plan(event, s3_client) -> dict:
     size = run["batch_size"]
     results = run["results"]
     count = math.ceil(len(keys) / size)
+    # the run's choice of endpoint (the staging test's), checked by the batch function
+    endpoint = ({settings.EVENT_ENDPOINT_KEY: event[settings.EVENT_ENDPOINT_KEY]}
+                if event.get(settings.EVENT_ENDPOINT_KEY) else {})
     batches = [{"batch": n, "bucket": run["bucket"], "keys": keys[n * size:(n + 1) * size],
                 "results": {"bucket": results["bucket"],
-                            "key": batch_results_key(results["prefix"], n)}}
+                            "key": batch_results_key(results["prefix"], n)}, **endpoint}
                for n in range(count)]
     manifest_key = f"{results['prefix'].rstrip('/')}/{MANIFEST_NAME}"
     s3_client.put_object(Bucket=results["bucket"], Key=manifest_key,

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Mapping
 
-from lambdas.errors import ConfigurationError
+from lambdas.errors import ConfigurationError, InvalidEvent
 
 ENDPOINT_NAME = "ENDPOINT_NAME"
 CONFIDENCE_THRESHOLD = "CONFIDENCE_THRESHOLD"
@@ -32,6 +32,27 @@ def _required(name: str, environ: Mapping[str, str] | None) -> str:
 def endpoint_name(environ: Mapping[str, str] | None = None) -> str:
     """ENDPOINT_NAME: the SageMaker endpoint the classify function invokes."""
     return _required(ENDPOINT_NAME, environ)
+
+
+ALLOWED_ENDPOINT_NAMES = "ALLOWED_ENDPOINT_NAMES"
+EVENT_ENDPOINT_KEY = "endpoint_name"   # the execution input's choice of endpoint
+
+
+def endpoint_for(requested, environ: Mapping[str, str] | None = None) -> str:
+    """The endpoint to invoke: the one the execution input names (`endpoint_name`: the
+    staging test sends its stage's), if ENDPOINT_NAME or ALLOWED_ENDPOINT_NAMES (comma-
+    separated) lists it; ENDPOINT_NAME (prod) when the input names none. Any other is
+    refused: the input must not steer the function to an endpoint it was not given."""
+    default = endpoint_name(environ)
+    if requested is None or requested == "":
+        return default
+    allowed = {default} | {n.strip() for n in _environ(environ).get(
+        ALLOWED_ENDPOINT_NAMES, "").split(",") if n.strip()}
+    if not isinstance(requested, str) or requested not in allowed:
+        raise InvalidEvent(f"{EVENT_ENDPOINT_KEY} {requested!r} is not an endpoint this "
+                           f"function may call ({', '.join(sorted(allowed))}); leave it out "
+                           f"for {default}")
+    return requested
 
 
 def confidence_threshold(environ: Mapping[str, str] | None = None) -> float:

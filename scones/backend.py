@@ -243,7 +243,7 @@ class LocalBackend(Backend):
     @contextlib.contextmanager
     def serve_endpoint(self, port: int = 0, model_version: int | None = None) -> Iterator[Any]:
         # start-up time: the endpoint server is needed only by `scones endpoint serve`
-        from scones.local.endpoint import start_endpoint
+        from scones.local.endpoint.server import start_endpoint
         from scones.local.endpoint.background import register_running, unregister_running
 
         endpoint = start_endpoint(self.config, port=port, model_version=model_version)

@@ -180,9 +180,13 @@ def stage_images(config: Config, images: Sequence[ImageSource], runtime, run_id:
 # --------------------------------------------------------------------------- executions
 
 
-def execution_input(bucket: str, key: str) -> str:
-    """The workflow's input event (lambdas/events.py)."""
-    return json.dumps({"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []})
+def execution_input(bucket: str, key: str, endpoint_name: str | None = None) -> str:
+    """The workflow's input event (lambdas/events.py); endpoint_name: the endpoint the
+    classify Lambda is to call instead of its own (prod), from its allow-list."""
+    event = {"s3_bucket": bucket, "s3_key": key, "image_data": "", "inferences": []}
+    if endpoint_name:
+        event["endpoint_name"] = endpoint_name
+    return json.dumps(event)
 
 
 def run_executions(sfn_client, state_machine_arn: str, inputs: Sequence[str], labels: Sequence[str],
@@ -383,11 +387,13 @@ class Workflow:
         self.runtime.__exit__(*exc)
 
     def run(self, images: Sequence[ImageSource], concurrency: int | None = None,
-            progress: bool = True) -> list[ImageResult]:
-        return list(self.iter_run(images, concurrency=concurrency, progress=progress))
+            progress: bool = True, endpoint_name: str | None = None) -> list[ImageResult]:
+        return list(self.iter_run(images, concurrency=concurrency, progress=progress,
+                                  endpoint_name=endpoint_name))
 
     def iter_run(self, images: Sequence[ImageSource], concurrency: int | None = None,
-                 progress: bool = True) -> Iterator[ImageResult]:
+                 progress: bool = True, endpoint_name: str | None = None
+                 ) -> Iterator[ImageResult]:
         """The results in input order, as they come: each image is staged just before its
         execution starts, and the execution and the input staged for it are released once
         its result is read, so memory stays flat in the number of images."""
@@ -399,7 +405,7 @@ class Workflow:
             bucket, key, own = stage_image(self.config, images[index], index, runtime, run_id)
             if own:
                 staged[index] = (bucket, key)
-            return execution_input(bucket, key)
+            return execution_input(bucket, key, endpoint_name)
 
         return iter_executions(
             runtime.stepfunctions, runtime.state_machine_arn(self.config.workflow.state_machine_name),
@@ -414,20 +420,22 @@ def run_images(config: Config, images: Sequence[ImageSource],
                model_version: int | None = None, concurrency: int | None = None,
                progress: bool = True, model_tar: Path | None = None,
                keep_endpoint_s: float | None = None,
-               model_threshold: bool = False) -> list[ImageResult]:
+               model_threshold: bool = False, endpoint_name: str | None = None
+               ) -> list[ImageResult]:
     """Classify each image with one execution of the inference workflow; the confidence
     threshold as configured, or (model_threshold) the answering version's."""
     return list(iter_images(config, images, model_version=model_version,
                             concurrency=concurrency, progress=progress, model_tar=model_tar,
-                            keep_endpoint_s=keep_endpoint_s, model_threshold=model_threshold))
+                            keep_endpoint_s=keep_endpoint_s, model_threshold=model_threshold,
+                            endpoint_name=endpoint_name))
 
 
 def iter_images(config: Config, images: Sequence[ImageSource],
                 model_version: int | None = None, concurrency: int | None = None,
                 progress: bool = True, model_tar: Path | None = None,
                 keep_endpoint_s: float | None = None,
-                model_threshold: bool = False, bar: bool | None = None
-                ) -> Iterator[ImageResult]:
+                model_threshold: bool = False, bar: bool | None = None,
+                endpoint_name: str | None = None) -> Iterator[ImageResult]:
     """run_images's results in input order as they come (the workflow is set up on the
     first next() and taken down when the iterator ends or is closed). bar: draw the
     progress bar (default: as progress; a caller printing each result on the terminal
@@ -439,7 +447,8 @@ def iter_images(config: Config, images: Sequence[ImageSource],
                   keep_endpoint_s=keep_endpoint_s or None, progress=progress,
                   model_threshold=model_threshold) as workflow:
         yield from workflow.iter_run(images, concurrency=concurrency,
-                                     progress=progress if bar is None else bar)
+                                     progress=progress if bar is None else bar,
+                                     endpoint_name=endpoint_name)
 
 
 class Tally:
@@ -499,24 +508,27 @@ def write_csv(results: Iterable[ImageResult], out) -> None:
 
 def run_workflow(config: Config, images: Sequence[ImageSource], model_version: int | None = None,
                  concurrency: int | None = None, progress: bool = True,
-                 keep_endpoint_s: float | None = None) -> list[ImageResult]:
+                 keep_endpoint_s: float | None = None,
+                 endpoint_name: str | None = None) -> list[ImageResult]:
     """Every result of iter_workflow, in input order."""
     return list(iter_workflow(config, images, model_version=model_version,
                               concurrency=concurrency, progress=progress,
-                              keep_endpoint_s=keep_endpoint_s))
+                              keep_endpoint_s=keep_endpoint_s, endpoint_name=endpoint_name))
 
 
 def iter_workflow(config: Config, images: Sequence[ImageSource],
                   model_version: int | None = None, concurrency: int | None = None,
                   progress: bool = True, keep_endpoint_s: float | None = None,
-                  bar: bool | None = None) -> Iterator[ImageResult]:
+                  bar: bool | None = None, endpoint_name: str | None = None
+                  ) -> Iterator[ImageResult]:
     """Classify images with the inference workflow of the config's backend: moto's engine
     and the local endpoint, or the deployed state machine on AWS; the threshold is the one
     of the version the endpoint serves (when model_version does not pin another). The
     results in input order as they come (a caller that writes each one keeps memory flat).
 
     keep_endpoint_s (local): reuse the endpoint recorded as running, else leave one
-    running in the background for that many idle seconds (0: reuse only)."""
+    running in the background for that many idle seconds (0: reuse only). endpoint_name:
+    the endpoint the executions ask the classify Lambda for (the staging test's)."""
     return iter_images(config, images, model_version=model_version, concurrency=concurrency,
                        progress=progress, keep_endpoint_s=keep_endpoint_s,
-                       model_threshold=True, bar=bar)
+                       model_threshold=True, bar=bar, endpoint_name=endpoint_name)

@@ -43,7 +43,8 @@ def run_stage_test(config: Config, stage: str = "staging", backend: Backend | No
             path = Path(folder) / f"{classes[int(label)]}-{n:03d}.png"
             path.write_bytes(png_bytes(image))
             sources.append(ImageSource(label=path.name, path=path))
-        results = run_workflow(pinned, sources, progress=progress)
+        # on AWS the stack's classify Lambda calls prod unless the input names staging
+        results = run_workflow(pinned, sources, progress=progress, endpoint_name=endpoint)
     truth = {s.label: s.label.rpartition("-")[0] for s in sources}
     correct = sum(1 for r in results if r.predicted_label == truth.get(r.image))
     failed = [r for r in results if r.failed_otherwise]

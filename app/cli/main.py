@@ -66,7 +66,8 @@ class VersionAction(argparse.Action):
                          help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(message=f"{parser.prog} {scones.__version__}\n")
+        print(f"{parser.prog} {scones.__version__}")  # stdout, as argparse's own version action
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from scones.errors import DeploymentError, DeploymentRolledBack, HealthCheckFail
 from scones.deploy_settings import PROBE_INFERENCE_ID_PREFIX
 from scones.errors import SconesError
 from scones.local.deployment_state import BakeRecord, EndpointStateFile, deployment_lock
-from scones.local.endpoint import EndpointProcess
+from scones.local.endpoint.process import EndpointProcess
 from scones.local.resources import LocalResources
 from scones.test_split import held_back_images, png_bytes
 

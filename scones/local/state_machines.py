@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from lambdas.build import build_lambda_zips
 from scones.config import LAMBDA_RUNTIME, Config
-from scones.local.endpoint import EndpointProcess
+from scones.local.endpoint.process import EndpointProcess
 from scones.local.endpoint.background import find_running, start_background
 from scones.local.resources import LocalResources
 from scones.local.stepfunctions_engine import (DirectDeploy, DirectExecutions, DirectStaging,

@@ -13,6 +13,7 @@ from moto import mock_aws
 
 import iam_proof
 from iam_proof import ACCOUNT, REGION, Call, CallRecorder, Resolved, sagemaker_arn
+from infra.deploy_state_machine import STAGES
 from infra.project_template import project_template
 from scones.config import load_config
 from workflow.bulk import RESULTS_PREFIX
@@ -126,9 +127,14 @@ def lambda_calls(resolved: Resolved, monkeypatch) -> list[Call]:
         seed = {"s3_bucket": bucket, "s3_key": "incoming/a.png", "image_data": "",
                 "inferences": []}
         event = seed
+        staging = resolved.value(resolved.template["Outputs"]["StagingEndpointName"]["Value"])
         for key in ("serialize_image_data", "classify_image", "filter_inferences"):
             if key not in functions:
                 continue
+            if key == "classify_image":   # the staging test's executions name staging
+                _, made = _run_lambda(resolved, functions[key],
+                                      {**event, "endpoint_name": staging}, monkeypatch)
+                calls += made
             event, made = _run_lambda(resolved, functions[key], event, monkeypatch)
             calls += made
             done.add(key)
@@ -142,6 +148,19 @@ def lambda_calls(resolved: Resolved, monkeypatch) -> list[Call]:
             manifest = json.loads(s3.get_object(
                 Bucket=planned["manifest"]["bucket"], Key=planned["manifest"]["key"])["Body"].read())
             _, made = _run_lambda(resolved, functions["classify_image_batch"], manifest[0],
+                                  monkeypatch)
+            calls += made
+            # a run that names the staging endpoint: the planner hands it to every batch
+            staged, made = _run_lambda(resolved, functions["plan_image_batches"], {
+                **run, "endpoint_name": staging,
+                "results": {"bucket": bucket, "prefix": f"{RESULTS_PREFIX}/run-2/"}},
+                monkeypatch)
+            calls += made
+            staged_batch = json.loads(s3.get_object(
+                Bucket=staged["manifest"]["bucket"], Key=staged["manifest"]["key"])[
+                    "Body"].read())[0]
+            assert staged_batch["endpoint_name"] == staging
+            _, made = _run_lambda(resolved, functions["classify_image_batch"], staged_batch,
                                   monkeypatch)
             calls += made
             _, made = _run_lambda(resolved, functions["classify_image_batch"],
@@ -279,6 +298,10 @@ def test_every_state_machine_call_is_allowed(resolved):
 def test_every_lambda_call_is_allowed(resolved, monkeypatch, aws_credentials):
     calls = lambda_calls(resolved, monkeypatch)
     assert {c.action for c in calls} >= {"s3:GetObject", "sagemaker:InvokeEndpoint"}
+    invoked = {(c.role, c.resource) for c in calls if c.action == "sagemaker:InvokeEndpoint"}
+    for role in ("WorkflowLambdaRole", "BulkLambdaRole"):   # the staging test's and prod's
+        assert {r for o, r in invoked if o == role} == {
+            iam_proof.sagemaker_arn("endpoint", f"scones-team1-{s}") for s in STAGES}, role
     refused = iam_proof.refused(resolved, calls)
     assert not refused, _report(refused)
 

@@ -8,6 +8,7 @@ import copy
 import time
 import uuid
 import dataclasses
+import io
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import boto3
 import pytest
 import yaml
 from moto import mock_aws
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.\
+    state_task_service_aws_sdk import StateTaskServiceAwsSdk
 
 from scones.config import load_config
 from infra import deploy_state_machine
@@ -583,17 +586,43 @@ def _resolve(node, template, conditions):
     return node
 
 
+def _timestamps_as_text(eval_service_task):
+    """moto's aws-sdk tasks put boto3's datetime objects into the state, which moto then
+    cannot serialise (DescribeExecution fails); Step Functions hands them on as text. Only a
+    whole SDK answer kept in the state (the threshold's DescribeModelPackage) carries one."""
+    import datetime
+
+    def as_text(node):
+        if isinstance(node, datetime.datetime):
+            return node.isoformat()
+        if isinstance(node, dict):
+            return {k: as_text(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [as_text(v) for v in node]
+        return node
+
+    def patched(self, env, *args, **kwargs):
+        eval_service_task(self, env, *args, **kwargs)
+        env.stack.append(as_text(env.stack.pop()))
+    return patched
+
+
 class _Deployer:
     """The deploy state machine in moto, with a topic whose messages land in a queue."""
 
-    def __init__(self, template, staging_test_passes: bool = True):
+    def __init__(self, template, staging_test_passes: bool = True, workflow: bool = False):
+        """workflow: the stack with the inference workflow's Lambdas (DeployWorkflow), whose
+        threshold prod sets; the functions are created in moto (never invoked)."""
         from moto.sagemaker.responses import SageMakerResponse
 
         definition = _resolve(
             template["Resources"]["DeployStateMachine"]["Properties"]["Definition"],
             template, {"HasKmsKey": False, "StagingCanary": False, "ProdCanary": True,
                        "StagingShiftsAllAtOnce": False, "ProdShiftsAllAtOnce": False,
-                       "DeployWorkflow": False})
+                       "DeployWorkflow": workflow})
+        self.threshold_functions = [
+            s["Parameters"]["FunctionName"] for s in definition["States"].values()
+            if s.get("Resource", "").endswith(":lambda:updateFunctionConfiguration")]
         for state in definition["States"].values():
             if state["Type"] == "Wait":
                 state["Seconds"] = 0
@@ -629,11 +658,15 @@ class _Deployer:
 
         self._patch = mock.patch.object(SageMakerResponse, "update_endpoint",
                                         update_endpoint, create=True)
+        self._timestamps_patch = mock.patch.object(
+            StateTaskServiceAwsSdk, "_eval_service_task", _timestamps_as_text(
+                StateTaskServiceAwsSdk._eval_service_task))
 
     def __enter__(self):
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
         self._patch.start()
+        self._timestamps_patch.start()
         self.sagemaker = boto3.client("sagemaker", region_name=REGION)
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
@@ -646,18 +679,30 @@ class _Deployer:
                       Attributes={"RawMessageDelivery": "true"})
         self.definition["States"]["ManualApproval"]["Parameters"]["TopicArn"] = topic
         self.sagemaker.create_model_package_group(ModelPackageGroupName="bikes-p-abc123")
+        if self.threshold_functions:
+            role = boto3.client("iam", region_name=REGION).create_role(
+                RoleName="lambdas", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+            code = io.BytesIO()
+            with zipfile.ZipFile(code, "w") as archive:
+                archive.writestr("handler.py", "def lambda_handler(event, context):\n    pass\n")
+            for name in self.threshold_functions:
+                boto3.client("lambda", region_name=REGION).create_function(
+                    FunctionName=name, Runtime="python3.11", Role=role,
+                    Handler="handler.lambda_handler", Code={"ZipFile": code.getvalue()},
+                    Environment={"Variables": {"CONFIDENCE_THRESHOLD": "0.8"}})
         self.machine = self.sfn.create_state_machine(
             name="bikes-deploy", definition=json.dumps(self.definition),
             roleArn=f"arn:aws:iam::{ACCOUNT}:role/deploy")["stateMachineArn"]
         return self
 
     def __exit__(self, *exc):
+        self._timestamps_patch.stop()
         self._patch.stop()
         self._mock.stop()
 
-    def approved_version(self) -> str:
+    def approved_version(self, **extra) -> str:
         return self.sagemaker.create_model_package(
-            ModelPackageGroupName="bikes-p-abc123", ModelApprovalStatus="Approved",
+            ModelPackageGroupName="bikes-p-abc123", ModelApprovalStatus="Approved", **extra,
             InferenceSpecification={
                 "Containers": [{"Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/torch:2",
                                 "ModelDataUrl": "s3://sagemaker-project-p-abc123/m.tar.gz"}],

@@ -298,6 +298,40 @@ def test_classify_handler_reads_its_settings_and_reaches_the_endpoint_over_http(
     assert content_type == "image/png" and body == png_bytes
 
 
+def test_classify_handler_calls_the_endpoint_the_input_names_from_its_allow_list(
+        aws_env, monkeypatch, png_bytes):
+    """The staging test's executions name the staging endpoint; the function calls it only
+    if ALLOWED_ENDPOINT_NAMES lists it, and prod (ENDPOINT_NAME) when none is named."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRuntime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    seed = {**seed_event("incoming/b.png"), "image_data": base64.b64encode(png_bytes).decode()}
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+                           f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("ENDPOINT_NAME", "bikes-prod")
+        monkeypatch.setenv("ALLOWED_ENDPOINT_NAMES", "bikes-staging,bikes-prod")
+        monkeypatch.setenv("CLASS_NAMES", "bicycle,motorcycle")
+        classify_image.lambda_handler({**seed, "endpoint_name": "bikes-staging"}, None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-staging/invocations"
+        classify_image.lambda_handler({"body": {**seed, "endpoint_name": "bikes-staging"}},
+                                      None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-staging/invocations"
+        classify_image.lambda_handler(seed, None)
+        assert _FakeRuntime.requests[-1][0] == "/endpoints/bikes-prod/invocations"
+        calls = len(_FakeRuntime.requests)
+        for other in ("someone-elses", 7):
+            with pytest.raises(InvalidEvent, match="not an endpoint this function may call"):
+                classify_image.lambda_handler({**seed, "endpoint_name": other}, None)
+        monkeypatch.delenv("ALLOWED_ENDPOINT_NAMES")
+        with pytest.raises(InvalidEvent, match="bikes-prod"):
+            classify_image.lambda_handler({**seed, "endpoint_name": "bikes-staging"}, None)
+        assert len(_FakeRuntime.requests) == calls   # nothing refused reached an endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_classify_handler_names_a_missing_endpoint_setting(aws_env, monkeypatch, png_bytes):
     monkeypatch.delenv("ENDPOINT_NAME", raising=False)
     event = {**seed_event("k.png"), "image_data": base64.b64encode(png_bytes).decode()}
@@ -415,7 +449,7 @@ def test_photos_are_classified_end_to_end_by_reference(aws_env, monkeypatch, ser
     key = f"incoming/{class_name}.{fmt.lower()}"
     assert len(photo) > events.max_image_bytes_for_state(seed_event(key))  # by reference
     content_type = f"image/{fmt.lower()}"
-    direct = module.predict_fn(module.input_fn(photo, content_type), model)
+    direct = np.asarray(module.predict_fn(module.input_fn(photo, content_type), model))
     original = module.predict_fn(module.input_fn(source.read_bytes(), "image/png"), model)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), model_runtime_handler(module, model))
@@ -552,6 +586,18 @@ def test_the_three_functions_chain_on_a_real_image(s3, runtime, png_bytes):
     assert set(event) == {"s3_bucket", "s3_key", "image_data", "inferences", "meets_threshold",
                           "predicted_label", "ood_score", "ood_threshold"}
     assert events.payload_size(event) < events.MAX_STATE_PAYLOAD_BYTES
+
+
+def test_the_staging_tests_input_reaches_classify_naming_the_staging_endpoint(s3):
+    """workflow.run's input for the staging test names staging's endpoint; serialize hands
+    the name on, and classify's allow-list resolves it (prod when it is left out)."""
+    from workflow.run import execution_input
+
+    environ = {"ENDPOINT_NAME": "bikes-prod", "ALLOWED_ENDPOINT_NAMES": "bikes-staging,bikes-prod"}
+    for named, expected in (("bikes-staging", "bikes-staging"), (None, "bikes-prod")):
+        event = json.loads(execution_input(BUCKET, "incoming/bicycle.png", named))
+        serialized = serialize_image_data.serialize_image(event, s3)
+        assert settings.endpoint_for(serialized.get("endpoint_name"), environ) == expected
 
 
 def test_clients_need_the_functions_region(monkeypatch, png_bytes):

@@ -45,7 +45,7 @@ def test_wheel_carries_configs_and_job_scripts(wheel):
     assert not any(name.startswith(("tests/", "configs/")) for name in names)
 
 
-def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
+def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path, sample_data_dir):
     """`pip install` of the wheel into a fresh venv (its dependencies borrowed from this
     environment through a .pth, so nothing is downloaded) gives a `scones` that works from
     a folder outside the repository."""
@@ -60,7 +60,9 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                                 "--no-index", str(wheel)], capture_output=True, text=True,
-                               timeout=180)
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""},
+                               timeout=180)  # away from the repo, whose build's egg-info
+                                             # would read as "already installed"
     assert installed.returncode == 0, installed.stderr[-3000:]
     scones = venv / "bin" / "scones"
     elsewhere = tmp_path / "elsewhere"
@@ -72,7 +74,13 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     where = subprocess.run([str(python), "-c", "import scones; print(scones.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env=env, timeout=60)
     assert where.stdout.strip().startswith(str(site)), where.stdout  # not the source tree
-    done = subprocess.run([str(scones), "pipeline", "definition", "--env", "local"],
+    # The definition names a data snapshot, so it needs images: a few of the real ones.
+    for class_dir in sorted(p for p in sample_data_dir.iterdir() if p.is_dir()):
+        (elsewhere / "data" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.png"))[:2]:
+            (elsewhere / "data" / class_dir.name / image.name).write_bytes(image.read_bytes())
+    done = subprocess.run([str(scones), "pipeline", "definition", "--env", "local",
+                           "--set", "data.input_url=data"],
                           capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"Version": "2020-12-01"' in done.stdout

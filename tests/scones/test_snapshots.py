@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from conftest import run_job
+from helpers import run_job
 from scones.backend import backend_for
 from scones.config import load_config
 from scones.snapshots import (SnapshotError, extend_snapshot, is_snapshot_url, list_snapshots,

@@ -19,7 +19,7 @@ from scones.config import load_config
 from scones.storage import LocalObjectStore
 from workflow.bulk import (BATCH_STATE, MAP_STATE, THRESHOLD_EXCEEDED_ERROR,
                            bulk_definition_json)
-from scones.local.endpoint import EndpointProcess
+from scones.local.endpoint.process import EndpointProcess
 from workflow.bulk import BulkWorkflow
 
 from helpers import deploy_locally

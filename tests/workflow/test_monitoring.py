@@ -192,7 +192,7 @@ def test_report_on_traffic_captured_by_the_deployed_local_endpoint(tmp_path, sma
 
     from helpers import register_model
     from workflow.stages import deploy_model_package
-    from scones.local.endpoint import start_endpoint
+    from scones.local.endpoint.server import start_endpoint
 
     config = load_config("local", overrides={"local.workspace": str(tmp_path / "ws")})
     register_model(config, small_model_tar, url="s3://scones-local/models/1/model.tar.gz",

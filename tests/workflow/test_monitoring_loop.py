@@ -159,7 +159,7 @@ def violated(result) -> set[str]:
 
 def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retraining_once(
         deployed, sample_data_dir, tmp_path):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.monitoring.check import MonitorState, run_monitor
 
     config = deployed
@@ -248,7 +248,7 @@ def test_clean_traffic_passes_drifted_traffic_names_its_features_and_starts_retr
 
 def test_a_drift_with_nothing_new_to_learn_from_registers_nothing_and_says_why(
         deployed, sample_data_dir):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.monitoring.check import MonitorState
 
     config = deployed
@@ -274,7 +274,7 @@ def test_a_drift_with_nothing_new_to_learn_from_registers_nothing_and_says_why(
 def test_labels_merged_by_inference_id_give_the_accuracy_computed_by_hand(deployed,
                                                                           sample_data_dir,
                                                                           tmp_path):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.monitoring.check import run_monitor, wilson_interval
 
     config = deployed.replace(monitoring=dataclasses.replace(deployed.monitoring, min_labels=10))
@@ -316,7 +316,7 @@ def test_labels_merged_by_inference_id_give_the_accuracy_computed_by_hand(deploy
 
 def test_malformed_capture_lines_are_counted_listed_and_never_in_the_figures(deployed,
                                                                               sample_data_dir):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.monitoring.check import run_monitor
 
     config = deployed
@@ -380,7 +380,7 @@ def test_monitor_run_emits_cloudwatch_metrics_on_aws(tmp_path, aws_credentials):
 
 def test_accuracy_significantly_below_the_registered_one_is_a_quality_violation(
         deployed, sample_data_dir, tmp_path):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.monitoring.check import QUALITY_CHECK, ingest_labels, run_monitor
 
     config = deployed.replace(monitoring=dataclasses.replace(deployed.monitoring, min_labels=20))

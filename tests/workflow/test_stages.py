@@ -325,7 +325,7 @@ def test_a_deployment_never_reports_healthy_an_endpoint_whose_requests_fail(stag
     """Data capture broken (its folder cannot be made): the health check and the bake go
     through the endpoint's real request path, so either the deployment refuses or rolls
     back, or a real /invocations answers - never "baked" while every request fails."""
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
     from workflow.stages import DeploymentError
 
     config, registry, _, _ = staged

@@ -11,12 +11,7 @@ Which model it serves: the endpoint state file <workspace>/endpoints/<name>.json
 (written on approval/deploy; re-read whenever its mtime changes), else the registry's
 newest Approved version, else - before any approval - the newest registered one.
 Sampled invocations are captured in SageMaker's data-capture JSON Lines layout.
-"""
-from scones.local.endpoint.model_archive import (ClassNamesMismatch, InvocationError,
-                                                 ModelLoadError, ServedModel,
-                                                 load_model_archive)
-from scones.local.endpoint.process import EndpointProcess
-from scones.local.endpoint.server import LocalEndpoint, start_endpoint
 
-__all__ = ["ClassNamesMismatch", "EndpointProcess", "InvocationError", "LocalEndpoint",
-           "ModelLoadError", "ServedModel", "load_model_archive", "start_endpoint"]
+The package re-exports nothing: importing one of its modules (say, capture) must not load
+the server and waitress, which the CodeBuild model build does not install.
+"""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 from contextlib import closing
@@ -141,12 +142,7 @@ class ExecutionStore:
         """One execution with its definition and each step's stored properties."""
         self.mark_dead_runs()
         with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM pipeline_executions WHERE execution_id = ?",
-                             (execution_id,)).fetchone()
-            if row is None:
-                raise ExecutionNotFoundError(
-                    f"no pipeline execution {execution_id!r} in {self.path} (list them: "
-                    "scones pipeline executions)")
+            row = self._execution_row(db, execution_id)
             steps = db.execute("SELECT * FROM pipeline_execution_steps WHERE execution_id = ? "
                                "ORDER BY start_time", (execution_id,)).fetchall()
         execution = _execution(row, [self._step(s) for s in steps])
@@ -199,16 +195,9 @@ class ExecutionStore:
         """StopPipelineExecution: SIGTERM to the runner process of an Executing run on this
         host, which records it Stopped exactly as after Ctrl-C (its `finally` blocks run).
         False when it is not running (or runs elsewhere: nothing to signal here)."""
-        import signal
-
         self.mark_dead_runs()
         with closing(self._connect()) as db:
-            row = db.execute("SELECT * FROM pipeline_executions WHERE execution_id = ?",
-                             (execution_id,)).fetchone()
-        if row is None:
-            raise ExecutionNotFoundError(
-                f"no pipeline execution {execution_id!r} in {self.path} (list them: "
-                "scones pipeline executions)")
+            row = self._execution_row(db, execution_id)
         if row["status"] != "Executing" or row["owner_host"] != socket.gethostname() \
                 or not self._owner_alive(row):
             return False
@@ -217,6 +206,15 @@ class ExecutionStore:
         except ProcessLookupError:
             return False
         return True
+
+    def _execution_row(self, db: sqlite3.Connection, execution_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM pipeline_executions WHERE execution_id = ?",
+                         (execution_id,)).fetchone()
+        if row is None:
+            raise ExecutionNotFoundError(
+                f"no pipeline execution {execution_id!r} in {self.path} (list them: "
+                "scones pipeline executions)")
+        return row
 
     # -- runs whose runner died -----------------------------------------------------------
     def mark_dead_runs(self) -> list[str]:

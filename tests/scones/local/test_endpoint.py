@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from scones.config import load_config
 from scones.errors import SconesError
 from scones.local.deployment_state import EndpointStateFile
-from scones.local.endpoint import start_endpoint
+from scones.local.endpoint.server import start_endpoint
 from helpers import register_model, scones
 
 # A second model whose code is ALSO named inference.py: both must live in one process.
@@ -200,7 +200,7 @@ def test_without_state_file_serves_newest_registered_version_with_a_warning(
 
 
 def test_endpoint_process_serves_captures_and_stops_with_the_workflow(config, tmp_path):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
 
     write_state(config, constant_model_tar(tmp_path / "m", [0.25, 0.75]), version=3)
     with EndpointProcess(config) as endpoint:
@@ -215,7 +215,7 @@ def test_endpoint_process_serves_captures_and_stops_with_the_workflow(config, tm
 
 
 def test_endpoint_process_start_errors_are_the_servers_own_messages(config):
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
 
     with pytest.raises(SconesError, match="no registered model version.*scones pipeline run"):
         EndpointProcess(config)
@@ -237,7 +237,7 @@ def test_endpoint_process_ends_when_its_parent_is_killed(config, tmp_path):
         [sys.executable, "-c",
          "import sys, time\n"
          "from scones.config import load_config\n"
-         "from scones.local.endpoint import EndpointProcess\n"
+         "from scones.local.endpoint.process import EndpointProcess\n"
          f"endpoint = EndpointProcess(load_config('local', {{'local.workspace': "
          f"{str(config.local.workspace)!r}}}))\n"
          "print(endpoint.url, flush=True)\n"
@@ -481,7 +481,7 @@ def test_scones_endpoint_serve_stopped_by_sigterm_removes_its_model_folder(confi
 def test_endpoint_process_child_stopped_by_sigterm_removes_its_model_folder(config, tmp_path,
                                                                             monkeypatch):
     import signal
-    from scones.local.endpoint import EndpointProcess
+    from scones.local.endpoint.process import EndpointProcess
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -607,7 +607,7 @@ def test_a_400_answer_never_shows_an_object_repr(config, small_model_tar):
 
 def test_a_config_whose_classes_disagree_with_the_model_is_a_named_error(config,
                                                                         small_model_tar):
-    from scones.local.endpoint import ClassNamesMismatch
+    from scones.local.endpoint.model_archive import ClassNamesMismatch
 
     write_state(config, small_model_tar, version=1)
     swapped = config.replace(classes=tuple(reversed(config.classes)))
