@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 from scones.backend import backend_for
 from scones.config import Config
 from scones.console import format_table
+from scones.deploy_settings import PROBE_INFERENCE_ID_PREFIX
 from scones.errors import SconesError
 from scones.workspace import Workspace
 from workflow.monitoring.plots import plot_run
@@ -159,6 +160,8 @@ def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: i
                 f"future (now {latest - CLOCK_SKEW:%Y-%m-%dT%H:%M:%SZ}): a wrong clock on the "
                 "capturing host? not counted")))
             continue
+        if (record.inference_id or "").startswith(PROBE_INFERENCE_ID_PREFIX):
+            continue  # a deployment's own probes (health check, bake) are not traffic
         records.append(record)
     return records, malformed
 

@@ -29,7 +29,6 @@ from typing import Any, Callable
 from scones.backend import backend_for
 from scones.config import Config
 from scones.console import format_table
-from scones.deploy_settings import PROBE_INFERENCE_ID_PREFIX
 from scones.errors import SconesError
 from scones.workspace import Workspace
 from workflow.monitoring.plots import plot_quality, plot_run
@@ -574,9 +573,6 @@ def run_monitor(config: Config, source: str | None = None, since: str | datetime
     def check_batch(found: list[CaptureRecord]) -> list[CaptureRecord]:
         """A batch of new records: profiled and recorded now, then kept without their
         request bytes, so a run's memory follows the features, not the images."""
-        # a deployment's own probes (health check, bake) are not traffic
-        found = [r for r in found
-                 if not (r.inference_id or "").startswith(PROBE_INFERENCE_ID_PREFIX)]
         if since_time is not None:
             found = [r for r in found if r.inference_time >= since_time]
         if stage is not None:
