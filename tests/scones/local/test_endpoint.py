@@ -563,7 +563,10 @@ def test_the_bulk_lambdas_real_batch_request_gets_one_answer_per_image(config, s
                                    [image_bytes, b"\x89PNG but cut", image_bytes],
                                    "s3://bucket/batch/")
     assert len(predictions) == 3
-    assert predictions[0] == pytest.approx(alone, abs=1e-6) == predictions[2]
+    # the Lambda asks for the verbose answer: probabilities with the OOD score beside them
+    assert predictions[0]["probabilities"] == pytest.approx(alone, abs=1e-6)
+    assert predictions[0] == predictions[2]
+    assert isinstance(predictions[0]["ood_score"], float)
     assert predictions[1]["status"] == 400
     # Captured one record per answered image, as if each had been sent alone.
     records = [json.loads(line) for path in capture_files(config)
