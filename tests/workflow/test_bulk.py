@@ -75,6 +75,7 @@ def test_every_image_of_a_prefix_is_reported_once_with_bad_files_by_name(
     images = [r.image for r in run.results]
     assert sorted(images) == sorted(expected) and len(images) == len(set(images)) == 304
     by_image = {r.image: r for r in run.results}
+    not_a_vehicle = 0
     for url, error in expected.items():
         result = by_image[url]
         if error is not None:
@@ -82,6 +83,10 @@ def test_every_image_of_a_prefix_is_reported_once_with_bad_files_by_name(
             assert result.cause
             continue
         assert len(result.inferences) == 2 and abs(sum(result.inferences) - 1) < 1e-4
+        if result.error == "NotAVehicle":  # over the version's OOD threshold: a verdict
+            assert (result.status, result.meets_threshold) == ("FAILED", False), result
+            not_a_vehicle += 1
+            continue
         label = config.classes[result.inferences.index(max(result.inferences))]
         assert result.predicted_label == label
         if max(result.inferences) >= 0.54:
@@ -89,6 +94,8 @@ def test_every_image_of_a_prefix_is_reported_once_with_bad_files_by_name(
         else:
             assert (result.error, result.meets_threshold) == ("ThresholdConfidenceNotMet",
                                                               False), result
+    # real vehicle photos: the OOD threshold is set for 2 % false rejection on validation
+    assert not_a_vehicle <= 0.1 * 300, not_a_vehicle
     summary = run.summary
     assert summary["Images"] == 304 and summary["Batches"] == 5
     assert summary["Succeeded"] + summary["BelowThreshold"] + summary["Failed"] == 304
