@@ -322,8 +322,11 @@ def test_malformed_capture_lines_are_counted_listed_and_never_in_the_figures(dep
     config = deployed
     with EndpointProcess(config) as endpoint:
         send(endpoint, traffic(sample_data_dir, "clean")[:30], "ok")
+    # the traffic's capture file (the deployment's own probes are captured in files of their own)
     (capture,) = [p for p in (config.local.workspace / "s3").rglob("*.jsonl")
-                  if "datacapture" in p.parts]
+                  if "datacapture" in p.parts
+                  and json.loads(p.read_text().splitlines()[0])["eventMetadata"]["inferenceId"]
+                  == "ok-0"]
     good = json.loads(capture.read_text().splitlines()[0])
     # which version answered, and the caller's InferenceId (the ground-truth merge key)
     metadata = good["eventMetadata"]
