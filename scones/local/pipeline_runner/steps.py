@@ -15,8 +15,8 @@ Each executor gets the step's arguments already resolved and leaves the step's p
 from __future__ import annotations
 
 import hashlib
-
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +126,12 @@ class StepExecutors:
             if item.get("InputName") == "entrypoint":
                 # A source_dir job's runproc.sh (FrameworkProcessor) cds into its /opt/ml
                 # code folder: that path, too, moves into the step's folder.
+                # Its last line runs the job: `exec` it, so the job itself (not a bash
+                # around it) carries the parent-death signal and dies with a SIGKILLed runner.
                 for script in target.glob("*.sh"):
-                    script.write_text(map_text(script.read_text(), step_dir))
+                    script.write_text(re.sub(r"^(python3? )", r"exec \1",
+                                             map_text(script.read_text(), step_dir),
+                                             flags=re.M))
         outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
         for item in outputs:
             map_path(item["S3Output"]["LocalPath"], step_dir).mkdir(parents=True, exist_ok=True)
