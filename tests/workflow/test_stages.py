@@ -19,7 +19,8 @@ import pytest
 from helpers import register_model, scones
 from scones.backend import backend_for
 from scones.config import load_config
-from scones.local.deployment_state import EndpointStateFile
+from scones.local.deployment_state import EndpointStateFile, deployment_in_progress
+from scones.workspace import Workspace
 from workflow.stage_test import run_stage_test
 from workflow.stages import (DeploymentRolledBack, HealthCheckFailed, PromotionRefused,
                              approve_and_deploy, deploy_model_package, endpoint_status,
@@ -260,21 +261,6 @@ def test_reject_and_approve_say_what_they_do_to_the_endpoints(staged):
     assert endpoint_status(config, stage="staging")["ModelPackageVersion"] == 1
 
 
-def _holds_lock(path: Path) -> bool:
-    """Whether another process holds the flock on path now."""
-    import fcntl
-
-    if not path.exists():
-        return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
 def test_two_approvals_at_once_leave_staging_on_the_newer_version(staged):
     """`registry approve 2 & registry approve 1`: the older approval's "is staging newer?"
     check must see the newer deployment, not race it (both are real processes)."""
@@ -290,10 +276,10 @@ def test_two_approvals_at_once_leave_staging_on_the_newer_version(staged):
              "--set", "deployment.staging.bake_probe_interval_seconds=0.5"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
-    lock = workspace / "endpoints" / ".scones-delivery-vehicles-staging.deploy.lock"
     newer = approve(2)
     deadline = time.monotonic() + 120
-    while not _holds_lock(lock):  # version 2 is being deployed (health check, bake)
+    while not deployment_in_progress(Workspace(workspace), config.stage_endpoint_name("staging")):
+        # version 2 is being deployed (health check, bake)
         assert newer.poll() is None and time.monotonic() < deadline, newer.communicate()
         time.sleep(0.05)
     older = approve(1)
