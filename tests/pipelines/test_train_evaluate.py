@@ -365,3 +365,20 @@ def test_weight_average_update(train_module):
     assert int(averaged.num_batches_tracked) == 7
     train_module.update_average(averaged, net, 0.0)
     assert torch.equal(averaged.weight, net.weight) and torch.equal(averaged.running_mean, net.running_mean)
+
+
+def test_cutmix_pastes_one_box_and_weights_the_label_by_what_is_left(train_module):
+    """CutMix: a box of the partner image replaces the same box of the image; the returned
+    weight of the image's own label is the share of its pixels left (the box rounded to
+    whole pixels), and the input batch is not changed in place."""
+    images, partners = torch.zeros(4, 3, 32, 32), torch.ones(4, 3, 32, 32)
+    generator = torch.Generator().manual_seed(3)
+    mixed, kept = train_module.cutmix(images, partners, 0.75, generator)
+    assert images.eq(0).all()
+    pasted = mixed.eq(1)
+    assert pasted.float().mean().item() == pytest.approx(1 - kept) and kept == pytest.approx(0.75)
+    rows, cols = pasted[0, 0].any(dim=1), pasted[0, 0].any(dim=0)
+    assert rows.sum() == 16 and cols.sum() == 16  # one 16 x 16 box, the same in every image
+    assert pasted.eq(pasted[:1, :1]).all()
+    untouched, kept = train_module.cutmix(images, partners, 1.0, generator)
+    assert kept == 1.0 and torch.equal(untouched, images)
