@@ -109,7 +109,8 @@ def test_prod_applies_the_promoted_versions_own_threshold_to_the_filtering_lambd
         assert variables["CONFIDENCE_THRESHOLD.$"] == \
             "$.promoted.CustomerMetadataProperties.ConfidenceThreshold"
         assert variables["CLASS_NAMES"] == "bicycle,motorcycle"
-    assert applied["scones-team1-classify-image-batch"]["ENDPOINT_NAME"] == "scones-team1-prod"
+    assert applied["scones-team1-classify-image-batch"]["ENDPOINT_NAME"] == \
+        "scones-team1-p-a1b2c3d4e5f6-prod"
     # without the workflow's Lambdas (no LambdaCodeBucket) prod ends when it serves
     without = _definition(template)["States"]
     assert without["ProdPutScalingPolicy"]["Next"] == "DeployedToProd"

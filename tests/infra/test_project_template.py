@@ -29,8 +29,8 @@ from scones.config import load_config
 from infra import deploy_state_machine
 from infra.package import PackagingError, package, upload, workflow_function_keys
 from infra.project_template import (BUILDSPEC, LAMBDA_RUNTIME, PIPELINE_ARN,
-                                           PIPELINE_NAME, TEMPLATE_PATH, project_template,
-                                           resolve_conditions, template_json)
+                                    PIPELINE_ARN_PATTERN, PIPELINE_NAME, TEMPLATE_PATH,
+                                    project_template, resolve_conditions, template_json)
 from workflow.definition import check_definition, workflow_definition_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +280,8 @@ def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(te
                                                                      "Arn"]}}
         assert target["RoleArn"] == {"Fn::GetAtt": ["RetrainingRole", "Arn"]}
     retraining = {s["Sid"]: s for r, s in _statements(template) if r == "RetrainingRole"}
-    assert retraining["StartPipeline"]["Resource"] == {"Fn::Sub": PIPELINE_ARN}
+    # the pipeline's ARN as SageMaker writes it (lower case) matches on the project id
+    assert retraining["StartPipeline"]["Resource"] == {"Fn::Sub": PIPELINE_ARN_PATTERN}
     # one run per batch (its marker object), not one per uploaded image
     key = rule["Properties"]["EventPattern"]["detail"]["object"]["key"]
     assert key == [{"wildcard": {"Fn::Sub": "${TrainingDataPrefix}*${NewDataMarker}"}}]
@@ -383,7 +384,7 @@ def test_workflow_lambdas_and_state_machine_are_workflow_infras(template, config
     assert all(f["Condition"] == "DeployWorkflow" for f in functions.values())
     classify = functions["ClassifyImageFunction"]["Properties"]
     assert classify["Environment"]["Variables"]["ENDPOINT_NAME"] == {
-        "Fn::Sub": "${SageMakerProjectName}-prod"}
+        "Fn::Sub": "${SageMakerProjectName}-${SageMakerProjectId}-prod"}
     # the ASL is the SDK's, function names aside
     machine = template["Resources"]["InferenceStateMachine"]["Properties"]["Definition"]
     prefix = config.workflow.lambda_prefix
@@ -743,7 +744,7 @@ class _Deployer:
         return [json.loads(m["Body"]) for m in messages]
 
     def serving(self, stage: str) -> str:
-        return self.sagemaker.describe_endpoint(EndpointName=f"bikes-{stage}")[
+        return self.sagemaker.describe_endpoint(EndpointName=f"bikes-p-abc123-{stage}")[
             "EndpointConfigName"]
 
 
@@ -754,16 +755,16 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         first = aws.settle(aws.start(v1))
         assert first["status"] == "RUNNING" and first["entered"][-1] == "ManualApproval"
         assert "StagingCreateEndpoint" in first["entered"]   # the first deployment creates
-        assert aws.serving("staging") == "bikes-staging-v1"
-        staging = aws.sagemaker.describe_endpoint_config(EndpointConfigName="bikes-staging-v1")
+        assert aws.serving("staging") == "bikes-p-abc123-staging-v1"
+        staging = aws.sagemaker.describe_endpoint_config(EndpointConfigName="bikes-p-abc123-staging-v1")
         assert staging["DataCaptureConfig"]["DestinationS3Uri"] == \
             "s3://sagemaker-project-p-abc123/datacapture/staging"
-        model = aws.sagemaker.describe_model(ModelName="bikes-staging-v1")
+        model = aws.sagemaker.describe_model(ModelName="bikes-p-abc123-staging-v1")
         assert model["PrimaryContainer"]["ModelPackageName"] == v1
         scaling = boto3.client("application-autoscaling", region_name=REGION)
         targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
             "ScalableTargets"]
-        assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-staging/variant/AllTraffic"]
+        assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-p-abc123-staging/variant/AllTraffic"]
 
         # a second event for v1 while the first waits for approval (a duplicate, or an
         # approval made again): staging is not touched again, the version goes on to its
@@ -784,14 +785,14 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
             done = aws.settle(execution, to_end=True)
             assert done["status"] == "SUCCEEDED", done
             assert done["entered"][-1] == "DeployedToProd"
-        assert aws.serving("prod") == "bikes-prod-v1"
+        assert aws.serving("prod") == "bikes-p-abc123-prod-v1"
         assert [u["EndpointName"] for u in aws.updates] == []   # created once, never updated
 
         # v2: staging is updated blue/green (linear); prod's canary trips an alarm
         v2 = aws.approved_version()
         second = aws.settle(aws.start(v2))
         assert "StagingUpdateEndpoint" in second["entered"]
-        assert aws.serving("staging") == "bikes-staging-v2"
+        assert aws.serving("staging") == "bikes-p-abc123-staging-v2"
         staging_update = aws.updates[-1]
         assert staging_update["DeploymentConfig"]["BlueGreenUpdatePolicy"][
             "TrafficRoutingConfiguration"]["Type"] == "LINEAR"
@@ -801,7 +802,7 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         assert rolled_back["status"] == "FAILED" and rolled_back["error"] == \
             "DeploymentRolledBack"
         prod_update = aws.updates[-1]
-        assert prod_update["EndpointName"] == "bikes-prod"
+        assert prod_update["EndpointName"] == "bikes-p-abc123-prod"
         policy = prod_update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
         assert policy["TrafficRoutingConfiguration"] == {
             "Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
@@ -809,7 +810,7 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         assert prod_update["DeploymentConfig"]["AutoRollbackConfiguration"] == {"Alarms": [
             {"AlarmName": "bikes-prod-invocation-5xx"},
             {"AlarmName": "bikes-prod-model-latency"}]}
-        assert aws.serving("prod") == "bikes-prod-v1"   # still the version that worked
+        assert aws.serving("prod") == "bikes-p-abc123-prod-v1"   # still the version that worked
 
 
 @pytest.mark.slow
@@ -834,7 +835,7 @@ def test_deploy_state_machine_stops_at_a_failed_staging_test_or_a_refusal(templa
         assert again["status"] == "RUNNING" and "StagingAlreadyServing" in again["entered"]
         aws.sfn.send_task_success(taskToken=aws.approval_token()["taskToken"], output="{}")
         done = aws.settle(again["executionArn"], to_end=True)
-        assert done["status"] == "SUCCEEDED" and aws.serving("prod") == "bikes-prod-v1"
+        assert done["status"] == "SUCCEEDED" and aws.serving("prod") == "bikes-p-abc123-prod-v1"
 
 
 def test_infra_package_is_a_command(run_scones, tmp_path):

@@ -203,13 +203,13 @@ def test_step_5_the_deploy_state_machine_staging_test_approval_prod():
         waiting = aws.settle(aws.start(version))
         assert waiting["status"] == "RUNNING"
         assert {"StagingCreateEndpoint", "StagingTest"} <= set(waiting["entered"])
-        assert aws.serving("staging") == "bikes-staging-v1"
+        assert aws.serving("staging") == "bikes-p-abc123-staging-v1"
         token = aws.approval_token()
         assert token["modelPackageArn"] == version
         aws.sfn.send_task_success(taskToken=token["taskToken"], output="{}")
         done = aws.settle(waiting["executionArn"], to_end=True)
         assert done["status"] == "SUCCEEDED" and done["entered"][-1] == "DeployedToProd"
-        assert aws.serving("prod") == "bikes-prod-v1"
+        assert aws.serving("prod") == "bikes-p-abc123-prod-v1"
 
 
 @pytest.mark.slow
