@@ -45,8 +45,9 @@ setup(
         # name in the templates' policies against IAM's own list with it
         # openapi-spec-validator: moto's CloudFormation imports it (moto's apigateway); the
         # rehearsal (tests/infra/test_rehearsal.py) creates the project stack with it
+        # flask-cors: moto's server imports it; the rehearsal serves moto to subprocesses
         "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
-                 "selenium", "openapi-spec-validator"],
+                 "selenium", "openapi-spec-validator", "flask-cors"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

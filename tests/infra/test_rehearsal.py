@@ -8,6 +8,15 @@
        proven statically elsewhere: cfn-lint and checkov (test_project_template.py), the
        roles' policies against every call (test_iam_proof.py), the deploy and bulk state
        machines' definitions (test_deploy_flow.py);
+    3. CodeBuild's buildspecs, every command run in a shell with the environment the
+       template gives that CodeBuild project (and CodeBuild's own variables), against the
+       project stack on moto served on 127.0.0.1 (tests/infra/project_on_moto.py): the model
+       build (codebuild-buildspec.yml: run-pipeline upserts and starts the pipeline, the
+       source is published for the staging test), then the staging test (the template's
+       inline buildspec, its StagingTestCommand with the deploy state machine's overrides)
+       on the project's real names, through the stack's inference state machine and
+       Lambdas; it passes on a right model and fails the build on a wrong one. `pip install`
+       lines run with --dry-run --no-index (offline: checked satisfiable, not executed);
     4. the approval event: SageMaker's "Model Package State Change" event, matched by moto's
        EventBridge against the stack's own ModelApprovedRule pattern;
     5. the deploy state machine in moto's Step Functions interpreter, started by that
@@ -15,6 +24,9 @@
     6. the promoted version's own ConfidenceThreshold (registry metadata) set by that
        state machine on the prod workflow's Lambdas, and applied by the filter Lambda's
        real handler with the environment moto's Lambda then holds.
+
+The project's name is one Studio accepts in mixed case (Scones-Team1): SageMaker lower-cases
+it in ARNs, so every name the stack, the buildspecs and the state machines use must agree.
 
 Stubs (what moto lacks):
   - moto's CloudFormation does not implement CodeBuild, CodePipeline, SageMaker model
@@ -25,29 +37,57 @@ Stubs (what moto lacks):
     tasks leave boto3's datetimes in the state, which moto then cannot serialise: they are
     made text, as Step Functions hands them on (_timestamps_as_text);
   - the Lambdas of step 6 are created with a placeholder zip and never invoked by moto
-    (moto's Lambda runs code in Docker); the filter's real handler runs in-process.
+    (moto's Lambda runs code in Docker); the filter's real handler runs in-process;
+  - step 3: InvokeEndpoint (a stand-in model), ListPipelineExecutionSteps, the state
+    machines' definitions moto's CloudFormation drops, and what the pipeline and the deploy
+    state machine would have made (a registered version with its test split, staging's
+    model, config and endpoint): tests/infra/project_on_moto.py lists them. The AWS CLI
+    (`aws s3 cp` in post_build) is this machine's, pointed at moto by AWS_ENDPOINT_URL (a
+    boto3 stand-in for that one command where no AWS CLI is installed).
 
-Not rehearsed yet (steps 3 and 7 of the issue): CodeBuild's buildspec commands against
-moto (test_project_template.test_codebuild_runs_the_buildspec_with_the_templates_command
-runs them with run-pipeline recorded, not executed), and a bulk run on the project stack's
-bulk state machine (tests/workflow/test_bulk.py runs the same SDK-built definition in the
-local engine, not the stack's).
+Not rehearsed yet (step 7 of the issue): a bulk run on the project stack's bulk state
+machine (tests/workflow/test_bulk.py runs the same SDK-built definition in the local
+engine, not the stack's).
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
+import yaml
 from moto import mock_aws
 
-from iam_proof import Resolved
+from helpers import scones
+from iam_proof import Resolved, evaluate
 from test_project_template import _Deployer  # the deploy state machine in moto, reused
 
-PROJECT = {"name": "scones-team1", "id": "p-a1b2c3d4e5f6"}
+# A name as Studio's CreateProject accepts it: SageMaker lower-cases it in ARNs (step 3's
+# commands run as roles whose policies must still match; tests/infra/test_iam_proof.py)
+PROJECT = {"name": "Scones-Team1", "id": "p-a1b2c3d4e5f6"}
 CODE_BUCKET = "scones-team1-code"
 REGION = "us-east-1"
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """Step 1: `scones infra package`, the real command, once for the steps that need it."""
+    out = tmp_path_factory.mktemp("rehearsal") / "bundle"
+    packaged = scones("infra", "package", "--out", str(out), "--bucket", CODE_BUCKET,
+                      "--project-name", PROJECT["name"], "--project-id", PROJECT["id"])
+    assert packaged.returncode == 0, packaged.stderr
+    return out
 
 # What moto's CloudFormation (5.2.5) cannot create, and where each is proven instead.
 STATIC_ONLY = {
@@ -104,11 +144,8 @@ def deployable_part(template: dict) -> dict:
 
 @pytest.mark.slow
 def test_step_1_2_package_then_the_stack_from_its_template_and_parameters(
-        run_scones, tmp_path, aws_credentials):
-    out = tmp_path / "bundle"
-    packaged = run_scones("infra", "package", "--out", str(out), "--bucket", CODE_BUCKET,
-                          "--project-name", PROJECT["name"], "--project-id", PROJECT["id"])
-    assert packaged.returncode == 0, packaged.stderr
+        bundle, aws_credentials):
+    out = bundle
     template_url = json.loads((out / "package.json").read_text())["template_url"]
     parameters = json.loads((out / "parameters.json").read_text())
     uploads = json.loads((out / "uploads.json").read_text())
@@ -126,12 +163,12 @@ def test_step_1_2_package_then_the_stack_from_its_template_and_parameters(
         part = deployable_part(template)
         assert set(template["Resources"]) - set(part["Resources"]) == STATIC_ONLY
         cloudformation = boto3.client("cloudformation", region_name=REGION)
-        cloudformation.create_stack(StackName="scones-team1", TemplateBody=json.dumps(part),
+        cloudformation.create_stack(StackName="Scones-Team1", TemplateBody=json.dumps(part),
                                     Parameters=parameters, Capabilities=["CAPABILITY_IAM"])
-        stack = cloudformation.describe_stacks(StackName="scones-team1")["Stacks"][0]
+        stack = cloudformation.describe_stacks(StackName="Scones-Team1")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
         created = {r["LogicalResourceId"]: r for r in cloudformation.list_stack_resources(
-            StackName="scones-team1")["StackResourceSummaries"]
+            StackName="Scones-Team1")["StackResourceSummaries"]
             if r["LogicalResourceId"]}   # moto lists a resource whose condition is off as ''
         given = {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
         conditioned_in = Resolved(template, given).resources   # as CloudFormation decides
@@ -156,8 +193,172 @@ def test_step_1_2_package_then_the_stack_from_its_template_and_parameters(
                 assert f"s3://{CODE_BUCKET}/{key}" in uploads, key
         machines = {m["name"] for m in boto3.client(
             "stepfunctions", region_name=REGION).list_state_machines()["stateMachines"]}
-        assert machines == {"scones-team1-inference", "scones-team1-inference-bulk"}
+        assert machines == {"Scones-Team1-inference", "Scones-Team1-inference-bulk"}
         assert s3.head_bucket(Bucket=outputs["ArtifactBucketName"])
+
+
+# ----------------------------------------------------------------------------- step 3
+
+def _source_tree(dest: Path) -> Path:
+    """What CodePipeline hands CodeBuild: the repository's files (tracked and not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def _offline(command: str) -> str:
+    """A buildspec command as it runs here. `pip install ...` cannot download offline: it
+    runs with --dry-run --no-index, so it still fails unless what it asks for is installed
+    and satisfies its constraints (here, as in CodeBuild, the project's venv stands for the
+    image's python). Every other command runs as written."""
+    if command.startswith("pip install "):
+        return command.replace("pip install ", "pip install --dry-run --no-index "
+                                               "--no-build-isolation -q ", 1)
+    return command
+
+
+def run_buildspec(spec: dict, cwd: Path, environment: dict,
+                  phases=("install", "pre_build", "build", "post_build")
+                  ) -> subprocess.CompletedProcess:
+    """Every phase's commands in one shell, in order, as CodeBuild runs a 0.2 buildspec
+    (one shell session: exports carry on; the first failing command fails the build)."""
+    script = "\n".join(_offline(c) for phase in phases
+                       for c in spec["phases"].get(phase, {}).get("commands", []))
+    # the project's commands from the source tree, as `pip install .` would give them; the
+    # AWS CLI the CodeBuild image has: this machine's, else a stand-in for `aws s3 cp`
+    path = f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    if shutil.which("aws", path=path) is None:
+        stand_in = cwd.parent / "aws-cli"
+        stand_in.mkdir(exist_ok=True)
+        (stand_in / "aws").write_text(
+            f"#!{sys.executable}\nimport sys, boto3\nservice, command, source, target = "
+            "sys.argv[1:5]\nassert (service, command) == ('s3', 'cp'), sys.argv\n"
+            "bucket, _, key = target.removeprefix('s3://').partition('/')\n"
+            "boto3.client('s3').upload_file(source, bucket, key)\n")
+        (stand_in / "aws").chmod(0o755)
+        path = f"{stand_in}:{path}"
+    return subprocess.run(["bash", "-ec", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **environment, "PATH": path,
+                                            "PYTHONPATH": str(cwd), "HOME": str(cwd.parent),
+                                            "CODEBUILD_SRC_DIR": str(cwd),
+                                            "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+
+
+def _held_back_split(sample_data_dir: Path, per_class: int) -> tuple[bytes, list[bytes]]:
+    """A test split as Preprocess writes it (data.npz: images, labels, class_names) of real
+    images; and each image as the staging test will send it (scones.test_split.png_bytes)."""
+    from PIL import Image
+
+    from scones.test_split import png_bytes
+
+    classes = sorted(p.name for p in sample_data_dir.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((sample_data_dir / name).glob("*.png"))[:per_class]:
+            images.append(np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8))
+            labels.append(label)
+    out = io.BytesIO()
+    np.savez(out, images=np.stack(images), labels=np.array(labels),
+             class_names=np.array(classes))
+    return out.getvalue(), [png_bytes(i) for i in images]
+
+
+@pytest.mark.slow
+def test_step_3_codebuilds_buildspecs_run_literally(bundle, tmp_path, sample_data_dir):
+    """The model build's buildspec (codebuild-buildspec.yml, as the template names it), then
+    the staging test's (inline in the template), each command run in a shell with the
+    environment the template gives that CodeBuild project, against the project stack on
+    moto (tests/infra/project_on_moto.py says what is stubbed); pip lines are checked, not
+    executed (_offline)."""
+    from project_on_moto import ProjectOnMoto
+
+    with ProjectOnMoto(bundle, stack_name=PROJECT["name"]) as aws:
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        s3 = boto3.client("s3", region_name=REGION)
+        # ---- the model build: CodePipeline's source -> CodeBuild
+        build = aws.resolved.properties("ModelBuildProject")
+        spec = yaml.safe_load((REPO / build["Source"]["BuildSpec"]).read_text())
+        source = _source_tree(tmp_path / "model-build" / "src")
+        built = run_buildspec(spec, source, aws.codebuild_environment("ModelBuildProject"))
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        pipeline = aws.output("PipelineName")
+        assert pipeline == f"{PROJECT['name']}-{PROJECT['id']}"
+        described = sagemaker.describe_pipeline(PipelineName=pipeline)
+        definition = json.loads(described["PipelineDefinition"])
+        assert {s["Name"] for s in definition["Steps"]} >= {"Preprocess", "Train"}
+        executions = sagemaker.list_pipeline_executions(PipelineName=pipeline)[
+            "PipelineExecutionSummaries"]
+        assert len(executions) == 1, executions
+        assert {t["Key"]: t["Value"] for t in sagemaker.list_tags(
+            ResourceArn=described["PipelineArn"])["Tags"]}["sagemaker:project-id"] == PROJECT["id"]
+        # post_build published the code the staging test will run in
+        test_project = aws.resolved.properties("StagingTestProject")
+        bucket, _, key = test_project["Source"]["Location"].partition("/")
+        assert bucket == aws.bucket
+        published = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+        # ---- what the pipeline and the deploy state machine would have made meanwhile
+        split, sent = _held_back_split(sample_data_dir, per_class=4)
+        split_url = f"s3://{aws.bucket}/{pipeline}/run-1/Preprocess/output/test"
+        s3.put_object(Bucket=aws.bucket, Key=f"{pipeline}/run-1/Preprocess/output/test/data.npz",
+                      Body=split)
+        group = aws.output("ModelPackageGroupName")
+        package = sagemaker.create_model_package(
+            ModelPackageGroupName=group, ModelApprovalStatus="Approved",
+            CustomerMetadataProperties={"TestDataUrl": split_url},
+            InferenceSpecification={
+                "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                                "ModelDataUrl": f"s3://{aws.bucket}/{pipeline}/model.tar.gz"}],
+                "SupportedContentTypes": ["image/png"],
+                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+        deploy = aws.resolved.properties("DeployStateMachine")["Definition"]["States"]
+        settings = evaluate(deploy["Settings"]["Parameters"],
+                            {"package": {"Arn": package, "Version": 1}}, {})["staging"]
+        assert settings["ResourceName"] == f"{PROJECT['name']}-{PROJECT['id']}-staging-v1"
+        sagemaker.create_model(ModelName=settings["ResourceName"],
+                               ExecutionRoleArn=aws.resolved.attribute(
+                                   "SageMakerExecutionRole", "Arn"),
+                               PrimaryContainer={"ModelPackageName": package})
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=settings["ResourceName"], ProductionVariants=[{
+                "VariantName": "AllTraffic", "ModelName": settings["ResourceName"],
+                "InstanceType": settings["InstanceType"], "InitialInstanceCount": 1}])
+        sagemaker.create_endpoint(EndpointName=settings["EndpointName"],
+                                  EndpointConfigName=settings["ResourceName"])
+        labels = np.load(io.BytesIO(split))["labels"]
+        for image, label in zip(sent, labels):   # the stand-in model knows every image
+            aws.knows(image, int(label))
+
+        # ---- the staging test: the deploy state machine's StartBuild, its overrides
+        task = deploy["StagingTest"]["Parameters"]
+        overrides = evaluate({v["Name"]: v for v in task["EnvironmentVariablesOverride"]},
+                             {"package": {"Arn": package}, "settings": {"staging": settings}}, {})
+        environment = {**aws.codebuild_environment("StagingTestProject"),
+                       **{name: v["Value"] for name, v in overrides.items()}}
+        test_source = tmp_path / "staging-test" / "src"
+        with zipfile.ZipFile(io.BytesIO(published)) as archive:
+            archive.extractall(test_source)
+        spec = yaml.safe_load(test_project["Source"]["BuildSpec"])
+        tested = run_buildspec(spec, test_source, environment)
+        assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
+        recorded = sagemaker.describe_model_package(ModelPackageName=package)[
+            "CustomerMetadataProperties"]
+        assert (recorded["StagingTest"], recorded["StagingTestAccuracy"]) == ("Passed", "1.0")
+        assert recorded["TestDataUrl"] == split_url
+
+        # the same build fails when staging answers wrongly (the stand-in model swaps)
+        for image, label in zip(sent, labels):
+            aws.knows(image, 1 - int(label))
+        failing = run_buildspec(spec, test_source, environment, phases=("build",))
+        assert failing.returncode != 0, failing.stdout[-2000:]
+        assert "Traceback" not in failing.stderr, failing.stderr[-3000:]
+        assert sagemaker.describe_model_package(ModelPackageName=package)[
+            "CustomerMetadataProperties"]["StagingTest"] == "Failed"
 
 
 def test_step_4_the_approval_event_matches_the_stacks_rule(aws_credentials):
