@@ -136,6 +136,43 @@ class ProjectOnMoto:
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "CODEBUILD_BUILD_SUCCEEDING": "1"}
 
+    # ------------------------------------------------------------------ what others make
+    def register_version(self, **extra) -> str:
+        """An approved version in the stack's model package group, as the pipeline's
+        RegisterModel step leaves it; its ARN."""
+        pipeline = self.output("PipelineName")
+        return boto3.client("sagemaker", region_name=REGION).create_model_package(
+            ModelPackageGroupName=self.output("ModelPackageGroupName"),
+            ModelApprovalStatus="Approved", **extra,
+            InferenceSpecification={
+                "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                                "ModelDataUrl": f"s3://{self.bucket}/{pipeline}/model.tar.gz"}],
+                "SupportedContentTypes": ["image/png"],
+                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+
+    def serve(self, stage: str, package_arn: str) -> dict:
+        """The stage's model, endpoint config and endpoint serving the version, named as the
+        deploy state machine names them (its Settings state, evaluated); those settings."""
+        from iam_proof import evaluate
+
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        version = sagemaker.describe_model_package(
+            ModelPackageName=package_arn)["ModelPackageVersion"]
+        states = self.resolved.properties("DeployStateMachine")["Definition"]["States"]
+        settings = evaluate(states["Settings"]["Parameters"],
+                            {"package": {"Arn": package_arn, "Version": version}}, {})[stage]
+        sagemaker.create_model(ModelName=settings["ResourceName"],
+                               ExecutionRoleArn=self.resolved.attribute(
+                                   "SageMakerExecutionRole", "Arn"),
+                               PrimaryContainer={"ModelPackageName": package_arn})
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=settings["ResourceName"], ProductionVariants=[{
+                "VariantName": "AllTraffic", "ModelName": settings["ResourceName"],
+                "InstanceType": settings["InstanceType"], "InitialInstanceCount": 1}])
+        sagemaker.create_endpoint(EndpointName=settings["EndpointName"],
+                                  EndpointConfigName=settings["ResourceName"])
+        return settings
+
     # ------------------------------------------------------------------ the model stand-in
     def _serve_model(self) -> str:
         """SageMaker's runtime API (POST /endpoints/<name>/invocations) on 127.0.0.1, the

@@ -23,7 +23,11 @@
        event: staging, test, manual approval token, prod (test_project_template._Deployer);
     6. the promoted version's own ConfidenceThreshold (registry metadata) set by that
        state machine on the prod workflow's Lambdas, and applied by the filter Lambda's
-       real handler with the environment moto's Lambda then holds.
+       real handler with the environment moto's Lambda then holds;
+    7. a bulk run on the project stack: `scones workflow run --env aws --prefix` with the
+       stack's names runs the stack's bulk state machine (its Distributed Map over the
+       planned batches, its three Lambdas) in moto's interpreter, served on 127.0.0.1 as
+       in step 3; one result per image.
 
 The project's name is one Studio accepts in mixed case (Scones-Team1): SageMaker lower-cases
 it in ARNs, so every name the stack, the buildspecs and the state machines use must agree.
@@ -45,9 +49,10 @@ Stubs (what moto lacks):
     (`aws s3 cp` in post_build) is this machine's, pointed at moto by AWS_ENDPOINT_URL (a
     boto3 stand-in for that one command where no AWS CLI is installed).
 
-Not rehearsed yet (step 7 of the issue): a bulk run on the project stack's bulk state
-machine (tests/workflow/test_bulk.py runs the same SDK-built definition in the local
-engine, not the stack's).
+  - step 7: the model behind prod (the same stand-in) and prod's deployment (as the deploy
+    state machine names it); moto runs the Distributed Map's children as STANDARD (the
+    stack deploys them EXPRESS; scones.local.stepfunctions_engine), and its ResultWriter is
+    not exercised by the project (results are the run's own JSON Lines).
 """
 from __future__ import annotations
 
@@ -307,29 +312,10 @@ def test_step_3_codebuilds_buildspecs_run_literally(bundle, tmp_path, sample_dat
         split_url = f"s3://{aws.bucket}/{pipeline}/run-1/Preprocess/output/test"
         s3.put_object(Bucket=aws.bucket, Key=f"{pipeline}/run-1/Preprocess/output/test/data.npz",
                       Body=split)
-        group = aws.output("ModelPackageGroupName")
-        package = sagemaker.create_model_package(
-            ModelPackageGroupName=group, ModelApprovalStatus="Approved",
-            CustomerMetadataProperties={"TestDataUrl": split_url},
-            InferenceSpecification={
-                "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/x:1",
-                                "ModelDataUrl": f"s3://{aws.bucket}/{pipeline}/model.tar.gz"}],
-                "SupportedContentTypes": ["image/png"],
-                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
-        deploy = aws.resolved.properties("DeployStateMachine")["Definition"]["States"]
-        settings = evaluate(deploy["Settings"]["Parameters"],
-                            {"package": {"Arn": package, "Version": 1}}, {})["staging"]
+        package = aws.register_version(CustomerMetadataProperties={"TestDataUrl": split_url})
+        settings = aws.serve("staging", package)
         assert settings["ResourceName"] == f"{PROJECT['name']}-{PROJECT['id']}-staging-v1"
-        sagemaker.create_model(ModelName=settings["ResourceName"],
-                               ExecutionRoleArn=aws.resolved.attribute(
-                                   "SageMakerExecutionRole", "Arn"),
-                               PrimaryContainer={"ModelPackageName": package})
-        sagemaker.create_endpoint_config(
-            EndpointConfigName=settings["ResourceName"], ProductionVariants=[{
-                "VariantName": "AllTraffic", "ModelName": settings["ResourceName"],
-                "InstanceType": settings["InstanceType"], "InitialInstanceCount": 1}])
-        sagemaker.create_endpoint(EndpointName=settings["EndpointName"],
-                                  EndpointConfigName=settings["ResourceName"])
+        deploy = aws.resolved.properties("DeployStateMachine")["Definition"]["States"]
         labels = np.load(io.BytesIO(split))["labels"]
         for image, label in zip(sent, labels):   # the stand-in model knows every image
             aws.knows(image, int(label))
@@ -444,3 +430,48 @@ def test_step_6_prod_applies_the_promoted_versions_own_threshold(monkeypatch):
         filter_inferences.lambda_handler(event, None)
     confident = filter_inferences.lambda_handler({**event, "inferences": [0.95, 0.05]}, None)
     assert confident["predicted_label"] == "bicycle"
+
+
+@pytest.mark.slow
+def test_step_7_a_bulk_run_on_the_project_stack(bundle, sample_data_dir, tmp_path):
+    """`scones workflow run --env aws --prefix` (the README's use of BulkStateMachineArn),
+    with the stack's names, against the project stack on moto: its bulk state machine (the
+    Distributed Map over the planned batches) and its three bulk Lambdas run in moto's
+    interpreter (tests/infra/project_on_moto.py says what is stubbed: the model behind
+    prod, and prod's deployment); one result per image, a bad object named as such."""
+    from project_on_moto import ProjectOnMoto
+
+    with ProjectOnMoto(bundle, stack_name=PROJECT["name"]) as aws:
+        s3 = boto3.client("s3", region_name=REGION)
+        prod = aws.serve("prod", aws.register_version())
+        classes = sorted(p.name for p in sample_data_dir.iterdir() if p.is_dir())
+        truth = {}
+        for label, name in enumerate(classes):
+            for path in sorted((sample_data_dir / name).glob("*.png"))[:3]:
+                key = f"incoming/{path.name}"
+                s3.put_object(Bucket=aws.bucket, Key=key, Body=path.read_bytes())
+                aws.knows(path.read_bytes(), label)
+                truth[key] = name
+        s3.put_object(Bucket=aws.bucket, Key="incoming/notes.txt", Body=b"not an image")
+        environment = {"AWS_ENDPOINT_URL": aws.endpoint_url, "AWS_REGION": REGION,
+                       "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing"}
+        inference = aws.output("InferenceStateMachineArn").rsplit(":", 1)[-1]
+        ran = scones("workflow", "run", "--env", "aws", "--json", "--batch-size", "2",
+                     "--prefix", f"s3://{aws.bucket}/incoming/", env=environment,
+                     settings={"aws.region": REGION, "aws.bucket": aws.bucket,
+                               "workflow.state_machine_name": inference,
+                               "workflow.endpoint_name": prod["EndpointName"],
+                               "pipeline.model_package_group":
+                                   aws.output("ModelPackageGroupName")})
+        machines = boto3.client("stepfunctions", region_name=REGION)
+        bulk_arn = aws.state_machines[f"{inference}-bulk"]
+        executions = machines.list_executions(stateMachineArn=bulk_arn)["executions"]
+    assert len(executions) == 1 and executions[0]["status"] == "SUCCEEDED", ran.stderr[-3000:]
+    results = {r["Image"]: r for r in map(json.loads, ran.stdout.splitlines())}
+    assert set(results) == {f"s3://{aws.bucket}/{k}" for k in [*truth, "incoming/notes.txt"]}
+    for key, name in truth.items():
+        assert results[f"s3://{aws.bucket}/{key}"]["PredictedLabel"] == name
+    assert results[f"s3://{aws.bucket}/incoming/notes.txt"]["Error"] == "InvalidImage"
+    assert ran.returncode == 1   # one image failed: the run says so
+    assert "Traceback" not in ran.stderr
