@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from scones.backend import LAMBDA_RUNTIME
@@ -69,6 +70,14 @@ MODEL_PACKAGES = f"model-package/{sagemaker_arn_name()}/*"
 # Where the model build publishes the code it built from, for the staging test. Not
 # SourceObjectKey: writing there would start the model build again, forever.
 TEST_SOURCE_KEY = "deploy/model-build-source.zip"
+# What the staging test's CodeBuild installs besides the project itself (--no-deps): the
+# project's dependencies but torch, which nothing `scones` imports needs (the model is
+# served by SageMaker) and which PyPI serves as gigabytes of CUDA wheels.
+# tests/infra/test_deploy_flow.py proves from the import graph that they cover every
+# package `scones` can import.
+STAGING_TEST_PACKAGES = ("sagemaker", "stepfunctions", "boto3", "numpy", "pillow", "pyyaml",
+                         "matplotlib", "rich", "waitress", "sagemaker-inference",
+                         "moto[s3,stepfunctions,sagemaker,iam,events]", "flask", "plotly")
 # Placeholder the workflow ASL is generated with, then replaced by the project's name.
 _FUNCTION_PREFIX_SENTINEL = "scones-function-prefix-sentinel"
 
@@ -882,7 +891,9 @@ def _model_deploy(resources: dict, config: Config) -> None:
                        "BuildSpec": _sub(
                            "version: 0.2\nphases:\n  install:\n    runtime-versions:\n"
                            "      python: 3.11\n    commands:\n"
-                           "      - pip install -c constraints.txt .\n"
+                           "      - pip install --no-deps .\n"
+                           "      - pip install -c constraints.txt "
+                           + " ".join(shlex.quote(p) for p in STAGING_TEST_PACKAGES) + "\n"
                            "  build:\n    commands:\n      - ${StagingTestCommand}\n")},
             "Environment": {
                 "Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",

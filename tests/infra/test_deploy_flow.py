@@ -218,3 +218,83 @@ with mock_aws():
                                  "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"Steps"' in (tmp_path / "p.json").read_text()
+
+
+def _pip_requirements(command: list[str]) -> tuple[list[str], bool]:
+    """(the requirements a `pip install ...` argv names, whether it installs dependencies)."""
+    names, skip = [], False
+    for arg in command[2:]:
+        if skip:
+            skip = False
+        elif arg in ("-c", "-r", "--constraint", "--requirement"):
+            skip = True
+        elif not arg.startswith("-"):
+            names.append(arg)
+    return names, "--no-deps" not in command
+
+
+def _with_dependencies(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for these requirements (their requirements, markers
+    and extras honoured), as normalised names, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), ()) for r in requirements]
+    while todo:
+        requirement, _ = todo.pop()
+        name = canonicalize_name(requirement.name)
+        extras = tuple(requirement.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for line in metadata.requires(name) or []:
+            needed = Requirement(line)
+            if needed.marker is None or any(needed.marker.evaluate({"extra": e})
+                                            for e in ("", *extras)):
+                todo.append((needed, ()))
+    return {name for name, _ in seen}
+
+
+def test_the_staging_test_installs_only_what_its_command_can_import(template):
+    """The staging test's CodeBuild installs the project without its dependencies, then a
+    list without torch (CUDA wheels from PyPI). The list suffices: every package outside
+    the project and the standard library that `scones` (the command's entry point) can
+    import, at module or function level, is installed by it (the import graph, grimp)."""
+    import shlex
+    import sys
+    from importlib import metadata
+
+    import grimp
+    import yaml
+    from packaging.utils import canonicalize_name
+
+    project = Resolved(template, PARAMETERS).properties("StagingTestProject")
+    spec = yaml.safe_load(project["Source"]["BuildSpec"])
+    installs = [shlex.split(c) for c in spec["phases"]["install"]["commands"]
+                if c.startswith("pip install")]
+    requirements = []
+    for command in installs:
+        names, with_dependencies = _pip_requirements(command)
+        if "." in names:   # the project itself: its own dependencies would bring torch
+            assert not with_dependencies, command
+            names.remove(".")
+        requirements += names
+    installed = _with_dependencies(requirements)
+    assert "torch" not in installed and "torchvision" not in installed
+
+    command = spec["phases"]["build"]["commands"][0]
+    assert command.split()[0] == "scones", command
+    (script,) = metadata.entry_points(group="console_scripts", name="scones")
+    entry = script.value.split(":")[0]
+    packages = ("app", "infra", "pipelines", "workflow", "scones", "lambdas")
+    graph = grimp.build_graph(*packages, include_external_packages=True, cache_dir=None)
+    imported = {m for m in graph.find_upstream_modules(entry) if "." not in m} - set(packages)
+    external = imported - set(sys.stdlib_module_names)
+    assert {"sagemaker", "boto3", "numpy", "PIL"} <= external   # the graph is the real one
+    providers = metadata.packages_distributions()
+    uncovered = {name for name in external
+                 if not {canonicalize_name(d) for d in providers.get(name, [])} & installed}
+    assert not uncovered, f"`scones` can import {sorted(uncovered)}, not installed"
