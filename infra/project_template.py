@@ -12,12 +12,13 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   test, manual approval, prod with blue/green canary/linear shifting and
                   auto-rollback on CloudWatch alarms.
     retraining    an EventBridge Scheduler schedule and a "new labelled data" S3 rule, both
-                  starting the SageMaker pipeline directly, both off by default.
+                  starting the model build (which snapshots the labelled data under
+                  TrainingDataPrefix and trains on that snapshot), both off by default.
     monitoring    an EventBridge Scheduler schedule (MonitoringSchedule; off when empty)
                   starting the monitoring job (`scones monitor run`) as a SageMaker
                   processing job on the prod endpoint's capture; its Violations metric has a
-                  CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
-                  (EventBridge). The alarm fires once per episode: that is the cool-down.
+                  CloudWatch alarm, and the alarm's move into ALARM starts the model
+                  build (EventBridge). The alarm fires once per episode: that is the cool-down.
     inference     the inference workflow (three Lambdas, its state machine, the new-image
                   rule) and the bulk workflow (three Lambdas, a Distributed Map), from the
                   Lambda table and the ASL the local engine runs; created once their zips
@@ -67,6 +68,9 @@ PIPELINE_ARN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{PIPELINE_NAME}"  # t
 # in policies: the pipeline's ARN as SageMaker writes it, lower case (sagemaker_arn_name)
 PIPELINE_ARN_PATTERN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{sagemaker_arn_name()}"
 MODEL_PACKAGES = f"model-package/{sagemaker_arn_name()}/*"
+# The model build's CodePipeline: what retraining starts (the build snapshots the labelled
+# data under TrainingDataPrefix and trains on that snapshot)
+MODEL_BUILD_ARN = f"{ARN}:codepipeline:{REGION_ACCOUNT}:${{ModelBuildPipeline}}"
 # Where the model build publishes the code it built from, for the staging test. Not
 # SourceObjectKey: writing there would start the model build again, forever.
 TEST_SOURCE_KEY = "deploy/model-build-source.zip"
@@ -213,13 +217,14 @@ def _parameters(config: Config) -> dict:
                               "empty: S3-managed keys",
                           AllowedPattern=r"^$|^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+$"),
         "TrainingDataPrefix": text("data/train/", "Key prefix of the labelled images in the "
-                                                  "artifact bucket (the pipeline's "
-                                                  "InputDataUrl)"),
-        "RetrainOnSchedule": text("false", "Start the pipeline on RetrainingScheduleExpression",
+                                                  "artifact bucket, <class>/<image>; each "
+                                                  "model build trains on a snapshot of them"),
+        "RetrainOnSchedule": text("false", "Start the model build on "
+                                           "RetrainingScheduleExpression",
                                   **switch),
         "RetrainingScheduleExpression": text("rate(7 days)", "EventBridge Scheduler expression"),
-        "RetrainOnNewData": text("false", "Start the pipeline when NewDataMarker is written "
-                                          "under TrainingDataPrefix", **switch),
+        "RetrainOnNewData": text("false", "Start the model build when NewDataMarker is "
+                                          "written under TrainingDataPrefix", **switch),
         "NewDataMarker": text(
             "_READY", "Name of the object that marks a complete batch of new labelled "
                       "images (one pipeline run per batch, not per image); empty: every "
@@ -478,7 +483,8 @@ def _model_build(resources: dict) -> None:
         "SAGEMAKER_PROJECT_ARN": _sagemaker_arn("project/${SageMakerProjectName}"),
         "SAGEMAKER_PIPELINE_ROLE_ARN": _arn("SageMakerExecutionRole"),
         "ARTIFACT_BUCKET": _ref("ArtifactBucket"),
-        "INPUT_DATA_URL": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}"),
+        # the labelled images the build snapshots (`scones data snapshot`) to train on
+        "TRAINING_DATA_URL": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}"),
         "TEST_SOURCE_KEY": TEST_SOURCE_KEY,
     }
     resources["ModelBuildProject"] = {
@@ -560,7 +566,7 @@ def _model_build(resources: dict) -> None:
                     "InputArtifacts": [{"Name": "Source"}], "RunOrder": 1}]}],
             "Tags": _project_tags()}}
 
-    pipeline_arn = _sub(f"{ARN}:codepipeline:{REGION_ACCOUNT}:${{ModelBuildPipeline}}")
+    pipeline_arn = _sub(MODEL_BUILD_ARN)
     resources["ModelBuildSourceRuleRole"] = _role(
         ["events.amazonaws.com"], "A new source zip starts the model build", [
             _statement("StartModelBuild", ["codepipeline:StartPipelineExecution"],
@@ -578,15 +584,16 @@ def _model_build(resources: dict) -> None:
 
 
 def _retraining(resources: dict) -> None:
-    pipeline_parameters = {"PipelineParameterList": [{
-        "Name": "InputDataUrl",
-        "Value": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}")}]}
+    """Retraining starts the model build, not the SageMaker pipeline: the build snapshots
+    the labelled data under TrainingDataPrefix and trains on that snapshot. Started with the
+    prefix itself as InputDataUrl, the pipeline would find its steps cached (SageMaker's step
+    cache keys on the URL, not on the data behind it) and train on the old data."""
     retry = {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 10}
     resources["RetrainingRole"] = _role(
         ["events.amazonaws.com", "scheduler.amazonaws.com"],
-        "Retraining schedule and new-data rule: start the SageMaker pipeline", [
-            _statement("StartPipeline", ["sagemaker:StartPipelineExecution"],
-                       _sub(PIPELINE_ARN_PATTERN)),
+        "Retraining schedule, new-data and drift rules: start the model build", [
+            _statement("StartModelBuild", ["codepipeline:StartPipelineExecution"],
+                       _sub(MODEL_BUILD_ARN)),
             # Scheduler sends undeliverable starts to the dead-letter queue as this role
             _statement("DeadLetters", ["sqs:SendMessage"], _arn("DeadLetterQueue")),
         ])
@@ -598,8 +605,7 @@ def _retraining(resources: dict) -> None:
             "State": _if("RetrainOnScheduleEnabled", "ENABLED", "DISABLED"),
             "ScheduleExpression": _ref("RetrainingScheduleExpression"),
             "FlexibleTimeWindow": {"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 60},
-            "Target": {"Arn": _sub(PIPELINE_ARN), "RoleArn": _arn("RetrainingRole"),
-                       "SageMakerPipelineParameters": pipeline_parameters,
+            "Target": {"Arn": _sub(MODEL_BUILD_ARN), "RoleArn": _arn("RetrainingRole"),
                        "RetryPolicy": retry,
                        "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}}}
     key_pattern = _if("HasNewDataMarker",
@@ -615,9 +621,8 @@ def _retraining(resources: dict) -> None:
             "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"],
                              "detail": {"bucket": {"name": [_ref("ArtifactBucket")]},
                                         "object": {"key": key_pattern}}},
-            "Targets": [{"Id": "sagemaker-pipeline", "Arn": _sub(PIPELINE_ARN),
+            "Targets": [{"Id": "model-build", "Arn": _sub(MODEL_BUILD_ARN),
                          "RoleArn": _arn("RetrainingRole"),
-                         "SageMakerPipelineParameters": pipeline_parameters,
                          "RetryPolicy": retry,
                          "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
 
@@ -736,11 +741,8 @@ def _monitoring(resources: dict, config: Config) -> None:
                              "detail-type": ["CloudWatch Alarm State Change"],
                              "resources": [_arn("DriftAlarm")],
                              "detail": {"state": {"value": ["ALARM"]}}},
-            "Targets": [{"Id": "sagemaker-pipeline", "Arn": _sub(PIPELINE_ARN),
+            "Targets": [{"Id": "model-build", "Arn": _sub(MODEL_BUILD_ARN),
                          "RoleArn": _arn("RetrainingRole"),
-                         "SageMakerPipelineParameters": {"PipelineParameterList": [{
-                             "Name": "InputDataUrl",
-                             "Value": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}")}]},
                          "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
                                          "MaximumRetryAttempts": 10},
                          "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}

@@ -175,8 +175,9 @@ NOT_INSTALLED_BY_THE_BUILD = ["torch", "torchvision", "PIL", "matplotlib", "flas
 
 def test_the_model_build_installs_only_what_upserting_the_pipeline_needs(tmp_path):
     """The buildspec installs the project without dependencies plus BUILD_PACKAGES; the
-    template's own build command (get-pipeline-definition with the AWS templates' kwargs,
-    as run-pipeline builds it) runs with everything else unimportable."""
+    template's own build commands (`scones data snapshot`, then get-pipeline-definition
+    with the AWS templates' kwargs, as run-pipeline builds it) run with everything else
+    unimportable."""
     import re
     import subprocess
     import sys
@@ -203,7 +204,13 @@ sys.meta_path.insert(0, Block())
 import boto3
 from moto import mock_aws
 with mock_aws():
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagemaker-project-p-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="sagemaker-project-p-1")
+    s3.put_object(Bucket="sagemaker-project-p-1", Key="data/train/bicycle/1.png", Body=b"png")
+    from app.cli.main import main as scones   # the build's `scones data snapshot` first
+    assert scones(["data", "snapshot", "s3://sagemaker-project-p-1/data/train/", "--env", "aws",
+                   "--json", "--set", "aws.bucket=sagemaker-project-p-1",
+                   "--set", "aws.region=us-east-1"]) == 0
     from app.cli.get_pipeline_definition import main
     sys.exit(main(["--module-name", "pipelines.pipeline", "-f", {str(tmp_path / "p.json")!r},
                    "--kwargs", '{{"region":"us-east-1","role":"arn:aws:iam::123456789012:role/x",'

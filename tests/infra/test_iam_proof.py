@@ -250,6 +250,13 @@ def command_calls(resolved: Resolved) -> list[Call]:
             ("s3:PutObject", f"{objects}/{group}/code/preprocess.py"),
             ("s3:GetObject", f"{objects}/{group}/code/preprocess.py"),
             ("s3:ListBucket", objects))
+    declare("ModelBuildRole", "buildspec build: scones data snapshot TRAINING_DATA_URL (list and "
+            "read the labelled images, write the snapshot's files and manifest)",
+            ("s3:ListBucket", objects),
+            ("s3:GetObject", f"{objects}/data/train/bicycle/bicycle_s_000017.png"),
+            ("s3:GetObject", f"{objects}/data/snapshots/ab12/manifest.json"),
+            ("s3:PutObject", f"{objects}/data/snapshots/ab12/bicycle/bicycle_s_000017.png"),
+            ("s3:PutObject", f"{objects}/data/snapshots/ab12/manifest.json"))
     declare("ModelBuildRole", "buildspec post_build: aws s3 cp the source for the staging test",
             ("s3:PutObject", f"{objects}/deploy/model-build-source.zip"))
     declare("StagingTestRole",
@@ -336,7 +343,7 @@ def test_every_command_call_is_allowed(resolved):
 def test_every_rule_schedule_and_pipeline_delivery_is_allowed(resolved):
     calls = iam_proof.trigger_calls(resolved)
     assert {c.action for c in calls} >= {"states:StartExecution",
-                                         "sagemaker:StartPipelineExecution",
+                                         "codepipeline:StartPipelineExecution",
                                          "sagemaker:CreateProcessingJob", "iam:PassRole",
                                          "codebuild:StartBuild", "sqs:SendMessage"}
     refused = iam_proof.refused(resolved, calls)

@@ -14,7 +14,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 from scones.config import load_config
-from infra.project_template import PIPELINE_ARN, project_template
+from infra.project_template import project_template
 
 MONITORING = ("MonitoringScheduleRole", "MonitoringJobPolicy", "MonitoringJobSchedule",
               "DriftAlarm", "DriftAlarmRetrainRule")
@@ -102,7 +102,9 @@ def test_violations_alarm_starts_the_pipeline_once_per_episode(resources, config
     assert rule["EventPattern"]["resources"] == [{"Fn::GetAtt": ["DriftAlarm", "Arn"]}]
     assert rule["EventPattern"]["detail"] == {"state": {"value": ["ALARM"]}}
     (target,) = rule["Targets"]
-    assert target["Arn"] == {"Fn::Sub": PIPELINE_ARN}
+    # the model build: it snapshots the labelled data and trains on that snapshot
+    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:codepipeline:${AWS::Region}:"
+                                        "${AWS::AccountId}:${ModelBuildPipeline}"}
     assert target["RoleArn"] == {"Fn::GetAtt": ["RetrainingRole", "Arn"]}
     # the metric the alarm watches is the one the monitoring job emits
     from workflow.monitoring.check import VIOLATIONS_METRIC

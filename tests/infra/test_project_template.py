@@ -221,19 +221,30 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
               "SAGEMAKER_PROJECT_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:project/bikes",
               "SAGEMAKER_PIPELINE_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
               "ARTIFACT_BUCKET": "sagemaker-project-p-abc123",
-              "INPUT_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
+              "TRAINING_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
               "TEST_SOURCE_KEY": "deploy/model-build-source.zip"}
     names = {v["Name"] for v in project["Environment"]["EnvironmentVariables"]}
     assert names == set(values)  # every variable the buildspec reads is set by the stack
     recorder = tmp_path / "run-pipeline"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     recorder.chmod(0o755)
+    # `scones data snapshot` answers as the real one does with --json
+    snapshot = "s3://sagemaker-project-p-abc123/data/snapshots/" + "ab" * 32 + "/"
+    (tmp_path / "scones").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(tmp_path / 'scones.argv')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"print(json.dumps({{'DataSnapshotUrl': {snapshot!r}}}))\n")
+    (tmp_path / "scones").chmod(0o755)
+    (tmp_path / "python").symlink_to(sys.executable)
     script = "\n".join(buildspec["phases"]["build"]["commands"])
     done = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60,
                           env={"PATH": f"{tmp_path}:/usr/bin:/bin", "AWS_REGION": "eu-west-1",
                                **values})
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout.splitlines()[0])
+    # the build trains on a snapshot of the labelled images, made first
+    assert json.loads((tmp_path / "scones.argv").read_text())[:5] == [
+        "data", "snapshot", values["TRAINING_DATA_URL"], "--env", "aws"]
     from app.cli.run_pipeline import _parser
 
     args = _parser().parse_args(argv)
@@ -248,7 +259,7 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
                       "model_package_group_name": name_id, "base_job_prefix": name_id,
                       "sagemaker_project_name": "bikes",
                       "sagemaker_project_arn": values["SAGEMAKER_PROJECT_ARN"],
-                      "input_data_url": values["INPUT_DATA_URL"]}
+                      "input_data_url": snapshot}
     assert PIPELINE_NAME.replace("${SageMakerProjectName}", "bikes").replace(
         "${SageMakerProjectId}", "p-abc123") == name_id
 
@@ -259,6 +270,10 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
     assert built.pipeline.base_job_prefix == name_id
     assert dict(built.pipeline.tags) == {"sagemaker:project-name": "bikes",
                                          "sagemaker:project-id": "p-abc123"}
+
+
+MODEL_BUILD_ARN = {"Fn::Sub": "arn:${AWS::Partition}:codepipeline:${AWS::Region}:"
+                              "${AWS::AccountId}:${ModelBuildPipeline}"}
 
 
 def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(template):
@@ -272,16 +287,17 @@ def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(te
     assert on["RetrainingSchedule"]["Properties"]["State"] == "ENABLED"
     assert on["NewDataRule"]["Properties"]["State"] == "ENABLED"
     for target in (schedule["Properties"]["Target"], rule["Properties"]["Targets"][0]):
-        assert target["Arn"] == {"Fn::Sub": PIPELINE_ARN}
-        assert target["SageMakerPipelineParameters"]["PipelineParameterList"] == [{
-            "Name": "InputDataUrl",
-            "Value": {"Fn::Sub": "s3://${ArtifactBucket}/${TrainingDataPrefix}"}}]
+        # the model build, which snapshots TrainingDataPrefix and trains on that snapshot:
+        # the prefix itself as InputDataUrl would hit SageMaker's step cache (it keys on the
+        # URL), and an earlier build's snapshot would not hold the new data
+        assert target["Arn"] == MODEL_BUILD_ARN
+        assert "SageMakerPipelineParameters" not in target
         assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["DeadLetterQueue",
                                                                      "Arn"]}}
         assert target["RoleArn"] == {"Fn::GetAtt": ["RetrainingRole", "Arn"]}
     retraining = {s["Sid"]: s for r, s in _statements(template) if r == "RetrainingRole"}
-    # the pipeline's ARN as SageMaker writes it (lower case) matches on the project id
-    assert retraining["StartPipeline"]["Resource"] == {"Fn::Sub": PIPELINE_ARN_PATTERN}
+    assert retraining["StartModelBuild"]["Action"] == ["codepipeline:StartPipelineExecution"]
+    assert retraining["StartModelBuild"]["Resource"] == MODEL_BUILD_ARN
     # one run per batch (its marker object), not one per uploaded image
     key = rule["Properties"]["EventPattern"]["detail"]["object"]["key"]
     assert key == [{"wildcard": {"Fn::Sub": "${TrainingDataPrefix}*${NewDataMarker}"}}]
