@@ -48,8 +48,13 @@ browser:
 	    echo "the Studio's browser tests need chromium + chromium-driver: sudo apt-get install chromium chromium-driver"; \
 	  fi; }
 
+# Whole test files go to TEST_WORKERS processes (pytest-xdist, --dist loadfile: a file's
+# module fixtures, e.g. the Studio story's one server, stay in one worker). Most tests wait
+# on subprocesses, endpoints and moto rather than compute, so 3 workers keep 2 cores busy.
+TEST_WORKERS ?= 3
+
 test: install tools browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -45,8 +45,11 @@ setup(
         # name in the templates' policies against IAM's own list with it
         # openapi-spec-validator: moto's CloudFormation imports it (moto's apigateway); the
         # rehearsal (tests/infra/test_rehearsal.py) creates the project stack with it
-        "test": ["pytest", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
-                 "selenium", "openapi-spec-validator"],
+        # flask-cors: moto's server imports it; the rehearsal serves moto to subprocesses
+        # pytest-xdist: `make test` runs the files on several workers (most tests wait on
+        # subprocesses, endpoints and moto, so 2 cores keep 3 workers busy)
+        "test": ["pytest", "pytest-xdist", "cfn-lint", "import-linter", "nbclient", "ipykernel", "parliament",
+                 "selenium", "openapi-spec-validator", "flask-cors"],
         "dev": ["pytest", "cfn-lint", "import-linter"],
     },
     entry_points={

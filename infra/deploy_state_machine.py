@@ -13,7 +13,7 @@ inside itself (Service Catalog owns it) is not a deployment path. A Standard wor
 as long as an endpoint update takes (an approval made during an update is deployed after
 it, not lost), and every step is idempotent:
   - model and endpoint-config names are derived from the package version
-    (<project>-<stage>-v<N>), so a duplicate event finds staging already serving that
+    (<project>-<project id>-<stage>-v<N>), so a duplicate event finds staging already serving that
     config and ends ("AlreadyServing") instead of redeploying;
   - an existing config or model of that name (a re-run, a rollback to an older version) is
     reused rather than created again.
@@ -77,8 +77,28 @@ def _json_number(parameter: str) -> dict:
     return _sub(f"States.StringToJson('${{{parameter}}}')")
 
 
+# SageMaker resources (pipeline, model package group, endpoints, their configs and models)
+# are named <project name>-<project id>[-<stage>[-v<N>]]: the name reads as the team chose
+# it, in Studio too. SageMaker writes every such name lower case into its ARNs, IAM matches
+# ARNs case-sensitively and CloudFormation cannot lower-case a name, so the roles' ARN
+# patterns match on the id (lower case by SageMakerProjectId's pattern, and unique to the
+# project) rather than the name, which Studio accepts in any case (Scones-Team1).
+SAGEMAKER_PREFIX = "${SageMakerProjectName}-${SageMakerProjectId}"
+SAGEMAKER_ARN_PREFIX = "*-${SageMakerProjectId}"
+
+
+def sagemaker_name(suffix: str = "") -> str:
+    """A SageMaker resource's name (Fn::Sub text): the project's name and id, then suffix."""
+    return SAGEMAKER_PREFIX + suffix
+
+
+def sagemaker_arn_name(suffix: str = "") -> str:
+    """What matches that name in the resource's ARN, which SageMaker writes lower case."""
+    return SAGEMAKER_ARN_PREFIX + suffix
+
+
 def endpoint_name(stage: str) -> dict:
-    return _sub(f"${{SageMakerProjectName}}-{stage}")
+    return _sub(sagemaker_name(f"-{stage}"))
 
 
 def alarm_names(stage: str) -> dict[str, dict]:
@@ -100,14 +120,14 @@ def _settings_state(next_state: str) -> dict:
         settings[stage] = {
             "EndpointName": endpoint_name(stage),
             "ResourceName.$": _sub(
-                f"States.Format('${{SageMakerProjectName}}-{stage}-v{{}}', $.package.Version)"),
+                f"States.Format('{sagemaker_name(f'-{stage}')}-v{{}}', $.package.Version)"),
             "InstanceType": {"Ref": f"{cap}InstanceType"},
             "InstanceCount.$": _json_number(f"{cap}InstanceCount"),
             "CaptureSamplingPercentage.$": _json_number(f"{cap}CaptureSamplingPercentage"),
             "MinCapacity.$": _json_number(f"{cap}MinCapacity"),
             "MaxCapacity.$": _json_number(f"{cap}MaxCapacity"),
             "ScalingResourceId": _sub(
-                f"endpoint/${{SageMakerProjectName}}-{stage}/variant/{VARIANT_NAME}"),
+                f"endpoint/{sagemaker_name(f'-{stage}')}/variant/{VARIANT_NAME}"),
         }
     settings["InvocationsPerInstanceTarget.$"] = _json_number("InvocationsPerInstanceTarget")
     settings["TrafficStepPercent.$"] = _json_number("TrafficStepPercent")

@@ -12,12 +12,13 @@ template through Service Catalog) or provisions from S3 with CloudFormation.
                   test, manual approval, prod with blue/green canary/linear shifting and
                   auto-rollback on CloudWatch alarms.
     retraining    an EventBridge Scheduler schedule and a "new labelled data" S3 rule, both
-                  starting the SageMaker pipeline directly, both off by default.
+                  starting the model build (which snapshots the labelled data under
+                  TrainingDataPrefix and trains on that snapshot), both off by default.
     monitoring    an EventBridge Scheduler schedule (MonitoringSchedule; off when empty)
                   starting the monitoring job (`scones monitor run`) as a SageMaker
                   processing job on the prod endpoint's capture; its Violations metric has a
-                  CloudWatch alarm, and the alarm's move into ALARM starts the pipeline
-                  (EventBridge). The alarm fires once per episode: that is the cool-down.
+                  CloudWatch alarm, and the alarm's move into ALARM starts the model
+                  build (EventBridge). The alarm fires once per episode: that is the cool-down.
     inference     the inference workflow (three Lambdas, its state machine, the new-image
                   rule) and the bulk workflow (three Lambdas, a Distributed Map), from the
                   Lambda table and the ASL the local engine runs; created once their zips
@@ -31,8 +32,9 @@ path to AWS.
                   (no "*" action), the model package group, alarms and notifications.
 
 SageMaker writes names lower case into ARNs and CloudFormation cannot lower-case a name, so
-SageMakerProjectName is limited to lower case: the roles' policies can then name the
-pipeline, endpoints and models exactly.
+the SageMaker resources are named <project name>-<project id>-... and the roles' policies
+match them on the (lower-case) project id: SageMakerProjectName may be anything Studio's
+CreateProject accepts, Scones-Team1 included (infra.deploy_state_machine.sagemaker_name).
 
 `project_template(config)` returns the template; the committed rendering is
 infra/sagemaker-project.json (tests keep it identical to the generator's output).
@@ -42,13 +44,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from scones.backend import LAMBDA_RUNTIME
 from scones.config import Config
 from scones.sdk import sagemaker_sdk
 from infra import deploy_state_machine
-from infra.deploy_state_machine import STAGES, VARIANT_NAME, alarm_names, endpoint_name
+from infra.deploy_state_machine import (STAGES, VARIANT_NAME, alarm_names, endpoint_name,
+                                        sagemaker_arn_name, sagemaker_name)
 from workflow.bulk import RESULTS_PREFIX, bulk_definition_json
 from workflow.definition import lambda_functions, workflow_definition_json
 
@@ -59,11 +63,25 @@ CODEBUILD_IMAGE = "aws/codebuild/amazonlinux-x86_64-standard:5.0"  # has python 
 ARN = "arn:${AWS::Partition}"
 REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
 PROJECT = "${SageMakerProjectName}"
-PIPELINE_NAME = "${SageMakerProjectName}-${SageMakerProjectId}"  # as the templates' buildspec
-PIPELINE_ARN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{PIPELINE_NAME}"
+PIPELINE_NAME = sagemaker_name()  # <project>-<project id>, as the templates' buildspec
+PIPELINE_ARN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{PIPELINE_NAME}"  # targets
+# in policies: the pipeline's ARN as SageMaker writes it, lower case (sagemaker_arn_name)
+PIPELINE_ARN_PATTERN = f"{ARN}:sagemaker:{REGION_ACCOUNT}:pipeline/{sagemaker_arn_name()}"
+MODEL_PACKAGES = f"model-package/{sagemaker_arn_name()}/*"
+# The model build's CodePipeline: what retraining starts (the build snapshots the labelled
+# data under TrainingDataPrefix and trains on that snapshot)
+MODEL_BUILD_ARN = f"{ARN}:codepipeline:{REGION_ACCOUNT}:${{ModelBuildPipeline}}"
 # Where the model build publishes the code it built from, for the staging test. Not
 # SourceObjectKey: writing there would start the model build again, forever.
 TEST_SOURCE_KEY = "deploy/model-build-source.zip"
+# What the staging test's CodeBuild installs besides the project itself (--no-deps): the
+# project's dependencies but torch, which nothing `scones` imports needs (the model is
+# served by SageMaker) and which PyPI serves as gigabytes of CUDA wheels.
+# tests/infra/test_deploy_flow.py proves from the import graph that they cover every
+# package `scones` can import.
+STAGING_TEST_PACKAGES = ("sagemaker", "stepfunctions", "boto3", "numpy", "pillow", "pyyaml",
+                         "matplotlib", "rich", "waitress", "sagemaker-inference",
+                         "moto[s3,stepfunctions,sagemaker,iam,events]", "flask", "plotly")
 # Placeholder the workflow ASL is generated with, then replaced by the project's name.
 _FUNCTION_PREFIX_SENTINEL = "scones-function-prefix-sentinel"
 
@@ -172,13 +190,18 @@ def _parameters(config: Config) -> dict:
     params = {
         "SageMakerProjectName": {
             "Type": "String", "MinLength": 1, "MaxLength": 32,
-            "AllowedPattern": "^[a-z](-*[a-z0-9])*$",
-            "ConstraintDescription": "lower-case letters, digits and single hyphens, "
-                                     "starting with a letter (SageMaker ARNs are lower case)",
-            "Description": "Name of the project (lower case: SageMaker ARNs are lower case "
-                           "and the roles name resources by it)"},
-        "SageMakerProjectId": {"Type": "String", "MinLength": 1, "MaxLength": 16,
-                               "Description": "Service generated Id of the project"},
+            # CreateProject's own pattern
+            "AllowedPattern": "^[a-zA-Z](-*[a-zA-Z0-9]){0,31}$",
+            "ConstraintDescription": "letters, digits and hyphens, starting with a letter "
+                                     "(as SageMaker's CreateProject accepts)",
+            "Description": "Name of the project"},
+        "SageMakerProjectId": {
+            "Type": "String", "MinLength": 1, "MaxLength": 16,
+            # the roles' policies match SageMaker's lower-case ARNs on it (sagemaker_name)
+            "AllowedPattern": "^[a-z0-9](-*[a-z0-9])*$",
+            "ConstraintDescription": "lower-case letters, digits and hyphens, as SageMaker "
+                                     "generates project ids (p-...)",
+            "Description": "Service generated Id of the project"},
         "CodeConnectionArn": text(
             "", "CodeConnections (or CodeStar connection) ARN to GitHub, GitLab or "
                 "Bitbucket; empty: the source is SourceObjectKey in the artifact bucket",
@@ -194,13 +217,14 @@ def _parameters(config: Config) -> dict:
                               "empty: S3-managed keys",
                           AllowedPattern=r"^$|^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+$"),
         "TrainingDataPrefix": text("data/train/", "Key prefix of the labelled images in the "
-                                                  "artifact bucket (the pipeline's "
-                                                  "InputDataUrl)"),
-        "RetrainOnSchedule": text("false", "Start the pipeline on RetrainingScheduleExpression",
+                                                  "artifact bucket, <class>/<image>; each "
+                                                  "model build trains on a snapshot of them"),
+        "RetrainOnSchedule": text("false", "Start the model build on "
+                                           "RetrainingScheduleExpression",
                                   **switch),
         "RetrainingScheduleExpression": text("rate(7 days)", "EventBridge Scheduler expression"),
-        "RetrainOnNewData": text("false", "Start the pipeline when NewDataMarker is written "
-                                          "under TrainingDataPrefix", **switch),
+        "RetrainOnNewData": text("false", "Start the model build when NewDataMarker is "
+                                          "written under TrainingDataPrefix", **switch),
         "NewDataMarker": text(
             "_READY", "Name of the object that marks a complete batch of new labelled "
                       "images (one pipeline run per batch, not per image); empty: every "
@@ -369,7 +393,6 @@ def framework_image_uri(config: Config, scope: str) -> dict:
 
 
 def _sagemaker_execution_role(resources: dict) -> None:
-    group = f"model-package/{PIPELINE_NAME}"
     resources["SageMakerExecutionRole"] = _role(
         ["sagemaker.amazonaws.com"],
         "The SageMaker pipeline's steps and the deployed models: read and write the "
@@ -409,15 +432,15 @@ def _sagemaker_execution_role(resources: dict) -> None:
                 "sagemaker:AddTags", "sagemaker:AssociateTrialComponent",
                 "sagemaker:CreateExperiment", "sagemaker:CreateTrial",
                 "sagemaker:DescribeExperiment", "sagemaker:DescribeTrial"], [
-                _sagemaker_arn(f"experiment/{PIPELINE_NAME}"),
+                _sagemaker_arn(f"experiment/{sagemaker_arn_name()}"),
                 _sagemaker_arn("experiment-trial/*"),
                 _sagemaker_arn("experiment-trial-component/*")]),
             _statement("RegisterModelVersions", [
                 "sagemaker:AddTags", "sagemaker:CreateModelPackage",
                 "sagemaker:DescribeModelPackage", "sagemaker:DescribeModelPackageGroup",
                 "sagemaker:UpdateModelPackage"], [
-                _sagemaker_arn(f"model-package-group/{PIPELINE_NAME}"),
-                _sagemaker_arn(f"{group}/*")]),
+                _sagemaker_arn(f"model-package-group/{sagemaker_arn_name()}"),
+                _sagemaker_arn(MODEL_PACKAGES)]),
         ])
     # a separate policy: the role's own ARN in its inline policy would be a cycle
     resources["SageMakerExecutionRolePassSelf"] = {
@@ -450,7 +473,7 @@ def _model_build(resources: dict) -> None:
                 # Pipeline.upsert merges the pipeline's existing tags with ours
                 "sagemaker:ListTags",
                 "sagemaker:StartPipelineExecution", "sagemaker:UpdatePipeline"], [
-                _sub(PIPELINE_ARN), _sub(f"{PIPELINE_ARN}/execution/*")]),
+                _sub(PIPELINE_ARN_PATTERN), _sub(f"{PIPELINE_ARN_PATTERN}/execution/*")]),
             _statement("PassPipelineRole", ["iam:PassRole"], _arn("SageMakerExecutionRole"),
                        {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}),
         ])
@@ -460,7 +483,8 @@ def _model_build(resources: dict) -> None:
         "SAGEMAKER_PROJECT_ARN": _sagemaker_arn("project/${SageMakerProjectName}"),
         "SAGEMAKER_PIPELINE_ROLE_ARN": _arn("SageMakerExecutionRole"),
         "ARTIFACT_BUCKET": _ref("ArtifactBucket"),
-        "INPUT_DATA_URL": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}"),
+        # the labelled images the build snapshots (`scones data snapshot`) to train on
+        "TRAINING_DATA_URL": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}"),
         "TEST_SOURCE_KEY": TEST_SOURCE_KEY,
     }
     resources["ModelBuildProject"] = {
@@ -542,7 +566,7 @@ def _model_build(resources: dict) -> None:
                     "InputArtifacts": [{"Name": "Source"}], "RunOrder": 1}]}],
             "Tags": _project_tags()}}
 
-    pipeline_arn = _sub(f"{ARN}:codepipeline:{REGION_ACCOUNT}:${{ModelBuildPipeline}}")
+    pipeline_arn = _sub(MODEL_BUILD_ARN)
     resources["ModelBuildSourceRuleRole"] = _role(
         ["events.amazonaws.com"], "A new source zip starts the model build", [
             _statement("StartModelBuild", ["codepipeline:StartPipelineExecution"],
@@ -560,15 +584,16 @@ def _model_build(resources: dict) -> None:
 
 
 def _retraining(resources: dict) -> None:
-    pipeline_parameters = {"PipelineParameterList": [{
-        "Name": "InputDataUrl",
-        "Value": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}")}]}
+    """Retraining starts the model build, not the SageMaker pipeline: the build snapshots
+    the labelled data under TrainingDataPrefix and trains on that snapshot. Started with the
+    prefix itself as InputDataUrl, the pipeline would find its steps cached (SageMaker's step
+    cache keys on the URL, not on the data behind it) and train on the old data."""
     retry = {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 10}
     resources["RetrainingRole"] = _role(
         ["events.amazonaws.com", "scheduler.amazonaws.com"],
-        "Retraining schedule and new-data rule: start the SageMaker pipeline", [
-            _statement("StartPipeline", ["sagemaker:StartPipelineExecution"],
-                       _sub(PIPELINE_ARN)),
+        "Retraining schedule, new-data and drift rules: start the model build", [
+            _statement("StartModelBuild", ["codepipeline:StartPipelineExecution"],
+                       _sub(MODEL_BUILD_ARN)),
             # Scheduler sends undeliverable starts to the dead-letter queue as this role
             _statement("DeadLetters", ["sqs:SendMessage"], _arn("DeadLetterQueue")),
         ])
@@ -580,8 +605,7 @@ def _retraining(resources: dict) -> None:
             "State": _if("RetrainOnScheduleEnabled", "ENABLED", "DISABLED"),
             "ScheduleExpression": _ref("RetrainingScheduleExpression"),
             "FlexibleTimeWindow": {"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 60},
-            "Target": {"Arn": _sub(PIPELINE_ARN), "RoleArn": _arn("RetrainingRole"),
-                       "SageMakerPipelineParameters": pipeline_parameters,
+            "Target": {"Arn": _sub(MODEL_BUILD_ARN), "RoleArn": _arn("RetrainingRole"),
                        "RetryPolicy": retry,
                        "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}}}
     key_pattern = _if("HasNewDataMarker",
@@ -597,9 +621,8 @@ def _retraining(resources: dict) -> None:
             "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"],
                              "detail": {"bucket": {"name": [_ref("ArtifactBucket")]},
                                         "object": {"key": key_pattern}}},
-            "Targets": [{"Id": "sagemaker-pipeline", "Arn": _sub(PIPELINE_ARN),
+            "Targets": [{"Id": "model-build", "Arn": _sub(MODEL_BUILD_ARN),
                          "RoleArn": _arn("RetrainingRole"),
-                         "SageMakerPipelineParameters": pipeline_parameters,
                          "RetryPolicy": retry,
                          "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
 
@@ -610,7 +633,7 @@ MONITORING_REPORTS = "monitoring/reports"
 def _monitoring_job_request(config: Config) -> str:
     """CreateProcessingJob's request, as the schedule's Input (a Fn::Sub template): the
     project's code as the model build published it, run by the training image's python."""
-    prod = "${SageMakerProjectName}-prod"
+    prod = sagemaker_name("-prod")
     settings = {"aws.bucket": "${ArtifactBucket}", "aws.role_arn": "${SageMakerExecutionRole.Arn}",
                 "aws.region": "${AWS::Region}", "pipeline.name": PIPELINE_NAME,
                 "pipeline.model_package_group": PIPELINE_NAME,
@@ -676,9 +699,10 @@ def _monitoring(resources: dict, config: Config) -> None:
                            _statement("WhichVersionProdServes", [
                                "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
                                "sagemaker:DescribeModel"], [
-                               _sagemaker_arn("endpoint/${SageMakerProjectName}-prod"),
-                               _sagemaker_arn("endpoint-config/${SageMakerProjectName}-prod-v*"),
-                               _sagemaker_arn("model/${SageMakerProjectName}-prod-v*")])]}}}
+                               _sagemaker_arn(f"endpoint/{sagemaker_arn_name('-prod')}"),
+                               _sagemaker_arn("endpoint-config/"
+                                              + sagemaker_arn_name("-prod-v*")),
+                               _sagemaker_arn(f"model/{sagemaker_arn_name('-prod-v*')}")])]}}}
     resources["MonitoringJobSchedule"] = {
         "Type": "AWS::Scheduler::Schedule", "Condition": "HasMonitoringSchedule",
         "Properties": {
@@ -703,7 +727,7 @@ def _monitoring(resources: dict, config: Config) -> None:
             "AlarmDescription": "A monitoring run found drift or quality violations "
                                 "(constraint_violations.json in MonitoringReports): retrain",
             "Namespace": config.monitoring.metrics_namespace, "MetricName": "Violations",
-            "Dimensions": [{"Name": "Endpoint", "Value": _sub("${SageMakerProjectName}-prod")}],
+            "Dimensions": [{"Name": "Endpoint", "Value": endpoint_name("prod")}],
             "Statistic": "Maximum", "Period": 3600, "EvaluationPeriods": 1,
             "Threshold": _ref("MonitoringAlarmViolations"),
             "ComparisonOperator": "GreaterThanOrEqualToThreshold",
@@ -717,11 +741,8 @@ def _monitoring(resources: dict, config: Config) -> None:
                              "detail-type": ["CloudWatch Alarm State Change"],
                              "resources": [_arn("DriftAlarm")],
                              "detail": {"state": {"value": ["ALARM"]}}},
-            "Targets": [{"Id": "sagemaker-pipeline", "Arn": _sub(PIPELINE_ARN),
+            "Targets": [{"Id": "model-build", "Arn": _sub(MODEL_BUILD_ARN),
                          "RoleArn": _arn("RetrainingRole"),
-                         "SageMakerPipelineParameters": {"PipelineParameterList": [{
-                             "Name": "InputDataUrl",
-                             "Value": _sub("s3://${ArtifactBucket}/${TrainingDataPrefix}")}]},
                          "RetryPolicy": {"MaximumEventAgeInSeconds": 3600,
                                          "MaximumRetryAttempts": 10},
                          "DeadLetterConfig": {"Arn": _arn("DeadLetterQueue")}}]}}
@@ -821,7 +842,7 @@ def _endpoint_alarms(resources: dict) -> None:
 def _model_deploy(resources: dict, config: Config) -> None:
     resources["StagingTestLogGroup"] = _log_group(
         _sub("/aws/codebuild/${SageMakerProjectName}-staging-test"))
-    staging_endpoint = _sagemaker_arn("endpoint/${SageMakerProjectName}-staging")
+    staging_endpoint = _sagemaker_arn(f"endpoint/{sagemaker_arn_name('-staging')}")
     resources["StagingTestRole"] = _role(
         ["codebuild.amazonaws.com"],
         "The staging test: read the project's code and test images, call staging", [
@@ -837,12 +858,12 @@ def _model_deploy(resources: dict, config: Config) -> None:
             # which version staging serves: its config's model names the package
             _statement("WhichVersionServes", ["sagemaker:DescribeEndpointConfig",
                                               "sagemaker:DescribeModel"], [
-                _sagemaker_arn(f"{kind}/${{SageMakerProjectName}}-staging-v*")
+                _sagemaker_arn(f"{kind}/{sagemaker_arn_name('-staging-v*')}")
                 for kind in ("endpoint-config", "model")]),
             # the test's result is recorded with the version (CustomerMetadataProperties)
             _statement("ReadAndRecordVersion", ["sagemaker:DescribeModelPackage",
                                                 "sagemaker:UpdateModelPackage"],
-                       _sagemaker_arn(f"model-package/{PIPELINE_NAME}/*")),
+                       _sagemaker_arn(MODEL_PACKAGES)),
             # ListModelPackages has no resource-level permissions
             _statement("FindVersions", ["sagemaker:ListModelPackages"], "*"),
             # the test images go through the inference workflow, as production's do
@@ -872,7 +893,9 @@ def _model_deploy(resources: dict, config: Config) -> None:
                        "BuildSpec": _sub(
                            "version: 0.2\nphases:\n  install:\n    runtime-versions:\n"
                            "      python: 3.11\n    commands:\n"
-                           "      - pip install -c constraints.txt .\n"
+                           "      - pip install --no-deps .\n"
+                           "      - pip install -c constraints.txt "
+                           + " ".join(shlex.quote(p) for p in STAGING_TEST_PACKAGES) + "\n"
                            "  build:\n    commands:\n      - ${StagingTestCommand}\n")},
             "Environment": {
                 "Type": "LINUX_CONTAINER", "ComputeType": "BUILD_GENERAL1_SMALL",
@@ -890,8 +913,8 @@ def _model_deploy(resources: dict, config: Config) -> None:
             "TimeoutInMinutes": 60,
             "Tags": _project_tags()}}
 
-    endpoints = [_sagemaker_arn(f"endpoint/${{SageMakerProjectName}}-{s}") for s in STAGES]
-    per_stage = [_sagemaker_arn(f"{kind}/${{SageMakerProjectName}}-{s}-v*")
+    endpoints = [_sagemaker_arn(f"endpoint/{sagemaker_arn_name(f'-{s}')}") for s in STAGES]
+    per_stage = [_sagemaker_arn(f"{kind}/{sagemaker_arn_name(f'-{s}-v*')}")
                  for s in STAGES for kind in ("model", "endpoint-config")]
     alarm_arns = [_sub(f"{ARN}:cloudwatch:{REGION_ACCOUNT}:alarm:${{SageMakerProjectName}}-"
                        f"{s}-*") for s in STAGES]
@@ -900,11 +923,11 @@ def _model_deploy(resources: dict, config: Config) -> None:
         "The deploy state machine: models, endpoint configs and endpoints of the two "
         "stages, the test build, the approval message, autoscaling", [
             _statement("ReadApprovedVersions", ["sagemaker:DescribeModelPackage"],
-                       _sagemaker_arn(f"model-package/{PIPELINE_NAME}/*")),
+                       _sagemaker_arn(MODEL_PACKAGES)),
             _statement("ModelsAndConfigs", [
                 "sagemaker:AddTags", "sagemaker:CreateEndpointConfig", "sagemaker:CreateModel",
                 "sagemaker:DescribeEndpointConfig", "sagemaker:DescribeModel"],
-                per_stage + [_sagemaker_arn(f"model-package/{PIPELINE_NAME}/*")]),
+                per_stage + [_sagemaker_arn(MODEL_PACKAGES)]),
             _statement("Endpoints", [
                 "sagemaker:AddTags", "sagemaker:CreateEndpoint", "sagemaker:DescribeEndpoint",
                 "sagemaker:UpdateEndpoint"], endpoints + per_stage[1::2]),
@@ -943,7 +966,7 @@ def _model_deploy(resources: dict, config: Config) -> None:
                                              "cloudwatch:DescribeAlarms",
                                              "cloudwatch:PutMetricAlarm"],
                        [_sub(f"{ARN}:cloudwatch:{REGION_ACCOUNT}:alarm:TargetTracking-"
-                             f"endpoint/${{SageMakerProjectName}}-{s}/*") for s in STAGES]),
+                             f"endpoint/{sagemaker_arn_name(f'-{s}')}/*") for s in STAGES]),
             _statement("AutoscalingServiceRole", ["iam:CreateServiceLinkedRole"],
                        _sub(f"{ARN}:iam::${{AWS::AccountId}}:role/aws-service-role/"
                             "sagemaker.application-autoscaling.amazonaws.com/"
@@ -1069,7 +1092,7 @@ def _inference_workflow(resources: dict, config: Config) -> None:
     inference = [f for f in functions.values() if f.in_workflow]
     bulk = [f for f in functions.values() if f.in_bulk]
 
-    stage_endpoints = [_sagemaker_arn(f"endpoint/${{SageMakerProjectName}}-{stage}")
+    stage_endpoints = [_sagemaker_arn(f"endpoint/{sagemaker_arn_name(f'-{stage}')}")
                        for stage in STAGES]
     for function in functions.values():
         resources[_logical(function.key, "LogGroup")] = _log_group(
@@ -1294,9 +1317,9 @@ def project_template(config: Config) -> dict:
             "EndpointCleanup": {
                 "Description": "Endpoints are not stack resources: delete them before the "
                                "stack to stop their billing",
-                "Value": _sub("aws sagemaker delete-endpoint --endpoint-name "
-                              "${SageMakerProjectName}-staging; aws sagemaker delete-endpoint "
-                              "--endpoint-name ${SageMakerProjectName}-prod")},
+                "Value": _sub("; ".join(
+                    "aws sagemaker delete-endpoint --endpoint-name " + sagemaker_name(f"-{s}")
+                    for s in STAGES))},
             "MonitoringReports": {
                 "Condition": "HasMonitoringSchedule",
                 "Value": _sub(f"s3://${{ArtifactBucket}}/{MONITORING_REPORTS}"),

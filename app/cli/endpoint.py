@@ -214,12 +214,14 @@ def serve_command(args, config: Config) -> int:
     with backend_for(config).serve_endpoint(port=args.port,
                                             model_version=args.model_version) as endpoint:
         model = endpoint.model
-        print(f"endpoint {endpoint.endpoint_name} serving model version "
-              f"{model.version if model.version is not None else '?'} ({model.source}) at "
-              f"{endpoint.url}", flush=True)
-        print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
-              f"Ctrl-C to stop", flush=True)
+        # From the first line on, a stop (Ctrl-C, SIGTERM) is the normal end: exit 0, even
+        # when it comes while the second line is printed.
         try:
+            print(f"endpoint {endpoint.endpoint_name} serving model version "
+                  f"{model.version if model.version is not None else '?'} ({model.source}) "
+                  f"at {endpoint.url}", flush=True)
+            print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
+                  f"Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:

@@ -20,7 +20,7 @@ PROJECT = {"SAGEMAKER_PROJECT_NAME": "bikes", "SAGEMAKER_PROJECT_ID": "p-abc123"
            "SAGEMAKER_PROJECT_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:project/bikes",
            "SAGEMAKER_PIPELINE_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
            "ARTIFACT_BUCKET": "sagemaker-project-p-abc123",
-           "INPUT_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
+           "TRAINING_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
            "TEST_SOURCE_KEY": "deploy/model-build-source.zip", "AWS_REGION": "us-east-1"}
 NAME_ID = "bikes-p-abc123"
 PROJECT_TAGS = [{"Key": "sagemaker:project-name", "Value": "bikes"},
@@ -35,6 +35,12 @@ def buildspec_argv(tmp_path_factory) -> list[str]:
     recorder = folder / "run-pipeline"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     recorder.chmod(0o755)
+    # the build's `scones data snapshot` of TRAINING_DATA_URL, answering as --json does
+    (folder / "scones").write_text(
+        f"#!{sys.executable}\nimport json\nprint(json.dumps({{'DataSnapshotUrl': "
+        f"'s3://sagemaker-project-p-abc123/data/snapshots/{'ab' * 32}/'}}))\n")
+    (folder / "scones").chmod(0o755)
+    (folder / "python").symlink_to(sys.executable)
     buildspec = yaml.safe_load((REPO / "codebuild-buildspec.yml").read_text())
     done = subprocess.run(["bash", "-ec", "\n".join(buildspec["phases"]["build"]["commands"])],
                           capture_output=True, text=True, timeout=60,

@@ -109,7 +109,8 @@ def test_prod_applies_the_promoted_versions_own_threshold_to_the_filtering_lambd
         assert variables["CONFIDENCE_THRESHOLD.$"] == \
             "$.promoted.CustomerMetadataProperties.ConfidenceThreshold"
         assert variables["CLASS_NAMES"] == "bicycle,motorcycle"
-    assert applied["scones-team1-classify-image-batch"]["ENDPOINT_NAME"] == "scones-team1-prod"
+    assert applied["scones-team1-classify-image-batch"]["ENDPOINT_NAME"] == \
+        "scones-team1-p-a1b2c3d4e5f6-prod"
     # without the workflow's Lambdas (no LambdaCodeBucket) prod ends when it serves
     without = _definition(template)["States"]
     assert without["ProdPutScalingPolicy"]["Next"] == "DeployedToProd"
@@ -174,8 +175,9 @@ NOT_INSTALLED_BY_THE_BUILD = ["torch", "torchvision", "PIL", "matplotlib", "flas
 
 def test_the_model_build_installs_only_what_upserting_the_pipeline_needs(tmp_path):
     """The buildspec installs the project without dependencies plus BUILD_PACKAGES; the
-    template's own build command (get-pipeline-definition with the AWS templates' kwargs,
-    as run-pipeline builds it) runs with everything else unimportable."""
+    template's own build commands (`scones data snapshot`, then get-pipeline-definition
+    with the AWS templates' kwargs, as run-pipeline builds it) run with everything else
+    unimportable."""
     import re
     import subprocess
     import sys
@@ -202,7 +204,13 @@ sys.meta_path.insert(0, Block())
 import boto3
 from moto import mock_aws
 with mock_aws():
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sagemaker-project-p-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="sagemaker-project-p-1")
+    s3.put_object(Bucket="sagemaker-project-p-1", Key="data/train/bicycle/1.png", Body=b"png")
+    from app.cli.main import main as scones   # the build's `scones data snapshot` first
+    assert scones(["data", "snapshot", "s3://sagemaker-project-p-1/data/train/", "--env", "aws",
+                   "--json", "--set", "aws.bucket=sagemaker-project-p-1",
+                   "--set", "aws.region=us-east-1"]) == 0
     from app.cli.get_pipeline_definition import main
     sys.exit(main(["--module-name", "pipelines.pipeline", "-f", {str(tmp_path / "p.json")!r},
                    "--kwargs", '{{"region":"us-east-1","role":"arn:aws:iam::123456789012:role/x",'
@@ -217,3 +225,83 @@ with mock_aws():
                                  "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"Steps"' in (tmp_path / "p.json").read_text()
+
+
+def _pip_requirements(command: list[str]) -> tuple[list[str], bool]:
+    """(the requirements a `pip install ...` argv names, whether it installs dependencies)."""
+    names, skip = [], False
+    for arg in command[2:]:
+        if skip:
+            skip = False
+        elif arg in ("-c", "-r", "--constraint", "--requirement"):
+            skip = True
+        elif not arg.startswith("-"):
+            names.append(arg)
+    return names, "--no-deps" not in command
+
+
+def _with_dependencies(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for these requirements (their requirements, markers
+    and extras honoured), as normalised names, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), ()) for r in requirements]
+    while todo:
+        requirement, _ = todo.pop()
+        name = canonicalize_name(requirement.name)
+        extras = tuple(requirement.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for line in metadata.requires(name) or []:
+            needed = Requirement(line)
+            if needed.marker is None or any(needed.marker.evaluate({"extra": e})
+                                            for e in ("", *extras)):
+                todo.append((needed, ()))
+    return {name for name, _ in seen}
+
+
+def test_the_staging_test_installs_only_what_its_command_can_import(template):
+    """The staging test's CodeBuild installs the project without its dependencies, then a
+    list without torch (CUDA wheels from PyPI). The list suffices: every package outside
+    the project and the standard library that `scones` (the command's entry point) can
+    import, at module or function level, is installed by it (the import graph, grimp)."""
+    import shlex
+    import sys
+    from importlib import metadata
+
+    import grimp
+    import yaml
+    from packaging.utils import canonicalize_name
+
+    project = Resolved(template, PARAMETERS).properties("StagingTestProject")
+    spec = yaml.safe_load(project["Source"]["BuildSpec"])
+    installs = [shlex.split(c) for c in spec["phases"]["install"]["commands"]
+                if c.startswith("pip install")]
+    requirements = []
+    for command in installs:
+        names, with_dependencies = _pip_requirements(command)
+        if "." in names:   # the project itself: its own dependencies would bring torch
+            assert not with_dependencies, command
+            names.remove(".")
+        requirements += names
+    installed = _with_dependencies(requirements)
+    assert "torch" not in installed and "torchvision" not in installed
+
+    command = spec["phases"]["build"]["commands"][0]
+    assert command.split()[0] == "scones", command
+    (script,) = metadata.entry_points(group="console_scripts", name="scones")
+    entry = script.value.split(":")[0]
+    packages = ("app", "infra", "pipelines", "workflow", "scones", "lambdas")
+    graph = grimp.build_graph(*packages, include_external_packages=True, cache_dir=None)
+    imported = {m for m in graph.find_upstream_modules(entry) if "." not in m} - set(packages)
+    external = imported - set(sys.stdlib_module_names)
+    assert {"sagemaker", "boto3", "numpy", "PIL"} <= external   # the graph is the real one
+    providers = metadata.packages_distributions()
+    uncovered = {name for name in external
+                 if not {canonicalize_name(d) for d in providers.get(name, [])} & installed}
+    assert not uncovered, f"`scones` can import {sorted(uncovered)}, not installed"

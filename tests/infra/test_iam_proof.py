@@ -22,9 +22,27 @@ PROJECT = "scones-team1"
 PROJECT_ID = "p-a1b2c3d4e5f6"
 PARAMETERS = {"SageMakerProjectName": PROJECT, "SageMakerProjectId": PROJECT_ID,
               "LambdaCodeBucket": "scones-code", "MonitoringSchedule": "rate(1 hour)"}
-GROUP = f"{PROJECT}-{PROJECT_ID}"
-PACKAGE_ARN = sagemaker_arn("model-package", f"{GROUP}/3")
+# What Studio and CreateProject accept (^[a-zA-Z](-*[a-zA-Z0-9]){0,31}$): SageMaker writes
+# such a name lower case into its ARNs, and IAM matches ARNs case-sensitively.
+MIXED_CASE_PROJECT = "Scones-Team1"
 CLASSES = "bicycle,motorcycle"
+
+
+def _output(resolved: Resolved, name: str) -> str:
+    return resolved.value(resolved.template["Outputs"][name]["Value"])
+
+
+def _group(resolved: Resolved) -> str:
+    """The model package group (and pipeline) the template names."""
+    return _output(resolved, "ModelPackageGroupName")
+
+
+def _endpoint(resolved: Resolved, stage: str) -> str:
+    return _output(resolved, f"{stage.capitalize()}EndpointName")
+
+
+def _package_arn(resolved: Resolved) -> str:
+    return sagemaker_arn("model-package", f"{_group(resolved)}/3")
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +66,17 @@ def _bucket(resolved: Resolved) -> str:
             else resolved.parameters["BucketName"])
 
 
-def _deploy_input():
-    return {"detail": {"ModelPackageArn": PACKAGE_ARN},
-            "package": {"Arn": PACKAGE_ARN, "Version": 3, "Status": "Approved"}}
+def _deploy_input(resolved: Resolved):
+    package = _package_arn(resolved)
+    return {"detail": {"ModelPackageArn": package},
+            "package": {"Arn": package, "Version": 3, "Status": "Approved"}}
 
 
 def state_machine_calls(resolved: Resolved) -> list[Call]:
     calls = []
     bucket = _bucket(resolved)
     run = f"{RESULTS_PREFIX}/run-1/"  # where workflow.bulk puts a run's files
-    samples = {"DeployStateMachine": _deploy_input(),
+    samples = {"DeployStateMachine": _deploy_input(resolved),
                "InferenceStateMachine": {"s3_bucket": bucket, "s3_key": "incoming/x.png"},
                "BulkStateMachine": {"bucket": bucket, "prefix": "incoming/",
                                     "manifest": {"bucket": bucket, "key": f"{run}batches.json"},
@@ -210,8 +229,10 @@ def command_calls(resolved: Resolved) -> list[Call]:
     endpoint, which moto cannot provide."""
     bucket = resolved.ref("ArtifactBucket")
     objects = f"arn:aws:s3:::{bucket}"
-    pipeline = sagemaker_arn("pipeline", GROUP)
-    staging, prod = (f"{PROJECT}-{s}" for s in ("staging", "prod"))
+    group = _group(resolved)
+    pipeline = sagemaker_arn("pipeline", _output(resolved, "PipelineName"))
+    staging, prod = (_endpoint(resolved, s) for s in ("staging", "prod"))
+    package = _package_arn(resolved)
     execution_role = resolved.attribute("SageMakerExecutionRole", "Arn")
     inference = resolved.ref("InferenceStateMachine")
     calls = []
@@ -226,9 +247,16 @@ def command_calls(resolved: Resolved) -> list[Call]:
             ("sagemaker:DescribePipelineExecution", f"{pipeline}/execution/abc123"),
             ("sagemaker:ListPipelineExecutionSteps", f"{pipeline}/execution/abc123"),
             ("iam:PassRole", execution_role),
-            ("s3:PutObject", f"{objects}/{GROUP}/code/preprocess.py"),
-            ("s3:GetObject", f"{objects}/{GROUP}/code/preprocess.py"),
+            ("s3:PutObject", f"{objects}/{group}/code/preprocess.py"),
+            ("s3:GetObject", f"{objects}/{group}/code/preprocess.py"),
             ("s3:ListBucket", objects))
+    declare("ModelBuildRole", "buildspec build: scones data snapshot TRAINING_DATA_URL (list and "
+            "read the labelled images, write the snapshot's files and manifest)",
+            ("s3:ListBucket", objects),
+            ("s3:GetObject", f"{objects}/data/train/bicycle/bicycle_s_000017.png"),
+            ("s3:GetObject", f"{objects}/data/snapshots/ab12/manifest.json"),
+            ("s3:PutObject", f"{objects}/data/snapshots/ab12/bicycle/bicycle_s_000017.png"),
+            ("s3:PutObject", f"{objects}/data/snapshots/ab12/manifest.json"))
     declare("ModelBuildRole", "buildspec post_build: aws s3 cp the source for the staging test",
             ("s3:PutObject", f"{objects}/deploy/model-build-source.zip"))
     declare("StagingTestRole",
@@ -237,10 +265,10 @@ def command_calls(resolved: Resolved) -> list[Call]:
             ("sagemaker:DescribeEndpoint", sagemaker_arn("endpoint", staging)),
             ("sagemaker:DescribeEndpointConfig", sagemaker_arn("endpoint-config", f"{staging}-v3")),
             ("sagemaker:DescribeModel", sagemaker_arn("model", f"{staging}-v3")),
-            ("sagemaker:DescribeModelPackage", PACKAGE_ARN),
+            ("sagemaker:DescribeModelPackage", package),
             ("sagemaker:ListModelPackages", "*"),
-            ("sagemaker:UpdateModelPackage", PACKAGE_ARN),
-            ("s3:GetObject", f"{objects}/{GROUP}/preprocess/test/images.npz"),
+            ("sagemaker:UpdateModelPackage", package),
+            ("s3:GetObject", f"{objects}/{group}/preprocess/test/images.npz"),
             ("s3:ListBucket", objects),
             ("s3:PutObject", f"{objects}/workflow-input/run-1/00000-bicycle-000.png"),
             ("states:DescribeStateMachine", inference),
@@ -253,7 +281,7 @@ def command_calls(resolved: Resolved) -> list[Call]:
             ("sagemaker:DescribeEndpoint", sagemaker_arn("endpoint", prod)),
             ("sagemaker:DescribeEndpointConfig", sagemaker_arn("endpoint-config", f"{prod}-v3")),
             ("sagemaker:DescribeModel", sagemaker_arn("model", f"{prod}-v3")),
-            ("sagemaker:DescribeModelPackage", PACKAGE_ARN),
+            ("sagemaker:DescribeModelPackage", package),
             ("sagemaker:ListModelPackages", "*"),
             ("s3:GetObject", f"{objects}/datacapture/prod/{prod}/AllTraffic/2026/12/07/00/x.jsonl"),
             ("s3:ListBucket", objects),
@@ -271,8 +299,8 @@ def command_calls(resolved: Resolved) -> list[Call]:
     declare("SageMakerExecutionRole",
             "SageMaker Pipelines' default experiment config: an experiment per pipeline, a "
             "trial per execution (kept deliberately: Studio's Experiments view lists runs)",
-            ("sagemaker:CreateExperiment", sagemaker_arn("experiment", GROUP)),
-            ("sagemaker:DescribeExperiment", sagemaker_arn("experiment", GROUP)),
+            ("sagemaker:CreateExperiment", sagemaker_arn("experiment", group)),
+            ("sagemaker:DescribeExperiment", sagemaker_arn("experiment", group)),
             ("sagemaker:CreateTrial", sagemaker_arn("experiment-trial", "abc123")),
             ("sagemaker:DescribeTrial", sagemaker_arn("experiment-trial", "abc123")),
             ("sagemaker:AssociateTrialComponent",
@@ -301,7 +329,7 @@ def test_every_lambda_call_is_allowed(resolved, monkeypatch, aws_credentials):
     invoked = {(c.role, c.resource) for c in calls if c.action == "sagemaker:InvokeEndpoint"}
     for role in ("WorkflowLambdaRole", "BulkLambdaRole"):   # the staging test's and prod's
         assert {r for o, r in invoked if o == role} == {
-            iam_proof.sagemaker_arn("endpoint", f"scones-team1-{s}") for s in STAGES}, role
+            iam_proof.sagemaker_arn("endpoint", _endpoint(resolved, s)) for s in STAGES}, role
     refused = iam_proof.refused(resolved, calls)
     assert not refused, _report(refused)
 
@@ -315,7 +343,7 @@ def test_every_command_call_is_allowed(resolved):
 def test_every_rule_schedule_and_pipeline_delivery_is_allowed(resolved):
     calls = iam_proof.trigger_calls(resolved)
     assert {c.action for c in calls} >= {"states:StartExecution",
-                                         "sagemaker:StartPipelineExecution",
+                                         "codepipeline:StartPipelineExecution",
                                          "sagemaker:CreateProcessingJob", "iam:PassRole",
                                          "codebuild:StartBuild", "sqs:SendMessage"}
     refused = iam_proof.refused(resolved, calls)
@@ -349,16 +377,19 @@ def test_a_missing_permission_is_caught(template):
     assert {(c.role, c.action) for c in refused} == {
         ("DeployStateMachineRole", "sagemaker:DescribeEndpoint")}
     assert {c.resource for c in refused} == {
-        sagemaker_arn("endpoint", f"{PROJECT}-{stage}") for stage in ("staging", "prod")}
+        sagemaker_arn("endpoint", _endpoint(resolved, stage)) for stage in STAGES}
 
 
 def test_a_wrong_resource_is_caught(template):
     """Plant: the inference Lambdas may invoke only a staging endpoint, not prod."""
-    planted = json.loads(json.dumps(template).replace(
-        "endpoint/${SageMakerProjectName}-prod", "endpoint/${SageMakerProjectName}-staging"))
+    from infra.deploy_state_machine import sagemaker_arn_name
+
+    prod, staging = (f"endpoint/{sagemaker_arn_name(f'-{s}')}" for s in ("prod", "staging"))
+    assert prod in json.dumps(template)
+    planted = json.loads(json.dumps(template).replace(prod, staging))
     resolved = Resolved(planted, PARAMETERS)
     calls = [Call("WorkflowLambdaRole", "sagemaker:InvokeEndpoint",
-                  sagemaker_arn("endpoint", f"{PROJECT}-prod"), "planted")]
+                  sagemaker_arn("endpoint", _endpoint(resolved, "prod")), "planted")]
     assert iam_proof.refused(resolved, calls) == calls
 
 
@@ -368,3 +399,19 @@ def test_an_unknown_action_name_is_caught(template):
         "PolicyDocument"]["Statement"][0]["Action"].append("sagemaker:DescribeEndPoints")
     assert any("DescribeEndPoints" in p
                for p in iam_proof.unknown_actions(Resolved(planted, PARAMETERS)))
+
+
+def test_a_mixed_case_project_name_is_allowed_every_call(template, monkeypatch,
+                                                        aws_credentials):
+    """A project name Studio accepts (Scones-Team1): SageMaker lower-cases it in the ARNs
+    of every resource named after it, so the roles' ARN patterns must match those."""
+    parameter = template["Parameters"]["SageMakerProjectName"]
+    import re
+    assert re.fullmatch(parameter["AllowedPattern"], MIXED_CASE_PROJECT)
+    assert parameter["MaxLength"] >= 32
+    resolved = Resolved(template, {**PARAMETERS, "SageMakerProjectName": MIXED_CASE_PROJECT})
+    every = (state_machine_calls(resolved) + lambda_calls(resolved, monkeypatch)
+             + command_calls(resolved) + iam_proof.trigger_calls(resolved))
+    refused = iam_proof.refused(resolved, every)
+    print(f"{MIXED_CASE_PROJECT}: {len(refused)} of {len(every)} derived calls refused")
+    assert not refused, _report(refused)

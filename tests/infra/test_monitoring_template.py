@@ -14,7 +14,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 from scones.config import load_config
-from infra.project_template import PIPELINE_ARN, project_template
+from infra.project_template import project_template
 
 MONITORING = ("MonitoringScheduleRole", "MonitoringJobPolicy", "MonitoringJobSchedule",
               "DriftAlarm", "DriftAlarmRetrainRule")
@@ -75,9 +75,9 @@ def test_the_jobs_command_is_monitor_run_as_our_cli_parses_it(resources):
     cli = command.split("python -m app.cli.main ", 1)[1]
     args = build_parser().parse_args(shlex.split(cli))
     assert (args.env, args.since, args.out) == ("aws", "1h", "/opt/ml/processing/report")
-    assert args.source == "s3://scones-artifacts/datacapture/prod/scones-prod/"
+    assert args.source == "s3://scones-artifacts/datacapture/prod/scones-p-abc123-prod/"
     settings = dict(item.split("=", 1) for item in args.overrides)
-    assert settings["workflow.endpoint_name"] == "scones-prod"
+    assert settings["workflow.endpoint_name"] == "scones-p-abc123-prod"
     assert settings["aws.bucket"] == "scones-artifacts"
     # the settings are ones our config knows, and they load
     from app.cli.main import parse_overrides
@@ -94,15 +94,17 @@ def test_violations_alarm_starts_the_pipeline_once_per_episode(resources, config
     alarm = resources["DriftAlarm"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"]) == (config.monitoring.metrics_namespace,
                                                          "Violations")
-    assert alarm["Dimensions"] == [{"Name": "Endpoint",
-                                    "Value": {"Fn::Sub": "${SageMakerProjectName}-prod"}}]
+    assert alarm["Dimensions"] == [{"Name": "Endpoint", "Value": {
+        "Fn::Sub": "${SageMakerProjectName}-${SageMakerProjectId}-prod"}}]
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["TreatMissingData"] == "notBreaching"
     rule = resources["DriftAlarmRetrainRule"]["Properties"]
     assert rule["EventPattern"]["resources"] == [{"Fn::GetAtt": ["DriftAlarm", "Arn"]}]
     assert rule["EventPattern"]["detail"] == {"state": {"value": ["ALARM"]}}
     (target,) = rule["Targets"]
-    assert target["Arn"] == {"Fn::Sub": PIPELINE_ARN}
+    # the model build: it snapshots the labelled data and trains on that snapshot
+    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:codepipeline:${AWS::Region}:"
+                                        "${AWS::AccountId}:${ModelBuildPipeline}"}
     assert target["RoleArn"] == {"Fn::GetAtt": ["RetrainingRole", "Arn"]}
     # the metric the alarm watches is the one the monitoring job emits
     from workflow.monitoring.check import VIOLATIONS_METRIC

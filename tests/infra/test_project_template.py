@@ -29,8 +29,8 @@ from scones.config import load_config
 from infra import deploy_state_machine
 from infra.package import PackagingError, package, upload, workflow_function_keys
 from infra.project_template import (BUILDSPEC, LAMBDA_RUNTIME, PIPELINE_ARN,
-                                           PIPELINE_NAME, TEMPLATE_PATH, project_template,
-                                           resolve_conditions, template_json)
+                                    PIPELINE_ARN_PATTERN, PIPELINE_NAME, TEMPLATE_PATH,
+                                    project_template, resolve_conditions, template_json)
 from workflow.definition import check_definition, workflow_definition_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,19 +221,30 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
               "SAGEMAKER_PROJECT_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:project/bikes",
               "SAGEMAKER_PIPELINE_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
               "ARTIFACT_BUCKET": "sagemaker-project-p-abc123",
-              "INPUT_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
+              "TRAINING_DATA_URL": "s3://sagemaker-project-p-abc123/data/train/",
               "TEST_SOURCE_KEY": "deploy/model-build-source.zip"}
     names = {v["Name"] for v in project["Environment"]["EnvironmentVariables"]}
     assert names == set(values)  # every variable the buildspec reads is set by the stack
     recorder = tmp_path / "run-pipeline"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     recorder.chmod(0o755)
+    # `scones data snapshot` answers as the real one does with --json
+    snapshot = "s3://sagemaker-project-p-abc123/data/snapshots/" + "ab" * 32 + "/"
+    (tmp_path / "scones").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(tmp_path / 'scones.argv')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"print(json.dumps({{'DataSnapshotUrl': {snapshot!r}}}))\n")
+    (tmp_path / "scones").chmod(0o755)
+    (tmp_path / "python").symlink_to(sys.executable)
     script = "\n".join(buildspec["phases"]["build"]["commands"])
     done = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60,
                           env={"PATH": f"{tmp_path}:/usr/bin:/bin", "AWS_REGION": "eu-west-1",
                                **values})
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout.splitlines()[0])
+    # the build trains on a snapshot of the labelled images, made first
+    assert json.loads((tmp_path / "scones.argv").read_text())[:5] == [
+        "data", "snapshot", values["TRAINING_DATA_URL"], "--env", "aws"]
     from app.cli.run_pipeline import _parser
 
     args = _parser().parse_args(argv)
@@ -248,7 +259,7 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
                       "model_package_group_name": name_id, "base_job_prefix": name_id,
                       "sagemaker_project_name": "bikes",
                       "sagemaker_project_arn": values["SAGEMAKER_PROJECT_ARN"],
-                      "input_data_url": values["INPUT_DATA_URL"]}
+                      "input_data_url": snapshot}
     assert PIPELINE_NAME.replace("${SageMakerProjectName}", "bikes").replace(
         "${SageMakerProjectId}", "p-abc123") == name_id
 
@@ -259,6 +270,10 @@ def test_codebuild_runs_the_buildspec_with_the_templates_command(template, tmp_p
     assert built.pipeline.base_job_prefix == name_id
     assert dict(built.pipeline.tags) == {"sagemaker:project-name": "bikes",
                                          "sagemaker:project-id": "p-abc123"}
+
+
+MODEL_BUILD_ARN = {"Fn::Sub": "arn:${AWS::Partition}:codepipeline:${AWS::Region}:"
+                              "${AWS::AccountId}:${ModelBuildPipeline}"}
 
 
 def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(template):
@@ -272,15 +287,17 @@ def test_retraining_schedule_and_data_rule_target_the_pipeline_off_by_default(te
     assert on["RetrainingSchedule"]["Properties"]["State"] == "ENABLED"
     assert on["NewDataRule"]["Properties"]["State"] == "ENABLED"
     for target in (schedule["Properties"]["Target"], rule["Properties"]["Targets"][0]):
-        assert target["Arn"] == {"Fn::Sub": PIPELINE_ARN}
-        assert target["SageMakerPipelineParameters"]["PipelineParameterList"] == [{
-            "Name": "InputDataUrl",
-            "Value": {"Fn::Sub": "s3://${ArtifactBucket}/${TrainingDataPrefix}"}}]
+        # the model build, which snapshots TrainingDataPrefix and trains on that snapshot:
+        # the prefix itself as InputDataUrl would hit SageMaker's step cache (it keys on the
+        # URL), and an earlier build's snapshot would not hold the new data
+        assert target["Arn"] == MODEL_BUILD_ARN
+        assert "SageMakerPipelineParameters" not in target
         assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["DeadLetterQueue",
                                                                      "Arn"]}}
         assert target["RoleArn"] == {"Fn::GetAtt": ["RetrainingRole", "Arn"]}
     retraining = {s["Sid"]: s for r, s in _statements(template) if r == "RetrainingRole"}
-    assert retraining["StartPipeline"]["Resource"] == {"Fn::Sub": PIPELINE_ARN}
+    assert retraining["StartModelBuild"]["Action"] == ["codepipeline:StartPipelineExecution"]
+    assert retraining["StartModelBuild"]["Resource"] == MODEL_BUILD_ARN
     # one run per batch (its marker object), not one per uploaded image
     key = rule["Properties"]["EventPattern"]["detail"]["object"]["key"]
     assert key == [{"wildcard": {"Fn::Sub": "${TrainingDataPrefix}*${NewDataMarker}"}}]
@@ -383,7 +400,7 @@ def test_workflow_lambdas_and_state_machine_are_workflow_infras(template, config
     assert all(f["Condition"] == "DeployWorkflow" for f in functions.values())
     classify = functions["ClassifyImageFunction"]["Properties"]
     assert classify["Environment"]["Variables"]["ENDPOINT_NAME"] == {
-        "Fn::Sub": "${SageMakerProjectName}-prod"}
+        "Fn::Sub": "${SageMakerProjectName}-${SageMakerProjectId}-prod"}
     # the ASL is the SDK's, function names aside
     machine = template["Resources"]["InferenceStateMachine"]["Properties"]["Definition"]
     prefix = config.workflow.lambda_prefix
@@ -743,7 +760,7 @@ class _Deployer:
         return [json.loads(m["Body"]) for m in messages]
 
     def serving(self, stage: str) -> str:
-        return self.sagemaker.describe_endpoint(EndpointName=f"bikes-{stage}")[
+        return self.sagemaker.describe_endpoint(EndpointName=f"bikes-p-abc123-{stage}")[
             "EndpointConfigName"]
 
 
@@ -754,16 +771,16 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         first = aws.settle(aws.start(v1))
         assert first["status"] == "RUNNING" and first["entered"][-1] == "ManualApproval"
         assert "StagingCreateEndpoint" in first["entered"]   # the first deployment creates
-        assert aws.serving("staging") == "bikes-staging-v1"
-        staging = aws.sagemaker.describe_endpoint_config(EndpointConfigName="bikes-staging-v1")
+        assert aws.serving("staging") == "bikes-p-abc123-staging-v1"
+        staging = aws.sagemaker.describe_endpoint_config(EndpointConfigName="bikes-p-abc123-staging-v1")
         assert staging["DataCaptureConfig"]["DestinationS3Uri"] == \
             "s3://sagemaker-project-p-abc123/datacapture/staging"
-        model = aws.sagemaker.describe_model(ModelName="bikes-staging-v1")
+        model = aws.sagemaker.describe_model(ModelName="bikes-p-abc123-staging-v1")
         assert model["PrimaryContainer"]["ModelPackageName"] == v1
         scaling = boto3.client("application-autoscaling", region_name=REGION)
         targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
             "ScalableTargets"]
-        assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-staging/variant/AllTraffic"]
+        assert [t["ResourceId"] for t in targets] == ["endpoint/bikes-p-abc123-staging/variant/AllTraffic"]
 
         # a second event for v1 while the first waits for approval (a duplicate, or an
         # approval made again): staging is not touched again, the version goes on to its
@@ -784,14 +801,14 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
             done = aws.settle(execution, to_end=True)
             assert done["status"] == "SUCCEEDED", done
             assert done["entered"][-1] == "DeployedToProd"
-        assert aws.serving("prod") == "bikes-prod-v1"
+        assert aws.serving("prod") == "bikes-p-abc123-prod-v1"
         assert [u["EndpointName"] for u in aws.updates] == []   # created once, never updated
 
         # v2: staging is updated blue/green (linear); prod's canary trips an alarm
         v2 = aws.approved_version()
         second = aws.settle(aws.start(v2))
         assert "StagingUpdateEndpoint" in second["entered"]
-        assert aws.serving("staging") == "bikes-staging-v2"
+        assert aws.serving("staging") == "bikes-p-abc123-staging-v2"
         staging_update = aws.updates[-1]
         assert staging_update["DeploymentConfig"]["BlueGreenUpdatePolicy"][
             "TrafficRoutingConfiguration"]["Type"] == "LINEAR"
@@ -801,7 +818,7 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         assert rolled_back["status"] == "FAILED" and rolled_back["error"] == \
             "DeploymentRolledBack"
         prod_update = aws.updates[-1]
-        assert prod_update["EndpointName"] == "bikes-prod"
+        assert prod_update["EndpointName"] == "bikes-p-abc123-prod"
         policy = prod_update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
         assert policy["TrafficRoutingConfiguration"] == {
             "Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
@@ -809,7 +826,7 @@ def test_deploy_state_machine_runs_staging_approval_prod_in_moto(template):
         assert prod_update["DeploymentConfig"]["AutoRollbackConfiguration"] == {"Alarms": [
             {"AlarmName": "bikes-prod-invocation-5xx"},
             {"AlarmName": "bikes-prod-model-latency"}]}
-        assert aws.serving("prod") == "bikes-prod-v1"   # still the version that worked
+        assert aws.serving("prod") == "bikes-p-abc123-prod-v1"   # still the version that worked
 
 
 @pytest.mark.slow
@@ -834,7 +851,7 @@ def test_deploy_state_machine_stops_at_a_failed_staging_test_or_a_refusal(templa
         assert again["status"] == "RUNNING" and "StagingAlreadyServing" in again["entered"]
         aws.sfn.send_task_success(taskToken=aws.approval_token()["taskToken"], output="{}")
         done = aws.settle(again["executionArn"], to_end=True)
-        assert done["status"] == "SUCCEEDED" and aws.serving("prod") == "bikes-prod-v1"
+        assert done["status"] == "SUCCEEDED" and aws.serving("prod") == "bikes-p-abc123-prod-v1"
 
 
 def test_infra_package_is_a_command(run_scones, tmp_path):

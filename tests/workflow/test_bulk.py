@@ -19,8 +19,10 @@ from scones.config import load_config
 from scones.storage import LocalObjectStore
 from workflow.bulk import (BATCH_STATE, MAP_STATE, THRESHOLD_EXCEEDED_ERROR,
                            bulk_definition_json)
+from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
 from scones.local.endpoint.process import EndpointProcess
 from workflow.bulk import BulkWorkflow
+from workflow.monitoring import parse_capture_lines
 
 from helpers import deploy_locally
 
@@ -102,10 +104,18 @@ def test_every_image_of_a_prefix_is_reported_once_with_bad_files_by_name(
     assert summary["Failed"] == 4 and summary["Errors"] == {"EndpointError": 1,
                                                             "InvalidImage": 3}
     assert summary["FailedBatches"] == 0 and summary["ThresholdExceeded"] is False
-    # The endpoint captured each classified image as its own record (monitoring reads them).
+    # As SageMaker does, the endpoint captured each batch request as one record (one per
+    # batch: 5); monitoring reads them as one record per image the model answered.
     captured = list((config.local.workspace / "s3" / config.aws.bucket / "datacapture")
                     .rglob("*.jsonl"))
-    assert sum(len(p.read_text().splitlines()) for p in captured) == 300
+    lines = [line for p in captured for line in p.read_text().splitlines()]
+    assert all(json.loads(line)["captureData"]["endpointInput"]["observedContentType"]
+               == BATCH_CONTENT_TYPE for line in lines)
+    records = [r for p in captured
+               for r in parse_capture_lines(str(p), p.read_bytes(), 2)[0]]
+    assert len(lines) == 5 and len(records) == 300
+    assert len({r.event_id for r in records}) == 300
+    assert all(r.input_base64 and r.model_version is not None for r in records)
 
 
 class FailingFirstRequests:

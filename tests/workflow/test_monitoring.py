@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scones.config import load_config
-from workflow.monitoring import MonitoringError, build_report, parse_since
+from workflow.monitoring import MonitoringError, build_report, parse_capture_lines, parse_since
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -371,3 +371,49 @@ def test_an_earlier_workspaces_json_lines_are_imported_once(config):
     merged = merged_predictions(state)
     assert [(m["EventId"], m["Label"]) for m in merged] == [("e1", "bicycle"), ("e3", "bicycle")]
     assert not state.predictions_file.exists() and merged_predictions(state) == merged
+
+
+def _batch_record(images: list[bytes], predictions: list, when="2026-11-24T21:00:00Z") -> str:
+    """A bulk run's batch invocation as SageMaker captures it: ONE record, the request's
+    JSON body in base64, the answer as JSON."""
+    body = json.dumps({"images": [base64.b64encode(i).decode() for i in images]}).encode()
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": "application/x-scones-image-batch+json",
+                              "mode": "INPUT", "data": base64.b64encode(body).decode(),
+                              "encoding": "BASE64"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": json.dumps({"predictions": predictions}),
+                               "encoding": "JSON"}},
+        "eventMetadata": {"eventId": "ev-1", "inferenceId": "batch-7", "inferenceTime": when},
+        "eventVersion": "0"})
+
+
+def test_a_captured_batch_request_is_read_as_one_record_per_answered_image(sample_data_dir):
+    photos = [p.read_bytes() for p in sorted((sample_data_dir / "bicycle").glob("*.png"))[:3]]
+    verbose = {"probabilities": [0.9, 0.1], "ood_score": 3.2, "ood_threshold": 40.0}
+    refused = {"error": "not PNG or JPEG", "status": 400}
+    # answers: verbose, plain, and two refusals (a refused image is not traffic)
+    line = _batch_record(photos + [b"not an image"], [verbose, [0.2, 0.8], refused, refused])
+    records, malformed = parse_capture_lines("f.jsonl", (line + "\n").encode(), 2, now=NOW)
+
+    assert malformed == []
+    assert [r.probabilities for r in records] == [(0.9, 0.1), (0.2, 0.8)]
+    assert [r.event_id for r in records] == ["ev-1#0", "ev-1#1"]
+    assert [r.inference_id for r in records] == ["batch-7#0", "batch-7#1"]
+    # each record carries its own image, so drift checks profile it as a single request
+    assert [base64.b64decode(r.input_base64) for r in records] == photos[:2]
+    assert all(r.line == 1 for r in records)
+
+
+def test_a_batch_answer_that_does_not_match_its_request_is_malformed(sample_data_dir):
+    photo = next((sample_data_dir / "bicycle").glob("*.png")).read_bytes()
+    lines = [_batch_record([photo, photo], [[0.5, 0.5]]),          # 2 images, 1 answer
+             _batch_record([photo], [[0.5, 0.5]]).replace(         # a batch answer to an image
+                 "application/x-scones-image-batch+json", "image/png")]
+    records, malformed = parse_capture_lines(
+        "f.jsonl", ("\n".join(lines) + "\n").encode(), 2, now=NOW)
+
+    assert records == []
+    assert [m.line for m in malformed] == [1, 2]
+    assert "one to one" in malformed[0].reason and "image/png" in malformed[1].reason

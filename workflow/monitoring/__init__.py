@@ -7,6 +7,10 @@ the seed notebook's Model Monitor plot) and a confidence histogram per predicted
 
 A malformed line is counted and listed (file and line number), never fatal: one bad record
 must not hide a day of traffic.
+
+A bulk run's batch request (lambdas.classify_image_batch: many images in one invocation) is
+one capture record on SageMaker, as on the local endpoint: it is read here as one record per
+image the model answered, so batch traffic is monitored like single images.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from lambdas.classify_image_batch import BATCH_CONTENT_TYPE
 from scones.backend import backend_for
 from scones.config import Config
 from scones.console import format_table
@@ -150,23 +155,25 @@ def parse_capture_lines(name: str, content: bytes, n_classes: int, first_line: i
         if not raw.strip():
             continue
         try:
-            record = _parse_record(raw, n_classes, name, number)
+            found = _parse_record(raw, n_classes, name, number)
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             malformed.append(Malformed(name, number, str(exc)))
             continue
-        if record.inference_time > latest:
+        if found and found[0].inference_time > latest:
             malformed.append(Malformed(name, number, (
-                f"eventMetadata.inferenceTime {record.inference_time.isoformat()} is in the "
+                f"eventMetadata.inferenceTime {found[0].inference_time.isoformat()} is in the "
                 f"future (now {latest - CLOCK_SKEW:%Y-%m-%dT%H:%M:%SZ}): a wrong clock on the "
                 "capturing host? not counted")))
             continue
-        if (record.inference_id or "").startswith(PROBE_INFERENCE_ID_PREFIX):
-            continue  # a deployment's own probes (health check, bake) are not traffic
-        records.append(record)
+        # a deployment's own probes (health check, bake) are not traffic
+        records += [r for r in found
+                    if not (r.inference_id or "").startswith(PROBE_INFERENCE_ID_PREFIX)]
     return records, malformed
 
 
-def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRecord:
+def _parse_record(raw: str, n_classes: int, name: str, number: int) -> list[CaptureRecord]:
+    """One capture line's records: one for an image request, one per answered image for a
+    batch request."""
     try:
         record = json.loads(raw)
     except ValueError as exc:
@@ -190,17 +197,9 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
     elif encoding not in ("JSON", "CSV"):
         raise ValueError(f"unknown endpointOutput.encoding {encoding!r}")
     try:
-        probabilities = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
+        answer = json.loads(data) if encoding != "CSV" else [float(v) for v in data.split(",")]
     except (ValueError, TypeError, AttributeError, RecursionError):
         raise ValueError(f"endpointOutput.data is not a list of numbers: {str(data)[:60]!r}") from None
-    if isinstance(probabilities, dict):  # the verbose answer: {"probabilities", "ood_score"...}
-        probabilities = probabilities.get("probabilities")
-    if (not isinstance(probabilities, list) or len(probabilities) != n_classes
-            or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
-                       and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
-            or abs(sum(probabilities) - 1.0) > PROBABILITY_SUM_TOLERANCE):
-        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities "
-                         f"(each in 0..1, summing to 1), got {str(data)[:60]!r}")
     try:
         when = datetime.fromisoformat(str(time_text))
     except ValueError:
@@ -217,9 +216,54 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> CaptureRe
         raise ValueError("endpointInput.data should be the request's bytes in BASE64")
     text = lambda key: (str(metadata[key])[:200] if metadata.get(key) is not None  # noqa: E731
                         else None)
-    return CaptureRecord(when, tuple(float(p) for p in probabilities), name, number,
-                         event_id=text("eventId"), inference_id=text("inferenceId"),
-                         model_version=version, stage=text("stage"), input_base64=input_data)
+    one = lambda probabilities, suffix="", image=input_data: CaptureRecord(  # noqa: E731
+        when, _probabilities(probabilities, n_classes), name, number,
+        event_id=text("eventId") and text("eventId") + suffix,
+        inference_id=text("inferenceId") and text("inferenceId") + suffix,
+        model_version=version, stage=text("stage"), input_base64=image)
+    if not (isinstance(answer, dict) and "predictions" in answer):
+        return [one(answer)]
+    images = _batch_images(input_data, endpoint_input)
+    predictions = answer["predictions"]
+    if not isinstance(predictions, list) or (images is not None
+                                             and len(images) != len(predictions)):
+        raise ValueError(f"a batch answer's predictions ({str(predictions)[:40]!r}) do not "
+                         "match its request's images one to one")
+    # Image i of a batch is <eventId>#i (and <inferenceId>#i): ground truth names it so.
+    return [one(prediction, f"#{i}", None if images is None else images[i])
+            for i, prediction in enumerate(predictions)
+            if not (isinstance(prediction, dict) and "error" in prediction)]  # refused
+
+
+def _probabilities(answer, n_classes: int) -> tuple[float, ...]:
+    probabilities = answer
+    if isinstance(probabilities, dict):  # the verbose answer: {"probabilities", "ood_score"...}
+        probabilities = probabilities.get("probabilities")
+    if (not isinstance(probabilities, list) or len(probabilities) != n_classes
+            or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                       and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities)
+            or abs(sum(probabilities) - 1.0) > PROBABILITY_SUM_TOLERANCE):
+        raise ValueError(f"endpointOutput.data should be {n_classes} class probabilities "
+                         f"(each in 0..1, summing to 1), got {str(answer)[:60]!r}")
+    return tuple(float(p) for p in probabilities)
+
+
+def _batch_images(input_data: str | None, endpoint_input: dict) -> list[str] | None:
+    """The base64 images of a captured batch request (None when the input was not captured)."""
+    if input_data is None:
+        return None
+    content_type = str(endpoint_input.get("observedContentType") or "")
+    if content_type.split(";")[0].strip().lower() != BATCH_CONTENT_TYPE:
+        raise ValueError(f"a batch answer ({{\"predictions\": ...}}) to a "
+                         f"{content_type[:60]!r} request: expected {BATCH_CONTENT_TYPE}")
+    try:
+        images = json.loads(base64.b64decode(input_data, validate=True))["images"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError(f"endpointInput.data is not a {BATCH_CONTENT_TYPE} body "
+                         '{"images": [<base64 image>, ...]}') from None
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise ValueError('endpointInput.data: "images" should be a list of base64 images')
+    return images
 
 
 def summarise(records: list[CaptureRecord], malformed: list[Malformed], classes: Iterable[str],

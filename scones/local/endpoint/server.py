@@ -36,7 +36,6 @@ from lambdas.deploy_approved_model import VARIANT_NAME
 from scones.config import Config
 from scones.errors import SconesError
 from scones.local.deployment_state import EndpointStateFile
-from scones.local.endpoint.batch import is_batch, per_image_records
 from scones.local.endpoint.capture import (CaptureDrops, DataCaptureWriter,
                                            default_capture_config)
 from scones.local.endpoint.model_archive import (InvocationError, ModelChoice, ServedModel,
@@ -154,14 +153,10 @@ class EndpointService:
         serving = self.current()
         output, output_type = serving.model.invoke(body, content_type, accept)
         if serving.capture_config.get("EnableCapture"):
-            if is_batch(content_type):
-                # Monitoring reads one image per record: each image of a batch is captured
-                # as if it had been sent alone.
-                records = per_image_records(body, output)
-            else:
-                records = [(body, content_type or "application/octet-stream", output)]
-            for image, image_type, answer in records:
-                self._capture(serving, image, image_type, answer, output_type, inference_id)
+            # One record per invocation, a batch request included, as SageMaker captures:
+            # monitoring reads a batch record as one record per image.
+            self._capture(serving, body, content_type or "application/octet-stream", output,
+                          output_type, inference_id)
         return output, output_type
 
     def _capture(self, serving: _Serving, body: bytes, content_type: str, output: bytes,
