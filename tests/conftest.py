@@ -6,6 +6,13 @@ model dir the way SageMaker does. It is built once per test session.
 """
 from __future__ import annotations
 
+import os
+
+# `make test` runs several test files at once (pytest-xdist) on 2 cores, and each may start
+# a training or serving job: one torch thread per process, or their spinning workers would
+# take several times the CPU. Set before torch is imported here or in any job subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import importlib.util
 import tarfile
 from pathlib import Path

@@ -269,11 +269,24 @@ def plot_history(history: list[dict], path: Path, kept_epoch: int) -> None:
     plt.close(fig)
 
 
+def training_threads() -> int:
+    """OMP_NUM_THREADS when set (how a shared machine, or the test suite running several
+    jobs at once, says how many cores a job may take: more threads than free cores make
+    torch's workers spin and run several times slower), else every core this process may use."""
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        wanted = 0
+    if wanted > 0:
+        return wanted
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, len(cores) if cores else (os.cpu_count() or 1))
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(training_threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     train_data = load_split(args.train, "train")

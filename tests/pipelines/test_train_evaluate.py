@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 
@@ -382,3 +383,15 @@ def test_cutmix_pastes_one_box_and_weights_the_label_by_what_is_left(train_modul
     assert pasted.eq(pasted[:1, :1]).all()
     untouched, kept = train_module.cutmix(images, partners, 1.0, generator)
     assert kept == 1.0 and torch.equal(untouched, images)
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("3", 3), (None, "cores"), ("", "cores"), ("zero", "cores"), ("0", "cores")])
+def test_training_threads_follow_omp_num_threads_else_every_core(train_module, monkeypatch,
+                                                                  setting, expected):
+    if setting is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", setting)
+    cores = len(os.sched_getaffinity(0))
+    assert train_module.training_threads() == (cores if expected == "cores" else expected)

@@ -16,10 +16,12 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from lambdas.classify_image_batch import BATCH_CONTENT_TYPE, invoke_batch
 from scones.config import load_config
 from scones.errors import SconesError
 from scones.local.deployment_state import EndpointStateFile
 from scones.local.endpoint.server import start_endpoint
+from workflow.monitoring import parse_capture_lines
 from helpers import register_model, scones
 
 # A second model whose code is ALSO named inference.py: both must live in one process.
@@ -550,7 +552,6 @@ def test_the_bulk_lambdas_real_batch_request_gets_one_answer_per_image(config, s
     server and sagemaker-inference's Transformer into the archive's inference.py."""
     from sagemaker_inference.transformer import Transformer
 
-    from lambdas.classify_image_batch import invoke_batch
 
     write_state(config, small_model_tar, version=1)
     with start_endpoint(config) as endpoint:
@@ -568,11 +569,14 @@ def test_the_bulk_lambdas_real_batch_request_gets_one_answer_per_image(config, s
     assert predictions[0] == predictions[2]
     assert isinstance(predictions[0]["ood_score"], float)
     assert predictions[1]["status"] == 400
-    # Captured one record per answered image, as if each had been sent alone.
-    records = [json.loads(line) for path in capture_files(config)
-               for line in path.read_text().splitlines()]
-    inputs = [base64.b64decode(r["captureData"]["endpointInput"]["data"]) for r in records]
-    assert inputs == [image_bytes] * 3  # the single request, then the batch's two images
+    # Captured one record per invocation, as SageMaker does: the image, then the batch
+    # request whole; monitoring reads the batch's two answered images as records of their own.
+    paths = capture_files(config)
+    records = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+    assert [r["captureData"]["endpointInput"]["observedContentType"] for r in records] == [
+        "image/png", BATCH_CONTENT_TYPE]
+    read = [r for path in paths for r in parse_capture_lines(str(path), path.read_bytes(), 2)[0]]
+    assert [base64.b64decode(r.input_base64) for r in read] == [image_bytes] * 3
 
 
 @pytest.mark.parametrize("content_type, body, accept, status", [
