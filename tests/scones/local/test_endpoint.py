@@ -648,3 +648,15 @@ def test_an_unwritable_capture_folder_drops_records_and_never_fails_a_prediction
     drops = read_capture_drops(Workspace(config.local.workspace), config.workflow.endpoint_name)
     assert drops["DroppedCaptureRecords"] == 3
     assert "datacapture" in drops["LastError"]
+
+
+def test_stop_ends_the_server_even_when_its_wake_up_pipe_is_gone(config, tmp_path):
+    """Seen once in a full run: the loop's trigger pipe was already closed (EBADF) when the
+    endpoint stopped; stop() must still end the server, not raise and leave it running."""
+    write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
+    endpoint = start_endpoint(config)
+    os.close(endpoint._server.trigger.trigger)  # the pipe's write end: pull_trigger fails
+
+    endpoint.stop()
+
+    assert not endpoint._thread.is_alive()
