@@ -15,7 +15,6 @@ wrapper that only waits for it, so nothing else is counted) and wall time are re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from PIL import Image  # noqa: E402
 from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
 from scones.local.endpoint.background import find_running  # noqa: E402
+from bench_single_image import deploy_without_capture  # noqa: E402
 
 # Runs the command and prints its peak RSS in KB: the wrapper's own children only.
 PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], "
@@ -70,12 +70,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="scones-bench-images-"))
     workspace = work / "ws"
     config = load_config("local", {"local.workspace": str(workspace)})
-    state = workspace / "endpoints" / f"{config.workflow.endpoint_name}.json"
-    state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({
-        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
-        "ModelPackageVersion": 1, "LocalModelData": str(args.model_tar.resolve()),
-        "DataCaptureConfig": {"EnableCapture": False}}))
+    deploy_without_capture(config, args.model_tar)
     base = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--csv",
             "--endpoint-idle-minutes", "10", "--set", f"local.workspace={workspace}"]
     make_images(work / "warm-up", 5)

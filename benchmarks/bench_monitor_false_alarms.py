@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import ood_images  # noqa: E402
-from held_out_model import prepare, run_job  # noqa: E402
+from held_out_model import add_model_arguments, held_out_model, run_job  # noqa: E402
 
 
 def encode(array: np.ndarray, form: str) -> bytes:
@@ -87,19 +86,14 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=24, help="clean batches")
     parser.add_argument("--drift-batches", type=int, default=6, help="batches per drift kind")
     parser.add_argument("--batch-size", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="reuse this folder's model (default: a fresh temporary one)")
+    add_model_arguments(parser)
     args = parser.parse_args()
 
     from scones.config import load_config
     from workflow.monitoring import profile
     from workflow.monitoring.check import VersionBaseline, drift_checks
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        held = prepare(work, args.epochs)
+    with held_out_model(args) as (work, held):
         baseline_out = work / "baseline"
         run_job("baseline.py", "--model-dir", held["model_dir"], "--data-dir",
                 held["baseline_dir"], "--output-dir", baseline_out)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import ood_images  # noqa: E402
 from bench_monitor_false_alarms import clean_request  # noqa: E402
-from held_out_model import prepare  # noqa: E402
+from held_out_model import add_model_arguments, held_out_model  # noqa: E402
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -47,15 +46,10 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-set", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="reuse this folder's model (default: a fresh temporary one)")
+    add_model_arguments(parser)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        held = prepare(work, args.epochs)
+    with held_out_model(args) as (work, held):
         serving, model = held["serving"], held["model"]
         reference_dir = work / "ood"
         reference_dir.mkdir(exist_ok=True)

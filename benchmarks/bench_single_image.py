@@ -15,7 +15,6 @@ By hand only: timings are not assertions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import signal
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scones.config import load_config  # noqa: E402
 from scones.console import format_table  # noqa: E402
+from scones.local.deployment_state import EndpointStateFile  # noqa: E402
 from scones.local.endpoint.background import find_running  # noqa: E402
 
 SAMPLE_DATA = REPO_ROOT.parent / "shared" / "datasets" / "scones-cifar100" / "train"
@@ -48,6 +48,15 @@ def timed(command: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def deploy_without_capture(config, model_tar: Path) -> None:
+    """The workspace's endpoint serves model_tar as version 1, capturing nothing (what a
+    deployment writes, through the deployment state's own writer)."""
+    EndpointStateFile.of(config).write({
+        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
+        "ModelPackageVersion": 1, "LocalModelData": str(model_tar.resolve()),
+        "DataCaptureConfig": {"EnableCapture": False}})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-tar", type=Path, required=True)
@@ -56,12 +65,7 @@ def main() -> int:
 
     workspace = Path(tempfile.mkdtemp(prefix="scones-bench-single-"))
     config = load_config("local", {"local.workspace": str(workspace)})
-    state = workspace / "endpoints" / f"{config.workflow.endpoint_name}.json"
-    state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({
-        "EndpointName": config.workflow.endpoint_name, "EndpointStatus": "InService",
-        "ModelPackageVersion": 1, "LocalModelData": str(args.model_tar.resolve()),
-        "DataCaptureConfig": {"EnableCapture": False}}))
+    deploy_without_capture(config, args.model_tar)
     image = sorted(SAMPLE_DATA.glob("*/*.png"))[0]
     base = [sys.executable, "-m", "app.cli.main", "workflow", "run", "--image", str(image),
             "--json", "--set", f"local.workspace={workspace}"]

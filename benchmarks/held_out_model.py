@@ -7,11 +7,15 @@ profiles, the other half (as raw files) is the traffic nobody trained or baselin
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -31,6 +35,23 @@ def load_module(name: str, path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--epochs and --work: the options of every benchmark built on prepare()."""
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="reuse this folder's model (default: a fresh temporary one)")
+
+
+@contextlib.contextmanager
+def held_out_model(args: argparse.Namespace) -> Iterator[tuple[Path, dict]]:
+    """(the work folder, prepare()'s model and splits): in args.work, kept, or in a
+    temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work, prepare(work, args.epochs)
 
 
 def prepare(work: Path, epochs: int = 15, seed: int = 42) -> dict:
