@@ -216,11 +216,14 @@ def _parse_record(raw: str, n_classes: int, name: str, number: int) -> list[Capt
         raise ValueError("endpointInput.data should be the request's bytes in BASE64")
     text = lambda key: (str(metadata[key])[:200] if metadata.get(key) is not None  # noqa: E731
                         else None)
-    one = lambda probabilities, suffix="", image=input_data: CaptureRecord(  # noqa: E731
-        when, _probabilities(probabilities, n_classes), name, number,
-        event_id=text("eventId") and text("eventId") + suffix,
-        inference_id=text("inferenceId") and text("inferenceId") + suffix,
-        model_version=version, stage=text("stage"), input_base64=image)
+    event_id, inference_id, stage = text("eventId"), text("inferenceId"), text("stage")
+
+    def one(probabilities, suffix: str = "", image: str | None = input_data) -> CaptureRecord:
+        return CaptureRecord(when, _probabilities(probabilities, n_classes), name, number,
+                             event_id=event_id and event_id + suffix,
+                             inference_id=inference_id and inference_id + suffix,
+                             model_version=version, stage=stage, input_base64=image)
+
     if not (isinstance(answer, dict) and "predictions" in answer):
         return [one(answer)]
     images = _batch_images(input_data, endpoint_input)
