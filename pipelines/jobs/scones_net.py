@@ -5,8 +5,11 @@ the served model is built by exactly the code that trained it. Imports only torc
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 IMAGE_SIZE = 32
 ARCHITECTURE = "SconesNet"
@@ -95,8 +98,23 @@ class SconesNet(nn.Module):
 
     def test_time_logits(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W -> N x views x classes: each image and its mirror image (training
-        flips images at random, so both views are ones the net has learned)."""
-        return torch.stack((self(x), self(x.flip(3))), dim=1)
+        flips images at random, so both views are ones the net has learned). Both views go
+        through in one forward pass: for a single image the per-layer call overhead, not the
+        arithmetic, is most of the time."""
+        n = len(x)
+        both = self(torch.cat((x, x.flip(3))).contiguous(memory_format=torch.channels_last))
+        return torch.stack((both[:n], both[n:]), dim=1)
+
+    def for_inference(self) -> "SconesNet":
+        """An eval-mode copy with every BatchNorm folded into the convolution before it:
+        the same function to float rounding, with a third fewer layers to run per image."""
+        fused = copy.deepcopy(self).eval()
+        for block in list(fused.modules()):
+            if isinstance(block, nn.Sequential) and len(block) == 3 \
+                    and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d):
+                block[0] = fuse_conv_bn_eval(block[0], block[1])
+                block[1] = nn.Identity()
+        return fused
 
 
 def normalise(images_uint8_nhwc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,23 @@ def test_train_runs_with_fewer_steps_than_a_learning_rate_cycle_needs(small_imag
     assert (tmp_path / "model" / "model.pt").is_file()
 
 
+def test_whitening_bias_learns_only_for_its_epochs(small_image_folder, tmp_path):
+    """--whiten-bias-epochs 0 freezes the whitening layer's bias from the start: it stays at
+    its initial zeros while every learned layer moves (the default learns it for 3 epochs,
+    which the whitening test above sees as a non-zero bias)."""
+    processed = tmp_path / "processed"
+    run_job("preprocess.py", "--input-dir", small_image_folder(per_class=60), "--output-dir",
+            processed)
+    run_job("train.py", "--train", processed / "train", "--validation", processed / "validation",
+            "--model-dir", tmp_path / "model", "--output-data-dir", tmp_path / "output",
+            "--epochs", "2", "--width", "8", "--whiten-bias-epochs", "0")
+    state = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    assert torch.equal(state["features.0.bias"], torch.zeros_like(state["features.0.bias"]))
+    assert state["features.3.0.weight"].abs().sum() > 0
+    history = json.loads((tmp_path / "output" / "training_history.json").read_text())
+    assert history["hyperparameters"]["whiten_bias_epochs"] == 0
+
+
 @pytest.fixture(scope="module")
 def train_module(jobs_dir):
     """train.py imported as a module (it imports its sibling job scripts by name)."""
@@ -341,14 +358,23 @@ def test_whitening_filters_come_from_the_training_split_and_stay_fixed(small_tra
     assert (torch.diag(covariance) > 0.5).sum() >= scones_net.WHITENING_FILTERS - 2
 
 
-def test_served_views_are_the_image_and_its_mirror(served_small_model, small_training_run):
+def test_served_views_are_the_image_and_its_mirror(served_small_model, small_training_run,
+                                                  jobs_dir):
+    """What is served is the trained net (the saved weights, BatchNorm and all) on each image
+    and its mirror, though the served copy has its BatchNorm folded into the convolutions."""
     inference, model = served_small_model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.net.modules())
+    scones_net = _jobs_module(jobs_dir, "scones_net")
+    trained = scones_net.SconesNet(num_classes=2, width=model.config["width"])
+    trained.load_state_dict(torch.load(small_training_run["model_dir"] / "model.pt",
+                                       weights_only=True))
+    trained.eval()
     images = np.load(small_training_run["processed"] / "test" / "data.npz")["images"][:8]
     logits = inference.tta_logits(model, images)
     x = model._normalise(torch.from_numpy(images), model.mean, model.std)
     with torch.inference_mode():
-        assert np.allclose(logits[:, 0], model.net(x).numpy(), atol=1e-5)
-        assert np.allclose(logits[:, 1], model.net(x.flip(3)).numpy(), atol=1e-5)
+        assert np.allclose(logits[:, 0], trained(x).numpy(), atol=1e-5)
+        assert np.allclose(logits[:, 1], trained(x.flip(3)).numpy(), atol=1e-5)
 
 
 def test_weight_average_update(train_module):
