@@ -26,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -91,9 +92,12 @@ class StackSampler:
             print(f"  {count:7d}  {name}")
 
 
-def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int) -> tuple[float, float]:
+def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int,
+                callers: int = 1) -> tuple[float, float]:
     """Seconds to decode and predict every payload, batch_size at a time; and seconds for
-    the predictions alone (images decoded beforehand)."""
+    the predictions alone (images decoded beforehand). `callers` threads share the batches,
+    as concurrent batch requests share a serving process (one torch thread each: the
+    serving code's policy, so 2 callers is what a 2-core endpoint can give)."""
     import numpy as np
 
     model = load_model_archive(model_tar)
@@ -101,17 +105,21 @@ def bench_model(model_tar: Path, payloads: list[bytes], batch_size: int) -> tupl
         module = model.module
         module.predict_fn(np.stack([module.input_fn(payloads[0], "image/png")] * 8),
                           model.model)  # warm-up
-        start = time.perf_counter()
-        decoded = []
-        for first in range(0, len(payloads), batch_size):
-            images = [module.input_fn(p, "image/png") for p in payloads[first:first + batch_size]]
-            module.predict_fn(np.stack(images), model.model)
-            decoded.append(np.stack(images))
-        both = time.perf_counter() - start
-        start = time.perf_counter()
-        for batch in decoded:
-            module.predict_fn(batch, model.model)
-        return both, time.perf_counter() - start
+        chunks = [payloads[first:first + batch_size]
+                  for first in range(0, len(payloads), batch_size)]
+
+        def decode_and_predict(chunk):
+            images = np.stack([module.input_fn(p, "image/png") for p in chunk])
+            module.predict_fn(images, model.model)
+            return images
+
+        with ThreadPoolExecutor(callers) as pool:
+            start = time.perf_counter()
+            decoded = list(pool.map(decode_and_predict, chunks))
+            both = time.perf_counter() - start
+            start = time.perf_counter()
+            list(pool.map(lambda batch: module.predict_fn(batch, model.model), decoded))
+            return both, time.perf_counter() - start
     finally:
         model.close()
 

@@ -4,7 +4,9 @@ one image), on a model.tar.gz:
     .venv/bin/python benchmarks/bench_served_speed.py MODEL_TAR
 
 Batched: bench_bulk.bench_model (input_fn + predict_fn on batches of 256, and predict_fn
-alone) over the 1,000 sample images twice, 3 times. Single image: bench_workflow.bench_direct
+alone) over the 1,000 sample images twice, 3 times; from one caller (one core: the serving
+code runs one torch thread per request), then from 2 concurrent callers, as the bulk
+workflow's concurrent batch requests reach a 2-core endpoint. Single image: bench_workflow.bench_direct
 (input_fn -> predict_fn -> output_fn per image) on 300 images, twice. Run it by hand on a
 quiet machine: it is not a test.
 """
@@ -26,10 +28,11 @@ def main() -> None:
     parser.add_argument("model_tar", type=Path)
     args = parser.parse_args()
     payloads = [p.read_bytes() for p in sorted(SAMPLE_DATA.glob("*/*.png"))] * 2
-    for _ in range(3):
-        both, predict = bench_model(args.model_tar, payloads, 256)
-        print(f"batched 256: decode+predict {len(payloads) / both:.0f} images/s, "
-              f"predict alone {len(payloads) / predict:.0f} images/s", flush=True)
+    for callers in (1, 2):
+        for _ in range(3):
+            both, predict = bench_model(args.model_tar, payloads, 256, callers)
+            print(f"batched 256, {callers} caller(s): decode+predict {len(payloads) / both:.0f} "
+                  f"images/s, predict alone {len(payloads) / predict:.0f} images/s", flush=True)
     for _ in range(2):
         latencies, _wall = bench_direct(args.model_tar, sample_images(300))
         latencies.sort()

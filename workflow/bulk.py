@@ -67,7 +67,7 @@ THRESHOLD_FAIL_STATE = "ToleratedFailureThresholdExceeded"
 DONE_STATE = "Done"
 THRESHOLD_EXCEEDED_ERROR = "ToleratedFailureThresholdExceeded"
 
-DEFAULT_BATCH_SIZE = 256          # the model's own batch (pipelines/jobs/inference.py)
+DEFAULT_BATCH_SIZE = 256          # images per request
 DEFAULT_TOLERATED_FAILURE_PERCENTAGE = 5.0
 RESULTS_PREFIX = "bulk-runs"      # s3://<aws.bucket>/bulk-runs/<run id>/
 MAP_LABEL = "batches"

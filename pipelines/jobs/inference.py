@@ -49,7 +49,10 @@ BATCH_CONTENT_TYPE = "application/x-scones-image-batch+json"
 # these (pipelines/pipeline.py CONTENT_TYPES, checked equal by a test).
 SUPPORTED_CONTENT_TYPES = IMAGE_CONTENT_TYPES + (BATCH_CONTENT_TYPE,)
 JSON_CONTENT_TYPE = "application/json"
-BATCH_SIZE = 256
+# Images per forward pass (each goes through with its mirror: twice as many views). Chunks
+# this small keep a layer's activations in cache: 64 answered 1.3x the images per second of
+# 256 on one core of the 2-core box, and more than 32 or 128.
+FORWARD_CHUNK = 64
 # SageMaker's InvokeEndpoint refuses request bodies over 6 MB; a body over it reaching this
 # code (our local endpoint, or a container called directly) is refused the same way.
 MAX_REQUEST_BODY_BYTES = 6 * 1024 * 1024
@@ -255,8 +258,8 @@ def tta_logits(model: ServedModel, images_uint8_nhwc: np.ndarray) -> np.ndarray:
                                 f"got {images.dtype} {images.shape}", 400)
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(images), BATCH_SIZE):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
+        for start in range(0, len(images), FORWARD_CHUNK):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + FORWARD_CHUNK]))
             x = model._normalise(batch.to(model.device), model.mean, model.std)
             logits = model.net.test_time_logits(x)
             outputs.append(logits.float().cpu().numpy())
