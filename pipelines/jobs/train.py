@@ -491,7 +491,7 @@ def env_path(name: str, fallback: str) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--epochs", type=positive_int, default=60)
     parser.add_argument("--learning-rate", type=positive_float, default=0.05)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--width", type=positive_int, default=16)
