@@ -391,3 +391,30 @@ def test_a_batch_answers_each_image_in_order_and_refuses_only_the_bad_one(served
         with pytest.raises(module.InvalidInputError) as caught:
             module.input_fn(bad, module.BATCH_CONTENT_TYPE)
         assert caught.value.status_code == 400
+
+
+def test_image_statistics_describe_known_pictures(served_model):
+    """The out-of-distribution description on pictures whose statistics are known by hand,
+    one at a time and as one batch alike."""
+    module, _ = served_model
+    flat = np.full((32, 32, 3), 128, dtype=np.uint8)
+    # 4 x 4 tiles of random grey levels: every step between pixels lies on the 4-pixel grid
+    levels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    tiles = np.repeat(np.kron(levels, np.ones((4, 4), dtype=np.uint8))[..., None], 3, axis=2)
+    ramp = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], 32, axis=0)
+    ramp = np.repeat(ramp, 3, axis=2)            # smooth: the same step everywhere
+    red = np.zeros((32, 32, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    pictures = np.stack([flat, tiles, ramp, red])
+    batch = module.image_statistics(pictures)
+    one_by_one = np.concatenate([module.image_statistics(p) for p in pictures])
+    assert np.allclose(batch, one_by_one, atol=1e-6)
+    (luma_mean, luma_std, gradient, _half, saturation, _sat_std, spread, flat_blocks,
+     blockiness) = batch.T
+    assert luma_mean[0] == pytest.approx(128 / 255, abs=1e-6) and luma_std[0] == 0
+    assert gradient[0] == pytest.approx(np.log(1e-3)) and flat_blocks[0] == 1
+    assert saturation[0] == 0 and spread[0] == pytest.approx(0, abs=1e-5)
+    # The tiles' steps all land on the grid (blockiness far above 0); the ramp's are
+    # everywhere alike (blockiness near 0).
+    assert blockiness[1] > 3 and abs(blockiness[2]) < 0.3
+    assert saturation[3] == pytest.approx(1.0) and luma_mean[3] == pytest.approx(0.299, abs=1e-6)
