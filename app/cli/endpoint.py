@@ -6,6 +6,7 @@ endpoint serves (staging, prod), the staging test, promotion, and the local endp
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import sys
 import time
@@ -207,6 +208,10 @@ def _print_status(status: dict) -> None:
                              h.get("EndpointConfigName")) for h in history]))
 
 
+STOP_POLL_S = 0.5
+STOP_DEADLINE_S = 20.0
+
+
 def serve_command(args, config: Config) -> int:
     if args.stage != "prod":  # the local server serves config.workflow.endpoint_name
         config = config.replace(workflow=dataclasses.replace(
@@ -223,7 +228,13 @@ def serve_command(args, config: Config) -> int:
             print(f"  boto3: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={endpoint.url}; "
                   f"Ctrl-C to stop", flush=True)
             while True:
-                time.sleep(3600)
+                # Short naps, not one long sleep: a signal the kernel hands to another
+                # thread (torch's, waitress's) does not cut short a sleep in this one.
+                time.sleep(STOP_POLL_S)
         except KeyboardInterrupt:
+            # A stop ends the process whatever the clean-up does: past the deadline, every
+            # thread's stack goes to stderr (what held it up) and the process exits 1. Once,
+            # in a loaded full test run, a stopped server was still up 30 s later.
+            faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
             print("stopped", file=sys.stderr)
             return 0

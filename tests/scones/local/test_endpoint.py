@@ -306,6 +306,48 @@ def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
 # ----------------------------------------------------------------- a hostile HTTP client
 
 
+
+@pytest.mark.slow
+def test_a_stopped_server_whose_clean_up_hangs_still_exits_and_says_where(config, tmp_path):
+    """Ctrl-C must end `scones endpoint serve` even when its clean-up never returns: here
+    LocalEndpoint.stop is made to hang (a sitecustomize in the server's own interpreter).
+    Past the deadline the process exits 1 with every thread's stack on stderr."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from app.cli import endpoint as endpoint_cli
+
+    write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "import scones.local.endpoint.server as server\n"
+        "def stop_that_hangs(self):\n"
+        "    time.sleep(3600)\n"
+        "server.LocalEndpoint.stop = stop_that_hangs\n")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli.main", "endpoint", "serve", "--port", "0",
+         "--set", f"local.workspace={config.local.workspace}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+             "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])})
+    try:
+        assert "serving model version 1" in server.stdout.readline()
+        stopped_at = time.monotonic()
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=endpoint_cli.STOP_DEADLINE_S + 30) == 1
+        took = time.monotonic() - stopped_at
+        assert endpoint_cli.STOP_DEADLINE_S - 1 <= took
+        stderr = server.stderr.read()
+        assert "stopped" in stderr and "stop_that_hangs" in stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
 def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
     """Send raw bytes on a fresh socket; the status, headers and body of the answer."""
     import http.client
