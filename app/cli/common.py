@@ -55,14 +55,22 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def handle_sigterm_like_ctrl_c():
-    """Install the SIGTERM handler (main thread only); the handler it replaced, or None."""
+def install_stop_handlers():
+    """Install the SIGTERM handler, and Python's Ctrl-C handler where SIGINT came in ignored
+    (main thread only); the two handlers replaced, or None.
+
+    A process started with SIGINT ignored (a shell script's `cmd &`, a pytest-xdist worker's
+    children) inherits that, and Python then installs no KeyboardInterrupt handler: Ctrl-C,
+    the documented way to stop `scones endpoint serve` or `scones ui`, did nothing."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    if previous_sigint is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return signal.signal(signal.SIGTERM, _raise_terminated), previous_sigint
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -119,12 +127,14 @@ def run_guarded(call, config=None) -> int:
             pass
         return code
 
-    previous_sigterm = handle_sigterm_like_ctrl_c()
+    previous = install_stop_handlers()
     try:
         return _run(call, config, error)
     finally:
-        if previous_sigterm is not None:  # main() called in-process (tests): put it back
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        if previous is not None:  # main() called in-process (tests): put them back
+            for signal_number, handler in zip((signal.SIGTERM, signal.SIGINT), previous):
+                if handler is not None:  # None: set outside Python, nothing to put back
+                    signal.signal(signal_number, handler)
 
 
 def _run(call, config, error) -> int:

@@ -233,8 +233,7 @@ def serve_command(args, config: Config) -> int:
                 time.sleep(STOP_POLL_S)
         except KeyboardInterrupt:
             # A stop ends the process whatever the clean-up does: past the deadline, every
-            # thread's stack goes to stderr (what held it up) and the process exits 1. Once,
-            # in a loaded full test run, a stopped server was still up 30 s later.
+            # thread's stack goes to stderr (what held it up) and the process exits 1.
             faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
             print("stopped", file=sys.stderr)
             return 0

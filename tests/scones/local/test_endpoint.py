@@ -265,9 +265,12 @@ def test_endpoint_process_ends_when_its_parent_is_killed(config, tmp_path):
         time.sleep(0.1)
 
 
-def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path, inherited_sigint):
     # The CLI on its own: it says where it serves, answers boto3 there, follows a new
-    # deployment without a restart, and stops cleanly on Ctrl-C (SIGINT).
+    # deployment without a restart, and stops cleanly on Ctrl-C (SIGINT) - also when it was
+    # started with SIGINT ignored, as a shell script's `cmd &` or a pytest-xdist worker
+    # starts it (Python then installs no Ctrl-C handler of its own).
     import signal
     import subprocess
     import sys
@@ -277,7 +280,9 @@ def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path):
         [sys.executable, "-m", "app.cli.main", "endpoint", "serve", "--port", "0",
          "--set", f"local.workspace={config.local.workspace}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if inherited_sigint == "ignored" else None)
     try:
         first_line = server.stdout.readline()
         match = re.search(r"serving model version 1 .* at (http://127\.0\.0\.1:\d+)", first_line)
