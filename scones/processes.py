@@ -1,9 +1,13 @@
-"""Whether a recorded process is still the one that was recorded: the local pipeline
-runner's owner checks and the background endpoint's registry both ask this."""
+"""Processes: whether a recorded process is still the one that was recorded (the local
+pipeline runner's owner checks and the background endpoint's registry both ask this), and
+the deadline that makes a stopping server process end whatever its clean-up does."""
 from __future__ import annotations
 
+import faulthandler
 import os
 from pathlib import Path
+
+STOP_DEADLINE_S = 20.0
 
 
 def process_start_time(pid: int) -> str | None:
@@ -25,3 +29,11 @@ def pid_runs(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def exit_if_stop_hangs(seconds: float = STOP_DEADLINE_S) -> None:
+    """Arm the stop deadline of a long-running command that has begun to stop (Ctrl-C,
+    SIGTERM): if its clean-up is still running `seconds` later, every thread's stack goes
+    to stderr (what held it up) and the process exits 1. faulthandler's watchdog is a C
+    thread that needs no GIL, so a clean-up stuck anywhere, even in C code, is ended."""
+    faulthandler.dump_traceback_later(seconds, exit=True)

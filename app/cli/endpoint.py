@@ -6,7 +6,6 @@ endpoint serves (staging, prod), the staging test, promotion, and the local endp
 from __future__ import annotations
 
 import dataclasses
-import faulthandler
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ from scones.backend import backend_for
 from app.cli.common import command_group, common_options
 from scones.config import STAGES, Config
 from scones.console import format_table
+from scones.processes import exit_if_stop_hangs
 
 
 def register(subparsers) -> None:
@@ -209,7 +209,6 @@ def _print_status(status: dict) -> None:
 
 
 STOP_POLL_S = 0.5
-STOP_DEADLINE_S = 20.0
 
 
 def serve_command(args, config: Config) -> int:
@@ -232,8 +231,7 @@ def serve_command(args, config: Config) -> int:
                 # thread (torch's, waitress's) does not cut short a sleep in this one.
                 time.sleep(STOP_POLL_S)
         except KeyboardInterrupt:
-            # A stop ends the process whatever the clean-up does: past the deadline, every
-            # thread's stack goes to stderr (what held it up) and the process exits 1.
-            faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
+            # A stop ends the process whatever the clean-up (leaving the `with`) does.
+            exit_if_stop_hangs()
             print("stopped", file=sys.stderr)
             return 0

@@ -53,6 +53,7 @@ def ui_command(args, config) -> int:
     except OSError as exc:
         raise SconesError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                           "(choose another --port, or 0 for any free one)") from None
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+    except KeyboardInterrupt:  # a stop before the server ran (waitress catches the others)
+        pass
+    print("stopped", file=sys.stderr)
     return 0

@@ -35,6 +35,7 @@ from pipelines.parameters import check_parameters
 from scones.backend import backend_for
 from scones.config import STAGES, Config
 from scones.errors import SconesError
+from scones.processes import exit_if_stop_hangs
 
 log = logging.getLogger("scones.ui")
 
@@ -476,7 +477,9 @@ def _quietly(call) -> None:
 
 def serve(config: Config, host: str, port: int, config_args: list[str], token: str,
           ready=None) -> None:
-    """Serve until interrupted (waitress). `ready(url)` is called once it listens."""
+    """Serve until interrupted (waitress), then return. `ready(url)` is called once it
+    listens. Only for a process of its own: from its stop on, the process has
+    STOP_DEADLINE_S to end."""
     from waitress.server import create_server
 
     guard = Guard(token)
@@ -489,7 +492,10 @@ def serve(config: Config, host: str, port: int, config_args: list[str], token: s
     if ready is not None:
         ready(f"http://{shown}:{actual_port}/?token={token}")
     try:
+        # Until Ctrl-C or SIGTERM: waitress catches the interrupt itself, stops its request
+        # threads (5 s at most) and returns.
         server.run()
     finally:
+        exit_if_stop_hangs()  # a stop ends the process whatever close() does
         server.close()
         time.sleep(0)

@@ -31,7 +31,8 @@ class Studio:
 
 
 def start_studio(workspace: Path, *settings: str, env_name: str = "local",
-                 token: str = "test-token-0123456789abcdef") -> Studio:
+                 token: str = "test-token-0123456789abcdef",
+                 extra_env: dict[str, str] | None = None) -> Studio:
     """`scones ui --port 0` on the workspace; returns once it printed its URL."""
     args = [sys.executable, "-m", "app.cli.main", "ui", "--port", "0", "--env", env_name,
             "--set", f"local.workspace={workspace}"]
@@ -40,7 +41,7 @@ def start_studio(workspace: Path, *settings: str, env_name: str = "local",
     process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "SCONES_UI_TOKEN": token,
-                                    "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+                                    "SAGEMAKER_SUPPRESS_V2_WARNING": "1", **(extra_env or {})})
     deadline = time.monotonic() + 120
     lines = []
     while time.monotonic() < deadline:
