@@ -105,3 +105,12 @@ def scones(*args, workspace: Path | str | None = None, settings: dict | None = N
     return subprocess.run([sys.executable, "-m", "app.cli.main", *map(str, args), *extra],
                           stdout=stdout, stderr=subprocess.PIPE, text=True,
                           cwd=cwd or REPO_ROOT, env=environment, timeout=timeout)
+
+
+def sitecustomize_env(folder: Path, source: str) -> dict[str, str]:
+    """Write `source` as sitecustomize.py in a new `folder`; the environment entries that
+    make a child Python run it at start-up, before the code under test (e.g. to make a
+    clean-up hang on purpose)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(source)
+    return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}

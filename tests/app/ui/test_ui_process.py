@@ -2,12 +2,12 @@
 returns cannot keep it alive."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
 import pytest
 
+from helpers import sitecustomize_env
 from scones.processes import STOP_DEADLINE_S
 from studio_helpers import start_studio
 
@@ -30,16 +30,13 @@ def test_a_studio_whose_clean_up_hangs_still_exits_and_says_where(tmp_path):
     """waitress's server.close() is made to hang (a sitecustomize in the Studio's own
     interpreter): past the stop deadline the process exits 1 with every thread's stack in
     its output, naming the function that held it up."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import time\n"
-        "import waitress.server\n"
-        "def close_that_hangs(self):\n"
-        "    time.sleep(3600)\n"
-        "waitress.server.BaseWSGIServer.close = close_that_hangs\n")
-    studio = start_studio(tmp_path / "ws", extra_env={
-        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])})
+    hook = sitecustomize_env(tmp_path / "hook",
+                             "import time\n"
+                             "import waitress.server\n"
+                             "def close_that_hangs(self):\n"
+                             "    time.sleep(3600)\n"
+                             "waitress.server.BaseWSGIServer.close = close_that_hangs\n")
+    studio = start_studio(tmp_path / "ws", extra_env=hook)
     try:
         stopped_at = time.monotonic()
         studio.process.send_signal(signal.SIGINT)

@@ -22,7 +22,7 @@ from scones.errors import SconesError
 from scones.local.deployment_state import EndpointStateFile
 from scones.local.endpoint.server import start_endpoint
 from workflow.monitoring import parse_capture_lines
-from helpers import register_model, scones
+from helpers import register_model, scones, sitecustomize_env
 
 # A second model whose code is ALSO named inference.py: both must live in one process.
 CONSTANT_MODEL_CODE = '''
@@ -308,10 +308,6 @@ def test_scones_endpoint_serve_as_a_user_runs_it(config, tmp_path, inherited_sig
             server.wait()
 
 
-# ----------------------------------------------------------------- a hostile HTTP client
-
-
-
 @pytest.mark.slow
 def test_a_stopped_server_whose_clean_up_hangs_still_exits_and_says_where(config, tmp_path):
     """Ctrl-C must end `scones endpoint serve` even when its clean-up never returns: here
@@ -325,20 +321,17 @@ def test_a_stopped_server_whose_clean_up_hangs_still_exits_and_says_where(config
     from scones.processes import STOP_DEADLINE_S
 
     write_state(config, constant_model_tar(tmp_path / "v1", [0.9, 0.1]), version=1)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import time\n"
-        "import scones.local.endpoint.server as server\n"
-        "def stop_that_hangs(self):\n"
-        "    time.sleep(3600)\n"
-        "server.LocalEndpoint.stop = stop_that_hangs\n")
+    hook = sitecustomize_env(tmp_path / "hook",
+                             "import time\n"
+                             "import scones.local.endpoint.server as server\n"
+                             "def stop_that_hangs(self):\n"
+                             "    time.sleep(3600)\n"
+                             "server.LocalEndpoint.stop = stop_that_hangs\n")
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli.main", "endpoint", "serve", "--port", "0",
          "--set", f"local.workspace={config.local.workspace}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
-             "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])})
+        env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1", **hook})
     try:
         assert "serving model version 1" in server.stdout.readline()
         stopped_at = time.monotonic()
@@ -352,6 +345,10 @@ def test_a_stopped_server_whose_clean_up_hangs_still_exits_and_says_where(config
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+# ----------------------------------------------------------------- a hostile HTTP client
+
 
 def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
     """Send raw bytes on a fresh socket; the status, headers and body of the answer."""
